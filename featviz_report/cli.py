@@ -1,0 +1,116 @@
+"""The ``featviz-report`` command: ``build_parser()`` and ``main(argv) -> int``.
+
+Every user-caused failure becomes one line on stderr, ``featviz-report: error: ...``, and exit code 2;
+an unexpected one exit code 1 with a hint to rerun with ``--debug``; Ctrl-C exit code 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import NoReturn
+
+from . import __version__
+from .config import COLORMAPS, DEVICES, FORMATS, ReportConfig
+from .errors import FeatvizError, UsageError
+
+__all__ = ["build_parser", "main"]
+
+PROG = "featviz-report"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see --help)")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Render what a PyTorch CNN sees (filters, feature maps, statistics) as a static HTML report. "
+        "With no --model and no --samples it builds the embedded digits demo.",
+    )
+    parser.add_argument("-o", "--out", metavar="OUT", help="report file (default report.html), or folder with --format dir (default report/)")
+    parser.add_argument("--model", metavar="SPEC", help="torchvision:NAME, package.module:factory, a .pt2 torch.export archive or a TorchScript file (default: the demo)")
+    parser.add_argument("--weights", metavar="FILE", help="state_dict to load into the model (read with weights_only=True)")
+    parser.add_argument("--samples", metavar="PATH", nargs="+", help="image files and/or folders (searched recursively, sorted)")
+    parser.add_argument("--labels", metavar="FILE", help="class names: a text file with one per line, or a JSON list")
+    parser.add_argument("--input-size", metavar="N", type=_positive, help="square input size in pixels (default: the model's, else 224)")
+    parser.add_argument("--normalize", metavar="SPEC", help="imagenet, none, or MEAN,STD (default: the model's, else none)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where the model runs (default auto: cuda, mps, else cpu)")
+    parser.add_argument("--layers", metavar="GLOB", nargs="+", help="layers to capture by qualified name, e.g. 'layer1.*' (default: every Conv2d and Linear)")
+    parser.add_argument("--max-channels", metavar="N", type=_positive, help="show at most N channels per layer")
+    parser.add_argument("--colormap", choices=COLORMAPS, default="viridis", help="colormap of feature maps (default viridis)")
+    parser.add_argument("--format", choices=FORMATS, default="html", help="html: one self-contained file; dir: a folder for static hosting")
+    parser.add_argument("--batch-size", metavar="N", type=_positive, default=16, help="samples per forward pass (default 16)")
+    parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    parser.add_argument("--title", metavar="TEXT", help="page title (default: the model's name)")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = None
+    try:
+        args = build_parser().parse_args(argv)
+        _run(args)
+        return 0
+    except SystemExit as exit_:  # --help and --version
+        return int(exit_.code or 0)
+    except FeatvizError as err:
+        if args is not None and args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if args is not None and args.debug:
+            traceback.print_exc()
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"{PROG}: error: internal error ({type(err).__name__}: {detail}); rerun with --debug for details", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .build import build_report
+    from .models import load_model
+    from .resources import demo_samples_dir
+    from .samples import read_labels
+
+    if args.model and not args.samples:
+        raise UsageError("--samples is required with --model (image files or folders)")
+    loaded = load_model(args.model, args.weights)
+    labels = read_labels(args.labels) if args.labels else loaded.labels
+    config = ReportConfig(
+        title=args.title,
+        model_name=loaded.name,
+        layers=tuple(args.layers or ()),
+        max_channels=args.max_channels,
+        colormap=args.colormap,
+        device=args.device,
+        batch_size=args.batch_size,
+        input_size=args.input_size or loaded.input_size,
+        normalize=args.normalize or loaded.normalize,
+        labels=labels,
+        format=args.format,
+        quiet=args.quiet,
+    )
+    out = args.out or ("report" if args.format == "dir" else "report.html")
+    samples = args.samples or [demo_samples_dir()]
+    build_report(loaded.module, samples, out, config, json_out=args.json)

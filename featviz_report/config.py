@@ -1,0 +1,49 @@
+"""Every option of a report, with its default, as one frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+__all__ = ["ReportConfig", "COLORMAPS", "FORMATS", "DEVICES"]
+
+COLORMAPS = ("viridis", "magma", "twilight", "gray")
+FORMATS = ("html", "dir")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Options shared by the CLI and :func:`featviz_report.build_report`.
+
+    ``input_size`` and ``normalize`` left as ``None`` mean "what the model suggests": the demo and
+    torchvision models carry their own; any other model gets 224 and no normalisation.
+    """
+
+    title: str | None = None
+    model_name: str | None = None
+    layers: tuple[str, ...] = ()
+    max_channels: int | None = None
+    colormap: str = "viridis"
+    device: str = "auto"
+    batch_size: int = 16
+    input_size: int | None = None
+    normalize: str | None = None
+    labels: tuple[str, ...] | None = None
+    format: str = "html"
+    max_filter_grid: int = 32
+    workers: int | None = None
+    quiet: bool = True
+
+    def __post_init__(self) -> None:
+        if self.colormap not in COLORMAPS:
+            raise UsageError(f"unknown colormap {self.colormap!r}; choose one of {', '.join(COLORMAPS)}")
+        if self.format not in FORMATS:
+            raise UsageError(f"unknown format {self.format!r}; choose html or dir")
+        if self.device not in DEVICES:
+            raise UsageError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        for name in ("batch_size", "max_channels", "input_size", "max_filter_grid", "workers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {value}")

@@ -1,0 +1,77 @@
+"""Arrays → PNG bytes: tile atlases, palette images and thumbnails, encoded in a thread pool.
+
+The only module that encodes with Pillow. Settings are fixed (no metadata, one zlib level) so the same
+array always gives the same bytes. Pillow releases the GIL while compressing, so a thread pool keeps
+every core busy while the model runs.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from .colormaps import palette
+
+__all__ = ["PngEncoder", "grid_shape", "tile_atlas", "png_palette", "png_rgb", "ZLIB_LEVEL"]
+
+ZLIB_LEVEL = 1
+
+
+def grid_shape(count: int) -> tuple[int, int]:
+    """(rows, cols) of the most square grid holding ``count`` tiles, wider than tall."""
+    cols = max(1, math.ceil(math.sqrt(count)))
+    return math.ceil(count / cols), cols
+
+
+def tile_atlas(tiles: np.ndarray, cols: int) -> np.ndarray:
+    """Lay ``T×h×w`` (or ``T×h×w×3``) tiles row-major into one image, ``cols`` tiles wide, no gaps.
+
+    Cells past the last tile are filled with zeros.
+    """
+    count, h, w = tiles.shape[:3]
+    rows = math.ceil(count / cols)
+    padded = np.zeros((rows * cols, *tiles.shape[1:]), dtype=tiles.dtype)
+    padded[:count] = tiles
+    grid = padded.reshape(rows, cols, h, w, *tiles.shape[3:]).swapaxes(1, 2)
+    return grid.reshape(rows * h, cols * w, *tiles.shape[3:])
+
+
+def png_palette(indices: np.ndarray, colormap: str) -> bytes:
+    """A 2-D uint8 array as a palette PNG (1 byte per pixel) with the colormap as its palette."""
+    image = Image.fromarray(np.ascontiguousarray(indices, dtype=np.uint8), mode="L")
+    image.putpalette(palette(colormap))
+    return _save(image)
+
+
+def png_rgb(pixels: np.ndarray) -> bytes:
+    """An ``H×W×3`` (or ``H×W`` grey) uint8 array as a PNG."""
+    mode = "RGB" if pixels.ndim == 3 else "L"
+    return _save(Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), mode=mode))
+
+
+def _save(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=ZLIB_LEVEL)
+    return buffer.getvalue()
+
+
+class PngEncoder:
+    """A thread pool for PNG encoding; use as a context manager, submit jobs, collect futures."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1, thread_name_prefix="png")
+
+    def submit(self, job: Callable[..., bytes], *args: object) -> Future[bytes]:
+        return self._pool.submit(job, *args)
+
+    def __enter__(self) -> PngEncoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

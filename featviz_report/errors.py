@@ -1,0 +1,27 @@
+"""Errors a user can cause and fix: each carries a one-line message for the command line."""
+
+from __future__ import annotations
+
+__all__ = ["FeatvizError", "UsageError", "InputError", "ModelError", "OutputError"]
+
+
+class FeatvizError(Exception):
+    """Base of every user-facing failure. ``str(err)`` is the one-line message; CLI exit code 2."""
+
+    exit_code = 2
+
+
+class UsageError(FeatvizError):
+    """An option or combination of options that cannot work."""
+
+
+class InputError(FeatvizError):
+    """A sample file, folder, label file or tensor that cannot be used."""
+
+
+class ModelError(FeatvizError):
+    """A model spec, weights file or model behaviour that prevents a report."""
+
+
+class OutputError(FeatvizError):
+    """The report cannot be written where the user asked."""

@@ -1,0 +1,165 @@
+"""Resolve a model spec (``--model``) and an optional state_dict (``--weights``) into an ``nn.Module``.
+
+Specs: nothing or ``demo`` (the embedded digits CNN), ``torchvision:NAME`` (random init),
+``package.module:callable`` (a factory), a ``torch.export`` archive (``.pt2``) or a TorchScript file.
+Nothing is ever unpickled: weights load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import sys
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+__all__ = ["LoadedModel", "load_model", "load_state_dict", "DEMO"]
+
+DEMO = "demo"
+_SEED = 0
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for capture, with what its spec says about its inputs and classes."""
+
+    module: nn.Module
+    name: str
+    input_size: int | None = None
+    normalize: str | None = None
+    labels: tuple[str, ...] | None = None
+
+
+def load_model(spec: str | None, weights: str | Path | None = None) -> LoadedModel:
+    """Build the model a spec names and, if given, load a state_dict into it (strictly)."""
+    loaded = _resolve(spec or DEMO)
+    if weights is not None:
+        _apply_state_dict(loaded.module, load_state_dict(weights), f"--weights {str(weights)!r}")
+    return loaded
+
+
+def _resolve(spec: str) -> LoadedModel:
+    if spec == DEMO:
+        return _demo()
+    if spec.startswith("torchvision:"):
+        return _torchvision(spec.partition(":")[2])
+    path = Path(spec)
+    if path.suffix == ".pt2":
+        return _exported(path)
+    if path.is_file():
+        return _torchscript(path)
+    if ":" in spec:
+        return _factory(spec)
+    raise ModelError(
+        f"--model {spec!r}: not a file, not torchvision:NAME and not package.module:callable"
+    )
+
+
+def _demo() -> LoadedModel:
+    from .demo.model import DIGIT_LABELS, INPUT_SIZE, DigitsCNN
+    from .resources import demo_weights_path
+
+    model = DigitsCNN()
+    _apply_state_dict(model, load_state_dict(demo_weights_path()), "the demo weights")
+    return LoadedModel(model, "featviz demo: digits CNN", INPUT_SIZE, "none", DIGIT_LABELS)
+
+
+def _torchvision(name: str) -> LoadedModel:
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        close = difflib.get_close_matches(name, available, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see torchvision.models.list_models()"
+        raise ModelError(f"--model torchvision:{name}: no such torchvision classification model{hint}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        model = torchvision.models.get_model(name, weights=None)
+    categories = torchvision.models.get_model_weights(name).DEFAULT.meta.get("categories")
+    labels = tuple(categories) if categories else None
+    return LoadedModel(model, f"torchvision {name}", 224, "imagenet", labels)
+
+
+def _factory(spec: str) -> LoadedModel:
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: factories next to the user resolve
+    try:
+        target: object = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ModelError(f"--model {spec!r}: cannot import {module_name!r}: {err}") from None
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ModelError(f"--model {spec!r}: {module_name!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    model = target() if callable(target) and not isinstance(target, nn.Module) else target
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"--model {spec!r}: returned {type(model).__name__}, not a torch.nn.Module")
+    return LoadedModel(model, spec)
+
+
+def _exported(path: Path) -> LoadedModel:
+    try:
+        program = torch.export.load(str(path))
+    except FileNotFoundError:
+        raise ModelError(f"--model {str(path)!r}: file not found") from None
+    except Exception as err:  # noqa: BLE001 - any failure here is an unreadable archive
+        raise ModelError(f"--model {str(path)!r}: not a readable torch.export archive ({err})") from None
+    return LoadedModel(torch.export.unflatten(program), path.name)
+
+
+def _torchscript(path: Path) -> LoadedModel:
+    names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
+    if not any(name.endswith("/constants.pkl") for name in names):
+        raise ModelError(
+            f"--model {str(path)!r}: not a TorchScript or torch.export archive; pickled models and checkpoints "
+            "are not loaded because unpickling runs arbitrary code (pass a state_dict with --weights instead)"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still widely used
+            model = torch.jit.load(str(path), map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - any failure here is an unreadable archive
+        raise ModelError(f"--model {str(path)!r}: not a readable TorchScript archive ({err})") from None
+    return LoadedModel(model, path.name)
+
+
+def load_state_dict(path: str | Path) -> Mapping[str, torch.Tensor]:
+    """Read a state_dict (optionally nested under ``state_dict`` or ``model``) without unpickling code."""
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelError(f"--weights {str(path)!r}: file not found") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types for unreadable or unsafe files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"--weights {str(path)!r}: not a loadable state_dict ({first})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
+            data = data[key]
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ModelError(f"--weights {str(path)!r}: not a state_dict (a mapping of names to tensors)")
+    return data
+
+
+def _apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+                parts.append(f"{label}: {', '.join(keys[:3])}{more}")
+        raise ModelError(f"{source}: the state_dict does not fit the model ({'; '.join(parts)})")
+    model.load_state_dict(state, strict=True)

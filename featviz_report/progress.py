@@ -1,0 +1,36 @@
+"""Progress on stderr: a redrawn counter on a terminal, plain lines otherwise, nothing when quiet."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+__all__ = ["Progress"]
+
+
+class Progress:
+    """Report ``done/total`` for named stages; lines when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool = True, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and self.stream.isatty()
+        self._last_line = ""
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        width = 24
+        filled = round(width * done / total) if total else width
+        line = f"{stage:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if done >= total else ""))
+            self.stream.flush()
+        elif done >= total and line != self._last_line:
+            self.stream.write(line + "\n")
+        self._last_line = line
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write(text + "\n")
+            self.stream.flush()

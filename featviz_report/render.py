@@ -1,0 +1,255 @@
+"""Report → files: one self-contained HTML page, or a folder for static hosting, and a JSON sidecar.
+
+The only module that uses Jinja2. Pages are streamed into a temporary file next to the target and
+renamed into place, so a failed or interrupted run never leaves a half-written report.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+
+from .errors import OutputError
+from .progress import Progress
+from .report import Grid, Png, Report
+from .resources import templates_dir
+
+__all__ = ["check_output", "write_report", "render_html", "report_json", "script_json"]
+
+IMAGE_DIR = "img"
+
+
+def check_output(out: Path, fmt: str) -> None:
+    """Fail before any work when ``out`` cannot be written (or would replace something not ours)."""
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {str(out)!r}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write {str(out)!r}: folder {str(parent)!r} is not writable")
+    if fmt == "html" and out.is_dir():
+        raise OutputError(f"{str(out)!r} is a folder; name a file, or use --format dir")
+    if fmt == "dir" and out.exists():
+        if not out.is_dir():
+            raise OutputError(f"{str(out)!r} is a file; --format dir writes a folder")
+        if any(out.iterdir()) and not (out / "index.html").is_file():
+            raise OutputError(f"{str(out)!r} is a folder that is not a featviz report; not replacing it")
+
+
+def write_report(
+    report: Report, out: str | Path | None, fmt: str, json_out: str | Path | None, progress: Progress
+) -> None:
+    """Write the page (or folder) and the JSON sidecar, each atomically."""
+    if out is not None:
+        out = Path(out)
+        if fmt == "dir":
+            _write_folder(report, out)
+        else:
+            with _atomic_file(out) as handle:
+                handle.writelines(render_html(report, _data_uri))
+        progress.message(f"wrote {out} ({_size(out) / 1e6:.1f} MB)")
+    if json_out is not None:
+        with _atomic_file(Path(json_out)) as handle:
+            json.dump(report_json(report), handle, indent=1, allow_nan=False)
+            handle.write("\n")
+        progress.message(f"wrote {json_out}")
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@contextmanager
+def _atomic_file(target: Path) -> Iterator[IO[str]]:
+    """A text file that appears at ``target`` only when the block succeeds."""
+    fd, tmp = tempfile.mkstemp(dir=target.resolve().parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            yield handle
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_folder(report: Report, out: Path) -> None:
+    """``out/index.html`` plus content-addressed images, built aside and swapped in whole."""
+    parent = out.resolve().parent
+    staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        images = staging / IMAGE_DIR
+        images.mkdir()
+
+        def link(png: Png) -> str:
+            name = hashlib.sha256(png.data).hexdigest()[:20] + ".png"
+            path = images / name
+            if not path.exists():
+                path.write_bytes(png.data)
+            return f"{IMAGE_DIR}/{name}"
+
+        with open(staging / "index.html", "w", encoding="utf-8", newline="\n") as handle:
+            handle.writelines(render_html(report, link, folder=True))
+        for path in (staging, images, *images.iterdir(), staging / "index.html"):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.old."))
+            os.replace(out, old / "report")
+        os.replace(staging, out)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _data_uri(png: Png) -> str:
+    return "data:image/png;base64," + base64.b64encode(png.data).decode("ascii")
+
+
+def _fmt_num(value: float) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+        return f"{value:.2e}"
+    return f"{value:.4g}"
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(templates_dir())),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["num"] = _fmt_num
+    env.filters["int"] = lambda n: f"{n:,}"
+    env.filters["shape"] = lambda shape: "×".join(str(s) for s in shape)
+    env.filters["pct"] = lambda x: f"{100 * x:.1f}%"
+    return env
+
+
+def _grid_css(report: Report) -> str:
+    """One rule per grid geometry in the page: where the lines between tiles fall."""
+    geometries = {(g.cols, g.rows) for layer in report.layers for g in layer.maps}
+    geometries |= {(layer.filters.grid.cols, layer.filters.grid.rows) for layer in report.layers if layer.filters}
+    return "".join(
+        f".g-{c}x{r}::after{{background-size:calc(100% / {c}) calc(100% / {r})}}\n" for c, r in sorted(geometries)
+    )
+
+
+def _sha256(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def script_json(value: object) -> str:
+    """JSON that is safe inside a ``<script>`` element: no ``<``, ``>``, ``&`` or line separators."""
+    text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(raw, escaped)
+    return text
+
+
+def _finite(values: tuple[float, ...]) -> list[float | None]:
+    return [round(v, 6) if math.isfinite(v) else None for v in values]
+
+
+def _page_data(report: Report) -> dict[str, object]:
+    """What the page's script needs for the enlarged tile view: geometry and channel statistics."""
+    return {
+        "samples": [s.name for s in report.samples],
+        "layers": {
+            layer.slug: {
+                "name": layer.name,
+                "shown": layer.shown_channels,
+                "vector": len(layer.output_shape) == 1,
+                "min": _finite(layer.channels.min),
+                "max": _finite(layer.channels.max),
+                "mean": _finite(layer.channels.mean),
+                "std": _finite(layer.channels.std),
+            }
+            for layer in report.layers
+        },
+    }
+
+
+def render_html(report: Report, src: Callable[[Png], str], folder: bool = False) -> Iterator[str]:
+    """The page as a stream of text chunks; ``src`` turns each image into its URL."""
+    template_dir = templates_dir()
+    css = (template_dir / "report.css").read_text(encoding="utf-8") + _grid_css(report)
+    js = (template_dir / "report.js").read_text(encoding="utf-8")
+    images = "'self'" if folder else "data:"
+    csp = (
+        f"default-src 'none'; img-src {images}; style-src {_sha256(css)}; script-src {_sha256(js)}; "
+        "base-uri 'none'; form-action 'none'"
+    )
+    template = _environment().get_template("report.html.j2")
+    return template.generate(
+        report=report,
+        src=src,
+        css=Markup(css),
+        js=Markup(js),
+        csp=csp,
+        data_json=Markup(script_json(_page_data(report))),
+        grid_class=_grid_class,
+    )
+
+
+def _grid_class(grid: Grid) -> str:
+    lined = " lined" if min(grid.tile_width, grid.tile_height) * grid.scale >= 8 else ""
+    return f"grid g-{grid.cols}x{grid.rows}{lined}"
+
+
+def _clean(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def report_json(report: Report) -> dict[str, object]:
+    """The report's numbers, machine-readable (no images)."""
+    return {
+        "featviz_report": report.version,
+        "title": report.title,
+        "model": report.model_name,
+        "device": report.device,
+        "input_shape": list(report.input_shape),
+        "params": report.params,
+        "samples": [
+            {
+                "index": s.index,
+                "name": s.name,
+                "prediction": None
+                if s.prediction is None
+                else {"index": s.prediction.index, "label": s.prediction.label, "probability": s.prediction.probability},
+            }
+            for s in report.samples
+        ],
+        "layers": [
+            {
+                "name": layer.name,
+                "id": f"layer-{layer.slug}",
+                "type": layer.type,
+                "output_shape": list(layer.output_shape),
+                "params": layer.params,
+                "stats": {k: _clean(v) if isinstance(v, float) else v for k, v in vars(layer.stats).items()},
+                "channels": {k: _finite(v) for k, v in vars(layer.channels).items()},
+            }
+            for layer in report.layers
+        ],
+        "notes": list(report.notes),
+    }

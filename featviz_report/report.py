@@ -1,0 +1,127 @@
+"""Plain dataclasses that describe a finished report: numbers, text and PNG bytes; no torch, no PIL.
+
+The pipeline fills them, the renderers read them. Everything here is what the page and the JSON
+sidecar show, nothing more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Png", "Grid", "Stats", "ChannelStats", "Prediction", "Sample", "FilterView", "LayerSection", "Report"]
+
+
+@dataclass(frozen=True)
+class Png:
+    """One encoded PNG image and its pixel size."""
+
+    data: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Grid:
+    """An atlas: ``count`` tiles of ``tile_height×tile_width`` laid out row-major in ``rows×cols``.
+
+    ``scale`` is the integer magnification the page shows it at, so small maps stay crisp.
+    """
+
+    image: Png
+    rows: int
+    cols: int
+    tile_height: int
+    tile_width: int
+    count: int
+    scale: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Activation statistics of a whole layer over every sample and position."""
+
+    min: float
+    max: float
+    mean: float
+    std: float
+    zero_fraction: float
+    nan: int
+    inf: int
+    dead_channels: int
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per-channel statistics over every sample and position, one entry per channel in index order."""
+
+    min: tuple[float, ...]
+    max: tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    zero_fraction: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's top-1 class for one sample."""
+
+    index: int
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One input as the model saw it (after resizing, before normalisation)."""
+
+    index: int
+    name: str
+    thumbnail: Png
+    prediction: Prediction | None
+
+
+@dataclass(frozen=True)
+class FilterView:
+    """A layer's weights as tiles: one per output channel (first layer) or one per kernel."""
+
+    grid: Grid
+    caption: str
+    colormap: str | None
+    value_range: tuple[float, float]
+    note: str | None
+
+
+@dataclass(frozen=True)
+class LayerSection:
+    """Everything the report shows about one captured layer (one call of one module)."""
+
+    name: str
+    slug: str
+    type: str
+    description: str
+    output_shape: tuple[int, ...]
+    params: int
+    stats: Stats
+    channels: ChannelStats
+    shown_channels: int
+    maps: tuple[Grid, ...]
+    filters: FilterView | None
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Report:
+    """A whole report: header facts, the input samples and one section per captured layer."""
+
+    title: str
+    model_name: str
+    device: str
+    input_shape: tuple[int, ...]
+    params: int
+    colormap: str
+    colorbar: Png
+    weight_colorbar: Png
+    samples: tuple[Sample, ...]
+    layers: tuple[LayerSection, ...]
+    notes: tuple[str, ...]
+    version: str

@@ -1,0 +1,33 @@
+"""Where the files that ship with the package live: templates and the demo's samples and weights.
+
+In a wheel they sit inside the package (hatchling ``force-include``); in a source checkout or an
+editable install they are read from the repository's top level.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["templates_dir", "demo_samples_dir", "demo_weights_path"]
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _shipped(relative: str) -> Path:
+    for base in (_PACKAGE, _PACKAGE.parent):
+        candidate = base / relative
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"featviz-report is installed without {relative!r}; reinstall the package")
+
+
+def templates_dir() -> Path:
+    return _shipped("templates")
+
+
+def demo_samples_dir() -> Path:
+    return _shipped("samples/digits")
+
+
+def demo_weights_path() -> Path:
+    return _PACKAGE / "demo" / "digits_cnn.pt"

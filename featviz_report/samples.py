@@ -1,0 +1,248 @@
+"""Sample images: find them, decode them with Pillow, preprocess them and hand them out in batches.
+
+Folders are searched recursively and sorted, so the same inputs always give the same order. A
+``N×C×H×W`` tensor is also accepted, used as it is (already preprocessed).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InputError, UsageError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Preprocess",
+    "Batch",
+    "SampleSet",
+    "FileSamples",
+    "TensorSamples",
+    "find_images",
+    "parse_normalize",
+    "read_labels",
+    "open_samples",
+]
+
+SamplesArg = Union[str, Path, Sequence[Union[str, Path]], torch.Tensor]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+THUMBNAIL_SIZE = 128
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a decoded image becomes model input: square ``size``, ``channels`` (1 or 3), then
+    ``(x - mean) / std`` when ``mean`` is set. Pixels are first scaled to [0, 1]."""
+
+    size: int
+    channels: int
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Model input for a few samples and what the page shows of each (uint8, H×W or H×W×3)."""
+
+    inputs: torch.Tensor
+    thumbnails: list[np.ndarray]
+
+
+class SampleSet(ABC):
+    """A sized, named, deterministic sequence of samples that yields batches."""
+
+    names: list[str]
+    shape: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @abstractmethod
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        """Model inputs and thumbnails, ``batch_size`` samples at a time, in order."""
+
+
+def parse_normalize(spec: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``imagenet``, ``none`` or ``MEAN,STD`` (two numbers, or one mean and one std per channel)."""
+    if spec == "none":
+        return None
+    if spec == "imagenet":
+        if channels == 1:
+            return (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+        return IMAGENET_MEAN, IMAGENET_STD
+    try:
+        numbers = [float(part) for part in spec.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) == 2:
+        return (numbers[0],) * channels, (numbers[1],) * channels
+    if len(numbers) == 2 * channels:
+        return tuple(numbers[:channels]), tuple(numbers[channels:])
+    raise UsageError(
+        f"--normalize {spec!r}: expected imagenet, none, MEAN,STD or {channels} means then {channels} stds"
+    )
+
+
+def find_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Image files named or found (recursively, sorted) under ``paths``, in argument order, no repeats."""
+    found: dict[Path, None] = {}
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            inside = sorted(
+                (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                key=lambda p: p.relative_to(path).as_posix(),
+            )
+            if not inside:
+                raise InputError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {str(path)!r}")
+            found.update(dict.fromkeys(inside))
+        elif path.is_file():
+            found[path] = None
+        else:
+            raise InputError(f"sample path {str(path)!r} does not exist")
+    if not found:
+        raise InputError("no sample images given")
+    return list(found)
+
+
+def read_labels(path: str | Path) -> tuple[str, ...]:
+    """Class names from a JSON list or a text file with one name per line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read labels file {str(path)!r}: {err}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(f"labels file {str(path)!r} is not valid JSON: {err}") from None
+        if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
+            raise InputError(f"labels file {str(path)!r} must hold a JSON list of strings")
+        return tuple(data)
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _decode(path: Path, prep: Preprocess) -> np.ndarray:
+    """Decode one file to a ``size×size`` (×3) uint8 array in the channel layout the model expects."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                image = ImageOps.exif_transpose(opened)
+                image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"sample {str(path)!r} is too large to decode safely (decompression bomb?)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise InputError(f"sample {str(path)!r} is not a readable image: {err}") from None
+    image = _to_8bit(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image.alpha_composite(rgba)
+    image = image.convert("L" if prep.channels == 1 else "RGB")
+    return np.asarray(_resize_crop(image, prep.size))
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey images scaled (not clipped) to 8 bits; float images min-max scaled."""
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        lo = float(np.nanmin(values))
+        scaled = (values - lo) / max(float(np.nanmax(values)) - lo, 1e-12)
+    else:
+        scaled = values / (255.0 if image.mode == "I" and values.max() <= 255 else 65535.0)
+    return Image.fromarray((np.clip(np.nan_to_num(scaled), 0, 1) * 255).round().astype(np.uint8), mode="L")
+
+
+def _resize_crop(image: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size`` (bilinear, antialiased), then the centre ``size×size`` square."""
+    width, height = image.size
+    if (width, height) == (size, size):
+        return image
+    scale = size / min(width, height)
+    resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BILINEAR)
+    left = (resized.width - size) // 2
+    top = (resized.height - size) // 2
+    return resized.crop((left, top, left + size, top + size))
+
+
+def _thumbnail(pixels: np.ndarray) -> np.ndarray:
+    """At most ``THUMBNAIL_SIZE`` pixels on a side; small inputs stay as they are (shown pixelated)."""
+    height, width = pixels.shape[:2]
+    if max(height, width) <= THUMBNAIL_SIZE:
+        return pixels
+    image = Image.fromarray(pixels)
+    image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.BILINEAR)
+    return np.asarray(image)
+
+
+class FileSamples(SampleSet):
+    """Image files decoded lazily, one batch at a time, so memory does not grow with their number."""
+
+    def __init__(self, paths: Sequence[Path], prep: Preprocess) -> None:
+        self.paths = list(paths)
+        self.prep = prep
+        self.names = [_display_name(p, self.paths) for p in self.paths]
+        self.shape = (prep.channels, prep.size, prep.size)
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        for start in range(0, len(self.paths), batch_size):
+            pixels = [_decode(p, self.prep) for p in self.paths[start : start + batch_size]]
+            stacked = torch.from_numpy(np.stack(pixels)).float().div_(255)
+            inputs = stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)
+            if self.prep.mean is not None and self.prep.std is not None:
+                mean = torch.tensor(self.prep.mean).view(1, -1, 1, 1)
+                std = torch.tensor(self.prep.std).view(1, -1, 1, 1)
+                inputs = (inputs - mean) / std
+            yield Batch(inputs.contiguous(), [_thumbnail(p) for p in pixels])
+
+
+def _display_name(path: Path, paths: list[Path]) -> str:
+    """The file name, or the path when two samples share a name."""
+    same = sum(1 for other in paths if other.name == path.name)
+    return path.name if same == 1 else path.as_posix()
+
+
+class TensorSamples(SampleSet):
+    """An ``N×C×H×W`` tensor used as model input as it is. Thumbnails are min-max scaled per sample:
+    RGB for 3 channels, else the first channel in grey."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        if tensor.ndim != 4 or not tensor.is_floating_point():
+            raise InputError(f"a samples tensor must be a float N×C×H×W tensor, got {tuple(tensor.shape)} {tensor.dtype}")
+        self.tensor = tensor.detach()
+        self.names = [f"sample {i}" for i in range(tensor.shape[0])]
+        self.shape = tuple(tensor.shape[1:])
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        for start in range(0, self.tensor.shape[0], batch_size):
+            inputs = self.tensor[start : start + batch_size]
+            flat = inputs.float().flatten(1)
+            lo = flat.amin(1).view(-1, 1, 1, 1)
+            hi = flat.amax(1).view(-1, 1, 1, 1)
+            pixels = ((inputs.float() - lo) / (hi - lo).clamp_min(1e-12) * 255).round().to(torch.uint8).cpu()
+            thumbs = [p.permute(1, 2, 0).numpy() if p.shape[0] == 3 else p[0].numpy() for p in pixels]
+            yield Batch(inputs, [_thumbnail(np.ascontiguousarray(t)) for t in thumbs])
+
+
+def open_samples(samples: SamplesArg, prep: Preprocess) -> SampleSet:
+    """Turn the user's samples argument (path, paths or tensor) into a :class:`SampleSet`."""
+    if isinstance(samples, torch.Tensor):
+        return TensorSamples(samples)
+    paths = [samples] if isinstance(samples, (str, Path)) else list(samples)
+    return FileSamples(find_images(paths), prep)

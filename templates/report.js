@@ -1,0 +1,140 @@
+(function () {
+  "use strict";
+  var root = document.documentElement;
+  root.classList.remove("no-js");
+  root.classList.add("js");
+  var data = JSON.parse(document.getElementById("fv-data").textContent);
+  var sections = Array.prototype.slice.call(document.querySelectorAll("section.layer"));
+  var links = Array.prototype.slice.call(document.querySelectorAll(".tree a"));
+  var total = data.samples.length;
+  var shown = 0;
+
+  function each(selector, fn) { Array.prototype.forEach.call(document.querySelectorAll(selector), fn); }
+
+  function showSample(index) {
+    if (!total) { return; }
+    shown = (index % total + total) % total;
+    each(".map", function (f) { f.classList.toggle("on", Number(f.dataset.sample) === shown); });
+    each(".sample", function (b) {
+      var on = Number(b.dataset.sample) === shown;
+      b.classList.toggle("on", on);
+      b.setAttribute("aria-pressed", on ? "true" : "false");
+    });
+    each(".picker .which", function (w) {
+      w.textContent = "Sample " + shown + " of " + total + " · " + data.samples[shown];
+    });
+  }
+
+  function currentIndex() {
+    var line = window.scrollY + 96, index = -1;
+    sections.forEach(function (s, i) { if (s.offsetTop <= line) { index = i; } });
+    return index;
+  }
+
+  function goLayer(step) {
+    if (!sections.length) { return; }
+    var next = Math.max(0, Math.min(sections.length - 1, currentIndex() + step));
+    location.hash = "#" + sections[next].id;
+  }
+
+  var ticking = false;
+  function markCurrent() {
+    ticking = false;
+    var index = currentIndex();
+    var id = index >= 0 ? sections[index].id : "";
+    links.forEach(function (a) {
+      var on = a.getAttribute("href") === "#" + id;
+      a.classList.toggle("current", on);
+      if (on) { a.setAttribute("aria-current", "location"); } else { a.removeAttribute("aria-current"); }
+    });
+  }
+  window.addEventListener("scroll", function () {
+    if (!ticking) { ticking = true; window.requestAnimationFrame(markCurrent); }
+  }, { passive: true });
+
+  var search = document.getElementById("layer-search");
+  search.addEventListener("input", function () {
+    var query = search.value.trim().toLowerCase();
+    links.forEach(function (a) {
+      a.parentNode.hidden = query !== "" && a.title.toLowerCase().indexOf(query) < 0;
+    });
+  });
+  search.addEventListener("keydown", function (event) {
+    if (event.key === "Enter") {
+      var first = links.filter(function (a) { return !a.parentNode.hidden; })[0];
+      if (first) { location.hash = first.getAttribute("href"); search.blur(); }
+    } else if (event.key === "Escape") {
+      search.value = "";
+      search.dispatchEvent(new Event("input"));
+      search.blur();
+    }
+  });
+
+  var dialog = document.getElementById("zoom");
+  var canvas = dialog.querySelector("canvas");
+  dialog.querySelector(".close").addEventListener("click", function () { dialog.close(); });
+
+  function fmt(value) {
+    if (value === null || value === undefined) { return "–"; }
+    var size = Math.abs(value);
+    return size !== 0 && (size >= 1e5 || size < 1e-3) ? value.toExponential(2) : String(Number(value.toPrecision(4)));
+  }
+
+  function zoom(grid, event) {
+    var img = grid.querySelector("img");
+    var slug = grid.closest(".maps").dataset.slug;
+    var layer = data.layers[slug];
+    var cols = Number(grid.dataset.cols), rows = Number(grid.dataset.rows);
+    var rect = img.getBoundingClientRect();
+    var col = Math.min(cols - 1, Math.floor((event.clientX - rect.left) / rect.width * cols));
+    var row = Math.min(rows - 1, Math.floor((event.clientY - rect.top) / rect.height * rows));
+    var channel = row * cols + col;
+    if (channel >= Number(grid.dataset.count)) { return; }
+    var tileW = img.naturalWidth / cols, tileH = img.naturalHeight / rows;
+    var fit = 256 / Math.max(tileW, tileH);
+    canvas.width = Math.round(tileW * fit);
+    canvas.height = Math.round(tileH * fit);
+    var context = canvas.getContext("2d");
+    context.imageSmoothingEnabled = false;
+    context.drawImage(img, col * tileW, row * tileH, tileW, tileH, 0, 0, canvas.width, canvas.height);
+    var sample = Number(grid.closest(".map").dataset.sample);
+    var what = layer.vector ? "features" : "channel " + channel;
+    dialog.querySelector("h3").textContent = layer.name + " · " + what + " · sample " + sample + " (" + data.samples[sample] + ")";
+    var stats = dialog.querySelector(".stats");
+    stats.textContent = "";
+    ["min", "mean", "std", "max"].forEach(function (key) {
+      var box = document.createElement("div"), dt = document.createElement("dt"), dd = document.createElement("dd");
+      dt.textContent = (layer.vector ? "layer " : "channel ") + key;
+      dd.textContent = fmt(layer.vector ? null : layer[key][channel]);
+      box.appendChild(dt); box.appendChild(dd); stats.appendChild(box);
+    });
+    canvas.setAttribute("aria-label", dialog.querySelector("h3").textContent + ", enlarged");
+    dialog.showModal();
+  }
+
+  document.addEventListener("click", function (event) {
+    var target = event.target;
+    var sample = target.closest(".sample");
+    if (sample) { showSample(Number(sample.dataset.sample)); return; }
+    if (target.closest(".picker .prev")) { showSample(shown - 1); return; }
+    if (target.closest(".picker .next")) { showSample(shown + 1); return; }
+    var grid = target.closest(".maps .grid");
+    if (grid) { zoom(grid, event); }
+  });
+
+  document.addEventListener("keydown", function (event) {
+    if (event.altKey || event.ctrlKey || event.metaKey || dialog.open) { return; }
+    var tag = (event.target.tagName || "").toLowerCase();
+    if (tag === "input" || tag === "textarea" || tag === "select") { return; }
+    var actions = {
+      "j": function () { goLayer(1); }, "ArrowRight": function () { goLayer(1); },
+      "k": function () { goLayer(-1); }, "ArrowLeft": function () { goLayer(-1); },
+      "]": function () { showSample(shown + 1); }, "[": function () { showSample(shown - 1); },
+      "/": function () { search.focus(); }
+    };
+    if (actions[event.key]) { event.preventDefault(); actions[event.key](); }
+  });
+
+  showSample(0);
+  markCurrent();
+}());

@@ -1,0 +1,136 @@
+"""capture.py: in-hook reduction, pixel truth, statistics, and leaving the model as it was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import TinyCNN, decode_png, read_page
+from featviz_report import ReportConfig, build_report
+from featviz_report.capture import reduce_output, select_layers, vector_shape
+from featviz_report.errors import ModelError, UsageError
+
+
+def test_tile_in_the_report_equals_conv_output_min_maxed_by_hand(tmp_path: Path, tiny_cnn: TinyCNN) -> None:
+    """Pixel truth: conv1 is followed by ReLU(inplace=True), yet the tile must show the raw conv output."""
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    out = tmp_path / "r.html"
+    build_report(tiny_cnn, x, out, ReportConfig(quiet=True, colormap="gray", batch_size=2))
+
+    with torch.no_grad():
+        expected_float = tiny_cnn.conv1(x)
+    assert (expected_float < 0).any(), "the test needs negative conv outputs the inplace ReLU would clobber"
+    lo = expected_float.amin(dim=(2, 3), keepdim=True)
+    hi = expected_float.amax(dim=(2, 3), keepdim=True)
+    expected = ((expected_float - lo) * (255.0 / (hi - lo))).round().clamp(0, 255).to(torch.uint8).numpy()
+
+    page = read_page(out)
+    maps = [img for img in page.images if img["_section"] == "layer-conv1" and "sample" in img["alt"] and "channels" in img["alt"]]
+    assert len(maps) == 3
+    for sample, img in enumerate(maps):
+        atlas = np.asarray(decode_png(img["src"]))  # palette indices: the uint8 values themselves
+        assert atlas.shape == (2 * 8, 2 * 8)  # 4 channels in a 2×2 grid of 8×8 tiles
+        for channel in range(4):
+            row, col = divmod(channel, 2)
+            tile = atlas[row * 8 : (row + 1) * 8, col * 8 : (col + 1) * 8]
+            np.testing.assert_array_equal(tile, expected[sample, channel])
+
+
+def test_statistics_merge_over_batches_like_numpy() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3))
+    x = torch.randn(7, 3, 9, 9)
+    report = build_report(model, x, config=ReportConfig(quiet=True, batch_size=3))
+    with torch.no_grad():
+        values = model(x).double().numpy()
+    (layer,) = report.layers
+    per_channel = values.transpose(1, 0, 2, 3).reshape(5, -1)
+    np.testing.assert_allclose(layer.channels.mean, per_channel.mean(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.channels.std, per_channel.std(1), rtol=1e-4)
+    np.testing.assert_allclose(layer.channels.min, per_channel.min(1), rtol=1e-6)
+    assert layer.stats.mean == pytest.approx(values.mean(), rel=1e-5, abs=1e-6)
+    assert layer.stats.std == pytest.approx(values.std(), rel=1e-4)
+    assert layer.stats.max == pytest.approx(values.max(), rel=1e-6)
+    assert layer.output_shape == (5, 7, 7)
+
+
+def test_hooks_removed_and_modes_restored_after_success(tiny_cnn: TinyCNN) -> None:
+    tiny_cnn.train()
+    tiny_cnn.conv2.eval()  # a mixed state must come back exactly
+    tiny_cnn.conv1.weight.requires_grad_(False)
+    before = {name: m.training for name, m in tiny_cnn.named_modules()}
+    grads = {name: p.requires_grad for name, p in tiny_cnn.named_parameters()}
+    build_report(tiny_cnn, torch.rand(2, 1, 8, 8), config=ReportConfig(quiet=True))
+    assert {name: m.training for name, m in tiny_cnn.named_modules()} == before
+    assert {name: p.requires_grad for name, p in tiny_cnn.named_parameters()} == grads
+    assert all(not m._forward_hooks for m in tiny_cnn.modules())
+
+
+class Exploding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.bn = nn.BatchNorm2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.bn(self.conv(x))
+        raise RuntimeError("boom in forward")
+
+
+def test_hooks_removed_and_modes_restored_when_forward_raises() -> None:
+    model = Exploding().train()
+    with pytest.raises(ModelError, match="boom in forward"):
+        build_report(model, torch.rand(2, 1, 8, 8), config=ReportConfig(quiet=True))
+    assert model.training and model.bn.training
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(not m._forward_hooks for m in model.modules())
+    assert int(model.bn.num_batches_tracked) == 0  # ran in eval mode: running stats untouched
+
+
+class Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.relu(self.conv(x)))
+
+
+def test_module_called_twice_gives_two_entries() -> None:
+    report = build_report(Twice(), torch.rand(2, 2, 6, 6), config=ReportConfig(quiet=True))
+    assert [layer.name for layer in report.layers] == ["conv", "conv (call 2)"]
+    assert len({layer.slug for layer in report.layers}) == 2
+
+
+def test_non_finite_and_constant_channels_are_counted_and_tiles_stay_valid() -> None:
+    values = torch.randn(2, 3, 4, 4)
+    values[0, 0, 0, 0] = float("nan")
+    values[1, 0, 1, 1] = float("inf")
+    values[:, 2] = 1.5  # constant channel
+    reduced = reduce_output(values)
+    assert reduced.nans.tolist() == [1, 0, 0]
+    assert reduced.infs.tolist() == [1, 0, 0]
+    assert reduced.tiles.dtype == torch.uint8
+    assert int(reduced.tiles[:, 2].max()) == 0
+    assert int(reduced.tiles[0, 0].max()) == 255  # the finite values still span the full range
+    assert torch.isfinite(reduced.mean).all()
+
+
+def test_linear_outputs_become_one_image_per_sample() -> None:
+    reduced = reduce_output(torch.arange(20.0).view(2, 10))
+    assert tuple(reduced.tiles.shape) == (2, 1, 2, 5)
+    assert reduced.tiles[0, 0].flatten().tolist()[0] == 0 and reduced.tiles[0, 0].flatten().tolist()[-1] == 255
+    assert vector_shape(64) == (8, 8)
+    assert vector_shape(1000) == (25, 40)
+    assert vector_shape(17) == (5, 4)  # a prime: padded square-ish, not 1×17
+
+
+def test_layer_selection_by_glob_and_default(tiny_cnn: TinyCNN) -> None:
+    assert [n for n, _ in select_layers(tiny_cnn)] == ["conv1", "conv2", "head"]
+    assert [n for n, _ in select_layers(tiny_cnn, ["conv*", "pool"])] == ["conv1", "pool", "conv2"]
+    with pytest.raises(UsageError, match="'nope.*' matches no layer"):
+        select_layers(tiny_cnn, ["nope.*"])

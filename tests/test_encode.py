@@ -1,0 +1,50 @@
+"""encode.py: atlas layout, palette PNGs and determinism."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from featviz_report.colormaps import palette
+from featviz_report.encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
+
+
+def test_grid_shape_is_square_ish_and_holds_everything() -> None:
+    assert grid_shape(1) == (1, 1)
+    assert grid_shape(16) == (4, 4)
+    assert grid_shape(10) == (3, 4)
+    for count in range(1, 300):
+        rows, cols = grid_shape(count)
+        assert rows * cols >= count and cols >= rows and (rows - 1) * cols < count
+
+
+def test_tile_atlas_places_tiles_row_major_and_pads_with_zeros() -> None:
+    tiles = np.stack([np.full((2, 3), i + 1, np.uint8) for i in range(5)])
+    atlas = tile_atlas(tiles, cols=3)
+    assert atlas.shape == (4, 9)
+    assert atlas[0, 0] == 1 and atlas[0, 3] == 2 and atlas[0, 6] == 3
+    assert atlas[2, 0] == 4 and atlas[2, 3] == 5
+    assert (atlas[2:, 6:] == 0).all()
+    rgb = tile_atlas(np.zeros((4, 2, 2, 3), np.uint8), cols=2)
+    assert rgb.shape == (4, 4, 3)
+
+
+def test_palette_png_keeps_the_values_as_indices_and_carries_the_colormap() -> None:
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    image = Image.open(io.BytesIO(png_palette(values, "viridis")))
+    assert image.mode == "P"
+    np.testing.assert_array_equal(np.asarray(image), values)
+    assert bytes(image.getpalette()[: 256 * 3]) == palette("viridis")
+    assert np.asarray(image.convert("RGB"))[0, 0].tolist() == list(palette("viridis")[:3])
+
+
+def test_encoding_is_deterministic_and_threaded() -> None:
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(8)]
+    with PngEncoder(workers=2) as encoder:
+        first = [encoder.submit(png_rgb, a).result() for a in arrays]
+        second = [f.result() for f in [encoder.submit(png_rgb, a) for a in arrays]]
+    assert first == second
+    assert all(b.startswith(b"\x89PNG") for b in first)

@@ -1,0 +1,91 @@
+"""models.py: every kind of model spec, weights loading and its failures."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TinyCNN
+from featviz_report.errors import ModelError
+from featviz_report.models import load_model, load_state_dict
+
+
+def test_torchvision_models_are_built_with_a_fixed_random_init() -> None:
+    first = load_model("torchvision:resnet18")
+    second = load_model("torchvision:resnet18")
+    assert first.input_size == 224 and first.normalize == "imagenet"
+    assert first.labels is not None and len(first.labels) == 1000
+    assert torch.equal(first.module.conv1.weight, second.module.conv1.weight)
+
+
+def test_unknown_torchvision_model_suggests_close_names() -> None:
+    with pytest.raises(ModelError, match="did you mean resnet18"):
+        load_model("torchvision:resnet81")
+
+
+def test_factory_spec_imports_from_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "my_models.py").write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+            def make():
+                return nn.Sequential(nn.Conv2d(3, 2, 3))
+            not_a_model = 3
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = load_model("my_models:make")
+    assert isinstance(loaded.module[0], nn.Conv2d) and loaded.name == "my_models:make"
+    with pytest.raises(ModelError, match="has no attribute 'missing'"):
+        load_model("my_models:missing")
+    with pytest.raises(ModelError, match="returned int, not a torch.nn.Module"):
+        load_model("my_models:not_a_model")
+    with pytest.raises(ModelError, match="cannot import 'no_such_module_xyz'"):
+        load_model("no_such_module_xyz:make")
+
+
+def test_weights_round_trip_and_nested_checkpoints(tmp_path: Path, tiny_cnn: TinyCNN) -> None:
+    torch.save({"state_dict": tiny_cnn.state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")
+    state = load_state_dict(tmp_path / "ckpt.pt")
+    assert torch.equal(state["conv1.weight"], tiny_cnn.conv1.weight)
+
+
+def test_mismatched_state_dict_lists_keys(tmp_path: Path, tiny_cnn: TinyCNN, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tiny_cnn.state_dict()
+    state["extra.weight"] = torch.zeros(1)
+    del state["head.bias"]
+    torch.save(state, tmp_path / "w.pt")
+    import featviz_report.models as models
+
+    monkeypatch.setattr(models, "_resolve", lambda spec: models.LoadedModel(TinyCNN(), "tiny"))
+    with pytest.raises(ModelError, match=r"missing: head.bias; unexpected: extra.weight"):
+        load_model("tiny", tmp_path / "w.pt")
+
+
+def test_pickled_objects_are_never_unpickled(tmp_path: Path, tiny_cnn: TinyCNN) -> None:
+    torch.save(tiny_cnn, tmp_path / "whole.pt")  # a pickled module, not a state_dict
+    with pytest.raises(ModelError, match="not a loadable state_dict"):
+        load_state_dict(tmp_path / "whole.pt")
+    with pytest.raises(ModelError, match="pickled models and checkpoints are not loaded"):
+        load_model(str(tmp_path / "whole.pt"))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_torchscript_and_export_archives_load(tmp_path: Path, tiny_cnn: TinyCNN) -> None:
+    torch.jit.save(torch.jit.script(tiny_cnn), tmp_path / "m.ts")
+    assert load_model(str(tmp_path / "m.ts")).name == "m.ts"
+    program = torch.export.export(tiny_cnn.eval(), (torch.rand(1, 1, 8, 8),))
+    torch.export.save(program, tmp_path / "m.pt2")
+    exported = load_model(str(tmp_path / "m.pt2")).module
+    assert any(isinstance(m, nn.Module) and name == "conv1" for name, m in exported.named_modules())
+
+
+def test_unusable_specs_are_explained() -> None:
+    with pytest.raises(ModelError, match="not a file, not torchvision:NAME"):
+        load_model("does-not-exist")

@@ -1,0 +1,48 @@
+"""weights.py: filters as tiles, with caps that say what is left out."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from featviz_report.weights import filter_tiles
+
+
+def test_first_rgb_layer_gives_one_min_maxed_rgb_tile_per_filter() -> None:
+    conv = nn.Conv2d(3, 10, 5)
+    view = filter_tiles(conv, is_first=True, cap=32)
+    assert view is not None and view.rgb
+    assert view.tiles.shape == (10, 5, 5, 3)
+    assert all(t.min() == 0 and t.max() == 255 for t in view.tiles)
+    # channel order is kept: the red plane of filter 0 is its input-channel-0 kernel
+    w = conv.weight.detach()[0]
+    scaled = ((w - w.min()) / (w.max() - w.min()) * 255).round().numpy().astype(np.uint8)
+    np.testing.assert_array_equal(view.tiles[0][..., 0], scaled[0])
+
+
+def test_grey_and_depthwise_filters_are_diverging_and_centred_at_zero() -> None:
+    conv = nn.Conv2d(1, 4, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0] = 2.0
+        conv.weight[0, 0, 2, 2] = -2.0
+    view = filter_tiles(conv, is_first=True, cap=32)
+    assert view is not None and not view.rgb
+    assert view.tiles.shape == (4, 3, 3)
+    assert view.tiles[0, 0, 0] == 255 and view.tiles[0, 2, 2] == 0 and view.tiles[0, 1, 1] == 128
+    depthwise = filter_tiles(nn.Conv2d(8, 8, 3, groups=8), is_first=False, cap=32)
+    assert depthwise is not None and depthwise.tiles.shape == (8, 3, 3)
+
+
+def test_deep_layers_give_a_capped_kernel_grid_and_say_so() -> None:
+    view = filter_tiles(nn.Conv2d(40, 50, 3), is_first=False, cap=32)
+    assert view is not None
+    assert view.tiles.shape == (32 * 32, 3, 3) and view.cols == 32
+    assert view.note == "showing the first 32 of 50 filters × first 32 of 40 input channels"
+    small = filter_tiles(nn.Conv2d(4, 6, 1), is_first=False, cap=32)
+    assert small is not None and small.note is None and small.tiles.shape == (24, 1, 1)
+
+
+def test_non_conv_layers_have_no_filter_view() -> None:
+    assert filter_tiles(nn.Linear(4, 2), is_first=False, cap=32) is None
