@@ -22,9 +22,9 @@ from .device import pick_device
 from .encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import ModelError
 from .progress import Progress
-from .report import ChannelStats, FilterView, Grid, LayerSection, Png, Prediction, Report, Sample, Stats
 from .render import check_output, write_report
-from .samples import Preprocess, SampleSet, SamplesArg, open_samples, parse_normalize
+from .report import ChannelStats, FilterView, Grid, LayerSection, Png, Prediction, Report, Sample, Stats
+from .samples import Preprocess, SamplesArg, SampleSet, open_samples, parse_normalize
 from .weights import FilterTiles, filter_tiles
 
 __all__ = ["build_report"]
@@ -144,7 +144,9 @@ def _run(
                 record = records.get(key)
                 if record is None:
                     name = key[0] if key[1] == 0 else f"{key[0]} (call {key[1] + 1})"
-                    record = records[key] = _LayerRecord(name, capture.modules[key[0]], shape, ChannelAccumulator(shape[0]))
+                    record = records[key] = _LayerRecord(
+                        name, capture.modules[key[0]], shape, ChannelAccumulator(shape[0])
+                    )
                 record.stats.add(reduced)
                 _submit_maps(encoder, record, reduced, config)
             done += len(batch.thumbnails)

@@ -23,7 +23,16 @@ from torch import nn
 
 from .errors import UsageError
 
-__all__ = ["Reduced", "ChannelAccumulator", "Capture", "capturing", "select_layers", "reduce_output", "first_tensor", "vector_shape"]
+__all__ = [
+    "Reduced",
+    "ChannelAccumulator",
+    "Capture",
+    "capturing",
+    "select_layers",
+    "reduce_output",
+    "first_tensor",
+    "vector_shape",
+]
 
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
@@ -178,7 +187,9 @@ class Capture:
             tensor = first_tensor(output)
             if tensor is None or tensor.ndim not in (2, 4):
                 shape = "no tensor" if tensor is None else f"a {tensor.ndim}-D output"
-                self.skipped[name] = f"{name} ({type(module).__name__}) gives {shape}; only N×C×H×W and N×F outputs are shown"
+                self.skipped[name] = (
+                    f"{name} ({type(module).__name__}) gives {shape}; only N×C×H×W and N×F outputs are shown"
+                )
                 return
             self.pending.append(((name, call), tuple(tensor.shape[1:]), reduce_output(tensor)))
 

@@ -42,19 +42,53 @@ def build_parser() -> argparse.ArgumentParser:
         description="Render what a PyTorch CNN sees (filters, feature maps, statistics) as a static HTML report. "
         "With no --model and no --samples it builds the embedded digits demo.",
     )
-    parser.add_argument("-o", "--out", metavar="OUT", help="report file (default report.html), or folder with --format dir (default report/)")
-    parser.add_argument("--model", metavar="SPEC", help="torchvision:NAME, package.module:factory, a .pt2 torch.export archive or a TorchScript file (default: the demo)")
-    parser.add_argument("--weights", metavar="FILE", help="state_dict to load into the model (read with weights_only=True)")
-    parser.add_argument("--samples", metavar="PATH", nargs="+", help="image files and/or folders (searched recursively, sorted)")
+    parser.add_argument(
+        "-o",
+        "--out",
+        metavar="OUT",
+        help="report file (default report.html), or folder with --format dir (default report/)",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="SPEC",
+        help="torchvision:NAME, package.module:factory, a .pt2 torch.export archive or a TorchScript file "
+        "(default: the demo)",
+    )
+    parser.add_argument(
+        "--weights", metavar="FILE", help="state_dict to load into the model (read with weights_only=True)"
+    )
+    parser.add_argument(
+        "--samples", metavar="PATH", nargs="+", help="image files and/or folders (searched recursively, sorted)"
+    )
     parser.add_argument("--labels", metavar="FILE", help="class names: a text file with one per line, or a JSON list")
-    parser.add_argument("--input-size", metavar="N", type=_positive, help="square input size in pixels (default: the model's, else 224)")
-    parser.add_argument("--normalize", metavar="SPEC", help="imagenet, none, or MEAN,STD (default: the model's, else none)")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="where the model runs (default auto: cuda, mps, else cpu)")
-    parser.add_argument("--layers", metavar="GLOB", nargs="+", help="layers to capture by qualified name, e.g. 'layer1.*' (default: every Conv2d and Linear)")
+    parser.add_argument(
+        "--input-size", metavar="N", type=_positive, help="square input size in pixels (default: the model's, else 224)"
+    )
+    parser.add_argument(
+        "--normalize", metavar="SPEC", help="imagenet, none, or MEAN,STD (default: the model's, else none)"
+    )
+    parser.add_argument(
+        "--device", choices=DEVICES, default="auto", help="where the model runs (default auto: cuda, mps, else cpu)"
+    )
+    parser.add_argument(
+        "--layers",
+        metavar="GLOB",
+        nargs="+",
+        help="layers to capture by qualified name, e.g. 'layer1.*' (default: every Conv2d and Linear)",
+    )
     parser.add_argument("--max-channels", metavar="N", type=_positive, help="show at most N channels per layer")
-    parser.add_argument("--colormap", choices=COLORMAPS, default="viridis", help="colormap of feature maps (default viridis)")
-    parser.add_argument("--format", choices=FORMATS, default="html", help="html: one self-contained file; dir: a folder for static hosting")
-    parser.add_argument("--batch-size", metavar="N", type=_positive, default=16, help="samples per forward pass (default 16)")
+    parser.add_argument(
+        "--colormap", choices=COLORMAPS, default="viridis", help="colormap of feature maps (default viridis)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="html",
+        help="html: one self-contained file; dir: a folder for static hosting",
+    )
+    parser.add_argument(
+        "--batch-size", metavar="N", type=_positive, default=16, help="samples per forward pass (default 16)"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument("--title", metavar="TEXT", help="page title (default: the model's name)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -83,7 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args is not None and args.debug:
             traceback.print_exc()
         detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        print(f"{PROG}: error: internal error ({type(err).__name__}: {detail}); rerun with --debug for details", file=sys.stderr)
+        print(
+            f"{PROG}: error: internal error ({type(err).__name__}: {detail}); rerun with --debug for details",
+            file=sys.stderr,
+        )
         return 1
 
 

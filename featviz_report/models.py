@@ -59,9 +59,7 @@ def _resolve(spec: str) -> LoadedModel:
         return _torchscript(path)
     if ":" in spec:
         return _factory(spec)
-    raise ModelError(
-        f"--model {spec!r}: not a file, not torchvision:NAME and not package.module:callable"
-    )
+    raise ModelError(f"--model {spec!r}: not a file, not torchvision:NAME and not package.module:callable")
 
 
 def _demo() -> LoadedModel:

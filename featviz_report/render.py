@@ -161,7 +161,13 @@ def _sha256(text: str) -> str:
 def script_json(value: object) -> str:
     """JSON that is safe inside a ``<script>`` element: no ``<``, ``>``, ``&`` or line separators."""
     text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-    for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for raw, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(raw, escaped)
     return text
 
@@ -235,7 +241,11 @@ def report_json(report: Report) -> dict[str, object]:
                 "name": s.name,
                 "prediction": None
                 if s.prediction is None
-                else {"index": s.prediction.index, "label": s.prediction.label, "probability": s.prediction.probability},
+                else {
+                    "index": s.prediction.index,
+                    "label": s.prediction.label,
+                    "probability": s.prediction.probability,
+                },
             }
             for s in report.samples
         ],

@@ -7,8 +7,8 @@ Folders are searched recursively and sorted, so the same inputs always give the 
 from __future__ import annotations
 
 import json
-from abc import ABC, abstractmethod
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,7 +224,9 @@ class TensorSamples(SampleSet):
 
     def __init__(self, tensor: torch.Tensor) -> None:
         if tensor.ndim != 4 or not tensor.is_floating_point():
-            raise InputError(f"a samples tensor must be a float N×C×H×W tensor, got {tuple(tensor.shape)} {tensor.dtype}")
+            raise InputError(
+                f"a samples tensor must be a float N×C×H×W tensor, got {tuple(tensor.shape)} {tensor.dtype}"
+            )
         self.tensor = tensor.detach()
         self.names = [f"sample {i}" for i in range(tensor.shape[0])]
         self.shape = tuple(tensor.shape[1:])

@@ -51,11 +51,15 @@ def filter_tiles(module: nn.Module, is_first: bool, cap: int) -> FilterTiles | N
         span = np.maximum(flat.max(1).reshape(-1, 1, 1, 1) - lo, 1e-12)
         tiles = np.round((weights - lo) / span * 255).astype(np.uint8).transpose(0, 2, 3, 1)
         caption = f"{out_ch} filters, {kh}×{kw}, RGB, each scaled to its own min–max"
-        return FilterTiles(tiles, _square_cols(out_ch), True, (float(weights.min()), float(weights.max())), caption, None)
+        return FilterTiles(
+            tiles, _square_cols(out_ch), True, (float(weights.min()), float(weights.max())), caption, None
+        )
     if in_ch == 1:
         scale = np.abs(weights).reshape(out_ch, -1).max(1).reshape(-1, 1, 1, 1)
         caption = f"{out_ch} filters, {kh}×{kw}; blue < 0 < red, each scaled to its own largest |weight|"
-        return FilterTiles(_diverging(weights[:, 0:1], scale)[:, 0], _square_cols(out_ch), False, (-bound, bound), caption, None)
+        return FilterTiles(
+            _diverging(weights[:, 0:1], scale)[:, 0], _square_cols(out_ch), False, (-bound, bound), caption, None
+        )
     rows, cols = min(out_ch, cap), min(in_ch, cap)
     shown = weights[:rows, :cols]
     scale = np.abs(shown).reshape(rows, -1).max(1).reshape(-1, 1, 1, 1)

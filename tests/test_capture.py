@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TinyCNN, decode_png, read_page
 from torch import nn
 
-from conftest import TinyCNN, decode_png, read_page
 from featviz_report import ReportConfig, build_report
 from featviz_report.capture import reduce_output, select_layers, vector_shape
 from featviz_report.errors import ModelError, UsageError
@@ -29,7 +29,11 @@ def test_tile_in_the_report_equals_conv_output_min_maxed_by_hand(tmp_path: Path,
     expected = ((expected_float - lo) * (255.0 / (hi - lo))).round().clamp(0, 255).to(torch.uint8).numpy()
 
     page = read_page(out)
-    maps = [img for img in page.images if img["_section"] == "layer-conv1" and "sample" in img["alt"] and "channels" in img["alt"]]
+    maps = [
+        img
+        for img in page.images
+        if img["_section"] == "layer-conv1" and "sample" in img["alt"] and "channels" in img["alt"]
+    ]
     assert len(maps) == 3
     for sample, img in enumerate(maps):
         atlas = np.asarray(decode_png(img["src"]))  # palette indices: the uint8 values themselves

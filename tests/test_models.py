@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TinyCNN
 from torch import nn
 
-from conftest import TinyCNN
 from featviz_report.errors import ModelError
 from featviz_report.models import load_model, load_state_dict
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TinyCNN, decode_png, read_page
 from torch import nn
 
-from conftest import TinyCNN, decode_png, read_page
 from featviz_report import ReportConfig, build_report
 from featviz_report.errors import OutputError
 from featviz_report.render import script_json
@@ -113,13 +113,17 @@ def test_folder_mode_writes_content_addressed_images_and_relative_links(tmp_path
         assert hashlib.sha256(data).hexdigest()[:20] == Path(src).stem
     (csp,) = [m["content"] for m in page.metas if m.get("http-equiv") == "Content-Security-Policy"]
     assert "img-src 'self';" in csp
-    assert all(img.get("loading") == "lazy" for img in page.images if "sample" in img["alt"] and "channels" in img["alt"])
+    assert all(
+        img.get("loading") == "lazy" for img in page.images if "sample" in img["alt"] and "channels" in img["alt"]
+    )
     build_report(tiny_cnn, torch.rand(2, 1, 8, 8), out, ReportConfig(quiet=True, format="dir"))  # replaces itself
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
 
 
 def test_json_sidecar_has_the_same_layers_and_numbers(tmp_path: Path, tiny_cnn: TinyCNN) -> None:
-    report = build_report(tiny_cnn, torch.rand(3, 1, 8, 8), None, ReportConfig(quiet=True), json_out=tmp_path / "r.json")
+    report = build_report(
+        tiny_cnn, torch.rand(3, 1, 8, 8), None, ReportConfig(quiet=True), json_out=tmp_path / "r.json"
+    )
     data = json.loads((tmp_path / "r.json").read_text())
     assert [layer["name"] for layer in data["layers"]] == [layer.name for layer in report.layers]
     first = data["layers"][0]

@@ -1,0 +1,148 @@
+"""cli.py: main(argv) end to end — the demo, torchvision models, exit codes, messages, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import read_page
+
+from featviz_report.cli import main
+from featviz_report.resources import demo_samples_dir
+
+DEMO_LAYERS = ["conv1", "conv2", "conv3", "fc1", "fc2"]
+
+
+@pytest.fixture(scope="module")
+def demo_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "report.html"
+    assert main(["-o", str(out), "--quiet", "--json", str(out.with_suffix(".json"))]) == 0
+    return out
+
+
+def test_demo_report_has_every_layer_and_real_images(demo_page: Path) -> None:
+    page = read_page(demo_page)
+    assert [s["data-layer"] for s in page.sections] == DEMO_LAYERS
+    assert page.nav == [s["id"] for s in page.sections]
+    samples = sorted(demo_samples_dir().glob("*.png"))
+    maps = [img for img in page.images if img["_section"] == "layer-conv1" and "channels 0–15" in img["alt"]]
+    assert len(maps) == len(samples) >= 10
+    assert all(img["src"].startswith("data:image/png;base64,") for img in page.images)
+
+
+def test_demo_model_reads_its_own_digits(demo_page: Path) -> None:
+    data = json.loads(demo_page.with_suffix(".json").read_text())
+    predicted = {s["name"]: s["prediction"]["label"] for s in data["samples"]}
+    assert predicted == {f"digit-{d}.png": str(d) for d in range(10)}
+    assert all(s["prediction"]["probability"] > 0.5 for s in data["samples"])
+
+
+def test_two_builds_are_byte_identical(demo_page: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again.html"
+    assert main(["-o", str(again), "--quiet"]) == 0
+    assert again.read_bytes() == demo_page.read_bytes()
+
+
+def test_torchvision_model_through_the_cli(tmp_path: Path, image_folder: Path) -> None:
+    out = tmp_path / "r.html"
+    code = main(
+        [
+            "--model",
+            "torchvision:resnet18",
+            "--samples",
+            str(image_folder),
+            "-o",
+            str(out),
+            "--quiet",
+            "--layers",
+            "conv1",
+            "layer4.*.conv2",
+            "fc",
+            "--max-channels",
+            "32",
+        ]
+    )
+    assert code == 0
+    page = read_page(out)
+    assert [s["data-layer"] for s in page.sections] == ["conv1", "layer4.0.conv2", "layer4.1.conv2", "fc"]
+    assert "showing channels 0–31 of 512" in page.text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--colormap", "rainbow"], "invalid choice: 'rainbow'"),
+        (["--max-channels", "0"], "must be at least 1"),
+        (["--no-such-option"], "unrecognized arguments: --no-such-option"),
+        (["--model", "torchvision:resnet18"], "--samples is required with --model"),
+        (["--samples", "does/not/exist"], "'does/not/exist' does not exist"),
+        (["--model", "torchvision:nope", "--samples", "."], "no such torchvision classification model"),
+        (["--layers", "nothing*"], "'nothing*' matches no layer"),
+        (["--normalize", "1,2,3"], "--normalize '1,2,3'"),
+        (["--weights", "missing.pt"], "--weights 'missing.pt': file not found"),
+    ],
+)
+def test_bad_usage_exits_2_with_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    out = tmp_path / "r.html"
+    out.write_text("keep me")
+    assert main([*argv, "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("featviz-report: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert out.read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
+
+
+def test_unwritable_output_fails_before_the_model_runs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["-o", str(tmp_path / "no" / "such" / "dir" / "r.html"), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_internal_errors_exit_1_with_a_debug_hint(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import featviz_report.models as models
+
+    def broken(spec: str, weights: object = None) -> None:
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setattr(models, "load_model", broken)
+    assert main(["--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error (ZeroDivisionError: oops)" in err and "--debug" in err and "Traceback" not in err
+    assert main(["--quiet", "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import featviz_report.models as models
+
+    def interrupted(spec: str, weights: object = None) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models, "load_model", interrupted)
+    assert main(["--quiet"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("featviz-report ")
+    assert main(["--help"]) == 0
+    assert "--samples" in capsys.readouterr().out
+
+
+def test_python_dash_m_builds_the_demo_with_progress_lines(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    result = subprocess.run(
+        [sys.executable, "-m", "featviz_report", "-o", "r.html"], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert "capture" in result.stderr and "wrote r.html" in result.stderr
+    assert (tmp_path / "r.html").stat().st_size > 10_000
