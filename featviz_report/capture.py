@@ -89,50 +89,89 @@ def first_tensor(output: object) -> torch.Tensor | None:
     return next((v for v in values if isinstance(v, torch.Tensor)), None)
 
 
-def _minmax_uint8(values: torch.Tensor, finite: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """Scale ``values`` to 0..255 with the min and max of its finite entries over ``dims``;
-    constant tiles become 0 and non-finite pixels 0."""
-    lo = torch.where(finite, values, math.inf).amin(dim=dims, keepdim=True)
-    hi = torch.where(finite, values, -math.inf).amax(dim=dims, keepdim=True)
+def _to_uint8(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``values`` scaled so ``lo`` → 0 and ``hi`` → 255, rounded; a constant tile (``hi == lo``) is all 0."""
     span = hi - lo
     scaled = (values - lo) * (255.0 / torch.where(span > 0, span, 1.0))
-    scaled = torch.where(finite & (span > 0), scaled, 0.0)
     return scaled.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def reduce_output(output: torch.Tensor) -> Reduced:
-    """Reduce an ``N×C×H×W`` or ``N×F`` output on its own device (float32 arithmetic)."""
+    """Reduce an ``N×C×H×W`` or ``N×F`` output on its own device (float32 arithmetic).
+
+    Tiles are min-max scaled per (sample, channel) for maps and per sample for feature vectors. The
+    common all-finite case takes a fast path of few passes over the data; NaN/Inf are masked otherwise.
+    """
     values = output.detach().float()
-    if values.ndim == 2:
-        batch, length = values.shape
-        height, width = vector_shape(length)
-        finite = torch.isfinite(values)
-        flat = _minmax_uint8(values, finite, (1,))
-        tiles = torch.zeros(batch, height * width, dtype=torch.uint8, device=values.device)
-        tiles[:, :length] = flat
-        tiles = tiles.view(batch, 1, height, width)
-        per_channel = values.view(batch, length, 1, 1)
+    batch = values.shape[0]
+    flat = values.reshape(batch, -1) if values.ndim == 2 else values.flatten(2)
+    lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)  # NaN propagates into both
+    if bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
+        tiles = _to_uint8(flat, lo, hi)
+        stats = _finite_stats(values, lo, hi)
     else:
-        per_channel = values
-        tiles = _minmax_uint8(values, torch.isfinite(values), (2, 3))
+        finite = torch.isfinite(flat)
+        lo = torch.where(finite, flat, math.inf).amin(-1, keepdim=True)
+        hi = torch.where(finite, flat, -math.inf).amax(-1, keepdim=True)
+        tiles = torch.where(finite, _to_uint8(torch.where(finite, flat, lo), lo, hi), 0)
+        stats = _masked_stats(values)
+    if values.ndim == 2:
+        height, width = vector_shape(values.shape[1])
+        padded = torch.zeros(batch, height * width, dtype=torch.uint8, device=values.device)
+        padded[:, : values.shape[1]] = tiles
+        tiles = padded.view(batch, 1, height, width)
+    else:
+        tiles = tiles.view(values.shape)
+    return Reduced(tiles=tiles, **stats)
+
+
+def _channels_view(values: torch.Tensor) -> torch.Tensor:
+    """``N×C×H×W`` as it is; ``N×F`` as ``N×F×1×1`` (each feature a channel)."""
+    return values.view(*values.shape, 1, 1) if values.ndim == 2 else values
+
+
+def _finite_stats(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> dict[str, torch.Tensor]:
+    per_channel = _channels_view(values)
+    dims = (0, 2, 3)
+    var, mean = torch.var_mean(per_channel, dim=dims, correction=0)
+    channels = per_channel.shape[1]
+    count = torch.full((channels,), per_channel.numel() // channels, device=values.device)
+    if values.ndim == 2:
+        minimum, maximum = per_channel.amin(dims), per_channel.amax(dims)
+    else:
+        minimum, maximum = lo.squeeze(-1).amin(0), hi.squeeze(-1).amax(0)
+    none = torch.zeros(channels, dtype=torch.long, device=values.device)
+    return {
+        "count": count,
+        "minimum": minimum,
+        "maximum": maximum,
+        "mean": mean,
+        "m2": var * count,
+        "zeros": (per_channel == 0).sum(dims),
+        "positives": (per_channel > 0).sum(dims),
+        "nans": none,
+        "infs": none,
+    }
+
+
+def _masked_stats(values: torch.Tensor) -> dict[str, torch.Tensor]:
+    per_channel = _channels_view(values)
     dims = (0, 2, 3)
     finite = torch.isfinite(per_channel)
     count = finite.sum(dims)
-    clean = torch.where(finite, per_channel, 0.0)
-    mean = clean.sum(dims) / count.clamp_min(1)
+    mean = torch.where(finite, per_channel, 0.0).sum(dims) / count.clamp_min(1)
     deviation = torch.where(finite, per_channel - mean.view(1, -1, 1, 1), 0.0)
-    return Reduced(
-        tiles=tiles,
-        count=count,
-        minimum=torch.where(finite, per_channel, math.inf).amin(dims),
-        maximum=torch.where(finite, per_channel, -math.inf).amax(dims),
-        mean=mean,
-        m2=deviation.square().sum(dims),
-        zeros=(per_channel == 0).sum(dims),
-        positives=(per_channel > 0).sum(dims),
-        nans=torch.isnan(per_channel).sum(dims),
-        infs=torch.isinf(per_channel).sum(dims),
-    )
+    return {
+        "count": count,
+        "minimum": torch.where(finite, per_channel, math.inf).amin(dims),
+        "maximum": torch.where(finite, per_channel, -math.inf).amax(dims),
+        "mean": mean,
+        "m2": deviation.square().sum(dims),
+        "zeros": (per_channel == 0).sum(dims),
+        "positives": (per_channel > 0).sum(dims),
+        "nans": torch.isnan(per_channel).sum(dims),
+        "infs": torch.isinf(per_channel).sum(dims),
+    }
 
 
 @dataclass

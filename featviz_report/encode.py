@@ -24,8 +24,10 @@ ZLIB_LEVEL = 1
 
 
 def grid_shape(count: int) -> tuple[int, int]:
-    """(rows, cols) of the most square grid holding ``count`` tiles, wider than tall."""
-    cols = max(1, math.ceil(math.sqrt(count)))
+    """(rows, cols) of the grid for ``count`` tiles: a full rectangle at most 5:2 wide when ``count`` has
+    such a divisor (32 → 4×8, 512 → 16×32), else the most square grid with a partly empty last row."""
+    side = max(1, math.ceil(math.sqrt(count)))
+    cols = next((c for c in range(side, 2 * side + 1) if count % c == 0 and 5 * (count // c) >= 2 * c), side)
     return math.ceil(count / cols), cols
 
 

@@ -175,7 +175,7 @@ def _resize_crop(image: Image.Image, size: int) -> Image.Image:
     if (width, height) == (size, size):
         return image
     scale = size / min(width, height)
-    resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BILINEAR)
+    resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.Resampling.BILINEAR)
     left = (resized.width - size) // 2
     top = (resized.height - size) // 2
     return resized.crop((left, top, left + size, top + size))
@@ -187,7 +187,7 @@ def _thumbnail(pixels: np.ndarray) -> np.ndarray:
     if max(height, width) <= THUMBNAIL_SIZE:
         return pixels
     image = Image.fromarray(pixels)
-    image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.BILINEAR)
+    image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BILINEAR)
     return np.asarray(image)
 
 

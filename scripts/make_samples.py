@@ -22,7 +22,7 @@ def main() -> None:
     for name, load in PHOTOS.items():
         image = Image.fromarray(load())
         scale = SHORTER_SIDE / min(image.size)
-        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
         image.save(folder / f"{name}.png", optimize=True)
         print(f"wrote {folder / f'{name}.png'} {image.size}")
 

@@ -14,7 +14,8 @@ from featviz_report.encode import PngEncoder, grid_shape, png_palette, png_rgb, 
 def test_grid_shape_is_square_ish_and_holds_everything() -> None:
     assert grid_shape(1) == (1, 1)
     assert grid_shape(16) == (4, 4)
-    assert grid_shape(10) == (3, 4)
+    assert grid_shape(32) == (4, 8) and grid_shape(512) == (16, 32) and grid_shape(10) == (2, 5)
+    assert grid_shape(17) == (4, 5)  # a prime: a partly empty last row
     for count in range(1, 300):
         rows, cols = grid_shape(count)
         assert rows * cols >= count and cols >= rows and (rows - 1) * cols < count
