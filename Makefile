@@ -21,6 +21,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check featviz_report tests scripts
 	$(BIN)/ruff format --check featviz_report tests scripts
+	$(BIN)/mypy featviz_report
 
 clean:
 	rm -rf $(VENV) report.html report build dist

@@ -175,7 +175,8 @@ def _resize_crop(image: Image.Image, size: int) -> Image.Image:
     if (width, height) == (size, size):
         return image
     scale = size / min(width, height)
-    resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.Resampling.BILINEAR)
+    target = (max(size, round(width * scale)), max(size, round(height * scale)))
+    resized = image.resize(target, Image.Resampling.BILINEAR)
     left = (resized.width - size) // 2
     top = (resized.height - size) // 2
     return resized.crop((left, top, left + size, top + size))

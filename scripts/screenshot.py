@@ -1,0 +1,43 @@
+"""Screenshot a report in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+
+Run: ``.venv/bin/python scripts/screenshot.py report.html docs/screenshot.png [--anchor layer-conv1]``.
+Makes the README's screenshot: the demo report at 1280×800.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("page", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--anchor", default="", help="section id to scroll to, e.g. layer-conv1")
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--height", type=int, default=800)
+    args = parser.parse_args()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": args.width, "height": args.height})
+        page.goto(args.page.resolve().as_uri() + (f"#{args.anchor}" if args.anchor else ""))
+        page.wait_for_load_state("load")
+        page.screenshot(path=str(args.out))
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
