@@ -158,7 +158,16 @@ def _run(
         for record in records.values():
             for future in record.maps:
                 future.result()
-    return samples, records, sorted(set(capture.skipped.values()))
+    return samples, records, _skipped_note(capture.skipped)
+
+
+def _skipped_note(skipped: dict[str, str]) -> list[str]:
+    """One line about selected layers whose output cannot be shown, naming a few of them."""
+    if not skipped:
+        return []
+    examples = ", ".join(f"{name} ({what})" for name, what in list(skipped.items())[:3])
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return [f"{len(skipped)} selected layers give neither N×C×H×W nor N×F outputs and are not shown: {examples}{more}"]
 
 
 def _forward_failure(err: Exception, inputs: torch.Tensor) -> str:
@@ -204,7 +213,7 @@ def _filter_view(tiles: FilterTiles) -> FilterView:
     count, tile_h, tile_w = tiles.tiles.shape[:3]
     atlas = tile_atlas(tiles.tiles, tiles.cols)
     png = png_rgb(atlas) if tiles.rgb else png_palette(atlas, "diverging")
-    target = KERNEL_TILE_PX if tiles.cols > grid_shape(count)[1] or count > 256 else FILTER_TILE_PX
+    target = KERNEL_TILE_PX if tiles.kernels else FILTER_TILE_PX
     return FilterView(
         _grid(png, tile_h, tile_w, count, tiles.cols, target),
         tiles.caption,

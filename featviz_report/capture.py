@@ -216,7 +216,7 @@ class Capture:
 
     modules: dict[str, nn.Module]
     pending: list[tuple[tuple[str, int], tuple[int, ...], Reduced]] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # layer name → what it gave instead
     _calls: Counter[str] = field(default_factory=Counter)
 
     def hook(self, name: str):  # type: ignore[no-untyped-def]
@@ -224,11 +224,10 @@ class Capture:
             call = self._calls[name]
             self._calls[name] += 1
             tensor = first_tensor(output)
+            if tensor is not None and tensor.ndim == 4 and isinstance(module, nn.Linear):
+                tensor = tensor.permute(0, 3, 1, 2)  # a Linear on N×H×W×C is a 1×1 convolution, channels last
             if tensor is None or tensor.ndim not in (2, 4):
-                shape = "no tensor" if tensor is None else f"a {tensor.ndim}-D output"
-                self.skipped[name] = (
-                    f"{name} ({type(module).__name__}) gives {shape}; only N×C×H×W and N×F outputs are shown"
-                )
+                self.skipped[name] = "no tensor" if tensor is None else f"a {tensor.ndim}-D output"
                 return
             self.pending.append(((name, call), tuple(tensor.shape[1:]), reduce_output(tensor)))
 

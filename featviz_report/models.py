@@ -81,7 +81,9 @@ def _torchvision(name: str) -> LoadedModel:
         raise ModelError(f"--model torchvision:{name}: no such torchvision classification model{hint}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
-        model = torchvision.models.get_model(name, weights=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # googlenet/inception: init-scheme notice
+            model = torchvision.models.get_model(name, weights=None)
     categories = torchvision.models.get_model_weights(name).DEFAULT.meta.get("categories")
     labels = tuple(categories) if categories else None
     return LoadedModel(model, f"torchvision {name}", 224, "imagenet", labels)

@@ -138,3 +138,28 @@ def test_layer_selection_by_glob_and_default(tiny_cnn: TinyCNN) -> None:
     assert [n for n, _ in select_layers(tiny_cnn, ["conv*", "pool"])] == ["conv1", "pool", "conv2"]
     with pytest.raises(UsageError, match="'nope.*' matches no layer"):
         select_layers(tiny_cnn, ["nope.*"])
+
+
+class Mixed(nn.Module):
+    """A ConvNeXt-style Linear on N×H×W×C maps, and a Linear on N×L×D sequences (not shown)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.pointwise = nn.Linear(4, 6)
+        self.tokens = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.pointwise(self.conv(x).permute(0, 2, 3, 1))
+        return self.tokens(maps.flatten(1, 2)).mean(1)
+
+
+def test_channels_last_linear_is_shown_as_maps_and_sequence_outputs_are_noted() -> None:
+    report = build_report(Mixed(), torch.rand(2, 1, 5, 7), config=ReportConfig(quiet=True))
+    assert [(layer.name, layer.output_shape) for layer in report.layers] == [
+        ("conv", (4, 5, 7)),
+        ("pointwise", (6, 5, 7)),
+    ]
+    assert report.notes == (
+        "1 selected layers give neither N×C×H×W nor N×F outputs and are not shown: tokens (a 3-D output)",
+    )
