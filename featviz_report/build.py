@@ -20,7 +20,7 @@ from .capture import ChannelAccumulator, Reduced, capturing, first_tensor, selec
 from .config import ReportConfig
 from .device import pick_device
 from .encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
-from .errors import ModelError
+from .errors import InputError, ModelError
 from .progress import Progress
 from .render import check_output, write_report
 from .report import ChannelStats, FilterView, Grid, LayerSection, Png, Prediction, Report, Sample, Stats
@@ -67,7 +67,7 @@ def build_report(
         check_output(Path(out), config.format)
     device = pick_device(config.device)
     layers = select_layers(model, config.layers)
-    sample_set = open_samples(samples, _preprocess(model, config))
+    sample_set = open_samples(samples, _preprocess(model, config), config.strict)
     params = list(model.parameters())
     home = params[0].device if params else torch.device("cpu")
     dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
@@ -86,6 +86,7 @@ def build_report(
         colorbar=_colorbar(config.colormap),
         weight_colorbar=_colorbar("diverging"),
         samples=samples_out,
+        skipped_samples=tuple(sample_set.skipped),
         layers=_sections(records, layers, config),
         notes=tuple(skipped),
         version=__version__,
@@ -125,8 +126,7 @@ def _run(
 ) -> tuple[tuple[Sample, ...], dict[tuple[str, int], _LayerRecord], list[str]]:
     """Every batch through the model with hooks; tiles are encoded while the next batch runs."""
     records: dict[tuple[str, int], _LayerRecord] = {}
-    thumbs: list[Future[bytes]] = []
-    thumb_sizes: list[tuple[int, int]] = []
+    thumbs: list[tuple[str, Future[bytes], tuple[int, int]]] = []
     predictions: list[Prediction | None] = []
     total, done = len(sample_set), 0
     with PngEncoder(config.workers) as encoder, capturing(model, layers) as capture, torch.inference_mode():
@@ -134,12 +134,11 @@ def _run(
             inputs = batch.inputs.to(device=device, dtype=dtype)
             try:
                 outputs = model(inputs)
-            except (RuntimeError, ValueError, TypeError, IndexError) as err:
-                raise ModelError(_forward_failure(err, inputs)) from err
-            predictions.extend(_predictions(outputs, len(batch.thumbnails), config.labels))
-            for pixels in batch.thumbnails:
-                thumbs.append(encoder.submit(png_rgb, pixels))
-                thumb_sizes.append((pixels.shape[1], pixels.shape[0]))
+            except Exception as err:  # noqa: BLE001 - the user's model may raise anything; name where
+                raise ModelError(_forward_failure(err, inputs, capture.last_call)) from err
+            predictions.extend(_predictions(outputs, len(batch.names), config.labels))
+            for name, pixels in zip(batch.names, batch.thumbnails):
+                thumbs.append((name, encoder.submit(png_rgb, pixels), (pixels.shape[1], pixels.shape[0])))
             for key, shape, reduced in capture.drain():
                 record = records.get(key)
                 if record is None:
@@ -149,16 +148,27 @@ def _run(
                     )
                 record.stats.add(reduced)
                 _submit_maps(encoder, record, reduced, config)
-            done += len(batch.thumbnails)
+            done = len(thumbs) + len(sample_set.skipped)
             progress.update("capture", done, total)
+        _warn_skipped(sample_set, progress)
         samples = tuple(
             Sample(i, name, Png(future.result(), *size), pred)
-            for i, (name, future, size, pred) in enumerate(zip(sample_set.names, thumbs, thumb_sizes, predictions))
+            for i, ((name, future, size), pred) in enumerate(zip(thumbs, predictions))
         )
         for record in records.values():
             for future in record.maps:
                 future.result()
     return samples, records, _skipped_note(capture.skipped)
+
+
+def _warn_skipped(sample_set: SampleSet, progress: Progress) -> None:
+    """Say which sample files were skipped; fail when none was usable."""
+    for name, reason in sample_set.skipped:
+        progress.warn(f"skipped sample {name!r}: {reason}")
+    if sample_set.skipped and len(sample_set.skipped) == len(sample_set):
+        listed = "; ".join(f"{name!r}: {reason}" for name, reason in sample_set.skipped[:3])
+        more = f" (+{len(sample_set.skipped) - 3} more)" if len(sample_set.skipped) > 3 else ""
+        raise InputError(f"none of the {len(sample_set)} sample files could be used: {listed}{more}")
 
 
 def _skipped_note(skipped: dict[str, str]) -> list[str]:
@@ -170,9 +180,25 @@ def _skipped_note(skipped: dict[str, str]) -> list[str]:
     return [f"{len(skipped)} selected layers give neither N×C×H×W nor N×F outputs and are not shown: {examples}{more}"]
 
 
-def _forward_failure(err: Exception, inputs: torch.Tensor) -> str:
+def _forward_failure(err: Exception, inputs: torch.Tensor, last: tuple[str, nn.Module, tuple[int, ...]] | None) -> str:
+    """What went wrong in the forward pass, in the user's terms where the failing layer tells."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return f"the model failed on inputs of shape {tuple(inputs.shape)}: {first}"
+    samples = "×".join(map(str, inputs.shape[1:]))
+    if last is None:
+        return f"the model failed on samples of shape {samples}: {first}"
+    name, module, shape = last
+    kind = type(module).__name__
+    if isinstance(module, nn.Conv2d) and len(shape) == 4 and shape[1] != module.in_channels:
+        return (
+            f"layer {name} ({kind}) expects {module.in_channels} input channels but gets {shape[1]} "
+            f"(samples are {samples})"
+        )
+    if isinstance(module, nn.Linear) and shape and shape[-1] != module.in_features:
+        return (
+            f"layer {name} ({kind}) expects {module.in_features} input features but gets {shape[-1]}: "
+            f"the model was probably built for another input size than {samples} (see --input-size)"
+        )
+    return f"the model failed in layer {name} ({kind}) on samples of shape {samples}: {first}"
 
 
 def _predictions(outputs: object, count: int, labels: Sequence[str] | None) -> list[Prediction | None]:

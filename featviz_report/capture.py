@@ -217,6 +217,7 @@ class Capture:
     modules: dict[str, nn.Module]
     pending: list[tuple[tuple[str, int], tuple[int, ...], Reduced]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # layer name → what it gave instead
+    last_call: tuple[str, nn.Module, tuple[int, ...]] | None = None  # the leaf module entered last
     _calls: Counter[str] = field(default_factory=Counter)
 
     def hook(self, name: str):  # type: ignore[no-untyped-def]
@@ -233,11 +234,19 @@ class Capture:
 
         return on_output
 
+    def entering(self, name: str):  # type: ignore[no-untyped-def]
+        def on_input(module: nn.Module, inputs: tuple[object, ...]) -> None:
+            tensor = first_tensor(inputs)
+            self.last_call = (name, module, tuple(tensor.shape) if tensor is not None else ())
+
+        return on_input
+
     def drain(self) -> list[tuple[tuple[str, int], tuple[int, ...], Reduced]]:
         """The batch's reductions, moved to the CPU, in call order; resets for the next batch."""
         done = [(key, shape, reduced.to_cpu()) for key, shape, reduced in self.pending]
         self.pending.clear()
         self._calls.clear()
+        self.last_call = None
         return done
 
 
@@ -258,6 +267,9 @@ def capturing(model: nn.Module, layers: Sequence[tuple[str, nn.Module]]) -> Iter
             param.requires_grad_(False)
         for name, module in layers:
             handles.append(module.register_forward_hook(capture.hook(name)))
+        for name, module in model.named_modules():
+            if name and not any(True for _ in module.children()):
+                handles.append(module.register_forward_pre_hook(capture.entering(name)))
         yield capture
     finally:
         for handle in handles:

@@ -10,6 +10,7 @@ import argparse
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", metavar="FILE", help="state_dict to load into the model (read with weights_only=True)"
     )
     parser.add_argument(
+        "--trust-pickled-model",
+        action="store_true",
+        help="allow --model to be a pickled torch.nn.Module (torch.save(model)); unpickling runs code from the "
+        "file, so use it only for files you made",
+    )
+    parser.add_argument(
         "--samples", metavar="PATH", nargs="+", help="image files and/or folders (searched recursively, sorted)"
     )
     parser.add_argument("--labels", metavar="FILE", help="class names: a text file with one per line, or a JSON list")
@@ -91,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument("--title", metavar="TEXT", help="page title (default: the model's name)")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument("--strict", action="store_true", help="an unreadable sample file is an error, not a warning")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr (warnings still appear)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
@@ -127,12 +135,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> None:
     from .build import build_report
     from .models import load_model
+    from .render import check_output
     from .resources import demo_samples_dir
     from .samples import read_labels
 
     if args.model and not args.samples:
         raise UsageError("--samples is required with --model (image files or folders)")
-    loaded = load_model(args.model, args.weights)
+    out = Path(args.out or ("report" if args.format == "dir" else "report.html"))
+    check_output(out, args.format)
+    if args.json:
+        check_output(Path(args.json), "html")
+    loaded = load_model(args.model, args.weights, args.trust_pickled_model)
     labels = read_labels(args.labels) if args.labels else loaded.labels
     config = ReportConfig(
         title=args.title,
@@ -146,8 +159,8 @@ def _run(args: argparse.Namespace) -> None:
         normalize=args.normalize or loaded.normalize,
         labels=labels,
         format=args.format,
+        strict=args.strict,
         quiet=args.quiet,
     )
-    out = args.out or ("report" if args.format == "dir" else "report.html")
     samples = args.samples or [demo_samples_dir()]
     build_report(loaded.module, samples, out, config, json_out=args.json)

@@ -18,7 +18,8 @@ class ReportConfig:
     """Options shared by the CLI and :func:`featviz_report.build_report`.
 
     ``input_size`` and ``normalize`` left as ``None`` mean "what the model suggests": the demo and
-    torchvision models carry their own; any other model gets 224 and no normalisation.
+    torchvision models carry their own; any other model gets 224 and no normalisation. ``strict`` turns
+    an unreadable sample file from a warning into an error; ``quiet`` silences progress (warnings are always printed).
     """
 
     title: str | None = None
@@ -34,6 +35,7 @@ class ReportConfig:
     format: str = "html"
     max_filter_grid: int = 32
     workers: int | None = None
+    strict: bool = False
     quiet: bool = True
 
     def __post_init__(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["FeatvizError", "UsageError", "InputError", "ModelError", "OutputError"]
+__all__ = ["FeatvizError", "UsageError", "InputError", "SampleError", "ModelError", "OutputError"]
 
 
 class FeatvizError(Exception):
@@ -17,6 +17,15 @@ class UsageError(FeatvizError):
 
 class InputError(FeatvizError):
     """A sample file, folder, label file or tensor that cannot be used."""
+
+
+class SampleError(InputError):
+    """One sample file that cannot be used; skipped with a warning unless ``--strict``."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"sample {name!r}: {reason}")
+        self.name = name
+        self.reason = reason
 
 
 class ModelError(FeatvizError):

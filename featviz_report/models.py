@@ -39,15 +39,19 @@ class LoadedModel:
     labels: tuple[str, ...] | None = None
 
 
-def load_model(spec: str | None, weights: str | Path | None = None) -> LoadedModel:
-    """Build the model a spec names and, if given, load a state_dict into it (strictly)."""
-    loaded = _resolve(spec or DEMO)
+def load_model(spec: str | None, weights: str | Path | None = None, trust_pickle: bool = False) -> LoadedModel:
+    """Build the model a spec names and, if given, load a state_dict into it (strictly).
+
+    ``trust_pickle`` allows a file spec to be a pickled ``nn.Module`` (``torch.save(model)``); unpickling
+    runs whatever code the file names, so it is refused unless the user opts in.
+    """
+    loaded = _resolve(spec or DEMO, trust_pickle)
     if weights is not None:
         _apply_state_dict(loaded.module, load_state_dict(weights), f"--weights {str(weights)!r}")
     return loaded
 
 
-def _resolve(spec: str) -> LoadedModel:
+def _resolve(spec: str, trust_pickle: bool = False) -> LoadedModel:
     if spec == DEMO:
         return _demo()
     if spec.startswith("torchvision:"):
@@ -56,7 +60,7 @@ def _resolve(spec: str) -> LoadedModel:
     if path.suffix == ".pt2":
         return _exported(path)
     if path.is_file():
-        return _torchscript(path)
+        return _pickled(path) if trust_pickle and not _is_torchscript(path) else _torchscript(path)
     if ":" in spec:
         return _factory(spec)
     raise ModelError(f"--model {spec!r}: not a file, not torchvision:NAME and not package.module:callable")
@@ -117,12 +121,19 @@ def _exported(path: Path) -> LoadedModel:
     return LoadedModel(torch.export.unflatten(program), path.name)
 
 
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
 def _torchscript(path: Path) -> LoadedModel:
-    names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
-    if not any(name.endswith("/constants.pkl") for name in names):
+    if not _is_torchscript(path):
         raise ModelError(
-            f"--model {str(path)!r}: not a TorchScript or torch.export archive; pickled models and checkpoints "
-            "are not loaded because unpickling runs arbitrary code (pass a state_dict with --weights instead)"
+            f"--model {str(path)!r}: not a TorchScript or torch.export archive; a pickled model is not loaded "
+            "because unpickling runs arbitrary code from the file (pass a state_dict with --weights, or "
+            "--trust-pickled-model if you made this file yourself)"
         )
     try:
         with warnings.catch_warnings():
@@ -130,6 +141,17 @@ def _torchscript(path: Path) -> LoadedModel:
             model = torch.jit.load(str(path), map_location="cpu")
     except Exception as err:  # noqa: BLE001 - any failure here is an unreadable archive
         raise ModelError(f"--model {str(path)!r}: not a readable TorchScript archive ({err})") from None
+    return LoadedModel(model, path.name)
+
+
+def _pickled(path: Path) -> LoadedModel:
+    """A whole pickled module, loaded only because the user passed --trust-pickled-model."""
+    try:
+        model = torch.load(str(path), map_location="cpu", weights_only=False)  # explicit opt-in by the user
+    except Exception as err:  # noqa: BLE001 - unpickling can fail in any way
+        raise ModelError(f"--model {str(path)!r}: cannot unpickle the model ({type(err).__name__}: {err})") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"--model {str(path)!r}: holds a {type(model).__name__}, not a torch.nn.Module")
     return LoadedModel(model, path.name)
 
 

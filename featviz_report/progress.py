@@ -30,6 +30,11 @@ class Progress:
             self.stream.write(line + "\n")
         self._last_line = line
 
+    def warn(self, text: str) -> None:
+        """Warnings are printed even when progress is off: they name inputs the report leaves out."""
+        self.stream.write(f"featviz-report: warning: {text}\n")
+        self.stream.flush()
+
     def message(self, text: str) -> None:
         if self.enabled:
             self.stream.write(text + "\n")

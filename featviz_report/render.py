@@ -75,12 +75,18 @@ def _size(path: Path) -> int:
 @contextmanager
 def _atomic_file(target: Path) -> Iterator[IO[str]]:
     """A text file that appears at ``target`` only when the block succeeds."""
-    fd, tmp = tempfile.mkstemp(dir=target.resolve().parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.resolve().parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as err:
+        raise OutputError(f"cannot write {str(target)!r}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             yield handle
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {str(target)!r}: {err.strerror or err}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -89,7 +95,10 @@ def _atomic_file(target: Path) -> Iterator[IO[str]]:
 def _write_folder(report: Report, out: Path) -> None:
     """``out/index.html`` plus content-addressed images, built aside and swapped in whole."""
     parent = out.resolve().parent
-    staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as err:
+        raise OutputError(f"cannot write {str(out)!r}: {err.strerror or err}") from None
     try:
         images = staging / IMAGE_DIR
         images.mkdir()
@@ -112,6 +121,9 @@ def _write_folder(report: Report, out: Path) -> None:
         os.replace(staging, out)
         if old is not None:
             shutil.rmtree(old)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"cannot write {str(out)!r}: {err.strerror or err}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -261,5 +273,6 @@ def report_json(report: Report) -> dict[str, object]:
             }
             for layer in report.layers
         ],
+        "skipped_samples": [{"name": name, "reason": reason} for name, reason in report.skipped_samples],
         "notes": list(report.notes),
     }

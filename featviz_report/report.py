@@ -122,6 +122,7 @@ class Report:
     colorbar: Png
     weight_colorbar: Png
     samples: tuple[Sample, ...]
+    skipped_samples: tuple[tuple[str, str], ...]
     layers: tuple[LayerSection, ...]
     notes: tuple[str, ...]
     version: str

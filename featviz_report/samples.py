@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import warnings
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError, UsageError
+from .errors import InputError, SampleError, UsageError
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -58,13 +59,18 @@ class Batch:
 
     inputs: torch.Tensor
     thumbnails: list[np.ndarray]
+    names: list[str]
 
 
 class SampleSet(ABC):
-    """A sized, named, deterministic sequence of samples that yields batches."""
+    """A sized, named, deterministic sequence of samples that yields batches.
+
+    ``skipped`` lists (name, reason) of samples that could not be used, as batches reveal them.
+    """
 
     names: list[str]
     shape: tuple[int, ...]
+    skipped: list[tuple[str, str]]
 
     def __len__(self) -> int:
         return len(self.names)
@@ -135,7 +141,7 @@ def read_labels(path: str | Path) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _decode(path: Path, prep: Preprocess) -> np.ndarray:
+def _decode(path: Path, name: str, prep: Preprocess) -> np.ndarray:
     """Decode one file to a ``size×size`` (×3) uint8 array in the channel layout the model expects."""
     try:
         with warnings.catch_warnings():
@@ -144,9 +150,13 @@ def _decode(path: Path, prep: Preprocess) -> np.ndarray:
                 image = ImageOps.exif_transpose(opened)
                 image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"sample {str(path)!r} is too large to decode safely (decompression bomb?)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise InputError(f"sample {str(path)!r} is not a readable image: {err}") from None
+        limit = f"{Image.MAX_IMAGE_PIXELS:,}" if Image.MAX_IMAGE_PIXELS else "the"
+        raise SampleError(name, f"refused: more pixels than {limit} limit (decompression bomb?)") from None
+    except UnidentifiedImageError:
+        reason = "empty file" if path.stat().st_size == 0 else "not an image Pillow can read"
+        raise SampleError(name, reason) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise SampleError(name, f"unreadable image ({err})") from None
     image = _to_8bit(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
@@ -193,30 +203,47 @@ def _thumbnail(pixels: np.ndarray) -> np.ndarray:
 
 
 class FileSamples(SampleSet):
-    """Image files decoded lazily, one batch at a time, so memory does not grow with their number."""
+    """Image files decoded lazily, one batch at a time, so memory does not grow with their number.
 
-    def __init__(self, paths: Sequence[Path], prep: Preprocess) -> None:
+    A file that cannot be decoded is skipped and recorded in ``skipped``, or raises with ``strict``.
+    """
+
+    def __init__(self, paths: Sequence[Path], prep: Preprocess, strict: bool = False) -> None:
         self.paths = list(paths)
         self.prep = prep
-        self.names = [_display_name(p, self.paths) for p in self.paths]
+        self.strict = strict
+        self.names = _display_names(self.paths)
         self.shape = (prep.channels, prep.size, prep.size)
+        self.skipped = []
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        for start in range(0, len(self.paths), batch_size):
-            pixels = [_decode(p, self.prep) for p in self.paths[start : start + batch_size]]
+        named = list(zip(self.paths, self.names))
+        for start in range(0, len(named), batch_size):
+            pixels, names = [], []
+            for path, name in named[start : start + batch_size]:
+                try:
+                    pixels.append(_decode(path, name, self.prep))
+                except SampleError as err:
+                    if self.strict:
+                        raise
+                    self.skipped.append((err.name, err.reason))
+                    continue
+                names.append(name)
+            if not pixels:
+                continue
             stacked = torch.from_numpy(np.stack(pixels)).float().div_(255)
             inputs = stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)
             if self.prep.mean is not None and self.prep.std is not None:
                 mean = torch.tensor(self.prep.mean).view(1, -1, 1, 1)
                 std = torch.tensor(self.prep.std).view(1, -1, 1, 1)
                 inputs = (inputs - mean) / std
-            yield Batch(inputs.contiguous(), [_thumbnail(p) for p in pixels])
+            yield Batch(inputs.contiguous(), [_thumbnail(p) for p in pixels], names)
 
 
-def _display_name(path: Path, paths: list[Path]) -> str:
-    """The file name, or the path when two samples share a name."""
-    same = sum(1 for other in paths if other.name == path.name)
-    return path.name if same == 1 else path.as_posix()
+def _display_names(paths: list[Path]) -> list[str]:
+    """Each file's name, or its path where two samples share a name."""
+    counts = Counter(p.name for p in paths)
+    return [p.name if counts[p.name] == 1 else p.as_posix() for p in paths]
 
 
 class TensorSamples(SampleSet):
@@ -231,6 +258,7 @@ class TensorSamples(SampleSet):
         self.tensor = tensor.detach()
         self.names = [f"sample {i}" for i in range(tensor.shape[0])]
         self.shape = tuple(tensor.shape[1:])
+        self.skipped = []
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         for start in range(0, self.tensor.shape[0], batch_size):
@@ -240,12 +268,13 @@ class TensorSamples(SampleSet):
             hi = flat.amax(1).view(-1, 1, 1, 1)
             pixels = ((inputs.float() - lo) / (hi - lo).clamp_min(1e-12) * 255).round().to(torch.uint8).cpu()
             thumbs = [p.permute(1, 2, 0).numpy() if p.shape[0] == 3 else p[0].numpy() for p in pixels]
-            yield Batch(inputs, [_thumbnail(np.ascontiguousarray(t)) for t in thumbs])
+            names = self.names[start : start + batch_size]
+            yield Batch(inputs, [_thumbnail(np.ascontiguousarray(t)) for t in thumbs], names)
 
 
-def open_samples(samples: SamplesArg, prep: Preprocess) -> SampleSet:
+def open_samples(samples: SamplesArg, prep: Preprocess, strict: bool = False) -> SampleSet:
     """Turn the user's samples argument (path, paths or tensor) into a :class:`SampleSet`."""
     if isinstance(samples, torch.Tensor):
         return TensorSamples(samples)
     paths = [samples] if isinstance(samples, (str, Path)) else list(samples)
-    return FileSamples(find_images(paths), prep)
+    return FileSamples(find_images(paths), prep, strict)

@@ -109,7 +109,7 @@ def test_internal_errors_exit_1_with_a_debug_hint(
 ) -> None:
     import featviz_report.models as models
 
-    def broken(spec: str, weights: object = None) -> None:
+    def broken(*args: object) -> None:
         raise ZeroDivisionError("oops")
 
     monkeypatch.setattr(models, "load_model", broken)
@@ -123,7 +123,7 @@ def test_internal_errors_exit_1_with_a_debug_hint(
 def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import featviz_report.models as models
 
-    def interrupted(spec: str, weights: object = None) -> None:
+    def interrupted(*args: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(models, "load_model", interrupted)

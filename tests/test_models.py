@@ -63,7 +63,7 @@ def test_mismatched_state_dict_lists_keys(tmp_path: Path, tiny_cnn: TinyCNN, mon
     torch.save(state, tmp_path / "w.pt")
     import featviz_report.models as models
 
-    monkeypatch.setattr(models, "_resolve", lambda spec: models.LoadedModel(TinyCNN(), "tiny"))
+    monkeypatch.setattr(models, "_resolve", lambda spec, trust: models.LoadedModel(TinyCNN(), "tiny"))
     with pytest.raises(ModelError, match=r"missing: head.bias; unexpected: extra.weight"):
         load_model("tiny", tmp_path / "w.pt")
 
@@ -72,8 +72,10 @@ def test_pickled_objects_are_never_unpickled(tmp_path: Path, tiny_cnn: TinyCNN) 
     torch.save(tiny_cnn, tmp_path / "whole.pt")  # a pickled module, not a state_dict
     with pytest.raises(ModelError, match="not a loadable state_dict"):
         load_state_dict(tmp_path / "whole.pt")
-    with pytest.raises(ModelError, match="pickled models and checkpoints are not loaded"):
+    with pytest.raises(ModelError, match="a pickled model is not loaded.*--trust-pickled-model"):
         load_model(str(tmp_path / "whole.pt"))
+    trusted = load_model(str(tmp_path / "whole.pt"), trust_pickle=True).module
+    assert isinstance(trusted, TinyCNN) and torch.equal(trusted.conv1.weight, tiny_cnn.conv1.weight)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")

@@ -16,7 +16,7 @@ from conftest import TinyCNN, decode_png, read_page
 from torch import nn
 
 from featviz_report import ReportConfig, build_report
-from featviz_report.errors import OutputError
+from featviz_report.errors import ModelError, OutputError
 from featviz_report.render import script_json
 
 CHECKER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_report.py"
@@ -144,7 +144,7 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_report(tmp_path: Path, tiny
 def test_a_failing_run_leaves_the_existing_report_untouched(tmp_path: Path, tiny_cnn: TinyCNN) -> None:
     out = tmp_path / "r.html"
     out.write_text("previous report")
-    with pytest.raises(Exception, match="failed on inputs"):
+    with pytest.raises(ModelError, match=r"layer conv1 \(Conv2d\) expects 1 input channels but gets 3"):
         build_report(tiny_cnn, torch.rand(1, 3, 8, 8), out, ReportConfig(quiet=True))  # wrong channel count
     assert out.read_text() == "previous report"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]

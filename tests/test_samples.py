@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from featviz_report.errors import InputError, UsageError
+from featviz_report.errors import InputError, SampleError, UsageError
 from featviz_report.samples import FileSamples, Preprocess, TensorSamples, find_images, parse_normalize, read_labels
 
 
@@ -85,18 +85,26 @@ def test_normalisation_is_applied_per_channel(tmp_path: Path) -> None:
     assert inputs[:, 0, 0].tolist() == pytest.approx([(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (1 - 0.406) / 0.225])
 
 
-def test_unreadable_file_is_named(tmp_path: Path) -> None:
-    bad = tmp_path / "broken.png"
-    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with pytest.raises(InputError, match="broken.png"):
-        _one(bad, Preprocess(8, 1))
+def test_unreadable_files_are_skipped_by_name_or_raise_when_strict(tmp_path: Path) -> None:
+    good = tmp_path / "good.png"
+    Image.new("L", (8, 8), 200).save(good)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "empty.png").write_bytes(b"")
+    paths = [tmp_path / "broken.png", good, tmp_path / "empty.png"]
+    samples = FileSamples(paths, Preprocess(8, 1))
+    (batch,) = list(samples.batches(8))
+    assert batch.names == ["good.png"] and tuple(batch.inputs.shape) == (1, 1, 8, 8)
+    assert [name for name, _ in samples.skipped] == ["broken.png", "empty.png"]
+    assert samples.skipped[1][1] == "empty file"
+    with pytest.raises(SampleError, match="'broken.png'"):
+        list(FileSamples(paths, Preprocess(8, 1), strict=True).batches(8))
 
 
 def test_decompression_bombs_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Image.new("L", (64, 64)).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(InputError, match="bomb.png.*decompression bomb"):
-        _one(tmp_path / "bomb.png", Preprocess(8, 1))
+    with pytest.raises(SampleError, match="'bomb.png'.*decompression bomb"):
+        list(FileSamples([tmp_path / "bomb.png"], Preprocess(8, 1), strict=True).batches(8))
 
 
 def test_normalize_specs() -> None:
