@@ -135,7 +135,8 @@ def _run(
             try:
                 outputs = model(inputs)
             except Exception as err:  # noqa: BLE001 - the user's model may raise anything; name where
-                raise ModelError(_forward_failure(err, inputs, capture.last_call)) from err
+                last = capture.last_call
+                raise ModelError(_forward_failure(err, inputs, last, capture.last_returned)) from err
             predictions.extend(_predictions(outputs, len(batch.names), config.labels))
             for name, pixels in zip(batch.names, batch.thumbnails):
                 thumbs.append((name, encoder.submit(png_rgb, pixels), (pixels.shape[1], pixels.shape[0])))
@@ -180,7 +181,9 @@ def _skipped_note(skipped: dict[str, str]) -> list[str]:
     return [f"{len(skipped)} selected layers give neither N×C×H×W nor N×F outputs and are not shown: {examples}{more}"]
 
 
-def _forward_failure(err: Exception, inputs: torch.Tensor, last: tuple[str, nn.Module, tuple[int, ...]] | None) -> str:
+def _forward_failure(
+    err: Exception, inputs: torch.Tensor, last: tuple[str, nn.Module, tuple[int, ...]] | None, returned: bool
+) -> str:
     """What went wrong in the forward pass, in the user's terms where the failing layer tells."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     samples = "×".join(map(str, inputs.shape[1:]))
@@ -198,7 +201,8 @@ def _forward_failure(err: Exception, inputs: torch.Tensor, last: tuple[str, nn.M
             f"layer {name} ({kind}) expects {module.in_features} input features but gets {shape[-1]}: "
             f"the model was probably built for another input size than {samples} (see --input-size)"
         )
-    return f"the model failed in layer {name} ({kind}) on samples of shape {samples}: {first}"
+    where = "after" if returned else "in"
+    return f"the model failed {where} layer {name} ({kind}) on samples of shape {samples}: {first}"
 
 
 def _predictions(outputs: object, count: int, labels: Sequence[str] | None) -> list[Prediction | None]:

@@ -218,6 +218,7 @@ class Capture:
     pending: list[tuple[tuple[str, int], tuple[int, ...], Reduced]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # layer name → what it gave instead
     last_call: tuple[str, nn.Module, tuple[int, ...]] | None = None  # the leaf module entered last
+    last_returned: bool = False  # whether that module's forward returned
     _calls: Counter[str] = field(default_factory=Counter)
 
     def hook(self, name: str):  # type: ignore[no-untyped-def]
@@ -238,8 +239,12 @@ class Capture:
         def on_input(module: nn.Module, inputs: tuple[object, ...]) -> None:
             tensor = first_tensor(inputs)
             self.last_call = (name, module, tuple(tensor.shape) if tensor is not None else ())
+            self.last_returned = False
 
         return on_input
+
+    def leaving(self, module: nn.Module, inputs: object, output: object) -> None:
+        self.last_returned = True
 
     def drain(self) -> list[tuple[tuple[str, int], tuple[int, ...], Reduced]]:
         """The batch's reductions, moved to the CPU, in call order; resets for the next batch."""
@@ -270,6 +275,7 @@ def capturing(model: nn.Module, layers: Sequence[tuple[str, nn.Module]]) -> Iter
         for name, module in model.named_modules():
             if name and not any(True for _ in module.children()):
                 handles.append(module.register_forward_pre_hook(capture.entering(name)))
+                handles.append(module.register_forward_hook(capture.leaving))
         yield capture
     finally:
         for handle in handles:

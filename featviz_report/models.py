@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 import os
 import sys
 import warnings
@@ -112,12 +113,19 @@ def _factory(spec: str) -> LoadedModel:
 
 
 def _exported(path: Path) -> LoadedModel:
+    if not path.is_file():
+        raise ModelError(f"--model {str(path)!r}: file not found")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"--model {str(path)!r}: not a torch.export archive (not a zip file)")
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    export_log.setLevel(logging.CRITICAL)  # torch logs a traceback before raising; our message says it all
     try:
         program = torch.export.load(str(path))
-    except FileNotFoundError:
-        raise ModelError(f"--model {str(path)!r}: file not found") from None
     except Exception as err:  # noqa: BLE001 - any failure here is an unreadable archive
         raise ModelError(f"--model {str(path)!r}: not a readable torch.export archive ({err})") from None
+    finally:
+        export_log.setLevel(level)
     return LoadedModel(torch.export.unflatten(program), path.name)
 
 

@@ -1,0 +1,448 @@
+"""The failure contract, case by case: hostile models, files, options and outputs through ``main(argv)``.
+
+Every failing case asserts the exact exit code, one ``featviz-report: error:`` line that names the
+culprit, no traceback, an untouched pre-existing report and no stray files. Succeeding cases with bad
+parts assert what the report says about them; XSS cases assert that no attacker markup is live.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import read_page
+from featviz_report.cli import main
+from featviz_report.demo.model import DigitsCNN
+
+SENTINEL = "previous report, must survive"
+
+FACTORIES = """
+import torch
+from torch import nn
+
+class FourChannels(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 2, 3)
+    def forward(self, x):
+        return self.conv(x)
+
+class FixedSize(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        self.fc = nn.Linear(2 * 16 * 16, 3)
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+
+class Raises(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+    def forward(self, x):
+        y = self.conv(x)
+        raise ValueError("custom failure in forward")
+
+class NaNChannel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3)
+        self.after = nn.Conv2d(3, 3, 1)
+    def forward(self, x):
+        y = self.conv(x)
+        y[:, 1] = float("nan")
+        return self.after(y)
+
+def four_channels(): return FourChannels()
+def fixed_size(): return FixedSize()
+def raises(): return Raises()
+def nan_channel(): return NaNChannel()
+def bfloat16(): return FixedSize().to(torch.bfloat16)
+def not_a_model(): return "a string"
+"""
+
+
+@dataclass
+class World:
+    """A tmp folder with good and bad inputs, and an output folder holding a previous report."""
+
+    root: Path
+    out: Path
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report.html"
+
+    def image(self, name: str, size: tuple[int, int] = (20, 20)) -> Path:
+        path = self.root / "images" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(len(name)).integers(0, 255, (*size, 3), dtype=np.uint8)).save(path, "PNG")
+        return path
+
+    def file(self, name: str, data: bytes) -> Path:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
+    (tmp_path / "hostile_factories.py").write_text(textwrap.dedent(FACTORIES))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.html").write_text(SENTINEL)
+    w = World(tmp_path, out)
+    w.image("good.png")
+    return w
+
+
+def fails(world: World, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, *culprits: str) -> str:
+    """Run and check the failure contract; return stderr."""
+    result = main([*argv, "-o", str(world.report), "--quiet"])
+    err = capsys.readouterr().err
+    assert result == code, err
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("featviz-report: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    assert all(line.startswith("featviz-report: warning: ") for line in lines[:-1]), err
+    assert "Traceback" not in err
+    for culprit in culprits:
+        assert culprit in errors[0], errors[0]
+    assert world.report.read_text() == SENTINEL
+    assert sorted(p.name for p in world.out.iterdir()) == ["report.html"], "stray or temporary files left"
+    return errors[0]
+
+
+def succeeds(world: World, capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[str, str]:
+    result = main([*argv, "-o", str(world.report), "--quiet"])
+    err = capsys.readouterr().err
+    assert result == 0, err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in world.out.iterdir()) == ["report.html"]
+    return world.report.read_text(), err
+
+
+IMAGES = ["--samples", "images"]
+
+# --- models -------------------------------------------------------------------------------------------
+
+
+def test_unknown_torchvision_model(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(world, capsys, ["--model", "torchvision:resnet_999", *IMAGES], 2, "torchvision:resnet_999")
+
+
+def test_pickled_model_is_refused_with_the_reason(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.save(DigitsCNN(), world.root / "whole.pt")
+    error = fails(world, capsys, ["--model", "whole.pt", *IMAGES], 2, "'whole.pt'", "arbitrary code")
+    assert "--trust-pickled-model" in error
+
+
+def test_pickled_model_loads_with_the_explicit_opt_in(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.save(DigitsCNN(), world.root / "whole.pt")
+    page, _ = succeeds(world, capsys, ["--model", "whole.pt", "--trust-pickled-model", *IMAGES, "--input-size", "28"])
+    assert 'data-layer="conv1"' in page
+
+
+def test_malicious_weights_never_run_even_when_torch_is_told_to_unpickle(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = world.root / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple[Callable[..., object], tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"conv1.weight": torch.zeros(1), "x": Payload()}, world.root / "evil.pt")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    fails(world, capsys, ["--weights", "evil.pt"], 2, "--weights 'evil.pt'", "not a loadable state_dict")
+    assert not marker.exists()
+
+
+def test_weights_file_missing(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(world, capsys, ["--weights", "nowhere.pt"], 2, "'nowhere.pt'", "file not found")
+
+
+def test_weights_file_is_garbage(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.file("garbage.pt", b"\x00\x01 not a checkpoint")
+    fails(world, capsys, ["--weights", "garbage.pt"], 2, "'garbage.pt'")
+
+
+def test_weights_with_wrong_keys_list_them(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    state = DigitsCNN().state_dict()
+    state["bogus.weight"] = state.pop("fc2.weight")
+    torch.save(state, world.root / "keys.pt")
+    fails(world, capsys, ["--weights", "keys.pt"], 2, "'keys.pt'", "missing: fc2.weight", "unexpected: bogus.weight")
+
+
+def test_weights_with_wrong_shapes_name_them(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    state = DigitsCNN().state_dict()
+    state["conv2.weight"] = torch.zeros(8, 16, 3, 3)
+    torch.save(state, world.root / "shape.pt")
+    fails(world, capsys, ["--weights", "shape.pt"], 2, "'shape.pt'", "wrong shape: conv2.weight")
+
+
+def test_factory_module_missing(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(world, capsys, ["--model", "no_such_pkg.models:build", *IMAGES], 2, "'no_such_pkg.models'")
+
+
+def test_factory_attribute_missing(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(world, capsys, ["--model", "hostile_factories:nope", *IMAGES], 2, "'nope'")
+
+
+def test_factory_returns_no_module(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(world, capsys, ["--model", "hostile_factories:not_a_model", *IMAGES], 2, "returned str")
+
+
+def test_corrupt_export_archive(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.file("broken.pt2", b"PK\x03\x04 truncated zip")
+    fails(world, capsys, ["--model", "broken.pt2", *IMAGES], 2, "'broken.pt2'")
+
+
+def test_wrong_input_channels_say_what_the_model_expects(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(world, capsys, ["--model", "hostile_factories:four_channels", *IMAGES], 2,
+          "layer conv (Conv2d) expects 4 input channels but gets 3", "3×224×224")  # fmt: skip
+
+
+def test_wrong_input_size_points_at_input_size(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(world, capsys, ["--model", "hostile_factories:fixed_size", *IMAGES, "--input-size", "20"], 2,
+          "layer fc (Linear) expects 512 input features but gets 800", "--input-size")  # fmt: skip
+
+
+def test_forward_that_raises_names_where(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(world, capsys, ["--model", "hostile_factories:raises", *IMAGES], 2,
+          "after layer conv (Conv2d)", "custom failure in forward")  # fmt: skip
+
+
+def test_nan_channels_are_counted_and_said(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    page, _ = succeeds(world, capsys, ["--model", "hostile_factories:nan_channel", *IMAGES, "--input-size", "16"])
+    assert "non-finite" in page and "NaN" in page
+
+
+def test_bfloat16_models_are_reduced_in_float32(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    page, _ = succeeds(world, capsys, ["--model", "hostile_factories:bfloat16", *IMAGES, "--input-size", "16"])
+    assert 'data-layer="fc"' in page
+
+
+# --- samples ------------------------------------------------------------------------------------------
+
+
+def test_missing_samples_path(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(world, capsys, ["--samples", "nope/dir"], 2, "'nope/dir'", "does not exist")
+
+
+def test_empty_samples_folder(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    (world.root / "empty").mkdir()
+    fails(world, capsys, ["--samples", "empty"], 2, "'empty'", "no image files")
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("zero.png", b"", "empty file"),
+        ("notes.png", b"this is text, not pixels", "not an image"),
+        ("cut.png", None, "unreadable image"),
+    ],
+)
+def test_bad_files_are_skipped_by_name_and_listed_in_the_report(
+    world: World, capsys: pytest.CaptureFixture[str], name: str, data: bytes | None, reason: str
+) -> None:
+    if data is None:
+        full = world.image("whole.png", (64, 64)).read_bytes()
+        (world.root / "images" / "whole.png").unlink()
+        data = full[: len(full) // 2]
+    world.file(f"images/{name}", data)
+    page, err = succeeds(world, capsys, IMAGES)
+    assert f"featviz-report: warning: skipped sample '{name}': {reason}" in err
+    assert name in page and "could not be used" in page
+    assert 'alt="Input sample 0: good.png"' in page
+
+
+def test_only_bad_files_is_an_error_naming_them(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.file("bad/a.png", b"")
+    world.file("bad/b.jpg", b"nope")
+    fails(world, capsys, ["--samples", "bad"], 2, "none of the 2 sample files", "'a.png'", "'b.jpg'")
+
+
+def test_strict_turns_a_bad_file_into_an_error(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.file("images/zero.png", b"")
+    fails(world, capsys, [*IMAGES, "--strict"], 2, "'zero.png'", "empty file")
+
+
+def test_decompression_bomb_is_refused(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.image("huge.png", (100, 100))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    fails(world, capsys, [*IMAGES, "--strict"], 2, "'huge.png'", "decompression bomb")
+
+
+def test_labels_file_missing(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(world, capsys, ["--labels", "labels.txt"], 2, "'labels.txt'")
+
+
+def test_labels_file_bad_json(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.file("labels.json", b"[1, 2,")
+    fails(world, capsys, ["--labels", "labels.json"], 2, "'labels.json'", "not valid JSON")
+
+
+def test_labels_json_not_a_list_of_strings(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.file("labels.json", b'{"0": "cat"}')
+    fails(world, capsys, ["--labels", "labels.json"], 2, "'labels.json'", "JSON list of strings")
+
+
+# --- options ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "culprit"),
+    [
+        (["--normalize", "0.5"], "--normalize '0.5'"),
+        (["--layers", "conv9*"], "--layers 'conv9*'"),
+        (["--max-channels", "0"], "--max-channels"),
+        (["--input-size", "big"], "--input-size"),
+        (["--colormap", "jet"], "--colormap"),
+        (["--format", "pdf"], "--format"),
+        (["--model", "torchvision:resnet18"], "--samples is required"),
+        (["--frobnicate"], "--frobnicate"),
+    ],
+)
+def test_bad_options(world: World, capsys: pytest.CaptureFixture[str], argv: list[str], culprit: str) -> None:
+    fails(world, capsys, argv, 2, culprit)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_unavailable_device(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(world, capsys, ["--device", "cuda"], 2, "--device cuda", "no CUDA device")
+
+
+# --- outputs ------------------------------------------------------------------------------------------
+
+
+def test_output_folder_missing(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-o", "no/such/folder/r.html", "--quiet"]) == 2
+    assert "'no/such/folder/r.html'" in capsys.readouterr().err
+    assert not (world.root / "no").exists()
+
+
+def test_json_folder_missing_fails_before_the_model_runs(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(world, capsys, ["--json", "no/such/r.json"], 2, "'no/such/r.json'", "does not exist")
+
+
+def test_html_output_onto_a_folder(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-o", str(world.out), "--quiet"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert world.report.read_text() == SENTINEL
+
+
+def test_folder_output_never_replaces_a_folder_that_is_not_a_report(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (world.root / "site").mkdir()
+    (world.root / "site" / "keep.txt").write_text("mine")
+    assert main(["--format", "dir", "-o", "site", "--quiet"]) == 2
+    assert "not a featviz report" in capsys.readouterr().err
+    assert [p.name for p in (world.root / "site").iterdir()] == ["keep.txt"]
+
+
+def test_unwritable_output_location(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-o", "/proc/featviz-report.html", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "'/proc/featviz-report.html'" in err and "Traceback" not in err
+
+
+def test_ctrl_c_during_the_run_leaves_nothing_behind(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import featviz_report.build as build
+
+    def interrupt(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "_predictions", interrupt)
+    assert main(["-o", str(world.report), "--quiet"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert world.report.read_text() == SENTINEL
+    assert [p.name for p in world.out.iterdir()] == ["report.html"]
+
+
+def test_failure_while_writing_leaves_no_partial_file(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import featviz_report.render as render
+
+    real = render.render_html
+
+    def half_then_crash(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        stream = real(*args, **kwargs)  # type: ignore[arg-type]
+        yield next(stream)
+        raise RuntimeError("disk gremlin")
+
+    monkeypatch.setattr(render, "render_html", half_then_crash)
+    fails(world, capsys, [], 1, "internal error", "disk gremlin", "--debug")
+
+
+# --- untrusted text in the page -----------------------------------------------------------------------
+
+XSS = "<img src=x onerror=alert(1)>\"'\u2028"
+
+
+def test_hostile_file_names_labels_and_title_are_inert(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.image(f"{XSS}.png")
+    world.file("labels.txt", "\n".join(f"{XSS}{i}</script>" for i in range(10)).encode())
+    page_text, _ = succeeds(world, capsys, [*IMAGES, "--labels", "labels.txt", "--title", f"</title>{XSS}"])
+    page = read_page(world.report)
+    assert "<img src=x" not in page_text and "</script>0" not in page_text
+    assert any(img["alt"].startswith(f"Input sample 0: {XSS}.png") for img in page.images)
+    data = [text for attrs, text in page.scripts if attrs.get("type") == "application/json"][0]
+    assert "<" not in data and "\u2028" not in data
+
+
+def test_hostile_layer_names_get_unique_safe_ids(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.file(
+        "xss_model.py",
+        textwrap.dedent(
+            """
+            from torch import nn
+            def build():
+                net = nn.Sequential()
+                net.add_module('<svg onload=alert(1)>', nn.Conv2d(3, 2, 3))
+                net.add_module('<svg onload=alert(2)>', nn.Conv2d(2, 2, 3))
+                net.add_module('"><b>x</b>', nn.Conv2d(2, 2, 3))
+                return net
+            """
+        ).encode(),
+    )
+    page_text, _ = succeeds(world, capsys, ["--model", "xss_model:build", *IMAGES, "--input-size", "12"])
+    page = read_page(world.report)
+    assert "<svg" not in page_text and "<b>x</b>" not in page_text
+    ids = [s["id"] for s in page.sections]
+    assert len(set(ids)) == 3 and all(i.replace("-", "").isalnum() for i in ids)
+    assert [s["data-layer"] for s in page.sections][2] == '"><b>x</b>'
+
+
+# --- determinism --------------------------------------------------------------------------------------
+
+
+def test_file_creation_order_does_not_change_the_report(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    names = ["b.png", "a.png", "sub/c.png", "A.png"]
+    pixels = {n: np.random.default_rng(i).integers(0, 255, (12, 12), dtype=np.uint8) for i, n in enumerate(names)}
+    reports = []
+    for order, folder in ((names, "one"), (names[::-1], "two")):
+        for name in order:
+            (world.root / folder / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels[name]).save(world.root / folder / name)
+        out = world.root / f"{folder}.html"
+        assert main(["--samples", folder, "-o", str(out), "--quiet"]) == 0
+        reports.append(out.read_bytes())
+    assert reports[0] == reports[1]
