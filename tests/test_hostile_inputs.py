@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import read_page
 from PIL import Image
 
-from conftest import read_page
 from featviz_report.cli import main
 from featviz_report.demo.model import DigitsCNN
 
