@@ -163,3 +163,26 @@ def test_channels_last_linear_is_shown_as_maps_and_sequence_outputs_are_noted() 
     assert report.notes == (
         "1 selected layers give neither N×C×H×W nor N×F outputs and are not shown: tokens (a 3-D output)",
     )
+
+
+class BatchNormDict(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.bn = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> dict[str, object]:
+        features = self.bn(self.conv(x))
+        return {"aux": (features,), "logits": self.fc(features.mean((2, 3)))}
+
+
+def test_train_mode_model_keeps_batchnorm_statistics_and_dict_outputs_work() -> None:
+    model = BatchNormDict().train()
+    before = (model.bn.running_mean.clone(), model.bn.running_var.clone(), int(model.bn.num_batches_tracked))
+    report = build_report(model, torch.rand(3, 1, 6, 6), config=ReportConfig(quiet=True))
+    assert model.training and model.bn.training
+    assert torch.equal(model.bn.running_mean, before[0]) and torch.equal(model.bn.running_var, before[1])
+    assert int(model.bn.num_batches_tracked) == before[2]
+    assert [layer.name for layer in report.layers] == ["conv", "fc"]
+    assert all(s.prediction is not None and s.prediction.label.startswith("class ") for s in report.samples)
