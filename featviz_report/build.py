@@ -5,45 +5,28 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import __version__
-from .capture import ChannelAccumulator, Reduced, capturing, first_tensor, select_layers, vector_shape
+from .accumulate import ChannelAccumulator
+from .capture import capturing, first_tensor, select_layers
 from .config import ReportConfig
 from .device import pick_device
 from .encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import InputError, ModelError
 from .progress import Progress
+from .reduce import Reduced
 from .render import check_output, write_report
-from .report import ChannelStats, FilterView, Grid, LayerSection, Png, Prediction, Report, Sample, Stats
+from .report import Png, Prediction, Report, Sample
 from .samples import Preprocess, SamplesArg, SampleSet, open_samples, parse_normalize
-from .weights import FilterTiles, filter_tiles
+from .sections import LayerRecord, colorbar, layer_sections, shown_channels
 
 __all__ = ["build_report"]
-
-MAP_TILE_PX = 64  # a feature-map tile is shown at least this wide (integer zoom), if the page allows
-FILTER_TILE_PX = 36
-KERNEL_TILE_PX = 12
-MAX_WIDTH_PX = 920
-
-
-@dataclass
-class _LayerRecord:
-    """What the batches of one (module, call) have produced so far."""
-
-    name: str
-    module: nn.Module
-    shape: tuple[int, ...]
-    stats: ChannelAccumulator
-    maps: list[Future[bytes]] = field(default_factory=list)
 
 
 def build_report(
@@ -83,11 +66,11 @@ def build_report(
         input_shape=sample_set.shape,
         params=sum(p.numel() for p in params),
         colormap=config.colormap,
-        colorbar=_colorbar(config.colormap),
-        weight_colorbar=_colorbar("diverging"),
+        colorbar=colorbar(config.colormap),
+        weight_colorbar=colorbar("diverging"),
         samples=samples_out,
         skipped_samples=tuple(sample_set.skipped),
-        layers=_sections(records, layers, config),
+        layers=layer_sections(list(records.values()), layers, config),
         notes=tuple(skipped),
         version=__version__,
     )
@@ -104,11 +87,6 @@ def _preprocess(model: nn.Module, config: ReportConfig) -> Preprocess:
     return Preprocess(config.input_size or 224, channels, mean, std)
 
 
-def _colorbar(colormap: str) -> Png:
-    ramp = np.arange(256, dtype=np.uint8).reshape(1, 256)
-    return Png(png_palette(ramp, colormap), 256, 1)
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
@@ -123,9 +101,9 @@ def _run(
     dtype: torch.dtype,
     config: ReportConfig,
     progress: Progress,
-) -> tuple[tuple[Sample, ...], dict[tuple[str, int], _LayerRecord], list[str]]:
+) -> tuple[tuple[Sample, ...], dict[tuple[str, int], LayerRecord], list[str]]:
     """Every batch through the model with hooks; tiles are encoded while the next batch runs."""
-    records: dict[tuple[str, int], _LayerRecord] = {}
+    records: dict[tuple[str, int], LayerRecord] = {}
     thumbs: list[tuple[str, Future[bytes], tuple[int, int]]] = []
     predictions: list[Prediction | None] = []
     total, done = len(sample_set), 0
@@ -138,16 +116,18 @@ def _run(
                 last = capture.last_call
                 raise ModelError(_forward_failure(err, inputs, last, capture.last_returned)) from err
             predictions.extend(_predictions(outputs, len(batch.names), config.labels))
+            first_sample = len(thumbs)
             for name, pixels in zip(batch.names, batch.thumbnails):
                 thumbs.append((name, encoder.submit(png_rgb, pixels), (pixels.shape[1], pixels.shape[0])))
             for key, shape, reduced in capture.drain():
                 record = records.get(key)
                 if record is None:
                     name = key[0] if key[1] == 0 else f"{key[0]} (call {key[1] + 1})"
-                    record = records[key] = _LayerRecord(
-                        name, capture.modules[key[0]], shape, ChannelAccumulator(shape[0])
+                    channels = shape[0] if len(shape) == 3 else shape[-1]
+                    record = records[key] = LayerRecord(
+                        name, capture.modules[key[0]], shape, ChannelAccumulator(channels, config.top_k)
                     )
-                record.stats.add(reduced)
+                record.stats.add(reduced, first_sample)
                 _submit_maps(encoder, record, reduced, config)
             done = len(thumbs) + len(sample_set.skipped)
             progress.update("capture", done, total)
@@ -219,132 +199,10 @@ def _predictions(outputs: object, count: int, labels: Sequence[str] | None) -> l
     ]
 
 
-def _shown_channels(channels: int, config: ReportConfig) -> int:
-    return min(channels, config.max_channels) if config.max_channels else channels
-
-
-def _submit_maps(encoder: PngEncoder, record: _LayerRecord, reduced: Reduced, config: ReportConfig) -> None:
+def _submit_maps(encoder: PngEncoder, record: LayerRecord, reduced: Reduced, config: ReportConfig) -> None:
     tiles = reduced.tiles.numpy()
-    shown = tiles.shape[1] if len(record.shape) == 1 else _shown_channels(tiles.shape[1], config)
+    shown = shown_channels(record.shape, config)
     cols = grid_shape(shown)[1]
     for sample_tiles in tiles:
         atlas = tile_atlas(sample_tiles[:shown], cols)
         record.maps.append(encoder.submit(png_palette, atlas, config.colormap))
-
-
-def _grid(png: bytes, tile_h: int, tile_w: int, count: int, cols: int, target_px: int) -> Grid:
-    rows = -(-count // cols)
-    width, height = cols * tile_w, rows * tile_h
-    zoom = max(1, min(-(-target_px // tile_w), MAX_WIDTH_PX // width))
-    return Grid(Png(png, width, height), rows, cols, tile_h, tile_w, count, zoom)
-
-
-def _filter_view(tiles: FilterTiles) -> FilterView:
-    count, tile_h, tile_w = tiles.tiles.shape[:3]
-    atlas = tile_atlas(tiles.tiles, tiles.cols)
-    png = png_rgb(atlas) if tiles.rgb else png_palette(atlas, "diverging")
-    target = KERNEL_TILE_PX if tiles.kernels else FILTER_TILE_PX
-    return FilterView(
-        _grid(png, tile_h, tile_w, count, tiles.cols, target),
-        tiles.caption,
-        None if tiles.rgb else "diverging",
-        tiles.value_range,
-        tiles.note,
-    )
-
-
-def _stats(acc: ChannelAccumulator) -> tuple[Stats, ChannelStats]:
-    count = acc.count.sum()
-    mean = float((acc.mean * acc.count).sum() / max(count, 1))
-    m2 = float((acc.m2 + acc.count * (acc.mean - mean) ** 2).sum())
-    elements = max(float(count + acc.nans.sum() + acc.infs.sum()), 1.0)
-    finite_min = acc.minimum[np.isfinite(acc.minimum)]
-    finite_max = acc.maximum[np.isfinite(acc.maximum)]
-    std = np.sqrt(acc.m2 / np.maximum(acc.count, 1))
-    layer = Stats(
-        min=float(finite_min.min()) if finite_min.size else float("nan"),
-        max=float(finite_max.max()) if finite_max.size else float("nan"),
-        mean=mean,
-        std=float(np.sqrt(m2 / max(count, 1))),
-        zero_fraction=float(acc.zeros.sum() / elements),
-        nan=int(acc.nans.sum()),
-        inf=int(acc.infs.sum()),
-        dead_channels=int((acc.positives == 0).sum()),
-    )
-    per_total = np.maximum(acc.count + acc.nans + acc.infs, 1)
-    channels = ChannelStats(
-        min=tuple(acc.minimum.tolist()),
-        max=tuple(acc.maximum.tolist()),
-        mean=tuple(acc.mean.tolist()),
-        std=tuple(std.tolist()),
-        zero_fraction=tuple((acc.zeros / per_total).tolist()),
-    )
-    return layer, channels
-
-
-def _describe(module: nn.Module) -> str:
-    if isinstance(module, nn.Conv2d):
-        parts = [f"Conv2d {module.in_channels}→{module.out_channels}", "×".join(map(str, module.kernel_size))]
-        if module.stride != (1, 1):
-            parts.append(f"stride {'×'.join(map(str, module.stride))}")
-        if module.groups != 1:
-            parts.append("depthwise" if module.groups == module.in_channels else f"{module.groups} groups")
-        return " · ".join(parts)
-    if isinstance(module, nn.Linear):
-        return f"Linear {module.in_features}→{module.out_features}"
-    return type(module).__name__
-
-
-def _slugs(names: Sequence[str]) -> list[str]:
-    """URL-safe, unique ids for ``names`` (``layer1.0.conv1`` → ``layer1-0-conv1``)."""
-    seen: set[str] = set()
-    slugs = []
-    for name in names:
-        base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "layer"
-        slug, n = base, 1
-        while slug in seen:
-            n += 1
-            slug = f"{base}-{n}"
-        seen.add(slug)
-        slugs.append(slug)
-    return slugs
-
-
-def _sections(
-    records: dict[tuple[str, int], _LayerRecord], layers: list[tuple[str, nn.Module]], config: ReportConfig
-) -> tuple[LayerSection, ...]:
-    if not records:
-        raise ModelError("none of the selected layers ran during the forward pass; check --layers")
-    first_conv = next((name for name, m in layers if isinstance(m, nn.Conv2d)), None)
-    ordered = list(records.values())
-    sections = []
-    for record, slug in zip(ordered, _slugs([r.name for r in ordered])):
-        stats, channels = _stats(record.stats)
-        vector = len(record.shape) == 1
-        shown = 1 if vector else _shown_channels(record.shape[0], config)
-        tile_h, tile_w = (record.shape[1], record.shape[2]) if not vector else vector_shape(record.shape[0])
-        cols = grid_shape(shown)[1]
-        maps = tuple(_grid(f.result(), tile_h, tile_w, shown, cols, MAP_TILE_PX) for f in record.maps)
-        tiles = filter_tiles(record.module, record.name == first_conv, config.max_filter_grid)
-        notes = []
-        if not vector and shown < record.shape[0]:
-            notes.append(f"showing channels 0–{shown - 1} of {record.shape[0]} (--max-channels {shown})")
-        if stats.nan or stats.inf:
-            notes.append(f"{stats.nan} NaN and {stats.inf} infinite values (shown as the lowest colour)")
-        sections.append(
-            LayerSection(
-                name=record.name,
-                slug=slug,
-                type=type(record.module).__name__,
-                description=_describe(record.module),
-                output_shape=record.shape,
-                params=sum(p.numel() for p in record.module.parameters()),
-                stats=stats,
-                channels=channels,
-                shown_channels=shown,
-                maps=maps,
-                filters=_filter_view(tiles) if tiles else None,
-                notes=tuple(notes),
-            )
-        )
-    return tuple(sections)

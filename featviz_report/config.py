@@ -34,6 +34,7 @@ class ReportConfig:
     labels: tuple[str, ...] | None = None
     format: str = "html"
     max_filter_grid: int = 32
+    top_k: int = 4
     workers: int | None = None
     strict: bool = False
     quiet: bool = True
@@ -45,7 +46,7 @@ class ReportConfig:
             raise UsageError(f"unknown format {self.format!r}; choose html or dir")
         if self.device not in DEVICES:
             raise UsageError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
-        for name in ("batch_size", "max_channels", "input_size", "max_filter_grid", "workers"):
+        for name in ("batch_size", "max_channels", "input_size", "max_filter_grid", "workers", "top_k"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {value}")

@@ -23,7 +23,7 @@ from markupsafe import Markup
 
 from .errors import OutputError
 from .progress import Progress
-from .report import Grid, Png, Report
+from .report import ChannelStats, Grid, Histogram, Png, Report, Stats
 from .resources import templates_dir
 
 __all__ = ["check_output", "write_report", "render_html", "report_json", "script_json"]
@@ -238,6 +238,29 @@ def _clean(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _histogram_json(histogram: Histogram | None) -> dict[str, object] | None:
+    if histogram is None:
+        return None
+    return {"lo": _clean(histogram.lo), "hi": _clean(histogram.hi), "counts": [round(c, 3) for c in histogram.counts]}
+
+
+def _stats_json(stats: Stats) -> dict[str, object]:
+    numbers = {k: _clean(v) if isinstance(v, float) else v for k, v in vars(stats).items() if k != "histogram"}
+    return {**numbers, "histogram": _histogram_json(stats.histogram)}
+
+
+def _top_json(channels: ChannelStats) -> list[list[dict[str, object]]]:
+    return [
+        [{"sample": p.sample, "value": _clean(p.value), "row": p.row, "col": p.col} for p in peaks]
+        for peaks in channels.top
+    ]
+
+
+def _channels_json(channels: ChannelStats) -> dict[str, object]:
+    numbers: dict[str, object] = {k: _finite(v) for k, v in vars(channels).items() if k != "top"}
+    return {**numbers, "top": _top_json(channels)}
+
+
 def report_json(report: Report) -> dict[str, object]:
     """The report's numbers, machine-readable (no images)."""
     return {
@@ -268,8 +291,9 @@ def report_json(report: Report) -> dict[str, object]:
                 "type": layer.type,
                 "output_shape": list(layer.output_shape),
                 "params": layer.params,
-                "stats": {k: _clean(v) if isinstance(v, float) else v for k, v in vars(layer.stats).items()},
-                "channels": {k: _finite(v) for k, v in vars(layer.channels).items()},
+                "stats": _stats_json(layer.stats),
+                "channels": _channels_json(layer.channels),
+                "weight_histogram": _histogram_json(layer.weight_histogram),
             }
             for layer in report.layers
         ],

@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Png", "Grid", "Stats", "ChannelStats", "Prediction", "Sample", "FilterView", "LayerSection", "Report"]
+__all__ = [
+    "Png",
+    "Grid",
+    "Histogram",
+    "Peak",
+    "Stats",
+    "ChannelStats",
+    "Prediction",
+    "Sample",
+    "FilterView",
+    "LayerSection",
+    "Report",
+]
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,25 @@ class Grid:
 
 
 @dataclass(frozen=True)
+class Histogram:
+    """Counts in equal-width bins from ``lo`` to ``hi``."""
+
+    counts: tuple[float, ...]
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True)
+class Peak:
+    """One of a channel's top-activating samples: its index, the peak value and where it peaked."""
+
+    sample: int
+    value: float
+    row: int
+    col: int
+
+
+@dataclass(frozen=True)
 class Stats:
     """Activation statistics of a whole layer over every sample and position."""
 
@@ -48,6 +79,8 @@ class Stats:
     nan: int
     inf: int
     dead_channels: int
+    saturated_channels: int
+    histogram: Histogram
 
 
 @dataclass(frozen=True)
@@ -59,6 +92,7 @@ class ChannelStats:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     zero_fraction: tuple[float, ...]
+    top: tuple[tuple[Peak, ...], ...]
 
 
 @dataclass(frozen=True)
@@ -106,6 +140,7 @@ class LayerSection:
     shown_channels: int
     maps: tuple[Grid, ...]
     filters: FilterView | None
+    weight_histogram: Histogram | None
     notes: tuple[str, ...]
 
 

@@ -11,7 +11,8 @@ from conftest import TinyCNN, decode_png, read_page
 from torch import nn
 
 from featviz_report import ReportConfig, build_report
-from featviz_report.capture import reduce_output, select_layers, vector_shape
+from featviz_report.capture import select_layers
+from featviz_report.reduce import reduce_output, vector_shape
 from featviz_report.errors import ModelError, UsageError
 
 
@@ -141,27 +142,32 @@ def test_layer_selection_by_glob_and_default(tiny_cnn: TinyCNN) -> None:
 
 
 class Mixed(nn.Module):
-    """A ConvNeXt-style Linear on N×H×W×C maps, and a Linear on N×L×D sequences (not shown)."""
+    """A ConvNeXt-style Linear on N×H×W×C maps, a Linear on N×L×D sequences and a 5-D Conv3d output."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 4, 3, padding=1)
         self.pointwise = nn.Linear(4, 6)
         self.tokens = nn.Linear(6, 2)
+        self.volume = nn.Conv3d(1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.pointwise(self.conv(x).permute(0, 2, 3, 1))
+        self.volume(x.unsqueeze(1))
         return self.tokens(maps.flatten(1, 2)).mean(1)
 
 
-def test_channels_last_linear_is_shown_as_maps_and_sequence_outputs_are_noted() -> None:
-    report = build_report(Mixed(), torch.rand(2, 1, 5, 7), config=ReportConfig(quiet=True))
+def test_channels_last_linear_sequences_and_unshowable_outputs() -> None:
+    report = build_report(Mixed(), torch.rand(2, 1, 5, 7), config=ReportConfig(quiet=True, layers=("*",)))
     assert [(layer.name, layer.output_shape) for layer in report.layers] == [
         ("conv", (4, 5, 7)),
         ("pointwise", (6, 5, 7)),
+        ("tokens", (35, 2)),
     ]
+    tokens = report.layers[2]
+    assert len(tokens.channels.mean) == 2 and (tokens.maps[0].tile_height, tokens.maps[0].tile_width) == (35, 2)
     assert report.notes == (
-        "1 selected layers give neither N×C×H×W nor N×F outputs and are not shown: tokens (a 3-D output)",
+        "1 selected layers give neither N×C×H×W nor N×F outputs and are not shown: volume (a 5-D output)",
     )
 
 

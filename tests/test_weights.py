@@ -44,5 +44,16 @@ def test_deep_layers_give_a_capped_kernel_grid_and_say_so() -> None:
     assert small is not None and small.note is None and small.tiles.shape == (24, 1, 1)
 
 
-def test_non_conv_layers_have_no_filter_view() -> None:
-    assert filter_tiles(nn.Linear(4, 2), is_first=False, cap=32) is None
+def test_linear_weights_are_one_heatmap_block_averaged_when_large() -> None:
+    small = filter_tiles(nn.Linear(4, 2), is_first=False, cap=32)
+    assert small is not None and small.kind == "matrix" and small.tiles.shape == (1, 2, 4) and small.note is None
+    linear = nn.Linear(1000, 10)
+    with torch.no_grad():
+        linear.weight.copy_(torch.arange(1000.0).repeat(10, 1) - 500)
+    big = filter_tiles(linear, is_first=False, cap=32)
+    assert big is not None and big.tiles.shape == (1, 10, 250) and big.note == "block-averaged to 10×250"
+    assert big.tiles[0, 0, 0] < 10 and big.tiles[0, 0, -1] > 245  # block means keep the ramp
+
+
+def test_layers_without_weights_have_no_filter_view() -> None:
+    assert filter_tiles(nn.MaxPool2d(2), is_first=False, cap=32) is None

@@ -1,0 +1,211 @@
+"""Captured records → :class:`LayerSection` dataclasses: geometry, statistics, filters, names.
+
+Everything here runs after the forward passes, on small CPU arrays and finished PNG bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from .accumulate import ChannelAccumulator
+from .config import ReportConfig
+from .encode import grid_shape, png_palette, png_rgb, tile_atlas
+from .errors import ModelError
+from .reduce import HISTOGRAM_BINS, vector_shape
+from .report import ChannelStats, FilterView, Grid, Histogram, LayerSection, Peak, Png, Stats
+from .weights import FilterTiles, filter_tiles
+
+__all__ = ["LayerRecord", "layer_sections", "shown_channels", "colorbar", "slugs"]
+
+TARGET_TILE_PX = {"maps": 64, "filters": 36, "kernels": 12, "matrix": 256}  # shown at least this wide
+MAX_WIDTH_PX = 920
+
+
+@dataclass
+class LayerRecord:
+    """What the batches of one (module, call) have produced: statistics and one atlas per sample."""
+
+    name: str
+    module: nn.Module
+    shape: tuple[int, ...]
+    stats: ChannelAccumulator
+    maps: list[Future[bytes]] = field(default_factory=list)
+
+
+def shown_channels(shape: tuple[int, ...], config: ReportConfig) -> int:
+    """Tiles per atlas: every channel of a map (up to ``--max-channels``), one tile otherwise."""
+    if len(shape) != 3:
+        return 1
+    return min(shape[0], config.max_channels) if config.max_channels else shape[0]
+
+
+def _tile_size(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) == 3:
+        return shape[1], shape[2]
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    return vector_shape(shape[0])
+
+
+def colorbar(colormap: str) -> Png:
+    ramp = np.arange(256, dtype=np.uint8).reshape(1, 256)
+    return Png(png_palette(ramp, colormap), 256, 1)
+
+
+def _grid(png: bytes, tile_h: int, tile_w: int, count: int, cols: int, target_px: int) -> Grid:
+    rows = -(-count // cols)
+    width, height = cols * tile_w, rows * tile_h
+    zoom = max(1, min(-(-target_px // tile_w), MAX_WIDTH_PX // width))
+    return Grid(Png(png, width, height), rows, cols, tile_h, tile_w, count, zoom)
+
+
+def _filter_view(tiles: FilterTiles) -> FilterView:
+    count, tile_h, tile_w = tiles.tiles.shape[:3]
+    atlas = tile_atlas(tiles.tiles, tiles.cols)
+    png = png_rgb(atlas) if tiles.rgb else png_palette(atlas, "diverging")
+    return FilterView(
+        _grid(png, tile_h, tile_w, count, tiles.cols, TARGET_TILE_PX[tiles.kind]),
+        tiles.caption,
+        None if tiles.rgb else "diverging",
+        tiles.value_range,
+        tiles.note,
+    )
+
+
+def _histogram(counts: np.ndarray, lo: float, hi: float) -> Histogram:
+    return Histogram(tuple(float(c) for c in counts), float(lo), float(hi))
+
+
+def _weight_histogram(module: nn.Module) -> Histogram | None:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, nn.Parameter) or weight.numel() == 0:
+        return None
+    values = weight.detach().float().cpu().numpy().ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    counts, edges = np.histogram(values, bins=HISTOGRAM_BINS)
+    return _histogram(counts, edges[0], edges[-1])
+
+
+def _peaks(acc: ChannelAccumulator, shape: tuple[int, ...]) -> tuple[tuple[Peak, ...], ...]:
+    """Per channel, the top samples by peak activation with the peak's (row, column) in the map."""
+    width = shape[2] if len(shape) == 3 else 1
+    return tuple(
+        tuple(
+            Peak(int(acc.top.sample[i, c]), float(acc.top.value[i, c]), *divmod(int(acc.top.position[i, c]), width))
+            for i in range(acc.top.value.shape[0])
+            if acc.top.sample[i, c] >= 0 and np.isfinite(acc.top.value[i, c])
+        )
+        for c in range(acc.channels)
+    )
+
+
+def _stats(acc: ChannelAccumulator, shape: tuple[int, ...]) -> tuple[Stats, ChannelStats]:
+    count = acc.count.sum()
+    mean = float((acc.mean * acc.count).sum() / max(count, 1))
+    m2 = float((acc.m2 + acc.count * (acc.mean - mean) ** 2).sum())
+    elements = max(float(count + acc.nans.sum() + acc.infs.sum()), 1.0)
+    finite_min = acc.minimum[np.isfinite(acc.minimum)]
+    finite_max = acc.maximum[np.isfinite(acc.maximum)]
+    std = np.sqrt(acc.m2 / np.maximum(acc.count, 1))
+    constant = (acc.count > 0) & (acc.minimum == acc.maximum) & (acc.maximum != 0)
+    layer = Stats(
+        min=float(finite_min.min()) if finite_min.size else float("nan"),
+        max=float(finite_max.max()) if finite_max.size else float("nan"),
+        mean=mean,
+        std=float(np.sqrt(m2 / max(count, 1))),
+        zero_fraction=float(acc.zeros.sum() / elements),
+        nan=int(acc.nans.sum()),
+        inf=int(acc.infs.sum()),
+        dead_channels=int((acc.positives == 0).sum()),
+        saturated_channels=int(constant.sum()),
+        histogram=_histogram(*acc.histogram()),
+    )
+    per_total = np.maximum(acc.count + acc.nans + acc.infs, 1)
+    channels = ChannelStats(
+        min=tuple(acc.minimum.tolist()),
+        max=tuple(acc.maximum.tolist()),
+        mean=tuple(acc.mean.tolist()),
+        std=tuple(std.tolist()),
+        zero_fraction=tuple((acc.zeros / per_total).tolist()),
+        top=_peaks(acc, shape),
+    )
+    return layer, channels
+
+
+def _describe(module: nn.Module, shape: tuple[int, ...]) -> str:
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        kind = type(module).__name__
+        parts = [f"{kind} {module.in_channels}→{module.out_channels}", "×".join(map(str, module.kernel_size))]
+        if module.stride != (1, 1):
+            parts.append(f"stride {'×'.join(map(str, module.stride))}")
+        if module.groups != 1:
+            parts.append("depthwise" if module.groups == module.in_channels else f"{module.groups} groups")
+        return " · ".join(parts)
+    if isinstance(module, nn.Linear):
+        return f"Linear {module.in_features}→{module.out_features}"
+    if isinstance(module, nn.MultiheadAttention):
+        return f"MultiheadAttention · {module.num_heads} heads · weights per head, query × key"
+    return type(module).__name__
+
+
+def slugs(names: Sequence[str]) -> list[str]:
+    """URL-safe, unique ids for ``names`` (``layer1.0.conv1`` → ``layer1-0-conv1``)."""
+    seen: set[str] = set()
+    result = []
+    for name in names:
+        base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "layer"
+        slug, n = base, 1
+        while slug in seen:
+            n += 1
+            slug = f"{base}-{n}"
+        seen.add(slug)
+        result.append(slug)
+    return result
+
+
+def layer_sections(
+    records: list[LayerRecord], layers: list[tuple[str, nn.Module]], config: ReportConfig
+) -> tuple[LayerSection, ...]:
+    """One section per record, in the order the layers first ran."""
+    if not records:
+        raise ModelError("none of the selected layers ran during the forward pass; check --layers")
+    first_conv = next((name for name, m in layers if isinstance(m, nn.Conv2d)), None)
+    sections = []
+    for record, slug in zip(records, slugs([r.name for r in records])):
+        stats, channels = _stats(record.stats, record.shape)
+        shown = shown_channels(record.shape, config)
+        tile_h, tile_w = _tile_size(record.shape)
+        cols = grid_shape(shown)[1]
+        maps = tuple(_grid(f.result(), tile_h, tile_w, shown, cols, TARGET_TILE_PX["maps"]) for f in record.maps)
+        tiles = filter_tiles(record.module, record.name == first_conv, config.max_filter_grid)
+        notes = []
+        if len(record.shape) == 3 and shown < record.shape[0]:
+            notes.append(f"showing channels 0–{shown - 1} of {record.shape[0]} (--max-channels {shown})")
+        if stats.nan or stats.inf:
+            notes.append(f"{stats.nan} NaN and {stats.inf} infinite values (shown as the lowest colour)")
+        sections.append(
+            LayerSection(
+                name=record.name,
+                slug=slug,
+                type=type(record.module).__name__,
+                description=_describe(record.module, record.shape),
+                output_shape=record.shape,
+                params=sum(p.numel() for p in record.module.parameters()),
+                stats=stats,
+                channels=channels,
+                shown_channels=shown,
+                maps=maps,
+                filters=_filter_view(tiles) if tiles else None,
+                weight_histogram=_weight_histogram(record.module),
+                notes=tuple(notes),
+            )
+        )
+    return tuple(sections)
