@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,8 +26,19 @@ from .render import check_output, write_report
 from .report import Png, Prediction, Report, Sample
 from .samples import Preprocess, SamplesArg, SampleSet, open_samples, parse_normalize
 from .sections import LayerRecord, colorbar, layer_sections, shown_channels
+from .tree import module_tree
 
 __all__ = ["build_report"]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the forward passes produced."""
+
+    samples: tuple[Sample, ...]
+    records: dict[tuple[str, int], LayerRecord]
+    notes: list[str]
+    shapes: dict[str, tuple[int, ...]]
 
 
 def build_report(
@@ -56,9 +68,10 @@ def build_report(
     dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
     try:
         model.to(device)
-        samples_out, records, skipped = _run(model, layers, sample_set, device, dtype, config, progress)
+        run = _run(model, layers, sample_set, device, dtype, config, progress)
     finally:
         model.to(home)
+    sections = layer_sections(list(run.records.values()), layers, config)
     report = Report(
         title=config.title or config.model_name or type(model).__name__,
         model_name=config.model_name or type(model).__name__,
@@ -68,10 +81,11 @@ def build_report(
         colormap=config.colormap,
         colorbar=colorbar(config.colormap),
         weight_colorbar=colorbar("diverging"),
-        samples=samples_out,
+        samples=run.samples,
         skipped_samples=tuple(sample_set.skipped),
-        layers=layer_sections(list(records.values()), layers, config),
-        notes=tuple(skipped),
+        layers=sections,
+        tree=module_tree(model, run.shapes, {s.name: s.slug for s in sections}),
+        notes=tuple(run.notes),
         version=__version__,
     )
     if out is not None or json_out is not None:
@@ -101,7 +115,7 @@ def _run(
     dtype: torch.dtype,
     config: ReportConfig,
     progress: Progress,
-) -> tuple[tuple[Sample, ...], dict[tuple[str, int], LayerRecord], list[str]]:
+) -> _Run:
     """Every batch through the model with hooks; tiles are encoded while the next batch runs."""
     records: dict[tuple[str, int], LayerRecord] = {}
     thumbs: list[tuple[str, Future[bytes], tuple[int, int]]] = []
@@ -139,7 +153,7 @@ def _run(
         for record in records.values():
             for future in record.maps:
                 future.result()
-    return samples, records, _skipped_note(capture.skipped)
+    return _Run(samples, records, _skipped_note(capture.skipped), capture.shapes)
 
 
 def _warn_skipped(sample_set: SampleSet, progress: Progress) -> None:

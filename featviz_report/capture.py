@@ -66,6 +66,7 @@ class Capture:
     skipped: dict[str, str] = field(default_factory=dict)  # layer name → what it gave instead
     last_call: tuple[str, nn.Module, tuple[int, ...]] | None = None  # the leaf module entered last
     last_returned: bool = False  # whether that module's forward returned
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # every module's first output shape
     _calls: Counter[str] = field(default_factory=Counter)
 
     def hook(self, name: str):  # type: ignore[no-untyped-def]
@@ -92,8 +93,14 @@ class Capture:
 
         return on_input
 
-    def leaving(self, module: nn.Module, inputs: object, output: object) -> None:
-        self.last_returned = True
+    def leaving(self, name: str):  # type: ignore[no-untyped-def]
+        def on_return(module: nn.Module, inputs: object, output: object) -> None:
+            self.last_returned = True
+            if name not in self.shapes:
+                tensor = first_tensor(output)
+                self.shapes[name] = tuple(tensor.shape[1:]) if tensor is not None else ()
+
+        return on_return
 
     def drain(self) -> list[tuple[tuple[str, int], tuple[int, ...], Reduced]]:
         """The batch's reductions, moved to the CPU, in call order; resets for the next batch."""
@@ -129,7 +136,8 @@ def capturing(model: nn.Module, layers: Sequence[tuple[str, nn.Module]]) -> Iter
         for name, module in model.named_modules():
             if name and not any(True for _ in module.children()):
                 handles.append(module.register_forward_pre_hook(capture.entering(name)))
-                handles.append(module.register_forward_hook(capture.leaving))
+            if name:
+                handles.append(module.register_forward_hook(capture.leaving(name)))
         yield capture
     finally:
         for handle in handles:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from .errors import OutputError
 from .progress import Progress
@@ -157,6 +157,24 @@ def _environment() -> Environment:
     return env
 
 
+def _histogram_svg(histogram: Histogram | None, label: str) -> Markup:
+    """Bars as one inline SVG path (no style attributes, so the CSP stays strict)."""
+    if histogram is None or not any(histogram.counts):
+        return Markup("")
+    top = max(histogram.counts)
+    height = 24
+    path = "".join(
+        f"M{i} {height}V{height - height * c / top:.2f}H{i + 1}V{height}Z" for i, c in enumerate(histogram.counts) if c
+    )
+    bins = len(histogram.counts)
+    return Markup(
+        f'<figure class="hist"><svg viewBox="0 0 {bins} {height}" preserveAspectRatio="none" role="img" '
+        f'aria-label="{escape(label)}: {bins} bins from {_fmt_num(histogram.lo)} to {_fmt_num(histogram.hi)}">'
+        f'<path d="{path}"/></svg><figcaption><span>{_fmt_num(histogram.lo)}</span><span>{escape(label)}</span>'
+        f"<span>{_fmt_num(histogram.hi)}</span></figcaption></figure>"
+    )
+
+
 def _grid_css(report: Report) -> str:
     """One rule per grid geometry in the page: where the lines between tiles fall."""
     geometries = {(g.cols, g.rows) for layer in report.layers for g in layer.maps}
@@ -201,6 +219,8 @@ def _page_data(report: Report) -> dict[str, object]:
                 "max": _finite(layer.channels.max),
                 "mean": _finite(layer.channels.mean),
                 "std": _finite(layer.channels.std),
+                "map": list(layer.output_shape[1:]) if len(layer.output_shape) == 3 else None,
+                "top": [[[p.sample, round(p.value, 6), p.row, p.col] for p in peaks] for peaks in layer.channels.top],
             }
             for layer in report.layers
         },
@@ -226,6 +246,7 @@ def render_html(report: Report, src: Callable[[Png], str], folder: bool = False)
         csp=csp,
         data_json=Markup(script_json(_page_data(report))),
         grid_class=_grid_class,
+        histogram=_histogram_svg,
     )
 
 

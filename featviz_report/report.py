@@ -19,6 +19,7 @@ __all__ = [
     "Sample",
     "FilterView",
     "LayerSection",
+    "TreeNode",
     "Report",
 ]
 
@@ -145,6 +146,18 @@ class LayerSection:
 
 
 @dataclass(frozen=True)
+class TreeNode:
+    """One module in the navigation tree; ``slug`` links to its section when it was captured."""
+
+    name: str
+    label: str
+    type: str
+    output_shape: tuple[int, ...] | None
+    slug: str | None
+    children: tuple[TreeNode, ...]
+
+
+@dataclass(frozen=True)
 class Report:
     """A whole report: header facts, the input samples and one section per captured layer."""
 
@@ -159,5 +172,6 @@ class Report:
     samples: tuple[Sample, ...]
     skipped_samples: tuple[tuple[str, str], ...]
     layers: tuple[LayerSection, ...]
+    tree: tuple[TreeNode, ...]
     notes: tuple[str, ...]
     version: str

@@ -53,15 +53,23 @@
   }, { passive: true });
 
   var search = document.getElementById("layer-search");
+  var items = Array.prototype.slice.call(document.querySelectorAll(".tree li")).reverse();
+  function ownLabel(li) {
+    return li.querySelector(":scope > a, :scope > span.plain, :scope > details > summary > a, :scope > details > summary > span.plain");
+  }
   search.addEventListener("input", function () {
     var query = search.value.trim().toLowerCase();
-    links.forEach(function (a) {
-      a.parentNode.hidden = query !== "" && a.title.toLowerCase().indexOf(query) < 0;
+    items.forEach(function (li) {
+      var own = ownLabel(li);
+      var text = own ? own.title.toLowerCase() : "";
+      var child = Array.prototype.some.call(li.querySelectorAll(":scope > details > ul > li"), function (c) { return !c.hidden; });
+      li.hidden = query !== "" && text.indexOf(query) < 0 && !child;
     });
   });
   search.addEventListener("keydown", function (event) {
     if (event.key === "Enter") {
-      var first = links.filter(function (a) { return !a.parentNode.hidden; })[0];
+      var query = search.value.trim().toLowerCase();
+      var first = links.filter(function (a) { return a.title.toLowerCase().indexOf(query) >= 0; })[0];
       if (first) { location.hash = first.getAttribute("href"); search.blur(); }
     } else if (event.key === "Escape") {
       search.value = "";
@@ -69,6 +77,14 @@
       search.blur();
     }
   });
+
+  function revealInTree() {
+    var link = links.filter(function (a) { return a.getAttribute("href") === location.hash; })[0];
+    for (var node = link && link.parentNode; node; node = node.parentNode) {
+      if (node.tagName === "DETAILS") { node.open = true; }
+    }
+  }
+  window.addEventListener("hashchange", revealInTree);
 
   var dialog = document.getElementById("zoom");
   var canvas = dialog.querySelector("canvas");
@@ -78,6 +94,36 @@
     if (value === null || value === undefined) { return "–"; }
     var size = Math.abs(value);
     return size !== 0 && (size >= 1e5 || size < 1e-3) ? value.toExponential(2) : String(Number(value.toPrecision(4)));
+  }
+
+  function showTop(layer, channel) {
+    var box = dialog.querySelector(".tops");
+    box.textContent = "";
+    var peaks = layer.top[channel] || [];
+    if (!peaks.length) { return; }
+    var title = document.createElement("p");
+    title.textContent = "Top samples for this channel (peak value; box: where it peaked)";
+    box.appendChild(title);
+    peaks.forEach(function (peak) {
+      var thumb = document.querySelector('.sample[data-sample="' + peak[0] + '"] img');
+      if (!thumb) { return; }
+      var figure = document.createElement("figure"), small = document.createElement("canvas");
+      small.width = 72; small.height = 72;
+      var context = small.getContext("2d");
+      context.imageSmoothingEnabled = false;
+      context.drawImage(thumb, 0, 0, 72, 72);
+      if (layer.map) {
+        var h = layer.map[0], w = layer.map[1];
+        context.strokeStyle = "#ff3b30";
+        context.lineWidth = 2;
+        context.strokeRect(peak[3] * 72 / w, peak[2] * 72 / h, Math.max(4, 72 / w), Math.max(4, 72 / h));
+      }
+      small.setAttribute("role", "img");
+      small.setAttribute("aria-label", "sample " + peak[0] + " (" + data.samples[peak[0]] + "), peak " + fmt(peak[1]));
+      var caption = document.createElement("figcaption");
+      caption.textContent = "#" + peak[0] + " · " + fmt(peak[1]);
+      figure.appendChild(small); figure.appendChild(caption); box.appendChild(figure);
+    });
   }
 
   function zoom(grid, event) {
@@ -109,6 +155,7 @@
       box.appendChild(dt); box.appendChild(dd); stats.appendChild(box);
     });
     canvas.setAttribute("aria-label", dialog.querySelector("h3").textContent + ", enlarged");
+    showTop(layer, layer.vector ? 0 : channel);
     dialog.showModal();
   }
 
@@ -137,4 +184,5 @@
 
   showSample(0);
   markCurrent();
+  revealInTree();
 }());

@@ -12,8 +12,8 @@ from torch import nn
 
 from featviz_report import ReportConfig, build_report
 from featviz_report.capture import select_layers
-from featviz_report.reduce import reduce_output, vector_shape
 from featviz_report.errors import ModelError, UsageError
+from featviz_report.reduce import reduce_output, vector_shape
 
 
 def test_tile_in_the_report_equals_conv_output_min_maxed_by_hand(tmp_path: Path, tiny_cnn: TinyCNN) -> None:
