@@ -1,0 +1,155 @@
+"""What the report says about each layer: fc features, attention, dead units, top samples, JSON = HTML."""
+
+from __future__ import annotations
+
+import json
+import re
+from html import unescape
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import decode_png, read_page
+from torch import nn
+
+from featviz_report import ReportConfig, build_report
+from featviz_report.render import _fmt_num
+
+
+class MLP(nn.Module):
+    """The classic MNIST MLP: features of fc1 are shown as an image per sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, 36)
+        self.fc2 = nn.Linear(36, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def test_mlp_features_are_images_and_weights_are_heatmaps(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = MLP()
+    x = torch.rand(3, 1, 8, 8)
+    report = build_report(model, x, tmp_path / "mlp.html", ReportConfig(quiet=True, colormap="gray"))
+    fc1 = report.layers[0]
+    assert (fc1.name, fc1.output_shape) == ("fc1", (36,))
+    assert fc1.filters is not None and fc1.filters.grid.image.width == 64 and fc1.filters.grid.image.height == 36
+    with torch.no_grad():
+        features = model.fc1(x.flatten(1))
+    page = read_page(tmp_path / "mlp.html")
+    maps = [i for i in page.images if i["_section"] == "layer-fc1" and "36 features as a 6×6 image" in i["alt"]]
+    assert len(maps) == 3
+    for sample, img in enumerate(maps):
+        tile = np.asarray(decode_png(img["src"])).reshape(-1)
+        expected = features[sample]
+        scaled = ((expected - expected.min()) * (255.0 / (expected.max() - expected.min()))).round()
+        np.testing.assert_array_equal(tile, scaled.to(torch.uint8).numpy())
+
+
+class Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(1, 16, 4, stride=4)  # 16×16 image → 4×4 = 16 tokens of 16 features
+        self.encoder = nn.TransformerEncoderLayer(16, nhead=4, dim_feedforward=32, batch_first=True, dropout=0.0)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        return self.head(self.encoder(tokens).mean(1))
+
+
+def test_attention_weights_per_head_are_captured_without_changing_results(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Encoder().eval()
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        plain = torch.softmax(model(x), 1)
+        tokens = model.embed(x).flatten(2).transpose(1, 2)
+        _, weights = model.encoder.self_attn(tokens, tokens, tokens, need_weights=True, average_attn_weights=False)
+    report = build_report(model, x, tmp_path / "t.html", ReportConfig(quiet=True, colormap="gray"))
+    attention = next(layer for layer in report.layers if layer.type == "MultiheadAttention")
+    assert attention.name == "encoder.self_attn" and attention.output_shape == (4, 16, 16)
+    assert "4 heads" in attention.description
+    for sample in report.samples:
+        assert sample.prediction is not None
+        assert sample.prediction.probability == pytest.approx(float(plain[sample.index].max()), abs=1e-5)
+        assert sample.prediction.index == int(plain[sample.index].argmax())
+    assert [layer.name for layer in report.layers][:3] == ["embed", "encoder.self_attn", "encoder.linear1"]
+    page = read_page(tmp_path / "t.html")
+    img = next(i for i in page.images if i["_section"] == "layer-encoder-self-attn" and "sample 1" in i["alt"])
+    atlas = np.asarray(decode_png(img["src"]))
+    for head in range(4):
+        row, col = divmod(head, 2)
+        tile = atlas[row * 16 : (row + 1) * 16, col * 16 : (col + 1) * 16].astype(int)
+        w = weights[1, head]
+        expected = ((w - w.min()) * (255.0 / (w.max() - w.min()))).round().numpy()
+        assert np.abs(tile - expected).max() <= 1  # the same attention, up to float rounding
+
+
+class DeadAndKnown(nn.Module):
+    """Channel 0 copies the input (its top samples are the brightest images), channel 1 is dead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            self.conv.weight[0, 0] = 1.0
+            self.conv.bias[1] = -1.0
+            self.conv.weight[2, 0] = 2.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_dead_channels_are_flagged_and_top_samples_found_in_order(tmp_path: Path) -> None:
+    brightness = [0.2, 0.9, 0.5, 0.9, 0.7, 0.1, 0.3]
+    x = torch.zeros(len(brightness), 1, 6, 6)
+    for i, b in enumerate(brightness):
+        x[i, 0, i % 6, (2 * i) % 6] = b  # one bright pixel per image, at a known place
+    config = ReportConfig(quiet=True, batch_size=2, top_k=3)
+    report = build_report(model := DeadAndKnown(), x, tmp_path / "d.html", config, json_out=tmp_path / "d.json")
+    (layer,) = report.layers
+    assert layer.stats.dead_channels == 1 and layer.stats.saturated_channels == 1
+    top = layer.channels.top[0]
+    assert [p.sample for p in top] == [1, 3, 4]  # 0.9 twice (lower index first), then 0.7 — across batches
+    assert [(p.row, p.col) for p in top] == [(1, 2), (3, 0), (4, 2)]
+    assert [p.value for p in top] == pytest.approx([0.9, 0.9, 0.7])
+    assert [p.sample for p in layer.channels.top[2]] == [1, 3, 4]
+    assert "1 dead channel" in (tmp_path / "d.html").read_text()
+    histogram = layer.stats.histogram
+    assert sum(histogram.counts) == pytest.approx(x.numel() * 3)
+    assert histogram.lo == pytest.approx(-1.0) and histogram.hi == pytest.approx(1.8)
+    data = json.loads((tmp_path / "d.json").read_text())
+    assert data["layers"][0]["channels"]["top"][0][0] == {"sample": 1, "value": pytest.approx(0.9), "row": 1, "col": 2}
+    assert model.conv.weight.requires_grad
+
+
+def test_json_sidecar_matches_the_page(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    report = build_report(
+        Encoder(), torch.rand(3, 1, 16, 16), tmp_path / "p.html", ReportConfig(quiet=True), json_out=tmp_path / "p.json"
+    )
+    data = json.loads((tmp_path / "p.json").read_text())
+    page = read_page(tmp_path / "p.html")
+    assert [s["data-layer"] for s in page.sections] == [layer["name"] for layer in data["layers"]]
+    assert [s["id"] for s in page.sections] == [layer["id"] for layer in data["layers"]]
+    rows = re.findall(r"<tr>\s*<th scope=\"row\"><a href=\"#([^\"]+)\">.*?</tr>", page.text, re.S)
+    assert rows == [layer["id"] for layer in data["layers"]]
+    body = page.text.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    for row, layer in zip(body.split("</tr>"), data["layers"]):
+        cells = [unescape(c) for c in re.findall(r'<td class="r mono">([^<]*)</td>', row)]
+        stats = layer["stats"]
+        assert cells == [
+            f"{layer['params']:,}",
+            _fmt_num(stats["min"]),
+            _fmt_num(stats["mean"]),
+            _fmt_num(stats["std"]),
+            _fmt_num(stats["max"]),
+            f"{100 * stats['zero_fraction']:.1f}%",
+        ]
+    assert len(report.layers) == len(data["layers"])
