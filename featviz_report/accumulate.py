@@ -106,5 +106,10 @@ class ChannelAccumulator:
         if np.isfinite(float(batch.hist_lo)):
             self.histograms.append((batch.histogram.double().numpy(), float(batch.hist_lo), float(batch.hist_hi)))
 
+    def ranking(self, order: str) -> np.ndarray:
+        """Channel indices by ``mean``, ``variance`` or ``max``, highest first (ties: lower index first)."""
+        key = {"mean": self.mean, "variance": self.m2 / np.maximum(self.count, 1), "max": self.maximum}[order]
+        return np.argsort(-np.nan_to_num(key, nan=-np.inf), kind="stable")
+
     def histogram(self) -> tuple[np.ndarray, float, float]:
         return rebin(self.histograms, HISTOGRAM_BINS)

@@ -10,6 +10,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,7 +26,7 @@ from .reduce import Reduced
 from .render import check_output, write_report
 from .report import Png, Prediction, Report, Sample
 from .samples import Preprocess, SamplesArg, SampleSet, open_samples, parse_normalize
-from .sections import LayerRecord, colorbar, layer_sections, shown_channels
+from .sections import LayerRecord, colorbar, layer_sections
 from .tree import module_tree
 
 __all__ = ["build_report"]
@@ -79,6 +80,7 @@ def build_report(
         input_shape=sample_set.shape,
         params=sum(p.numel() for p in params),
         colormap=config.colormap,
+        scale=config.scale,
         colorbar=colorbar(config.colormap),
         weight_colorbar=colorbar("diverging"),
         samples=run.samples,
@@ -116,12 +118,35 @@ def _run(
     config: ReportConfig,
     progress: Progress,
 ) -> _Run:
-    """Every batch through the model with hooks; tiles are encoded while the next batch runs."""
+    """All samples through the model. Ordering channels by a statistic takes a first pass that only
+    ranks them: atlases are encoded as batches go, so the order must be known before."""
+    orders = None
+    if config.order != "index":
+        ranking = _pass(model, layers, sample_set, device, dtype, config, progress, None, None)
+        orders = {key: record.stats.ranking(config.order) for key, record in ranking.records.items()}
+    with PngEncoder(config.workers) as encoder:
+        return _pass(model, layers, sample_set, device, dtype, config, progress, encoder, orders)
+
+
+def _pass(
+    model: nn.Module,
+    layers: list[tuple[str, nn.Module]],
+    sample_set: SampleSet,
+    device: torch.device,
+    dtype: torch.dtype,
+    config: ReportConfig,
+    progress: Progress,
+    encoder: PngEncoder | None,
+    orders: dict[tuple[str, int], np.ndarray] | None,
+) -> _Run:
+    """Every batch through the model with hooks; with an ``encoder``, tiles are encoded while the next
+    batch runs, channels in ``orders`` (by layer) or by index."""
     records: dict[tuple[str, int], LayerRecord] = {}
     thumbs: list[tuple[str, Future[bytes], tuple[int, int]]] = []
     predictions: list[Prediction | None] = []
-    total, done = len(sample_set), 0
-    with PngEncoder(config.workers) as encoder, capturing(model, layers) as capture, torch.inference_mode():
+    seen = 0
+    stage = "capture" if encoder is not None else "rank"
+    with capturing(model, layers, config.scale) as capture, torch.inference_mode():
         for batch in sample_set.batches(config.batch_size):
             inputs = batch.inputs.to(device=device, dtype=dtype)
             try:
@@ -130,21 +155,22 @@ def _run(
                 last = capture.last_call
                 raise ModelError(_forward_failure(err, inputs, last, capture.last_returned)) from err
             predictions.extend(_predictions(outputs, len(batch.names), config.labels))
-            first_sample = len(thumbs)
-            for name, pixels in zip(batch.names, batch.thumbnails):
-                thumbs.append((name, encoder.submit(png_rgb, pixels), (pixels.shape[1], pixels.shape[0])))
+            if encoder is not None:
+                for name, pixels in zip(batch.names, batch.thumbnails):
+                    thumbs.append((name, encoder.submit(png_rgb, pixels), (pixels.shape[1], pixels.shape[0])))
             for key, shape, reduced in capture.drain():
                 record = records.get(key)
                 if record is None:
                     name = key[0] if key[1] == 0 else f"{key[0]} (call {key[1] + 1})"
                     channels = shape[0] if len(shape) == 3 else shape[-1]
-                    record = records[key] = LayerRecord(
-                        name, capture.modules[key[0]], shape, ChannelAccumulator(channels, config.top_k)
-                    )
-                record.stats.add(reduced, first_sample)
-                _submit_maps(encoder, record, reduced, config)
-            done = len(thumbs) + len(sample_set.skipped)
-            progress.update("capture", done, total)
+                    ids = _shown_ids(shape, config, orders.get(key) if orders else None)
+                    accumulator = ChannelAccumulator(channels, config.top_k)
+                    record = records[key] = LayerRecord(name, capture.modules[key[0]], shape, accumulator, ids)
+                record.stats.add(reduced, seen)
+                if encoder is not None:
+                    _submit_maps(encoder, record, reduced, config)
+            seen += len(batch.names)
+            progress.update(stage, seen + len(sample_set.skipped), len(sample_set))
         _warn_skipped(sample_set, progress)
         samples = tuple(
             Sample(i, name, Png(future.result(), *size), pred)
@@ -154,6 +180,14 @@ def _run(
             for future in record.maps:
                 future.result()
     return _Run(samples, records, _skipped_note(capture.skipped), capture.shapes)
+
+
+def _shown_ids(shape: tuple[int, ...], config: ReportConfig, order: np.ndarray | None) -> tuple[int, ...]:
+    """Which channels the atlas tiles show, in tile order."""
+    if len(shape) != 3:
+        return (0,)
+    ids = order if order is not None else np.arange(shape[0])
+    return tuple(int(i) for i in ids[: config.max_channels or shape[0]])
 
 
 def _warn_skipped(sample_set: SampleSet, progress: Progress) -> None:
@@ -214,9 +248,8 @@ def _predictions(outputs: object, count: int, labels: Sequence[str] | None) -> l
 
 
 def _submit_maps(encoder: PngEncoder, record: LayerRecord, reduced: Reduced, config: ReportConfig) -> None:
-    tiles = reduced.tiles.numpy()
-    shown = shown_channels(record.shape, config)
-    cols = grid_shape(shown)[1]
+    ids = list(record.channel_ids)
+    tiles = reduced.tiles.numpy()[:, ids]
+    cols = grid_shape(len(ids))[1]
     for sample_tiles in tiles:
-        atlas = tile_atlas(sample_tiles[:shown], cols)
-        record.maps.append(encoder.submit(png_palette, atlas, config.colormap))
+        record.maps.append(encoder.submit(png_palette, tile_atlas(sample_tiles, cols), config.colormap))

@@ -62,6 +62,7 @@ class Capture:
     """What the hooks collected in the current batch, keyed by (qualified name, call number)."""
 
     modules: dict[str, nn.Module]
+    scale: str = "channel"
     pending: list[tuple[tuple[str, int], tuple[int, ...], Reduced]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # layer name → what it gave instead
     last_call: tuple[str, nn.Module, tuple[int, ...]] | None = None  # the leaf module entered last
@@ -81,7 +82,7 @@ class Capture:
             if tensor is None or tensor.ndim not in (2, 3, 4):
                 self.skipped[name] = "no tensor" if tensor is None else f"a {tensor.ndim}-D output"
                 return
-            self.pending.append(((name, call), tuple(tensor.shape[1:]), reduce_output(tensor)))
+            self.pending.append(((name, call), tuple(tensor.shape[1:]), reduce_output(tensor, self.scale)))
 
         return on_output
 
@@ -112,7 +113,9 @@ class Capture:
 
 
 @contextmanager
-def capturing(model: nn.Module, layers: Sequence[tuple[str, nn.Module]]) -> Iterator[Capture]:
+def capturing(
+    model: nn.Module, layers: Sequence[tuple[str, nn.Module]], scale: str = "channel"
+) -> Iterator[Capture]:
     """Hook ``layers`` of ``model`` for the duration of the block, in eval mode without gradients.
 
     On exit, normally or by an exception, every hook is removed and every module's training flag and
@@ -121,7 +124,7 @@ def capturing(model: nn.Module, layers: Sequence[tuple[str, nn.Module]]) -> Iter
     """
     modes = {module: module.training for module in model.modules()}
     grads = {param: param.requires_grad for param in model.parameters()}
-    capture = Capture(dict(layers))
+    capture = Capture(dict(layers), scale)
     handles = []
     mha = getattr(torch.backends, "mha", None)
     fused = mha.get_fastpath_enabled() if mha is not None else None

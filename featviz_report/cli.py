@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .config import COLORMAPS, DEVICES, FORMATS, ReportConfig
+from .config import COLORMAPS, DEVICES, FORMATS, ORDERS, SCALES, ReportConfig
 from .errors import FeatvizError, UsageError
 
 __all__ = ["build_parser", "main"]
@@ -88,6 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--colormap", choices=COLORMAPS, default="viridis", help="colormap of feature maps (default viridis)"
     )
     parser.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="channel",
+        help="how maps become colours: channel (min-max per channel, default), layer (one scale per sample, "
+        "channels comparable), sigmoid (as in the classic VGG recipe), percentile (1st-99th per channel)",
+    )
+    parser.add_argument(
+        "--order",
+        choices=ORDERS,
+        default="index",
+        help="channel order in the maps: index (default), or by mean, variance or max, highest first; "
+        "with --max-channels the top N are kept (costs a second pass over the samples)",
+    )
+    parser.add_argument(
+        "--top-k", metavar="K", type=_positive, default=4, help="top-activating samples kept per channel (default 4)"
+    )
+    parser.add_argument(
         "--format",
         choices=FORMATS,
         default="html",
@@ -153,6 +170,9 @@ def _run(args: argparse.Namespace) -> None:
         layers=tuple(args.layers or ()),
         max_channels=args.max_channels,
         colormap=args.colormap,
+        scale=args.scale,
+        order=args.order,
+        top_k=args.top_k,
         device=args.device,
         batch_size=args.batch_size,
         input_size=args.input_size or loaded.input_size,

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
-__all__ = ["ReportConfig", "COLORMAPS", "FORMATS", "DEVICES"]
+__all__ = ["ReportConfig", "COLORMAPS", "SCALES", "ORDERS", "FORMATS", "DEVICES"]
 
 COLORMAPS = ("viridis", "magma", "twilight", "gray")
+SCALES = ("channel", "layer", "sigmoid", "percentile")
+ORDERS = ("index", "mean", "variance", "max")
 FORMATS = ("html", "dir")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -27,6 +29,8 @@ class ReportConfig:
     layers: tuple[str, ...] = ()
     max_channels: int | None = None
     colormap: str = "viridis"
+    scale: str = "channel"
+    order: str = "index"
     device: str = "auto"
     batch_size: int = 16
     input_size: int | None = None
@@ -42,6 +46,10 @@ class ReportConfig:
     def __post_init__(self) -> None:
         if self.colormap not in COLORMAPS:
             raise UsageError(f"unknown colormap {self.colormap!r}; choose one of {', '.join(COLORMAPS)}")
+        if self.scale not in SCALES:
+            raise UsageError(f"unknown scale {self.scale!r}; choose one of {', '.join(SCALES)}")
+        if self.order not in ORDERS:
+            raise UsageError(f"unknown channel order {self.order!r}; choose one of {', '.join(ORDERS)}")
         if self.format not in FORMATS:
             raise UsageError(f"unknown format {self.format!r}; choose html or dir")
         if self.device not in DEVICES:

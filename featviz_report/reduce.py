@@ -16,6 +16,7 @@ import torch
 __all__ = ["Reduced", "reduce_output", "vector_shape", "HISTOGRAM_BINS"]
 
 HISTOGRAM_BINS = 64
+PERCENTILE = 0.01  # ``percentile`` clips each tile to its 1st–99th percentile
 
 
 def vector_shape(length: int) -> tuple[int, int]:
@@ -82,20 +83,46 @@ def _to_uint8(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch
     return scaled.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def reduce_output(output: torch.Tensor) -> Reduced:
-    """Reduce a 2-, 3- or 4-D layer output on its own device."""
+def _scaled_tiles(source: torch.Tensor, scale: str) -> tuple[torch.Tensor, bool]:
+    """uint8 tiles of an ``N×T×P`` source, and whether every value was finite.
+
+    ``channel``: min-max per tile; ``layer``: min-max per sample over all its tiles (channels
+    comparable); ``sigmoid``: 255·σ(x), the same mapping everywhere; ``percentile``: min-max between
+    each tile's 1st and 99th percentile. Non-finite values never set a range and are drawn as 0.
+    """
+    lo, hi = source.amin(-1, keepdim=True), source.amax(-1, keepdim=True)  # NaN propagates into both
+    all_finite = bool(torch.isfinite(lo).all() & torch.isfinite(hi).all())
+    finite = None
+    if not all_finite:
+        finite = torch.isfinite(source)
+        lo = torch.where(finite, source, math.inf).amin(-1, keepdim=True)
+        hi = torch.where(finite, source, -math.inf).amax(-1, keepdim=True)
+        source = torch.where(finite, source, lo)
+    if scale == "sigmoid":
+        tiles = torch.sigmoid(source).mul_(255).round_().to(torch.uint8)
+    else:
+        if scale == "layer":
+            lo, hi = lo.amin(1, keepdim=True), hi.amax(1, keepdim=True)
+        elif scale == "percentile":
+            positions = source.shape[-1]
+            k = max(1, math.ceil(PERCENTILE * positions))
+            lo = source.kthvalue(k, -1, keepdim=True).values
+            hi = source.kthvalue(positions - k + 1, -1, keepdim=True).values
+        tiles = _to_uint8(source, lo, hi)
+    if finite is not None:
+        tiles = torch.where(finite, tiles, 0)
+    return tiles, all_finite
+
+
+def reduce_output(output: torch.Tensor, scale: str = "channel") -> Reduced:
+    """Reduce a 2-, 3- or 4-D layer output on its own device; ``scale`` one of ``config.SCALES``."""
     values = output.detach().float()
     source, per_channel = _views(values)
-    lo, hi = source.amin(-1, keepdim=True), source.amax(-1, keepdim=True)  # NaN propagates into both
-    if bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
-        tiles = _to_uint8(source, lo, hi)
+    tiles, all_finite = _scaled_tiles(source, scale)
+    if all_finite:
         finite = None
         clean, low_filled, high_filled = per_channel, per_channel, per_channel
     else:
-        finite_source = torch.isfinite(source)
-        lo = torch.where(finite_source, source, math.inf).amin(-1, keepdim=True)
-        hi = torch.where(finite_source, source, -math.inf).amax(-1, keepdim=True)
-        tiles = torch.where(finite_source, _to_uint8(torch.where(finite_source, source, lo), lo, hi), 0)
         finite = torch.isfinite(per_channel)
         clean = torch.where(finite, per_channel, 0.0)
         low_filled = torch.where(finite, per_channel, math.inf)

@@ -213,7 +213,7 @@ def _page_data(report: Report) -> dict[str, object]:
         "layers": {
             layer.slug: {
                 "name": layer.name,
-                "shown": layer.shown_channels,
+                "ids": list(layer.channel_ids),
                 "vector": len(layer.output_shape) == 1,
                 "min": _finite(layer.channels.min),
                 "max": _finite(layer.channels.max),

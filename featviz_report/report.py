@@ -138,7 +138,7 @@ class LayerSection:
     params: int
     stats: Stats
     channels: ChannelStats
-    shown_channels: int
+    channel_ids: tuple[int, ...]  # the channels the map tiles show, in tile order (empty: not a map)
     maps: tuple[Grid, ...]
     filters: FilterView | None
     weight_histogram: Histogram | None
@@ -167,6 +167,7 @@ class Report:
     input_shape: tuple[int, ...]
     params: int
     colormap: str
+    scale: str
     colorbar: Png
     weight_colorbar: Png
     samples: tuple[Sample, ...]

@@ -217,6 +217,7 @@ class FileSamples(SampleSet):
         self.skipped = []
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
+        self.skipped = []
         named = list(zip(self.paths, self.names))
         for start in range(0, len(named), batch_size):
             pixels, names = [], []

@@ -21,7 +21,7 @@ from .reduce import HISTOGRAM_BINS, vector_shape
 from .report import ChannelStats, FilterView, Grid, Histogram, LayerSection, Peak, Png, Stats
 from .weights import FilterTiles, filter_tiles
 
-__all__ = ["LayerRecord", "layer_sections", "shown_channels", "colorbar", "slugs"]
+__all__ = ["LayerRecord", "layer_sections", "colorbar", "slugs"]
 
 TARGET_TILE_PX = {"maps": 64, "filters": 36, "kernels": 12, "matrix": 256}  # shown at least this wide
 MAX_WIDTH_PX = 920
@@ -35,14 +35,8 @@ class LayerRecord:
     module: nn.Module
     shape: tuple[int, ...]
     stats: ChannelAccumulator
+    channel_ids: tuple[int, ...]  # the channels the atlas tiles show, in tile order
     maps: list[Future[bytes]] = field(default_factory=list)
-
-
-def shown_channels(shape: tuple[int, ...], config: ReportConfig) -> int:
-    """Tiles per atlas: every channel of a map (up to ``--max-channels``), one tile otherwise."""
-    if len(shape) != 3:
-        return 1
-    return min(shape[0], config.max_channels) if config.max_channels else shape[0]
 
 
 def _tile_size(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -181,14 +175,17 @@ def layer_sections(
     sections = []
     for record, slug in zip(records, slugs([r.name for r in records])):
         stats, channels = _stats(record.stats, record.shape)
-        shown = shown_channels(record.shape, config)
+        shown = len(record.channel_ids)
         tile_h, tile_w = _tile_size(record.shape)
         cols = grid_shape(shown)[1]
         maps = tuple(_grid(f.result(), tile_h, tile_w, shown, cols, TARGET_TILE_PX["maps"]) for f in record.maps)
         tiles = filter_tiles(record.module, record.name == first_conv, config.max_filter_grid)
         notes = []
         if len(record.shape) == 3 and shown < record.shape[0]:
-            notes.append(f"showing channels 0–{shown - 1} of {record.shape[0]} (--max-channels {shown})")
+            which = f"0–{shown - 1}" if config.order == "index" else f"with the highest {config.order}"
+            notes.append(f"showing {shown} of {record.shape[0]} channels, {which} (--max-channels {shown})")
+        elif len(record.shape) == 3 and config.order != "index":
+            notes.append(f"channels ordered by {config.order}, highest first")
         if stats.nan or stats.inf:
             notes.append(f"{stats.nan} NaN and {stats.inf} infinite values (shown as the lowest colour)")
         sections.append(
@@ -201,7 +198,7 @@ def layer_sections(
                 params=sum(p.numel() for p in record.module.parameters()),
                 stats=stats,
                 channels=channels,
-                shown_channels=shown,
+                channel_ids=record.channel_ids if len(record.shape) == 3 else (),
                 maps=maps,
                 filters=_filter_view(tiles) if tiles else None,
                 weight_histogram=_weight_histogram(record.module),

@@ -134,8 +134,9 @@
     var rect = img.getBoundingClientRect();
     var col = Math.min(cols - 1, Math.floor((event.clientX - rect.left) / rect.width * cols));
     var row = Math.min(rows - 1, Math.floor((event.clientY - rect.top) / rect.height * rows));
-    var channel = row * cols + col;
-    if (channel >= Number(grid.dataset.count)) { return; }
+    var cell = row * cols + col;
+    if (cell >= Number(grid.dataset.count)) { return; }
+    var channel = layer.ids.length ? layer.ids[cell] : cell;
     var tileW = img.naturalWidth / cols, tileH = img.naturalHeight / rows;
     var fit = 256 / Math.max(tileW, tileH);
     canvas.width = Math.round(tileW * fit);

@@ -153,3 +153,47 @@ def test_json_sidecar_matches_the_page(tmp_path: Path) -> None:
             f"{100 * stats['zero_fraction']:.1f}%",
         ]
     assert len(report.layers) == len(data["layers"])
+
+
+def _atlas(path: Path, section: str, sample: int) -> np.ndarray:
+    page = read_page(path)
+    maps = [i for i in page.images if i["_section"] == section and f"sample {sample} (" in i["alt"]]
+    return np.asarray(decode_png(maps[0]["src"]))
+
+
+@pytest.mark.parametrize("scale", ["layer", "sigmoid", "percentile"])
+def test_scale_modes_map_values_as_documented(tmp_path: Path, scale: str) -> None:
+    conv = nn.Conv2d(1, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight[:, 0, 0, 0] = torch.tensor([1.0, 3.0])  # channel 1 = 3 × channel 0
+    x = torch.linspace(-2, 2, 100).view(1, 1, 10, 10)
+    build_report(nn.Sequential(conv), x, tmp_path / "s.html", ReportConfig(quiet=True, scale=scale, colormap="gray"))
+    atlas = _atlas(tmp_path / "s.html", "layer-0", 0).astype(int)
+    first, second = atlas[:, :10], atlas[:, 10:]
+    values = x[0, 0]
+    if scale == "layer":  # one scale for both channels: channel 0 spans only the middle third
+        assert second.min() == 0 and second.max() == 255
+        assert abs(first.min() - 85) <= 1 and abs(first.max() - 170) <= 1
+    elif scale == "sigmoid":
+        expected = (torch.sigmoid(values) * 255).round().numpy()
+        np.testing.assert_array_equal(first, expected)
+    else:  # the lowest and highest 1 % are clipped: the two extreme pixels saturate
+        assert (first == 0).sum() == 1 and (first == 255).sum() == 1
+        lo, hi = values.flatten().sort().values[[0, 99]]
+        assert first[0, 1] == round((float(values[0, 1]) - float(lo)) * 255 / float(hi - lo))
+
+
+def test_channels_ordered_by_a_statistic_keep_the_top_ones(tmp_path: Path) -> None:
+    conv = nn.Conv2d(1, 4, 1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.copy_(torch.tensor([0.5, 3.0, -1.0, 2.0]))  # constant channels: mean = bias
+        conv.weight[:, 0, 0, 0] = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    config = ReportConfig(quiet=True, order="mean", max_channels=2)
+    report = build_report(nn.Sequential(conv), torch.rand(3, 1, 4, 4), tmp_path / "o.html", config)
+    (layer,) = report.layers
+    assert layer.channel_ids == (1, 3)
+    assert "showing 2 of 4 channels, with the highest mean (--max-channels 2)" in layer.notes
+    assert len(layer.channels.mean) == 4  # statistics still cover every channel
+    atlas = _atlas(tmp_path / "o.html", "layer-0", 0)
+    assert atlas.shape == (4, 8) and (atlas[:, :4] == 0).all() and atlas[:, 4:].max() == 255  # 1 is flat, 3 varies
