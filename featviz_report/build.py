@@ -143,7 +143,7 @@ def _pass(
     batch runs, channels in ``orders`` (by layer) or by index."""
     records: dict[tuple[str, int], LayerRecord] = {}
     thumbs: list[tuple[str, Future[bytes], tuple[int, int]]] = []
-    predictions: list[Prediction | None] = []
+    predictions: list[tuple[Prediction, ...]] = []
     seen = 0
     stage = "capture" if encoder is not None else "rank"
     with capturing(model, layers, config.scale) as capture, torch.inference_mode():
@@ -173,7 +173,7 @@ def _pass(
             progress.update(stage, seen + len(sample_set.skipped), len(sample_set))
         _warn_skipped(sample_set, progress)
         samples = tuple(
-            Sample(i, name, Png(future.result(), *size), pred)
+            Sample(i, name, Png(future.result(), *size), pred[0] if pred else None, pred)
             for i, ((name, future, size), pred) in enumerate(zip(thumbs, predictions))
         )
         for record in records.values():
@@ -233,17 +233,20 @@ def _forward_failure(
     return f"the model failed {where} layer {name} ({kind}) on samples of shape {samples}: {first}"
 
 
-def _predictions(outputs: object, count: int, labels: Sequence[str] | None) -> list[Prediction | None]:
-    """Top-1 class and softmax probability per sample, when the output looks like class logits."""
+TOP_CLASSES = 5
+
+
+def _predictions(outputs: object, count: int, labels: Sequence[str] | None) -> list[tuple[Prediction, ...]]:
+    """The top classes (up to 5) with softmax probabilities per sample, when the output looks like logits."""
     logits = first_tensor(outputs)
     if logits is None or logits.ndim != 2 or logits.shape[0] != count or logits.shape[1] < 2:
-        return [None] * count
+        return [()] * count
     probs = torch.softmax(logits.float(), dim=1)
-    top_p, top_i = probs.max(dim=1)
+    top_p, top_i = probs.topk(min(TOP_CLASSES, logits.shape[1]), dim=1)
     names = labels if labels is not None and len(labels) == logits.shape[1] else None
     return [
-        Prediction(int(i), names[int(i)] if names else f"class {int(i)}", float(p))
-        for p, i in zip(top_p.cpu().tolist(), top_i.cpu().tolist())
+        tuple(Prediction(i, names[i] if names else f"class {i}", p) for p, i in zip(row_p, row_i))
+        for row_p, row_i in zip(top_p.cpu().tolist(), top_i.cpu().tolist())
     ]
 
 

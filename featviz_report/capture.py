@@ -113,9 +113,7 @@ class Capture:
 
 
 @contextmanager
-def capturing(
-    model: nn.Module, layers: Sequence[tuple[str, nn.Module]], scale: str = "channel"
-) -> Iterator[Capture]:
+def capturing(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], scale: str = "channel") -> Iterator[Capture]:
     """Hook ``layers`` of ``model`` for the duration of the block, in eval mode without gradients.
 
     On exit, normally or by an exception, every hook is removed and every module's training flag and

@@ -23,7 +23,7 @@ from markupsafe import Markup, escape
 
 from .errors import OutputError
 from .progress import Progress
-from .report import ChannelStats, Grid, Histogram, Png, Report, Stats
+from .report import ChannelStats, Grid, Histogram, Png, Prediction, Report, Stats
 from .resources import templates_dir
 
 __all__ = ["check_output", "write_report", "render_html", "report_json", "script_json"]
@@ -282,6 +282,12 @@ def _channels_json(channels: ChannelStats) -> dict[str, object]:
     return {**numbers, "top": _top_json(channels)}
 
 
+def _prediction_json(prediction: Prediction | None) -> dict[str, object] | None:
+    if prediction is None:
+        return None
+    return {"index": prediction.index, "label": prediction.label, "probability": prediction.probability}
+
+
 def report_json(report: Report) -> dict[str, object]:
     """The report's numbers, machine-readable (no images)."""
     return {
@@ -295,13 +301,8 @@ def report_json(report: Report) -> dict[str, object]:
             {
                 "index": s.index,
                 "name": s.name,
-                "prediction": None
-                if s.prediction is None
-                else {
-                    "index": s.prediction.index,
-                    "label": s.prediction.label,
-                    "probability": s.prediction.probability,
-                },
+                "prediction": _prediction_json(s.prediction),
+                "top_classes": [_prediction_json(p) for p in s.top_classes],
             }
             for s in report.samples
         ],

@@ -113,6 +113,7 @@ class Sample:
     name: str
     thumbnail: Png
     prediction: Prediction | None
+    top_classes: tuple[Prediction, ...]  # the best classes, highest first (prediction is the first)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,10 @@ def test_demo_model_reads_its_own_digits(demo_page: Path) -> None:
     predicted = {s["name"]: s["prediction"]["label"] for s in data["samples"]}
     assert predicted == {f"digit-{d}.png": str(d) for d in range(10)}
     assert all(s["prediction"]["probability"] > 0.5 for s in data["samples"])
+    for sample in data["samples"]:
+        probabilities = [p["probability"] for p in sample["top_classes"]]
+        assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
+        assert sample["top_classes"][0] == sample["prediction"] and sum(probabilities) <= 1 + 1e-6
 
 
 def test_two_builds_are_byte_identical(demo_page: Path, tmp_path: Path) -> None:
