@@ -83,21 +83,25 @@ def _to_uint8(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch
     return scaled.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _scaled_tiles(source: torch.Tensor, scale: str) -> tuple[torch.Tensor, bool]:
-    """uint8 tiles of an ``N×T×P`` source, and whether every value was finite.
+def _scaled_tiles(
+    source: torch.Tensor, scale: str
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 tiles of an ``N×T×P`` source; the finite mask (``None`` when all is finite); and each
+    tile's finite minimum and (maximum, position of the maximum).
 
     ``channel``: min-max per tile; ``layer``: min-max per sample over all its tiles (channels
     comparable); ``sigmoid``: 255·σ(x), the same mapping everywhere; ``percentile``: min-max between
     each tile's 1st and 99th percentile. Non-finite values never set a range and are drawn as 0.
     """
-    lo, hi = source.amin(-1, keepdim=True), source.amax(-1, keepdim=True)  # NaN propagates into both
-    all_finite = bool(torch.isfinite(lo).all() & torch.isfinite(hi).all())
+    lo = source.amin(-1, keepdim=True)  # NaN propagates into min and max
+    hi, hi_at = source.max(-1, keepdim=True)
     finite = None
-    if not all_finite:
+    if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
         finite = torch.isfinite(source)
         lo = torch.where(finite, source, math.inf).amin(-1, keepdim=True)
-        hi = torch.where(finite, source, -math.inf).amax(-1, keepdim=True)
+        hi, hi_at = torch.where(finite, source, -math.inf).max(-1, keepdim=True)
         source = torch.where(finite, source, lo)
+    tile_lo, tile_hi = lo, hi
     if scale == "sigmoid":
         tiles = torch.sigmoid(source).mul_(255).round_().to(torch.uint8)
     else:
@@ -111,15 +115,15 @@ def _scaled_tiles(source: torch.Tensor, scale: str) -> tuple[torch.Tensor, bool]
         tiles = _to_uint8(source, lo, hi)
     if finite is not None:
         tiles = torch.where(finite, tiles, 0)
-    return tiles, all_finite
+    return tiles, finite, tile_lo.squeeze(-1), (tile_hi.squeeze(-1), hi_at.squeeze(-1))
 
 
 def reduce_output(output: torch.Tensor, scale: str = "channel") -> Reduced:
     """Reduce a 2-, 3- or 4-D layer output on its own device; ``scale`` one of ``config.SCALES``."""
     values = output.detach().float()
     source, per_channel = _views(values)
-    tiles, all_finite = _scaled_tiles(source, scale)
-    if all_finite:
+    tiles, finite_source, tile_lo, (tile_hi, tile_hi_at) = _scaled_tiles(source, scale)
+    if finite_source is None:
         finite = None
         clean, low_filled, high_filled = per_channel, per_channel, per_channel
     else:
@@ -127,6 +131,11 @@ def reduce_output(output: torch.Tensor, scale: str = "channel") -> Reduced:
         clean = torch.where(finite, per_channel, 0.0)
         low_filled = torch.where(finite, per_channel, math.inf)
         high_filled = torch.where(finite, per_channel, -math.inf)
+    if values.ndim == 4:  # tiles are channels: their ranges are the per-(sample, channel) ones
+        sample_lo, peak, peak_at = tile_lo, tile_hi, tile_hi_at
+    else:
+        sample_lo = low_filled.flatten(2).amin(-1)
+        peak, peak_at = high_filled.flatten(2).max(-1)
     count_t, height, width = _tile_shape(values)
     batch = values.shape[0]
     if tiles.shape[-1] != height * width:  # a feature vector, padded to its rectangle
@@ -145,9 +154,8 @@ def reduce_output(output: torch.Tensor, scale: str = "channel") -> Reduced:
         mean = clean.sum(dims) / count.clamp_min(1)
         m2 = torch.where(finite, per_channel - mean.view(1, -1, 1, 1), 0.0).square().sum(dims)
         nans, infs = torch.isnan(per_channel).sum(dims), torch.isinf(per_channel).sum(dims)
-    peak, peak_at = high_filled.flatten(2).max(-1)
-    hist_lo = low_filled.amin()
-    hist_hi = high_filled.amax()
+    hist_lo = sample_lo.amin()
+    hist_hi = peak.amax()
     any_finite = bool(torch.isfinite(hist_lo))
     histogram = (
         torch.histc(clean if finite is None else per_channel[finite], HISTOGRAM_BINS, float(hist_lo), float(hist_hi))
@@ -157,7 +165,7 @@ def reduce_output(output: torch.Tensor, scale: str = "channel") -> Reduced:
     return Reduced(
         tiles=tiles.view(batch, count_t, height, width),
         count=count,
-        minimum=low_filled.flatten(2).amin(-1).amin(0),
+        minimum=sample_lo.amin(0),
         maximum=peak.amax(0),
         mean=mean,
         m2=m2,

@@ -220,7 +220,7 @@ def _page_data(report: Report) -> dict[str, object]:
                 "mean": _finite(layer.channels.mean),
                 "std": _finite(layer.channels.std),
                 "map": list(layer.output_shape[1:]) if len(layer.output_shape) == 3 else None,
-                "top": [[[p.sample, round(p.value, 6), p.row, p.col] for p in peaks] for peaks in layer.channels.top],
+                "top": layer.channels.top.lists(),
             }
             for layer in report.layers
         },
@@ -271,10 +271,8 @@ def _stats_json(stats: Stats) -> dict[str, object]:
 
 
 def _top_json(channels: ChannelStats) -> list[list[dict[str, object]]]:
-    return [
-        [{"sample": p.sample, "value": _clean(p.value), "row": p.row, "col": p.col} for p in peaks]
-        for peaks in channels.top
-    ]
+    keys = ("sample", "value", "row", "col")
+    return [[dict(zip(keys, peak)) for peak in channel] for channel in channels.top.lists()]
 
 
 def _channels_json(channels: ChannelStats) -> dict[str, object]:

@@ -7,12 +7,16 @@ sidecar show, nothing more.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
 
 __all__ = [
     "Png",
     "Grid",
     "Histogram",
     "Peak",
+    "Peaks",
     "Stats",
     "ChannelStats",
     "Prediction",
@@ -58,14 +62,34 @@ class Histogram:
     hi: float
 
 
-@dataclass(frozen=True)
-class Peak:
+class Peak(NamedTuple):
     """One of a channel's top-activating samples: its index, the peak value and where it peaked."""
 
     sample: int
     value: float
     row: int
     col: int
+
+
+@dataclass(frozen=True, eq=False)
+class Peaks:
+    """The top samples of every channel as ``k×C`` arrays, best first: ``sample`` (-1 for an empty
+    slot), peak ``value``, and the peak's ``row`` and ``col`` in the channel's map."""
+
+    sample: np.ndarray
+    value: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+
+    def channel(self, index: int) -> list[Peak]:
+        keep = self.sample[:, index] >= 0
+        columns = (a[keep, index].tolist() for a in (self.sample, self.value, self.row, self.col))
+        return [Peak(*entry) for entry in zip(*columns)]
+
+    def lists(self) -> list[list[list[float]]]:
+        """Per channel, ``[sample, value, row, col]`` per kept peak (for JSON)."""
+        columns = (self.sample.T.tolist(), np.round(self.value, 6).T.tolist(), self.row.T.tolist(), self.col.T.tolist())
+        return [[[s, v, r, c] for s, v, r, c in zip(*channel) if s >= 0] for channel in zip(*columns)]
 
 
 @dataclass(frozen=True)
@@ -93,7 +117,7 @@ class ChannelStats:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     zero_fraction: tuple[float, ...]
-    top: tuple[tuple[Peak, ...], ...]
+    top: Peaks
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from torch import nn
 
 from .accumulate import ChannelAccumulator
@@ -18,7 +19,7 @@ from .config import ReportConfig
 from .encode import grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import ModelError
 from .reduce import HISTOGRAM_BINS, vector_shape
-from .report import ChannelStats, FilterView, Grid, Histogram, LayerSection, Peak, Png, Stats
+from .report import ChannelStats, FilterView, Grid, Histogram, LayerSection, Peaks, Png, Stats
 from .weights import FilterTiles, filter_tiles
 
 __all__ = ["LayerRecord", "layer_sections", "colorbar", "slugs"]
@@ -80,25 +81,22 @@ def _weight_histogram(module: nn.Module) -> Histogram | None:
     weight = getattr(module, "weight", None)
     if not isinstance(weight, nn.Parameter) or weight.numel() == 0:
         return None
-    values = weight.detach().float().cpu().numpy().ravel()
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return None
-    counts, edges = np.histogram(values, bins=HISTOGRAM_BINS)
-    return _histogram(counts, edges[0], edges[-1])
+    values = weight.detach().float().flatten()
+    lo, hi = (float(v) for v in torch.aminmax(values))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        values = values[torch.isfinite(values)]
+        if values.numel() == 0:
+            return None
+        lo, hi = (float(v) for v in torch.aminmax(values))
+    return _histogram(torch.histc(values, HISTOGRAM_BINS, lo, hi).cpu().numpy(), lo, hi)
 
 
-def _peaks(acc: ChannelAccumulator, shape: tuple[int, ...]) -> tuple[tuple[Peak, ...], ...]:
-    """Per channel, the top samples by peak activation with the peak's (row, column) in the map."""
+def _peaks(acc: ChannelAccumulator, shape: tuple[int, ...]) -> Peaks:
+    """The top samples per channel with the peak's (row, column) in the map; empty slots have sample -1."""
     width = shape[2] if len(shape) == 3 else 1
-    return tuple(
-        tuple(
-            Peak(int(acc.top.sample[i, c]), float(acc.top.value[i, c]), *divmod(int(acc.top.position[i, c]), width))
-            for i in range(acc.top.value.shape[0])
-            if acc.top.sample[i, c] >= 0 and np.isfinite(acc.top.value[i, c])
-        )
-        for c in range(acc.channels)
-    )
+    rows, cols = np.divmod(acc.top.position, width)
+    sample = np.where(np.isfinite(acc.top.value), acc.top.sample, -1)
+    return Peaks(sample, acc.top.value, rows, cols)
 
 
 def _stats(acc: ChannelAccumulator, shape: tuple[int, ...]) -> tuple[Stats, ChannelStats]:

@@ -115,11 +115,12 @@ def test_dead_channels_are_flagged_and_top_samples_found_in_order(tmp_path: Path
     report = build_report(model := DeadAndKnown(), x, tmp_path / "d.html", config, json_out=tmp_path / "d.json")
     (layer,) = report.layers
     assert layer.stats.dead_channels == 1 and layer.stats.saturated_channels == 1
-    top = layer.channels.top[0]
+    top = layer.channels.top.channel(0)
     assert [p.sample for p in top] == [1, 3, 4]  # 0.9 twice (lower index first), then 0.7 — across batches
     assert [(p.row, p.col) for p in top] == [(1, 2), (3, 0), (4, 2)]
     assert [p.value for p in top] == pytest.approx([0.9, 0.9, 0.7])
-    assert [p.sample for p in layer.channels.top[2]] == [1, 3, 4]
+    assert [p.sample for p in layer.channels.top.channel(2)] == [1, 3, 4]
+    assert layer.channels.top.channel(1)[0].value == pytest.approx(-1.0)  # the dead channel still ranks
     assert "1 dead channel" in (tmp_path / "d.html").read_text()
     histogram = layer.stats.histogram
     assert sum(histogram.counts) == pytest.approx(x.numel() * 3)
