@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_STAMP := tests/browser/node_modules/.installed
 
 .PHONY: demo test lint clean
 
@@ -12,15 +13,21 @@ $(STAMP): requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
+# axe-core for the browser tests (needs npm; without it those tests skip, except in CI where they fail)
+$(NODE_STAMP): tests/browser/package.json tests/browser/package-lock.json
+	cd tests/browser && npm ci --no-audit --no-fund --silent
+	touch $(NODE_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/featviz-report -o report.html
 
 test: $(STAMP)
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(NODE_STAMP); fi
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check featviz_report tests scripts
-	$(BIN)/ruff format --check featviz_report tests scripts
+	$(BIN)/ruff check featviz_report tests scripts bench
+	$(BIN)/ruff format --check featviz_report tests scripts bench
 	$(BIN)/mypy featviz_report
 
 clean:

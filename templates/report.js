@@ -55,14 +55,14 @@
   var search = document.getElementById("layer-search");
   var items = Array.prototype.slice.call(document.querySelectorAll(".tree li")).reverse();
   function ownLabel(li) {
-    return li.querySelector(":scope > a, :scope > span.plain, :scope > details > summary > a, :scope > details > summary > span.plain");
+    return li.querySelector(":scope > a, :scope > span.plain");
   }
   search.addEventListener("input", function () {
     var query = search.value.trim().toLowerCase();
     items.forEach(function (li) {
       var own = ownLabel(li);
       var text = own ? own.title.toLowerCase() : "";
-      var child = Array.prototype.some.call(li.querySelectorAll(":scope > details > ul > li"), function (c) { return !c.hidden; });
+      var child = Array.prototype.some.call(li.querySelectorAll(":scope > ul > li"), function (c) { return !c.hidden; });
       li.hidden = query !== "" && text.indexOf(query) < 0 && !child;
     });
   });
@@ -78,10 +78,17 @@
     }
   });
 
+  function setExpanded(li, open) {
+    var twist = li.querySelector(":scope > .twist");
+    li.classList.toggle("collapsed", !open);
+    twist.setAttribute("aria-expanded", open ? "true" : "false");
+    twist.setAttribute("aria-label", (open ? "Collapse " : "Expand ") + ownLabel(li).title.split(" · ")[0]);
+  }
+
   function revealInTree() {
     var link = links.filter(function (a) { return a.getAttribute("href") === location.hash; })[0];
     for (var node = link && link.parentNode; node; node = node.parentNode) {
-      if (node.tagName === "DETAILS") { node.open = true; }
+      if (node.classList && node.classList.contains("collapsed")) { setExpanded(node, true); }
     }
   }
   window.addEventListener("hashchange", revealInTree);
@@ -162,6 +169,8 @@
 
   document.addEventListener("click", function (event) {
     var target = event.target;
+    var twist = target.closest(".tree .twist");
+    if (twist) { setExpanded(twist.parentNode, twist.parentNode.classList.contains("collapsed")); return; }
     var sample = target.closest(".sample");
     if (sample) { showSample(Number(sample.dataset.sample)); return; }
     if (target.closest(".picker .prev")) { showSample(shown - 1); return; }

@@ -1,0 +1,227 @@
+"""The report as a reader sees it: real Chromium (Debian's), driven by Playwright, on built reports.
+
+Outside CI the suite skips when Chromium, Playwright or axe-core is missing; with ``CI`` set it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from featviz_report.cli import main
+
+CHROMIUM = Path("/usr/bin/chromium")
+AXE = Path(__file__).parent / "browser" / "node_modules" / "axe-core" / "axe.min.js"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+SHOTS = Path(__file__).resolve().parents[1] / "build" / "screenshots"
+
+pytestmark = pytest.mark.slow
+
+
+def _missing() -> str | None:
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing (apt-get install chromium)"
+    if not AXE.exists():
+        return f"{AXE} is missing (npm install --prefix tests/browser)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is missing (pip install playwright)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    reason = _missing()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests must run in CI: {reason}")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The demo and a torchvision model, each as one file and as a folder."""
+    root = tmp_path_factory.mktemp("reports")
+    photos = Path(__file__).resolve().parents[1] / "samples" / "photos"
+    model = ["--model", "torchvision:resnet18", "--samples", str(photos), "--layers", "conv1", "layer2.*", "fc"]
+    built = {
+        "demo": (root / "demo.html", []),
+        "demo-dir": (root / "demo-site", ["--format", "dir"]),
+        "resnet": (root / "resnet.html", model),
+        "resnet-dir": (root / "resnet-site", [*model, "--format", "dir"]),
+    }
+    for out, argv in built.values():
+        assert main([*argv, "-o", str(out), "--quiet"]) == 0
+    return {name: out / "index.html" if out.is_dir() else out for name, (out, _) in built.items()}
+
+
+class Reader:
+    """A page opened from file:// that records every request, console error and CSP violation."""
+
+    def __init__(self, browser: object, path: Path, *, javascript: bool = True, width: int = 1280) -> None:
+        self.path = path
+        self.context = browser.new_context(java_script_enabled=javascript, viewport={"width": width, "height": 800})  # type: ignore[attr-defined]
+        self.page = self.context.new_page()
+        self.requests: list[str] = []
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.route("**/*", self._route)
+        self.page.add_init_script(
+            "window.__csp = []; document.addEventListener('securitypolicyviolation',"
+            " e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"
+        )
+
+    def _route(self, route: object) -> None:
+        url = route.request.url  # type: ignore[attr-defined]
+        parsed = urlparse(url)
+        own = parsed.scheme == "file" and Path(unquote(parsed.path)).is_relative_to(self.path.parent)
+        if own and (self.path.name == "index.html" or Path(unquote(parsed.path)) == self.path):
+            route.continue_()  # type: ignore[attr-defined]
+        else:
+            self.requests.append(url)
+            route.abort()  # type: ignore[attr-defined]
+
+    def open(self, fragment: str = "") -> object:
+        self.page.goto(self.path.as_uri() + fragment)
+        self.page.wait_for_load_state("load")
+        return self.page
+
+    def load_all_images(self) -> list[dict[str, object]]:
+        return self.page.evaluate(
+            """async () => {
+                const imgs = Array.from(document.images);
+                imgs.forEach(i => { i.loading = 'eager'; });
+                await Promise.all(imgs.map(i => i.decode().catch(() => null)));
+                return imgs.map(i => ({alt: i.alt, w: i.naturalWidth, shown: i.getBoundingClientRect().width,
+                                      attr: i.width, visible: i.offsetParent !== null}));
+            }"""
+        )
+
+    def clean(self) -> None:
+        csp = self.page.evaluate("window.__csp") if self.page.evaluate("typeof window.__csp") != "undefined" else []
+        assert self.requests == [], f"network requests: {self.requests[:5]}"
+        assert self.errors == [], f"console errors: {self.errors[:5]}"
+        assert csp == [], f"CSP violations: {csp[:5]}"
+        self.context.close()
+
+
+@pytest.mark.parametrize("name", ["demo", "demo-dir", "resnet", "resnet-dir"])
+def test_opens_offline_with_no_requests_errors_or_csp_violations(
+    browser: object, reports: dict[str, Path], name: str
+) -> None:
+    reader = Reader(browser, reports[name])
+    reader.open()
+    images = reader.load_all_images()
+    assert images and all(i["w"] > 0 for i in images), [i["alt"] for i in images if not i["w"]][:5]
+    assert all(str(i["alt"]).strip() for i in images)
+    reader.clean()
+
+
+@pytest.mark.parametrize("name", ["demo", "resnet-dir"])
+def test_navigation_links_keys_search_picker_and_zoom(browser: object, reports: dict[str, Path], name: str) -> None:
+    reader = Reader(browser, reports[name])
+    page = reader.open()
+    sections = page.eval_on_selector_all("section.layer", "s => s.map(x => x.id)")
+    target = sections[2]
+    page.click(f'.tree a[href="#{target}"]')
+    page.wait_for_function(f"location.hash === '#{target}'")
+    top = page.eval_on_selector(f"#{target}", "s => s.getBoundingClientRect().top")
+    assert -2 <= top <= 40
+    page.keyboard.press("j")
+    page.wait_for_function(f"location.hash === '#{sections[3]}'")
+    page.keyboard.press("k")
+    page.wait_for_function(f"location.hash === '#{target}'")
+    assert page.eval_on_selector(f'.tree a[href="#{target}"]', "a => a.classList.contains('current')")
+    page.fill("#layer-search", sections[-1].removeprefix("layer-").split("-")[-1])
+    hidden = page.eval_on_selector_all(".tree li", "ls => ls.filter(l => l.hidden).length")
+    assert hidden > 0
+    page.fill("#layer-search", "")
+    on = page.eval_on_selector(f"#{target} .map.on", "m => m.dataset.sample")
+    page.click(f"#{target} .picker .next")
+    assert page.eval_on_selector(f"#{target} .map.on", "m => m.dataset.sample") == str(int(on) + 1)
+    assert page.eval_on_selector_all(".map.on", "ms => new Set(ms.map(m => m.dataset.sample)).size") == 1
+    page.click(f"#{target} .map.on .grid", position={"x": 5, "y": 5})
+    assert page.eval_on_selector("#zoom", "d => d.open")
+    assert "channel" in page.inner_text("#zoom h3") or "features" in page.inner_text("#zoom h3")
+    page.keyboard.press("Escape")
+    reader.clean()
+
+
+def test_deep_link_lands_on_its_section(browser: object, reports: dict[str, Path]) -> None:
+    for javascript in (True, False):
+        reader = Reader(browser, reports["resnet"], javascript=javascript)
+        page = reader.open("#layer-fc")
+        top = page.eval_on_selector("#layer-fc", "s => s.getBoundingClientRect().top")
+        assert -2 <= top <= 40, (javascript, top)
+        reader.clean()
+
+
+def test_without_javascript_every_section_and_image_is_there(browser: object, reports: dict[str, Path]) -> None:
+    reader = Reader(browser, reports["demo"], javascript=False)
+    page = reader.open()
+    assert page.eval_on_selector_all("section.layer", "s => s.length") == 5
+    images = reader.load_all_images()
+    maps = [
+        i for i in images if "sample" in str(i["alt"]) and ("channels" in str(i["alt"]) or "features" in str(i["alt"]))
+    ]
+    assert len(maps) == 5 * 10 and all(i["visible"] and i["w"] > 0 for i in maps)
+    reader.clean()
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_no_horizontal_scrolling_and_tiles_at_their_size(browser: object, reports: dict[str, Path], width: int) -> None:
+    for name in ("demo", "resnet"):
+        reader = Reader(browser, reports[name], width=width)
+        page = reader.open()
+        images = reader.load_all_images()
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, (name, width, overflow)
+        if width == 1280 and name == "demo":
+            conv1 = [i for i in images if str(i["alt"]).startswith("conv1, sample 0")][0]
+            assert conv1["shown"] == conv1["attr"] == 336  # 4 tiles of 28 px at 3×, pixel-exact
+        reader.clean()
+
+
+@pytest.mark.parametrize("name", ["demo", "resnet"])
+def test_axe_finds_no_serious_or_critical_violations(browser: object, reports: dict[str, Path], name: str) -> None:
+    reader = Reader(browser, reports[name])
+    page = reader.open()
+    page.evaluate(AXE.read_text(encoding="utf-8"))
+    violations = page.evaluate(
+        """async () => (await axe.run(document, {resultTypes: ['violations']})).violations
+            .filter(v => v.impact === 'serious' || v.impact === 'critical')
+            .map(v => v.id + ': ' + v.nodes.slice(0, 2).map(n => n.target.join(' ')).join(' | '))"""
+    )
+    assert violations == []
+    reader.clean()
+
+
+def test_screenshot_of_the_demo(browser: object, reports: dict[str, Path]) -> None:
+    reader = Reader(browser, reports["demo"])
+    page = reader.open("#layer-conv1")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SHOTS / "demo-1280x800.png"
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 20_000
+    shutil.copy(shot, SHOTS / "latest.png")
+    reader.clean()
