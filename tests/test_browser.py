@@ -134,6 +134,10 @@ def test_opens_offline_with_no_requests_errors_or_csp_violations(
     images = reader.load_all_images()
     assert images and all(i["w"] > 0 for i in images), [i["alt"] for i in images if not i["w"]][:5]
     assert all(str(i["alt"]).strip() for i in images)
+    layers = reader.page.eval_on_selector_all("section.layer", "s => s.map(x => x.dataset.layer)")
+    maps = [str(i["alt"]) for i in images if ", sample " in str(i["alt"])]
+    assert {alt.split(", sample ")[0] for alt in maps} == set(layers)  # every map names its layer and sample
+    assert all(("channel" in alt or "features" in alt) for alt in maps)
     reader.clean()
 
 
