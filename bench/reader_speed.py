@@ -6,7 +6,8 @@ Chromium (Playwright) and prints, per report: size, first contentful paint, time
 layer's maps are decoded, and the median time of a layer switch (key ``j`` until the next section's
 visible map is decoded). A benchmark, not a test: numbers vary with the machine.
 
-Run: ``.venv/bin/python bench/reader_speed.py [--model resnet50] [--samples 16] [--switches 10]``
+Run: ``.venv/bin/python bench/reader_speed.py [--model resnet50] [--samples 16] [--formats html,dir]``
+(a resnet50 × 16 single file is over 200 MB today and takes Chromium minutes to open).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ SWITCH_JS = """async () => {
 
 
 def photos(folder: Path, count: int) -> Path:
-    sources = sorted((ROOT / "samples" / "photos").glob("*.png"))
+    sources = sorted(p for p in (ROOT / "samples" / "photos").iterdir() if p.suffix in {".png", ".jpg"})
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         image = Image.open(sources[i % len(sources)]).convert("RGB")
@@ -81,17 +82,20 @@ def main() -> None:
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--switches", type=int, default=10)
+    parser.add_argument("--formats", default="html,dir", help="which of html (one file) and dir (folder) to measure")
     args = parser.parse_args()
+    formats = set(args.formats.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         images = photos(root / "photos", args.samples)
         model = ["--model", f"torchvision:{args.model}", "--samples", str(images)]
-        builds = {
-            "demo, one file": (root / "demo.html", []),
-            "demo, folder": (root / "demo", ["--format", "dir"]),
-            f"{args.model} × {args.samples}, one file": (root / "model.html", model),
-            f"{args.model} × {args.samples}, folder": (root / "model", [*model, "--format", "dir"]),
-        }
+        builds = {}
+        if "html" in formats:
+            builds["demo, one file"] = (root / "demo.html", [])
+            builds[f"{args.model} × {args.samples}, one file"] = (root / "model.html", model)
+        if "dir" in formats:
+            builds["demo, folder"] = (root / "demo", ["--format", "dir"])
+            builds[f"{args.model} × {args.samples}, folder"] = (root / "model", [*model, "--format", "dir"])
         for out, argv in builds.values():
             assert featviz([*argv, "-o", str(out), "--quiet"]) == 0
         print(f"{'report':<32} {'size':>28} {'first paint':>12} {'first layer':>12} {'layer switch':>13}")

@@ -4,14 +4,15 @@ Reproducible: fixed seeds, deterministic CPU kernels, one thread. The 8×8 digit
 one-pixel black border and are upsampled bilinearly to 28×28, white stroke on black as in MNIST. A
 stratified 20 % of them is held out: the accuracy printed is measured there, and the ten sample PNGs
 written to samples/digits/ (one per class) come from it too, so the report never shows a training
-image. Run: ``.venv/bin/python scripts/train_demo.py`` (about a minute on 2 cores; dev-only: needs
-scikit-learn).
+image. A 4×4 grid of conv1's 16 filters is saved as a visual check (by default to the temp folder).
+Run: ``.venv/bin/python scripts/train_demo.py`` (about 15 s on 2 cores; dev-only: needs scikit-learn).
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +56,22 @@ def roughness(weight: torch.Tensor) -> torch.Tensor:
 
 
 def accuracy(model: DigitsCNN, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of ``images`` classified as ``labels``, in eval mode."""
     model.eval()
     with torch.no_grad():
         return float((model(images).argmax(1) == labels).float().mean())
+
+
+def save_filter_grid(weight: torch.Tensor, path: Path, zoom: int = 16) -> None:
+    """conv1's 16 single-channel kernels as a 4×4 grid, each min-max scaled and enlarged (nearest neighbour),
+    on a mid-grey two-pixel gutter."""
+    tiles = []
+    for kernel in weight.detach()[:, 0]:
+        scaled = (kernel - kernel.min()) / (kernel.max() - kernel.min()).clamp_min(1e-12)
+        tile = np.kron((scaled.numpy() * 255).round().astype(np.uint8), np.ones((zoom, zoom), np.uint8))
+        tiles.append(np.pad(tile, 2, constant_values=128))
+    rows = [np.hstack(tiles[row : row + 4]) for row in range(0, len(tiles), 4)]
+    Image.fromarray(np.vstack(rows), mode="L").save(path)
 
 
 def main() -> None:
@@ -66,6 +80,9 @@ def main() -> None:
     parser.add_argument("--smoothness", type=float, default=0.02, help="weight of the conv1 roughness penalty")
     parser.add_argument("--weights", type=Path, default=ROOT / "featviz_report" / "demo" / "digits_cnn.pt")
     parser.add_argument("--samples", type=Path, default=ROOT / "samples" / "digits")
+    parser.add_argument(
+        "--filters", type=Path, default=Path(tempfile.gettempdir()) / "conv1_filters.png", help="conv1 filter grid PNG"
+    )
     args = parser.parse_args()
 
     random.seed(SEED)
@@ -105,6 +122,8 @@ def main() -> None:
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, args.weights)
     print(f"heldout_accuracy={accuracy(model, x_test, y_test):.4f} on {len(y_test)} held-out images")
     print(f"wrote {args.weights} ({args.weights.stat().st_size} bytes)")
+    save_filter_grid(model.conv1.weight, args.filters)
+    print(f"wrote {args.filters}")
 
     args.samples.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
