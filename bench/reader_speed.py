@@ -3,7 +3,7 @@
 Builds the demo report and a torchvision model's report over N generated 224×224 photos (crops and
 flips of samples/photos), each as one file and as a folder, then opens each from file:// in Debian's
 Chromium (Playwright) and prints, per report: size, first contentful paint, time until the first
-layer's maps are decoded, and the median time of a layer switch (key ``j`` until the next section's
+layer's maps are decoded (scrolled to it right after load), and the median time of a layer switch (key ``j`` until the next section's
 visible map is decoded). A benchmark, not a test: numbers vary with the machine.
 
 Run: ``.venv/bin/python bench/reader_speed.py [--model resnet50] [--samples 16] [--formats html,dir]``
@@ -28,6 +28,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 FIRST_LAYER_JS = """async () => {
     const first = document.querySelector('section.layer');
+    first.scrollIntoView();  // as a reader following the first nav link; lazy images load once near view
     const imgs = Array.from(first.querySelectorAll('.map.on img, .filters img'));
     await Promise.all(imgs.map(i => i.decode().catch(() => null)));
     return performance.now();
