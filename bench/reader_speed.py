@@ -3,8 +3,8 @@
 Builds the demo report and a torchvision model's report over N generated 224×224 photos (crops and
 flips of samples/photos), each as one file and as a folder, then opens each from file:// in Debian's
 Chromium (Playwright) and prints, per report: size, first contentful paint, time until the first
-layer's maps are decoded (scrolled to it right after load), and the median time of a layer switch (key ``j`` until the next section's
-visible map is decoded). A benchmark, not a test: numbers vary with the machine.
+layer's maps are decoded (scrolled to it right after load), and the median time of a layer switch
+(key ``j`` until the next section's visible map is decoded). A benchmark, not a test: numbers vary.
 
 Run: ``.venv/bin/python bench/reader_speed.py [--model resnet50] [--samples 16] [--formats html,dir]``
 (a resnet50 × 16 single file is over 200 MB today and takes Chromium minutes to open).

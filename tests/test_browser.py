@@ -148,14 +148,14 @@ def test_navigation_links_keys_search_picker_and_zoom(browser: object, reports: 
     sections = page.eval_on_selector_all("section.layer", "s => s.map(x => x.id)")
     target = sections[2]
     page.click(f'.tree a[href="#{target}"]')
-    page.wait_for_function(f"location.hash === '#{target}'")
+    page.wait_for_function(f"() => location.hash === '#{target}'")
     top = page.eval_on_selector(f"#{target}", "s => s.getBoundingClientRect().top")
     assert -2 <= top <= 40
     page.keyboard.press("j")
-    page.wait_for_function(f"location.hash === '#{sections[3]}'")
+    page.wait_for_function(f"() => location.hash === '#{sections[3]}'")
     page.keyboard.press("k")
-    page.wait_for_function(f"location.hash === '#{target}'")
-    assert page.eval_on_selector(f'.tree a[href="#{target}"]', "a => a.classList.contains('current')")
+    page.wait_for_function(f"() => location.hash === '#{target}'")
+    page.wait_for_function(f"() => document.querySelector('.tree a[href=\"#{target}\"]').classList.contains('current')")
     page.fill("#layer-search", sections[-1].removeprefix("layer-").split("-")[-1])
     hidden = page.eval_on_selector_all(".tree li", "ls => ls.filter(l => l.hidden).length")
     assert hidden > 0
