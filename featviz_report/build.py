@@ -69,7 +69,7 @@ def build_report(
     dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
     try:
         model.to(device)
-        run = _run(model, layers, sample_set, device, dtype, config, progress)
+        run = _run(_Job(model, layers, sample_set, device, dtype, config, progress))
     finally:
         model.to(home)
     sections = layer_sections(list(run.records.values()), layers, config)
@@ -109,46 +109,42 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-def _run(
-    model: nn.Module,
-    layers: list[tuple[str, nn.Module]],
-    sample_set: SampleSet,
-    device: torch.device,
-    dtype: torch.dtype,
-    config: ReportConfig,
-    progress: Progress,
-) -> _Run:
+@dataclass(frozen=True)
+class _Job:
+    """What every pass over the samples works with."""
+
+    model: nn.Module
+    layers: list[tuple[str, nn.Module]]
+    sample_set: SampleSet
+    device: torch.device
+    dtype: torch.dtype
+    config: ReportConfig
+    progress: Progress
+
+
+def _run(job: _Job) -> _Run:
     """All samples through the model. Ordering channels by a statistic takes a first pass that only
     ranks them: atlases are encoded as batches go, so the order must be known before."""
     orders = None
-    if config.order != "index":
-        ranking = _pass(model, layers, sample_set, device, dtype, config, progress, None, None)
-        orders = {key: record.stats.ranking(config.order) for key, record in ranking.records.items()}
-    with PngEncoder(config.workers) as encoder:
-        return _pass(model, layers, sample_set, device, dtype, config, progress, encoder, orders)
+    if job.config.order != "index":
+        ranking = _pass(job, None, None)
+        orders = {key: record.stats.ranking(job.config.order) for key, record in ranking.records.items()}
+    with PngEncoder(job.config.workers) as encoder:
+        return _pass(job, encoder, orders)
 
 
-def _pass(
-    model: nn.Module,
-    layers: list[tuple[str, nn.Module]],
-    sample_set: SampleSet,
-    device: torch.device,
-    dtype: torch.dtype,
-    config: ReportConfig,
-    progress: Progress,
-    encoder: PngEncoder | None,
-    orders: dict[tuple[str, int], np.ndarray] | None,
-) -> _Run:
+def _pass(job: _Job, encoder: PngEncoder | None, orders: dict[tuple[str, int], np.ndarray] | None) -> _Run:
     """Every batch through the model with hooks; with an ``encoder``, tiles are encoded while the next
     batch runs, channels in ``orders`` (by layer) or by index."""
+    model, sample_set, config, progress = job.model, job.sample_set, job.config, job.progress
     records: dict[tuple[str, int], LayerRecord] = {}
     thumbs: list[tuple[str, Future[bytes], tuple[int, int]]] = []
     predictions: list[tuple[Prediction, ...]] = []
     seen = 0
     stage = "capture" if encoder is not None else "rank"
-    with capturing(model, layers, config.scale) as capture, torch.inference_mode():
+    with capturing(model, job.layers, config.scale) as capture, torch.inference_mode():
         for batch in sample_set.batches(config.batch_size):
-            inputs = batch.inputs.to(device=device, dtype=dtype)
+            inputs = batch.inputs.to(device=job.device, dtype=job.dtype)
             try:
                 outputs = model(inputs)
             except Exception as err:  # noqa: BLE001 - the user's model may raise anything; name where

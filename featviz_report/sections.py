@@ -132,7 +132,7 @@ def _stats(acc: ChannelAccumulator, shape: tuple[int, ...]) -> tuple[Stats, Chan
     return layer, channels
 
 
-def _describe(module: nn.Module, shape: tuple[int, ...]) -> str:
+def _describe(module: nn.Module) -> str:
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         kind = type(module).__name__
         parts = [f"{kind} {module.in_channels}→{module.out_channels}", "×".join(map(str, module.kernel_size))]
@@ -191,7 +191,7 @@ def layer_sections(
                 name=record.name,
                 slug=slug,
                 type=type(record.module).__name__,
-                description=_describe(record.module, record.shape),
+                description=_describe(record.module),
                 output_shape=record.shape,
                 params=sum(p.numel() for p in record.module.parameters()),
                 stats=stats,
