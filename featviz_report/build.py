@@ -167,7 +167,10 @@ def _pass(job: _Job, encoder: PngEncoder | None, orders: dict[tuple[str, int], n
                     _submit_maps(encoder, record, reduced, config)
             seen += len(batch.names)
             progress.update(stage, seen + len(sample_set.skipped), len(sample_set))
-        _warn_skipped(sample_set, progress)
+        if encoder is not None:  # the ranking pass sees the same files: warn once
+            for name, reason in sample_set.skipped:
+                progress.warn(f"skipped sample {name!r}: {reason}")
+        _require_usable(sample_set)
         samples = tuple(
             Sample(i, name, Png(future.result(), *size), pred[0] if pred else None, pred)
             for i, ((name, future, size), pred) in enumerate(zip(thumbs, predictions))
@@ -186,10 +189,8 @@ def _shown_ids(shape: tuple[int, ...], config: ReportConfig, order: np.ndarray |
     return tuple(int(i) for i in ids[: config.max_channels or shape[0]])
 
 
-def _warn_skipped(sample_set: SampleSet, progress: Progress) -> None:
-    """Say which sample files were skipped; fail when none was usable."""
-    for name, reason in sample_set.skipped:
-        progress.warn(f"skipped sample {name!r}: {reason}")
+def _require_usable(sample_set: SampleSet) -> None:
+    """Fail when no sample file could be used."""
     if sample_set.skipped and len(sample_set.skipped) == len(sample_set):
         listed = "; ".join(f"{name!r}: {reason}" for name, reason in sample_set.skipped[:3])
         more = f" (+{len(sample_set.skipped) - 3} more)" if len(sample_set.skipped) > 3 else ""
@@ -202,7 +203,7 @@ def _skipped_note(skipped: dict[str, str]) -> list[str]:
         return []
     examples = ", ".join(f"{name} ({what})" for name, what in list(skipped.items())[:3])
     more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-    return [f"{len(skipped)} selected layers give neither N×C×H×W nor N×F outputs and are not shown: {examples}{more}"]
+    return [f"{len(skipped)} selected layers give no N×C×H×W, N×L×D or N×F output and are not shown: {examples}{more}"]
 
 
 def _forward_failure(

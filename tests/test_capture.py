@@ -167,7 +167,7 @@ def test_channels_last_linear_sequences_and_unshowable_outputs() -> None:
     tokens = report.layers[2]
     assert len(tokens.channels.mean) == 2 and (tokens.maps[0].tile_height, tokens.maps[0].tile_width) == (35, 2)
     assert report.notes == (
-        "1 selected layers give neither N×C×H×W nor N×F outputs and are not shown: volume (a 5-D output)",
+        "1 selected layers give no N×C×H×W, N×L×D or N×F output and are not shown: volume (a 5-D output)",
     )
 
 

@@ -446,3 +446,11 @@ def test_file_creation_order_does_not_change_the_report(world: World, capsys: py
         assert main(["--samples", folder, "-o", str(out), "--quiet"]) == 0
         reports.append(out.read_bytes())
     assert reports[0] == reports[1]
+
+
+def test_a_skipped_file_is_warned_about_once_even_with_a_ranking_pass(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.file("images/zero.png", b"")
+    _, err = succeeds(world, capsys, [*IMAGES, "--order", "mean"])
+    assert err.count("skipped sample 'zero.png'") == 1
