@@ -6,7 +6,8 @@ Chromium (Playwright) and prints, per report: size, first contentful paint, time
 layer's maps are decoded (scrolled to it right after load), and the median time of a layer switch
 (key ``j`` until the next section's visible map is decoded). A benchmark, not a test: numbers vary.
 
-Run: ``.venv/bin/python bench/reader_speed.py [--model resnet50] [--samples 16] [--formats html,dir]``
+Run from the repository root:
+``.venv/bin/python -m bench.reader_speed [--model resnet50] [--samples 16] [--formats html,dir]``
 (a resnet50 × 16 single file is over 200 MB today and takes Chromium minutes to open).
 """
 
@@ -21,10 +22,9 @@ from PIL import Image, ImageOps
 from playwright.sync_api import Page, sync_playwright
 
 from featviz_report.cli import main as featviz
+from scripts.screenshot import launch
 
 ROOT = Path(__file__).resolve().parent.parent
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]  # fmt: skip
 
 FIRST_LAYER_JS = """async () => {
     const first = document.querySelector('section.layer');
@@ -101,7 +101,7 @@ def main() -> None:
             assert featviz([*argv, "-o", str(out), "--quiet"]) == 0
         print(f"{'report':<32} {'size':>28} {'first paint':>12} {'first layer':>12} {'layer switch':>13}")
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+            browser = launch(playwright)
             for label, (out, _) in builds.items():
                 page = browser.new_page(viewport={"width": 1280, "height": 800})
                 url = (out / "index.html" if out.is_dir() else out).as_uri()

@@ -1,17 +1,17 @@
 """Screenshot a report in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
 
 Run: ``.venv/bin/python scripts/screenshot.py report.html docs/screenshot.png [--anchor layer-conv1]``.
-Makes the README's screenshot: the demo report at 1280×800.
+Makes the README's screenshot: the demo report at 1280×800. ``launch`` is also how the browser tests
+and ``bench/reader_speed.py`` start Chromium, so all three see the page the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-from playwright.sync_api import sync_playwright
-
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -22,6 +22,11 @@ ARGS = [
 ]
 
 
+def launch(playwright: Any) -> Any:
+    """Debian's Chromium, headless, with a fresh profile and no background network traffic."""
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("page", type=Path)
@@ -30,8 +35,10 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=800)
     args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = launch(playwright)
         page = browser.new_page(viewport={"width": args.width, "height": args.height})
         page.goto(args.page.resolve().as_uri() + (f"#{args.anchor}" if args.anchor else ""))
         page.wait_for_load_state("load")

@@ -14,17 +14,9 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from featviz_report.cli import main
+from scripts.screenshot import CHROMIUM, launch
 
-CHROMIUM = Path("/usr/bin/chromium")
 AXE = Path(__file__).parent / "browser" / "node_modules" / "axe-core" / "axe.min.js"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 SHOTS = Path(__file__).resolve().parents[1] / "build" / "screenshots"
 
 pytestmark = pytest.mark.slow
@@ -52,7 +44,7 @@ def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        launched = launch(playwright)
         yield launched
         launched.close()
 
