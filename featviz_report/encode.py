@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .colormaps import palette
+from .spool import Spool, Spooled
 
 __all__ = ["PngEncoder", "grid_shape", "tile_atlas", "png_palette", "png_rgb", "ZLIB_LEVEL"]
 
@@ -64,13 +65,21 @@ def _save(image: Image.Image) -> bytes:
 
 
 class PngEncoder:
-    """A thread pool for PNG encoding; use as a context manager, submit jobs, collect futures."""
+    """A thread pool for PNG encoding; use as a context manager, submit jobs, collect futures.
 
-    def __init__(self, workers: int | None = None) -> None:
+    With a ``spool``, each result goes to disk as soon as it is encoded and the future holds its handle.
+    """
+
+    def __init__(self, workers: int | None = None, spool: Spool | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1, thread_name_prefix="png")
+        self._spool = spool
 
-    def submit(self, job: Callable[..., bytes], *args: object) -> Future[bytes]:
-        return self._pool.submit(job, *args)
+    def submit(self, job: Callable[..., bytes], *args: object) -> Future[bytes | Spooled]:
+        return self._pool.submit(self._encode, job, args)
+
+    def _encode(self, job: Callable[..., bytes], args: tuple[object, ...]) -> bytes | Spooled:
+        data = job(*args)
+        return data if self._spool is None else self._spool.put(data)
 
     def __enter__(self) -> PngEncoder:
         return self

@@ -1,4 +1,4 @@
-"""Plain dataclasses that describe a finished report: numbers, text and PNG bytes; no torch, no PIL.
+"""Plain dataclasses that describe a finished report: numbers, text and PNGs; no torch, no PIL.
 
 The pipeline fills them, the renderers read them. Everything here is what the page and the JSON
 sidecar show, nothing more.
@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+
+from .spool import Spooled
 
 __all__ = [
     "Png",
@@ -30,11 +32,20 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Png:
-    """One encoded PNG image and its pixel size."""
+    """One encoded PNG image and its pixel size; the bytes are in memory or in a spool file."""
 
-    data: bytes
+    source: bytes | Spooled
     width: int
     height: int
+
+    @property
+    def data(self) -> bytes:
+        return self.source if isinstance(self.source, bytes) else self.source.read()
+
+    @property
+    def size(self) -> int:
+        """Length of the PNG in bytes."""
+        return len(self.source) if isinstance(self.source, bytes) else self.source.length
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from .encode import grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import ModelError
 from .reduce import HISTOGRAM_BINS, vector_shape
 from .report import ChannelStats, FilterView, Grid, Histogram, LayerSection, Peaks, Png, Stats
+from .spool import Spooled
 from .weights import FilterTiles, filter_tiles
 
 __all__ = ["LayerRecord", "layer_sections", "colorbar", "slugs"]
@@ -37,7 +38,7 @@ class LayerRecord:
     shape: tuple[int, ...]
     stats: ChannelAccumulator
     channel_ids: tuple[int, ...]  # the channels the atlas tiles show, in tile order
-    maps: list[Future[bytes]] = field(default_factory=list)
+    maps: list[Future[bytes | Spooled]] = field(default_factory=list)
 
 
 def _tile_size(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -53,7 +54,7 @@ def colorbar(colormap: str) -> Png:
     return Png(png_palette(ramp, colormap), 256, 1)
 
 
-def _grid(png: bytes, tile_h: int, tile_w: int, count: int, cols: int, target_px: int) -> Grid:
+def _grid(png: bytes | Spooled, tile_h: int, tile_w: int, count: int, cols: int, target_px: int) -> Grid:
     rows = -(-count // cols)
     width, height = cols * tile_w, rows * tile_h
     zoom = max(1, min(-(-target_px // tile_w), MAX_WIDTH_PX // width))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,19 @@ class Exploding(nn.Module):
         raise RuntimeError("boom in forward")
 
 
+def test_garbage_collector_state_is_handed_back(tiny_cnn: TinyCNN) -> None:
+    x = torch.rand(2, 1, 8, 8)
+    build_report(tiny_cnn, x, config=ReportConfig(quiet=True))
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    gc.freeze()  # a caller that froze its own objects keeps them frozen
+    try:
+        frozen = gc.get_freeze_count()
+        build_report(tiny_cnn, x, config=ReportConfig(quiet=True))
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
 def test_hooks_removed_and_modes_restored_when_forward_raises() -> None:
     model = Exploding().train()
     with pytest.raises(ModelError, match="boom in forward"):
@@ -123,6 +137,29 @@ def test_non_finite_and_constant_channels_are_counted_and_tiles_stay_valid() -> 
     assert int(reduced.tiles[:, 2].max()) == 0
     assert int(reduced.tiles[0, 0].max()) == 255  # the finite values still span the full range
     assert torch.isfinite(reduced.mean).all()
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5, 6), (3, 7, 4), (3, 10)])
+def test_per_channel_sums_match_numpy_over_finite_values(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(1)
+    values = torch.randn(shape).relu()  # about half exact zeros
+    values.view(-1)[::7] *= -1  # and some negatives
+    values.view(-1)[5] = float("nan")
+    values.view(-1)[11] = float("inf")
+    values.view(-1)[12] = -float("inf")
+    for tensor in (values, torch.nan_to_num(values, nan=0.5, posinf=2.0, neginf=-2.0)):  # masked and fast path
+        reduced = reduce_output(tensor)
+        channel_axis = 2 if tensor.ndim == 3 else 1
+        per_channel = np.moveaxis(tensor.double().numpy(), channel_axis, 0).reshape(tensor.shape[channel_axis], -1)
+        for c, row in enumerate(per_channel):
+            finite = row[np.isfinite(row)]
+            assert int(reduced.count[c]) == finite.size
+            assert int(reduced.zeros[c]) == int((finite == 0).sum())
+            assert int(reduced.positives[c]) == int((finite > 0).sum())
+            assert int(reduced.nans[c]) == int(np.isnan(row).sum())
+            assert int(reduced.infs[c]) == int(np.isinf(row).sum())
+            assert float(reduced.mean[c]) == pytest.approx(finite.mean(), abs=1e-6)
+            assert float(reduced.m2[c]) == pytest.approx(((finite - finite.mean()) ** 2).sum(), rel=1e-5, abs=1e-6)
 
 
 def test_linear_outputs_become_one_image_per_sample() -> None:

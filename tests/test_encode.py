@@ -1,14 +1,18 @@
-"""encode.py: atlas layout, palette PNGs and determinism."""
+"""encode.py and spool.py: atlas layout, palette PNGs, determinism, images parked on disk."""
 
 from __future__ import annotations
 
 import io
+import tempfile
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from featviz_report.colormaps import palette
 from featviz_report.encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
+from featviz_report.report import Png
+from featviz_report.spool import Spool, Spooled
 
 
 def test_grid_shape_is_square_ish_and_holds_everything() -> None:
@@ -49,3 +53,15 @@ def test_encoding_is_deterministic_and_threaded() -> None:
         second = [f.result() for f in [encoder.submit(png_rgb, a) for a in arrays]]
     assert first == second
     assert all(b.startswith(b"\x89PNG") for b in first)
+
+
+def test_spooled_results_read_back_byte_for_byte_from_an_anonymous_file() -> None:
+    rng = np.random.default_rng(1)
+    arrays = [rng.integers(0, 255, (16 + i, 20, 3), dtype=np.uint8) for i in range(6)]
+    spool = Spool()
+    with PngEncoder(workers=2, spool=spool) as encoder:
+        handles = [f.result() for f in [encoder.submit(png_rgb, a) for a in arrays]]
+    assert all(isinstance(h, Spooled) for h in handles)
+    assert [Png(h, 20, 16).data for h in handles] == [png_rgb(a) for a in arrays]
+    assert spool.size == sum(h.length for h in handles)  # type: ignore[union-attr]
+    assert not any(Path(tempfile.gettempdir()).glob("featviz-*"))  # unlinked at once: nothing to clean up
