@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from featviz_report.colormaps import palette
@@ -55,7 +56,10 @@ def test_encoding_is_deterministic_and_threaded() -> None:
     assert all(b.startswith(b"\x89PNG") for b in first)
 
 
-def test_spooled_results_read_back_byte_for_byte_from_an_anonymous_file() -> None:
+def test_spooled_results_read_back_byte_for_byte_from_an_anonymous_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     rng = np.random.default_rng(1)
     arrays = [rng.integers(0, 255, (16 + i, 20, 3), dtype=np.uint8) for i in range(6)]
     spool = Spool()
@@ -64,4 +68,4 @@ def test_spooled_results_read_back_byte_for_byte_from_an_anonymous_file() -> Non
     assert all(isinstance(h, Spooled) for h in handles)
     assert [Png(h, 20, 16).data for h in handles] == [png_rgb(a) for a in arrays]
     assert spool.size == sum(h.length for h in handles)  # type: ignore[union-attr]
-    assert not any(Path(tempfile.gettempdir()).glob("featviz-*"))  # unlinked at once: nothing to clean up
+    assert not any(tmp_path.iterdir())  # unlinked at once: nothing to clean up
