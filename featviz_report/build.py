@@ -18,6 +18,7 @@ from torch import nn
 
 from . import __version__
 from .accumulate import ChannelAccumulator
+from .budget import fit_page
 from .capture import capturing, first_tensor, select_layers
 from .config import ReportConfig
 from .device import pick_device
@@ -116,6 +117,10 @@ def _build(
         notes=tuple(run.notes),
         version=__version__,
     )
+    if out is not None and config.format == "html" and config.max_size:
+        report, left_out = fit_page(report, int(config.max_size * 1e6))
+        if left_out:
+            progress.warn(left_out)
     if out is not None or json_out is not None:
         write_report(report, out, config.format, json_out, progress)
     return report

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .config import COLORMAPS, DEVICES, FORMATS, ORDERS, SCALES, ReportConfig
+from .config import COLORMAPS, DEFAULT_MAX_SIZE_MB, DEVICES, FORMATS, ORDERS, SCALES, ReportConfig
 from .errors import FeatvizError, UsageError
 
 __all__ = ["build_parser", "main"]
@@ -34,6 +34,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of MB, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of MB (0: no limit), got {text}")
     return value
 
 
@@ -111,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="html: one self-contained file; dir: a folder for static hosting",
     )
     parser.add_argument(
+        "--max-size",
+        metavar="MB",
+        type=_megabytes,
+        default=DEFAULT_MAX_SIZE_MB,
+        help=f"size budget of a one-file report (default {DEFAULT_MAX_SIZE_MB:g}; 0: none): over it, feature maps are "
+        "kept for the most informative samples and the page says what was left out",
+    )
+    parser.add_argument(
         "--batch-size", metavar="N", type=_positive, default=16, help="samples per forward pass (default 16)"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
@@ -179,6 +197,7 @@ def _run(args: argparse.Namespace) -> None:
         normalize=args.normalize or loaded.normalize,
         labels=labels,
         format=args.format,
+        max_size=args.max_size or None,
         strict=args.strict,
         quiet=args.quiet,
     )

@@ -27,7 +27,7 @@ from .progress import Progress
 from .report import ChannelStats, Grid, Histogram, Png, Prediction, Report, Stats
 from .resources import templates_dir
 
-__all__ = ["check_output", "write_report", "render_html", "report_json", "script_json"]
+__all__ = ["check_output", "write_report", "render_html", "html_size", "inline_size", "report_json", "script_json"]
 
 IMAGE_DIR = "img"
 
@@ -130,9 +130,30 @@ def _write_folder(report: Report, out: Path) -> None:
         raise
 
 
+DATA_URI_PREFIX = "data:image/png;base64,"
+
+
+def inline_size(png: Png) -> int:
+    """Bytes ``png`` takes inline in a single-file page."""
+    return len(DATA_URI_PREFIX) + 4 * -(-png.size // 3)
+
+
+def html_size(report: Report) -> int:
+    """Bytes of the single-file page, without encoding any image (each is counted where it appears)."""
+    images = 0
+
+    def count(png: Png) -> Markup:
+        nonlocal images
+        images += inline_size(png)
+        return Markup("")
+
+    text = sum(len(chunk.encode("utf-8")) for chunk in render_html(report, count))
+    return text + images
+
+
 def _data_uri(png: Png) -> Markup:
     """The image inline; base64 needs no HTML escaping, and skipping it saves a pass over megabytes."""
-    return Markup("data:image/png;base64," + base64.b64encode(png.data).decode("ascii"))
+    return Markup(DATA_URI_PREFIX + base64.b64encode(png.data).decode("ascii"))
 
 
 def _fmt_num(value: float) -> str:
@@ -181,7 +202,7 @@ def _histogram_svg(histogram: Histogram | None, label: str) -> Markup:
 
 def _grid_css(report: Report) -> str:
     """One rule per grid geometry in the page: where the lines between tiles fall."""
-    geometries = {(g.cols, g.rows) for layer in report.layers for g in layer.maps}
+    geometries = {(g.cols, g.rows) for layer in report.layers for g in layer.maps if g}
     geometries |= {(layer.filters.grid.cols, layer.filters.grid.rows) for layer in report.layers if layer.filters}
     return "".join(
         f".g-{c}x{r}::after{{background-size:calc(100% / {c}) calc(100% / {r})}}\n" for c, r in sorted(geometries)

@@ -175,7 +175,7 @@ class LayerSection:
     stats: Stats
     channels: ChannelStats
     channel_ids: tuple[int, ...]  # the channels the map tiles show, in tile order (empty: not a map)
-    maps: tuple[Grid, ...]
+    maps: tuple[Grid | None, ...]  # one per sample; None: left out to keep the page in its size budget
     filters: FilterView | None
     weight_histogram: Histogram | None
     notes: tuple[str, ...]
