@@ -280,7 +280,9 @@ def _predictions(outputs: object, count: int, labels: Sequence[str] | None) -> l
 
 def _submit_maps(encoder: PngEncoder, record: LayerRecord, reduced: Reduced, config: ReportConfig) -> None:
     ids = list(record.channel_ids)
-    tiles = reduced.tiles.numpy()[:, ids]
+    tiles = reduced.tiles.numpy()
+    if ids != list(range(tiles.shape[1])):  # a subset or another order: a copy; all in order: a view
+        tiles = tiles[:, ids]
     cols = grid_shape(len(ids))[1]
     for sample_tiles in tiles:
         record.maps.append(encoder.submit(png_palette, tile_atlas(sample_tiles, cols), config.colormap))

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "kept for the most informative samples and the page says what was left out",
     )
     parser.add_argument(
-        "--batch-size", metavar="N", type=_positive, default=16, help="samples per forward pass (default 16)"
+        "--batch-size", metavar="N", type=_positive, default=8, help="samples per forward pass (default 8)"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument("--title", metavar="TEXT", help="page title (default: the model's name)")

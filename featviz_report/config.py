@@ -34,7 +34,7 @@ class ReportConfig:
     scale: str = "channel"
     order: str = "index"
     device: str = "auto"
-    batch_size: int = 16
+    batch_size: int = 8
     input_size: int | None = None
     normalize: str | None = None
     labels: tuple[str, ...] | None = None

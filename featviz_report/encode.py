@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
@@ -22,6 +23,7 @@ from .spool import Spool, Spooled
 __all__ = ["PngEncoder", "grid_shape", "tile_atlas", "png_palette", "png_rgb", "ZLIB_LEVEL"]
 
 ZLIB_LEVEL = 1
+MAX_PENDING_BYTES = 64 * 2**20  # tiles waiting for an encoder: about two batches of resnet18 × 16
 
 
 def grid_shape(count: int) -> tuple[int, int]:
@@ -39,8 +41,10 @@ def tile_atlas(tiles: np.ndarray, cols: int) -> np.ndarray:
     """
     count, h, w = tiles.shape[:3]
     rows = math.ceil(count / cols)
-    padded = np.zeros((rows * cols, *tiles.shape[1:]), dtype=tiles.dtype)
-    padded[:count] = tiles
+    padded = tiles
+    if rows * cols != count:
+        padded = np.zeros((rows * cols, *tiles.shape[1:]), dtype=tiles.dtype)
+        padded[:count] = tiles
     grid = padded.reshape(rows, cols, h, w, *tiles.shape[3:]).swapaxes(1, 2)
     return grid.reshape(rows * h, cols * w, *tiles.shape[3:])
 
@@ -68,14 +72,37 @@ class PngEncoder:
     """A thread pool for PNG encoding; use as a context manager, submit jobs, collect futures.
 
     With a ``spool``, each result goes to disk as soon as it is encoded and the future holds its handle.
+    ``submit`` waits while more than ``max_pending`` bytes of arrays are queued, so a model that runs
+    faster than the encoders cannot pile up every batch's tiles in memory.
     """
 
-    def __init__(self, workers: int | None = None, spool: Spool | None = None) -> None:
+    def __init__(
+        self, workers: int | None = None, spool: Spool | None = None, max_pending: int = MAX_PENDING_BYTES
+    ) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1, thread_name_prefix="png")
         self._spool = spool
+        self._max_pending = max_pending
+        self._pending = 0
+        self._room = threading.Condition()
 
     def submit(self, job: Callable[..., bytes], *args: object) -> Future[bytes | Spooled]:
-        return self._pool.submit(self._encode, job, args)
+        size = sum(arg.nbytes for arg in args if isinstance(arg, np.ndarray))
+        with self._room:
+            self._room.wait_for(lambda: not self._pending or self._pending + size <= self._max_pending)
+            self._pending += size
+        future = self._pool.submit(self._encode, job, args)
+        future.add_done_callback(lambda _: self._release(size))
+        return future
+
+    @property
+    def pending(self) -> int:
+        """Bytes of arrays queued or being encoded."""
+        return self._pending
+
+    def _release(self, size: int) -> None:
+        with self._room:
+            self._pending -= size
+            self._room.notify_all()
 
     def _encode(self, job: Callable[..., bytes], args: tuple[object, ...]) -> bytes | Spooled:
         data = job(*args)

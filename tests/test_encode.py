@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,25 @@ def test_spooled_results_read_back_byte_for_byte_from_an_anonymous_file(
     assert [Png(h, 20, 16).data for h in handles] == [png_rgb(a) for a in arrays]
     assert spool.size == sum(h.length for h in handles)  # type: ignore[union-attr]
     assert not any(tmp_path.iterdir())  # unlinked at once: nothing to clean up
+
+
+def test_submit_waits_while_too_many_bytes_are_queued() -> None:
+    release, order = threading.Event(), []
+
+    def slow(array: np.ndarray) -> bytes:
+        release.wait(5)
+        order.append("encoded")
+        return array.tobytes()
+
+    with PngEncoder(workers=1, max_pending=100) as encoder:
+        first = encoder.submit(slow, np.zeros(80, np.uint8))
+        assert encoder.pending == 80
+        second = threading.Thread(
+            target=lambda: (encoder.submit(bytes, np.zeros(80, np.uint8)), order.append("queued"))
+        )
+        second.start()
+        second.join(0.2)
+        assert second.is_alive() and not order  # 80 + 80 bytes would exceed the bound: the caller waits
+        release.set()
+        second.join(5)
+        assert order == ["encoded", "queued"] and first.result() == bytes(80)
