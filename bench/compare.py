@@ -63,7 +63,7 @@ class Runs:
         return self.median / self.tiles if self.tiles else float("nan")
 
 
-def featviz_command(model: str, samples: int, out: Path, device: str, fmt: str = "html") -> list[str]:
+def featviz_command(model: str, samples: int, out: Path, device: str, max_size: float, fmt: str = "html") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -75,6 +75,8 @@ def featviz_command(model: str, samples: int, out: Path, device: str, fmt: str =
         fmt,
         "--device",
         device,
+        "--max-size",
+        str(max_size),
     ]
 
 
@@ -239,6 +241,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip", default="", help="references to leave out, comma-separated: floor, grid, seed")
     parser.add_argument("--refs", type=Path, default=REFS, help="the folder of the reference scripts")
     parser.add_argument("--keep", type=Path, help="write outputs here and keep them (default: a temporary folder)")
+    parser.add_argument(
+        "--max-size", type=float, default=64.0, help="featviz's --max-size in MB (0: every map on the page)"
+    )
     parser.add_argument("--device", default="cpu", help="featviz's --device (the reference scripts use the CPU)")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="measure peak RSS")
     parser.add_argument("--memory-samples", default="16,256", help="sample counts of the memory runs, comma-separated")
@@ -264,7 +269,8 @@ def compare(args: argparse.Namespace, out: Path) -> None:
             for i in range(args.repeat)
         ]
     commands[FEATVIZ] = [
-        featviz_command(args.model, args.samples, out / f"featviz-{i}.html", args.device) for i in range(args.repeat)
+        featviz_command(args.model, args.samples, out / f"featviz-{i}.html", args.device, args.max_size)
+        for i in range(args.repeat)
     ]
     results = measure(commands)
     ordered = {FEATVIZ: results[FEATVIZ], **{k: v for k, v in results.items() if k != FEATVIZ}}
@@ -272,7 +278,9 @@ def compare(args: argparse.Namespace, out: Path) -> None:
     if args.memory and args.memory_counts:
         rows = []
         for n in args.memory_counts:
-            rows.append((n, run(featviz_command(args.model, n, out / f"memory-{n}", args.device, "dir"))))
+            rows.append(
+                (n, run(featviz_command(args.model, n, out / f"memory-{n}", args.device, args.max_size, "dir")))
+            )
             print(f"memory: {n} samples, peak {rows[-1][1]['peak_rss_MB']} MB", file=sys.stderr)
         print()
         print("\n".join(memory_table(args.model, rows)))

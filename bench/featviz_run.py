@@ -28,7 +28,7 @@ from torch import nn
 
 from bench.shim import substituted
 from featviz_report.build import build_report
-from featviz_report.config import ReportConfig
+from featviz_report.config import DEFAULT_MAX_SIZE_MB, ReportConfig
 from featviz_report.report import Report
 
 
@@ -47,8 +47,9 @@ def conv_names(model: nn.Module) -> tuple[str, ...]:
 
 
 def tiles(report: Report) -> int:
-    """Activation-map tiles in the report: per layer, one atlas per sample of ``count`` tiles each."""
-    return sum(len(layer.maps) * layer.maps[0].count for layer in report.layers if layer.maps)
+    """Activation-map tiles on the page: per layer, one atlas per sample of ``count`` tiles each (atlases
+    left out to keep a single page within --max-size are not counted)."""
+    return sum(grid.count for layer in report.layers for grid in layer.maps if grid)
 
 
 def rss_mb() -> float:
@@ -77,9 +78,12 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="the report to write (a file, or a folder with --format dir)")
     parser.add_argument("--format", choices=("html", "dir"), default="html")
     parser.add_argument("--device", default="auto", help="featviz's --device (auto, cpu, cuda, mps)")
+    parser.add_argument("--max-size", type=float, default=DEFAULT_MAX_SIZE_MB, help="featviz's --max-size (0: none)")
     args = parser.parse_args()
     model, x = reference_inputs(args.model, args.samples)
-    config = ReportConfig(quiet=True, layers=conv_names(model), format=args.format, device=args.device)
+    config = ReportConfig(
+        quiet=True, layers=conv_names(model), format=args.format, device=args.device, max_size=args.max_size or None
+    )
     before = rss_mb()
     t0 = time.perf_counter()
     report = build_report(model, x, args.out, config)

@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from .render import html_size, inline_size
-from .report import LayerSection, Report
+from .report import Grid, LayerSection, Report
 
 __all__ = ["fit_page"]
 
@@ -28,7 +28,9 @@ def fit_page(report: Report, max_bytes: int) -> tuple[Report, str | None]:
         return report, None
     sizes = np.zeros((len(report.layers), len(report.samples)), dtype=np.int64)  # layers × samples
     for row, layer in zip(sizes, report.layers):
-        row[: len(layer.maps)] = [inline_size(grid.image) if grid else 0 for grid in layer.maps]
+        row[: len(layer.maps)] = [_size(grid) for grid in layer.maps]
+        if layer.change:  # a comparison: A's maps go with B's
+            row[: len(layer.change.maps_before)] += [_size(grid) for grid in layer.change.maps_before]
     room = max_bytes - (total - int(sizes.sum()))
     ranked = _ranked_samples(report)
     count = int(np.searchsorted(sizes[:, ranked].sum(0).cumsum(), room, side="right"))
@@ -58,7 +60,7 @@ def _fitted(report: Report, keep: np.ndarray, samples: np.ndarray, total: int, m
     if not keep.any() and html_size(dataclasses.replace(report, layers=layers)) > max_bytes:
         shown += ", and even so the page is over the budget"
     note = (
-        f"the single-file page would be {total / 1e6:.0f} MB, over --max-size {max_bytes / 1e6:g} MB: {shown}; "
+        f"the single-file page would be {_megabytes(total)} MB, over --max-size {max_bytes / 1e6:g} MB: {shown}; "
         "--format dir writes every map (or raise --max-size)"
     )
     fitted = dataclasses.replace(report, layers=layers, notes=(*report.notes, note[:1].upper() + note[1:] + "."))
@@ -77,10 +79,23 @@ def _ranked_samples(report: Report) -> np.ndarray:
     return np.argsort(-score, kind="stable")
 
 
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.0f}" if size >= 1e7 else f"{size / 1e6:.1f}"
+
+
+def _size(grid: Grid | None) -> int:
+    return inline_size(grid.image) if grid else 0
+
+
 def _keep_maps(layer: LayerSection, keep: np.ndarray) -> LayerSection:
     if keep.all() or not layer.maps:
         return layer
-    return dataclasses.replace(layer, maps=tuple(grid if kept else None for grid, kept in zip(layer.maps, keep)))
+    change = layer.change
+    if change is not None:
+        before = tuple(grid if kept else None for grid, kept in zip(change.maps_before, keep))
+        change = dataclasses.replace(change, maps_before=before)
+    maps = tuple(grid if kept else None for grid, kept in zip(layer.maps, keep))
+    return dataclasses.replace(layer, maps=maps, change=change)
 
 
 def _describe_kept(report: Report, keep: np.ndarray, samples: np.ndarray) -> str:

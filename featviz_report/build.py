@@ -24,10 +24,11 @@ from .config import ReportConfig
 from .device import pick_device
 from .encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import InputError, ModelError
+from .gradcam import class_activation_maps, default_cam_layer, overlay
 from .progress import Progress
 from .reduce import Reduced
 from .render import check_output, write_report
-from .report import Png, Prediction, Report, Sample
+from .report import CamView, LayerSection, Png, Prediction, Report, Sample
 from .samples import Preprocess, SamplesArg, SampleSet, open_samples, parse_normalize
 from .sections import LayerRecord, colorbar, layer_sections
 from .spool import Spool, Spooled
@@ -37,7 +38,7 @@ __all__ = ["build_report"]
 
 
 @dataclass(frozen=True)
-class _Run:
+class Run:
     """What the forward passes produced."""
 
     samples: tuple[Sample, ...]
@@ -62,12 +63,12 @@ def build_report(
     same device, same training flags, same ``requires_grad``, no hooks.
     """
     config = config or ReportConfig()
-    with _old_objects_frozen():
+    with old_objects_frozen():
         return _build(model, samples, out, config, json_out)
 
 
 @contextmanager
-def _old_objects_frozen() -> Iterator[None]:
+def old_objects_frozen() -> Iterator[None]:
     """Hide the objects that exist before the build (torch alone brings ~300k) from the garbage
     collector while it runs: otherwise each full collection the build's allocations trigger walks them
     all (~0.17 s). Collection of the build's own objects goes on; everything is handed back after.
@@ -88,45 +89,95 @@ def _build(
     progress = Progress(enabled=not config.quiet)
     if out is not None:
         check_output(Path(out), config.format)
-    device = pick_device(config.device)
-    layers = select_layers(model, config.layers)
-    sample_set = open_samples(samples, _preprocess(model, config), config.strict)
+    job = open_job(model, open_samples(samples, preprocess(model, config), config.strict), config, progress)
+    with on_device(job):
+        run = run_passes(job)
+        cams = (cam_view(job),) if config.cam else ()
+    report = assemble(job, run, layer_sections(list(run.records.values()), job.layers, config), cams)
+    return finish(report, out, json_out, job)
+
+
+def open_job(model: nn.Module, sample_set: SampleSet, config: ReportConfig, progress: Progress) -> Job:
+    """What the passes over ``sample_set`` need, the layers to capture chosen and the device picked."""
     params = list(model.parameters())
+    return Job(
+        model=model,
+        layers=select_layers(model, config.layers),
+        sample_set=sample_set,
+        device=pick_device(config.device),
+        dtype=next((p.dtype for p in params if p.is_floating_point()), torch.float32),
+        config=config,
+        progress=progress,
+    )
+
+
+@contextmanager
+def on_device(job: Job) -> Iterator[None]:
+    """The job's model on the job's device for the block, back where it was after."""
+    params = list(job.model.parameters())
     home = params[0].device if params else torch.device("cpu")
-    dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
     try:
-        model.to(device)
-        run = _run(_Job(model, layers, sample_set, device, dtype, config, progress))
+        job.model.to(job.device)
+        yield
     finally:
-        model.to(home)
-    sections = layer_sections(list(run.records.values()), layers, config)
-    report = Report(
+        job.model.to(home)
+
+
+def assemble(job: Job, run: Run, sections: tuple[LayerSection, ...], cams: tuple[CamView, ...] = ()) -> Report:
+    """The report of one model's run."""
+    config, model = job.config, job.model
+    return Report(
         title=config.title or config.model_name or type(model).__name__,
         model_name=config.model_name or type(model).__name__,
-        device=_device_name(device),
-        input_shape=sample_set.shape,
-        params=sum(p.numel() for p in params),
+        device=_device_name(job.device),
+        input_shape=job.sample_set.shape,
+        params=sum(p.numel() for p in model.parameters()),
         colormap=config.colormap,
         scale=config.scale,
         colorbar=colorbar(config.colormap),
         weight_colorbar=colorbar("diverging"),
         samples=run.samples,
-        skipped_samples=tuple(sample_set.skipped),
+        skipped_samples=tuple(job.sample_set.skipped),
         layers=sections,
         tree=module_tree(model, run.shapes, {s.name: s.slug for s in sections}),
         notes=tuple(run.notes),
         version=__version__,
+        cams=cams,
     )
+
+
+def finish(report: Report, out: str | Path | None, json_out: str | Path | None, job: Job) -> Report:
+    """Fit a single-file page into its budget, write what was asked for, return what was written."""
+    config = job.config
     if out is not None and config.format == "html" and config.max_size:
         report, left_out = fit_page(report, int(config.max_size * 1e6))
         if left_out:
-            progress.warn(left_out)
+            job.progress.warn(left_out)
     if out is not None or json_out is not None:
-        write_report(report, out, config.format, json_out, progress)
+        write_report(report, out, config.format, json_out, job.progress)
     return report
 
 
-def _preprocess(model: nn.Module, config: ReportConfig) -> Preprocess:
+def cam_view(job: Job, label: str = "") -> CamView:
+    """Class activation maps of every sample for ``config.cam_layer`` (default: the last Conv2d)."""
+    config = job.config
+    layer = config.cam_layer or default_cam_layer(job.model)
+    images, targets = [], []
+    for batch in job.sample_set.batches(config.batch_size):
+        inputs = batch.inputs.to(device=job.device, dtype=job.dtype)
+        cams = class_activation_maps(job.model, layer, inputs, config.target_class, config.cam or "gradcam")
+        for thumbnail, cam, target in zip(batch.thumbnails, cams.maps, cams.targets):
+            pixels = overlay(thumbnail, cam)
+            images.append(Png(png_rgb(pixels), pixels.shape[1], pixels.shape[0]))
+            targets.append(_label(target, config.labels))
+    return CamView(layer, config.cam or "gradcam", label, tuple(images), tuple(targets))
+
+
+def _label(index: int, labels: Sequence[str] | None) -> str:
+    return labels[index] if labels is not None and 0 <= index < len(labels) else f"class {index}"
+
+
+def preprocess(model: nn.Module, config: ReportConfig) -> Preprocess:
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     channels = first.in_channels if first is not None and first.in_channels in (1, 3) else 3
     norm = parse_normalize(config.normalize or "none", channels)
@@ -141,7 +192,7 @@ def _device_name(device: torch.device) -> str:
 
 
 @dataclass(frozen=True)
-class _Job:
+class Job:
     """What every pass over the samples works with."""
 
     model: nn.Module
@@ -153,20 +204,23 @@ class _Job:
     progress: Progress
 
 
-def _run(job: _Job) -> _Run:
+def run_passes(job: Job) -> Run:
     """All samples through the model. Ordering channels by a statistic takes a first pass that only
     ranks them: atlases are encoded as batches go, so the order must be known before."""
     orders = None
     if job.config.order != "index":
-        ranking = _pass(job, None, None)
+        ranking = capture_pass(job, None, None)
         orders = {key: record.stats.ranking(job.config.order) for key, record in ranking.records.items()}
     with PngEncoder(job.config.workers, Spool()) as encoder:
-        return _pass(job, encoder, orders)
+        return capture_pass(job, encoder, orders)
 
 
-def _pass(job: _Job, encoder: PngEncoder | None, orders: dict[tuple[str, int], np.ndarray] | None) -> _Run:
+def capture_pass(
+    job: Job, encoder: PngEncoder | None, orders: dict[tuple[str, int], np.ndarray] | None, warn: bool = True
+) -> Run:
     """Every batch through the model with hooks; with an ``encoder``, tiles are encoded while the next
-    batch runs, channels in ``orders`` (by layer) or by index."""
+    batch runs, channels in ``orders`` (by layer) or by index. Skipped samples are warned about in the
+    encoding pass (when ``warn``): every pass sees the same files."""
     model, sample_set, config, progress = job.model, job.sample_set, job.config, job.progress
     records: dict[tuple[str, int], LayerRecord] = {}
     thumbs: list[tuple[str, Future[bytes | Spooled], tuple[int, int]]] = []
@@ -198,7 +252,7 @@ def _pass(job: _Job, encoder: PngEncoder | None, orders: dict[tuple[str, int], n
                     _submit_maps(encoder, record, reduced, config)
             seen += len(batch.names)
             progress.update(stage, seen + len(sample_set.skipped), len(sample_set))
-        if encoder is not None:  # the ranking pass sees the same files: warn once
+        if encoder is not None and warn:
             for name, reason in sample_set.skipped:
                 progress.warn(f"skipped sample {name!r}: {reason}")
         _require_usable(sample_set)
@@ -209,7 +263,7 @@ def _pass(job: _Job, encoder: PngEncoder | None, orders: dict[tuple[str, int], n
         for record in records.values():
             for future in record.maps:
                 future.result()
-    return _Run(samples, records, _skipped_note(capture.skipped), capture.shapes)
+    return Run(samples, records, _skipped_note(capture.skipped), capture.shapes)
 
 
 def _shown_ids(shape: tuple[int, ...], config: ReportConfig, order: np.ndarray | None) -> tuple[int, ...]:

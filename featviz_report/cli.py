@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .config import COLORMAPS, DEFAULT_MAX_SIZE_MB, DEVICES, FORMATS, ORDERS, SCALES, ReportConfig
+from .config import CAM_METHODS, COLORMAPS, DEFAULT_MAX_SIZE_MB, DEVICES, FORMATS, ORDERS, SCALES, ReportConfig
 from .errors import FeatvizError, UsageError
 
 __all__ = ["build_parser", "main"]
@@ -47,6 +47,16 @@ def _megabytes(text: str) -> float:
     return value
 
 
+def _index(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a class index, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
@@ -67,6 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--weights", metavar="FILE", help="state_dict to load into the model (read with weights_only=True)"
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="FILE",
+        help="a second state_dict for the same model: one report of what changed from --weights (A) to FILE (B)",
+    )
+    parser.add_argument(
+        "--demo-compare",
+        action="store_true",
+        help="compare the demo model after 5 of its 40 training epochs (A) with the trained one (B)",
+    )
+    parser.add_argument(
+        "--cam",
+        choices=(*CAM_METHODS, "none"),
+        help="class activation maps on every sample: gradcam or gradcam++ (default: none; gradcam with --compare)",
+    )
+    parser.add_argument(
+        "--cam-layer", metavar="NAME", help="the Conv2d the activation maps are for (default: the last)"
+    )
+    parser.add_argument(
+        "--target-class", metavar="N", type=_index, help="class the activation maps explain (default: each top class)"
     )
     parser.add_argument(
         "--trust-pickled-model",
@@ -169,19 +200,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> None:
     from .build import build_report
-    from .models import load_model
+    from .models import copy_with_weights, load_model
     from .render import check_output
-    from .resources import demo_samples_dir
+    from .resources import demo_samples_dir, demo_weights_path
+    from .review import compare_checkpoints
     from .samples import read_labels
 
     if args.model and not args.samples:
         raise UsageError("--samples is required with --model (image files or folders)")
+    if args.demo_compare and (args.model or args.weights or args.compare):
+        raise UsageError("--demo-compare uses the demo model and its two checkpoints; drop --model/--weights/--compare")
+    if (args.compare or args.demo_compare) and args.order != "index":
+        raise UsageError("--order does not apply with --compare: channels are ordered by how much they changed")
     out = Path(args.out or ("report" if args.format == "dir" else "report.html"))
     check_output(out, args.format)
     if args.json:
         check_output(Path(args.json), "html")
-    loaded = load_model(args.model, args.weights, args.trust_pickled_model)
+    weights = demo_weights_path(early=True) if args.demo_compare else args.weights
+    loaded = load_model(args.model, weights, args.trust_pickled_model)
+    compare = demo_weights_path() if args.demo_compare else args.compare
     labels = read_labels(args.labels) if args.labels else loaded.labels
+    cam = args.cam or ("gradcam" if compare else "none")
     config = ReportConfig(
         title=args.title,
         model_name=loaded.name,
@@ -198,8 +237,20 @@ def _run(args: argparse.Namespace) -> None:
         labels=labels,
         format=args.format,
         max_size=args.max_size or None,
+        cam=None if cam == "none" else cam,
+        cam_layer=args.cam_layer,
+        target_class=args.target_class,
         strict=args.strict,
         quiet=args.quiet,
     )
     samples = args.samples or [demo_samples_dir()]
-    build_report(loaded.module, samples, out, config, json_out=args.json)
+    if compare is None:
+        build_report(loaded.module, samples, out, config, json_out=args.json)
+        return
+    names = ("epoch 5", "trained") if args.demo_compare else (_checkpoint_name(args.weights), Path(compare).name)
+    after = copy_with_weights(loaded.module, compare, names)
+    compare_checkpoints(loaded.module, after, samples, out, config, json_out=args.json, names=names)
+
+
+def _checkpoint_name(weights: str | None) -> str:
+    return Path(weights).name if weights else "the model's own weights"

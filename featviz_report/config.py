@@ -6,13 +6,14 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
-__all__ = ["ReportConfig", "COLORMAPS", "SCALES", "ORDERS", "FORMATS", "DEVICES", "DEFAULT_MAX_SIZE_MB"]
+__all__ = ["ReportConfig", "COLORMAPS", "SCALES", "ORDERS", "FORMATS", "DEVICES", "DEFAULT_MAX_SIZE_MB", "CAM_METHODS"]
 
 COLORMAPS = ("viridis", "magma", "twilight", "gray")
 SCALES = ("channel", "layer", "sigmoid", "percentile")
 ORDERS = ("index", "mean", "variance", "max")
 FORMATS = ("html", "dir")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+CAM_METHODS = ("gradcam", "gradcam++")
 DEFAULT_MAX_SIZE_MB = 64.0  # a single page this size opens in Chromium in about a second; 225 MB takes minutes
 
 
@@ -22,8 +23,10 @@ class ReportConfig:
 
     ``input_size`` and ``normalize`` left as ``None`` mean "what the model suggests": the demo and
     torchvision models carry their own; any other model gets 224 and no normalisation. ``strict`` turns
-    an unreadable sample file from a warning into an error; ``quiet`` silences progress (warnings are always printed).
-    ``max_size`` (MB) is the budget of a single-file page (``None``: no limit; see :mod:`featviz_report.budget`).
+    an unreadable sample file from a warning into an error; ``quiet`` silences progress (warnings are
+    always printed). ``cam`` (``gradcam`` or ``gradcam++``) adds class activation maps of ``cam_layer``
+    (default: the last Conv2d) for ``target_class`` (default: each sample's top class). ``max_size`` (MB)
+    is the budget of a single-file page (``None``: no limit; see :mod:`featviz_report.budget`).
     """
 
     title: str | None = None
@@ -40,6 +43,9 @@ class ReportConfig:
     labels: tuple[str, ...] | None = None
     format: str = "html"
     max_size: float | None = DEFAULT_MAX_SIZE_MB
+    cam: str | None = None
+    cam_layer: str | None = None
+    target_class: int | None = None
     max_filter_grid: int = 32
     top_k: int = 4
     workers: int | None = None
@@ -57,6 +63,8 @@ class ReportConfig:
             raise UsageError(f"unknown format {self.format!r}; choose html or dir")
         if self.device not in DEVICES:
             raise UsageError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.cam is not None and self.cam not in CAM_METHODS:
+            raise UsageError(f"unknown CAM method {self.cam!r}; choose one of {', '.join(CAM_METHODS)}")
         if self.max_size is not None and not self.max_size > 0:
             raise UsageError(f"max-size must be a positive number of MB, got {self.max_size}")
         for name in ("batch_size", "max_channels", "input_size", "max_filter_grid", "workers", "top_k"):

@@ -7,6 +7,7 @@ Nothing is ever unpickled: weights load with ``weights_only=True``.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import logging
@@ -23,7 +24,7 @@ from torch import nn
 
 from .errors import ModelError
 
-__all__ = ["LoadedModel", "load_model", "load_state_dict", "DEMO"]
+__all__ = ["LoadedModel", "load_model", "load_state_dict", "copy_with_weights", "DEMO"]
 
 DEMO = "demo"
 _SEED = 0
@@ -163,20 +164,35 @@ def _pickled(path: Path) -> LoadedModel:
     return LoadedModel(model, path.name)
 
 
-def load_state_dict(path: str | Path) -> Mapping[str, torch.Tensor]:
+def copy_with_weights(model: nn.Module, path: str | Path, names: tuple[str, str] = ("A", "B")) -> nn.Module:
+    """A copy of ``model`` holding the state_dict at ``path`` (``--compare``), which must have the same
+    keys and shapes as the model's own; ``names`` name the two in the error that says where they differ."""
+    from .compare import check_same_architecture
+
+    state = load_state_dict(path, "--compare")
+    check_same_architecture(model.state_dict(), state, names)
+    try:
+        twin = copy.deepcopy(model)
+    except Exception as err:  # noqa: BLE001 - whatever keeps a module from being copied
+        raise ModelError(f"--compare needs a model that can be copied ({type(err).__name__}: {err})") from None
+    twin.load_state_dict(state, strict=True)
+    return twin
+
+
+def load_state_dict(path: str | Path, option: str = "--weights") -> Mapping[str, torch.Tensor]:
     """Read a state_dict (optionally nested under ``state_dict`` or ``model``) without unpickling code."""
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ModelError(f"--weights {str(path)!r}: file not found") from None
+        raise ModelError(f"{option} {str(path)!r}: file not found") from None
     except Exception as err:  # noqa: BLE001 - torch raises many types for unreadable or unsafe files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"--weights {str(path)!r}: not a loadable state_dict ({first})") from None
+        raise ModelError(f"{option} {str(path)!r}: not a loadable state_dict ({first})") from None
     for key in ("state_dict", "model"):
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]
     if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise ModelError(f"--weights {str(path)!r}: not a state_dict (a mapping of names to tensors)")
+        raise ModelError(f"{option} {str(path)!r}: not a state_dict (a mapping of names to tensors)")
     return data
 
 

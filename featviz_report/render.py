@@ -22,9 +22,10 @@ from typing import IO
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
+from .compare import ranked_layers
 from .errors import OutputError
 from .progress import Progress
-from .report import ChannelStats, Grid, Histogram, Png, Prediction, Report, Stats
+from .report import ChannelStats, Grid, Histogram, LayerChange, Png, Prediction, Report, Stats
 from .resources import templates_dir
 
 __all__ = ["check_output", "write_report", "render_html", "html_size", "inline_size", "report_json", "script_json"]
@@ -231,6 +232,11 @@ def _finite(values: tuple[float, ...]) -> list[float | None]:
     return [round(v, 6) if math.isfinite(v) else None for v in values]
 
 
+def _before_data(channels: ChannelStats) -> dict[str, object]:
+    """Checkpoint A's per-channel statistics, for the enlarged view of A's tiles in a comparison."""
+    return {key: _finite(getattr(channels, key)) for key in ("min", "max", "mean", "std")}
+
+
 def _page_data(report: Report) -> dict[str, object]:
     """What the page's script needs for the enlarged tile view: geometry and channel statistics."""
     return {
@@ -246,6 +252,7 @@ def _page_data(report: Report) -> dict[str, object]:
                 "std": _finite(layer.channels.std),
                 "map": list(layer.output_shape[1:]) if len(layer.output_shape) == 3 else None,
                 "top": layer.channels.top.lists(),
+                "before": _before_data(layer.change.channels_before) if layer.change else None,
             }
             for layer in report.layers
         },
@@ -272,6 +279,7 @@ def render_html(report: Report, src: Callable[[Png], Markup], folder: bool = Fal
         data_json=Markup(script_json(_page_data(report))),
         grid_class=_grid_class,
         histogram=_histogram_svg,
+        ranked_changes=ranked_layers,
     )
 
 
@@ -311,6 +319,41 @@ def _prediction_json(prediction: Prediction | None) -> dict[str, object] | None:
     return {"index": prediction.index, "label": prediction.label, "probability": prediction.probability}
 
 
+def _change_json(change: LayerChange) -> dict[str, object]:
+    def number(value: float | None) -> float | None:
+        return None if value is None else _clean(value)
+
+    return {
+        "weight_change": number(change.weight_change),
+        "mean_cosine": number(change.mean_cosine),
+        "min_cosine": number(change.min_cosine),
+        "died": list(change.died),
+        "woke": list(change.woke),
+        "stats_before": _stats_json(change.stats_before),
+        "most_changed": [
+            {k: number(v) if isinstance(v, float) else v for k, v in vars(c).items()} for c in change.channels
+        ],
+    }
+
+
+def _comparison_json(report: Report) -> dict[str, object]:
+    comparison = report.comparison
+    assert comparison is not None
+    return {
+        "before": comparison.before,
+        "after": comparison.after,
+        "flipped": [
+            {
+                "sample": i,
+                "before": _prediction_json(comparison.predictions_before[i]),
+                "after": _prediction_json(report.samples[i].prediction),
+            }
+            for i in comparison.flipped
+        ],
+        "predictions_before": [_prediction_json(p) for p in comparison.predictions_before],
+    }
+
+
 def report_json(report: Report) -> dict[str, object]:
     """The report's numbers, machine-readable (no images)."""
     return {
@@ -339,8 +382,19 @@ def report_json(report: Report) -> dict[str, object]:
                 "stats": _stats_json(layer.stats),
                 "channels": _channels_json(layer.channels),
                 "weight_histogram": _histogram_json(layer.weight_histogram),
+                **({"change": _change_json(layer.change)} if layer.change else {}),
             }
             for layer in report.layers
+        ],
+        **({"comparison": _comparison_json(report)} if report.comparison else {}),
+        "cams": [
+            {
+                "layer": view.layer,
+                "method": view.method,
+                "checkpoint": view.label or None,
+                "targets": list(view.targets),
+            }
+            for view in report.cams
         ],
         "skipped_samples": [{"name": name, "reason": reason} for name, reason in report.skipped_samples],
         "notes": list(report.notes),

@@ -25,6 +25,10 @@ __all__ = [
     "Sample",
     "FilterView",
     "LayerSection",
+    "ChannelChange",
+    "LayerChange",
+    "Comparison",
+    "CamView",
     "TreeNode",
     "Report",
 ]
@@ -163,6 +167,57 @@ class FilterView:
 
 
 @dataclass(frozen=True)
+class ChannelChange:
+    """One channel under checkpoint A (before) and B (after)."""
+
+    channel: int
+    mean_before: float
+    mean_after: float
+    std_before: float
+    std_after: float
+    shift: float  # |mean B − mean A| / max(std A, std B)
+    state: str  # "died", "woke" or ""
+    cosine: float | None  # of the channel's filter weights, A vs B
+
+
+@dataclass(frozen=True)
+class LayerChange:
+    """How one layer differs between the checkpoints; the section's own fields describe B."""
+
+    weight_change: float | None  # ‖B−A‖ / ‖A‖ of the layer's parameters (weight and bias)
+    mean_cosine: float | None
+    min_cosine: float | None
+    died: tuple[int, ...]
+    woke: tuple[int, ...]
+    channels: tuple[ChannelChange, ...]  # the most changed first; the maps show these, in this order
+    stats_before: Stats
+    channels_before: ChannelStats
+    maps_before: tuple[Grid | None, ...]
+    filters_before: FilterView | None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two checkpoints on the same samples: names, A's predictions, and the samples whose class changed."""
+
+    before: str
+    after: str
+    predictions_before: tuple[Prediction | None, ...]
+    flipped: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CamView:
+    """Class activation maps of one layer over every sample, as overlays on the inputs."""
+
+    layer: str
+    method: str
+    label: str  # which checkpoint, in a comparison; else ""
+    images: tuple[Png, ...]
+    targets: tuple[str, ...]  # the class each map explains
+
+
+@dataclass(frozen=True)
 class LayerSection:
     """Everything the report shows about one captured layer (one call of one module)."""
 
@@ -179,6 +234,7 @@ class LayerSection:
     filters: FilterView | None
     weight_histogram: Histogram | None
     notes: tuple[str, ...]
+    change: LayerChange | None = None  # set in a comparison of two checkpoints
 
 
 @dataclass(frozen=True)
@@ -212,3 +268,5 @@ class Report:
     tree: tuple[TreeNode, ...]
     notes: tuple[str, ...]
     version: str
+    comparison: Comparison | None = None
+    cams: tuple[CamView, ...] = ()

@@ -29,5 +29,6 @@ def demo_samples_dir() -> Path:
     return _shipped("samples/digits")
 
 
-def demo_weights_path() -> Path:
-    return _PACKAGE / "demo" / "digits_cnn.pt"
+def demo_weights_path(early: bool = False) -> Path:
+    """The demo's trained weights, or with ``early`` those after 5 of its 40 epochs."""
+    return _PACKAGE / "demo" / ("digits_cnn_early.pt" if early else "digits_cnn.pt")

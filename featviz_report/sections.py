@@ -165,9 +165,10 @@ def slugs(names: Sequence[str]) -> list[str]:
 
 
 def layer_sections(
-    records: list[LayerRecord], layers: list[tuple[str, nn.Module]], config: ReportConfig
+    records: list[LayerRecord], layers: list[tuple[str, nn.Module]], config: ReportConfig, ranking: str | None = None
 ) -> tuple[LayerSection, ...]:
-    """One section per record, in the order the layers first ran."""
+    """One section per record, in the order the layers first ran; ``ranking`` names what the channels
+    were ordered by when it was not ``config.order`` (the change between two checkpoints)."""
     if not records:
         raise ModelError("none of the selected layers ran during the forward pass; check --layers")
     first_conv = next((name for name, m in layers if isinstance(m, nn.Conv2d)), None)
@@ -180,11 +181,12 @@ def layer_sections(
         maps = tuple(_grid(f.result(), tile_h, tile_w, shown, cols, TARGET_TILE_PX["maps"]) for f in record.maps)
         tiles = filter_tiles(record.module, record.name == first_conv, config.max_filter_grid)
         notes = []
+        ranked_by = ranking or (None if config.order == "index" else config.order)
         if len(record.shape) == 3 and shown < record.shape[0]:
-            which = f"0–{shown - 1}" if config.order == "index" else f"with the highest {config.order}"
+            which = f"0–{shown - 1}" if ranked_by is None else f"with the highest {ranked_by}"
             notes.append(f"showing {shown} of {record.shape[0]} channels, {which} (--max-channels {shown})")
-        elif len(record.shape) == 3 and config.order != "index":
-            notes.append(f"channels ordered by {config.order}, highest first")
+        elif len(record.shape) == 3 and ranked_by:
+            notes.append(f"channels ordered by {ranked_by}, highest first")
         if stats.nan or stats.inf:
             notes.append(f"{stats.nan} NaN and {stats.inf} infinite values (shown as the lowest colour)")
         sections.append(

@@ -153,17 +153,19 @@
     context.drawImage(img, col * tileW, row * tileH, tileW, tileH, 0, 0, canvas.width, canvas.height);
     var sample = Number(grid.closest(".map").dataset.sample);
     var what = layer.vector ? "features" : "channel " + channel;
-    dialog.querySelector("h3").textContent = layer.name + " · " + what + " · sample " + sample + " (" + data.samples[sample] + ")";
+    var before = grid.hasAttribute("data-before") && layer.before;  // checkpoint A's tiles in a comparison
+    var source = before ? layer.before : layer;
+    dialog.querySelector("h3").textContent = layer.name + " · " + what + " · sample " + sample + " (" + data.samples[sample] + ")" + (layer.before ? (before ? " · A" : " · B") : "");
     var stats = dialog.querySelector(".stats");
     stats.textContent = "";
     ["min", "mean", "std", "max"].forEach(function (key) {
       var box = document.createElement("div"), dt = document.createElement("dt"), dd = document.createElement("dd");
       dt.textContent = (layer.vector ? "layer " : "channel ") + key;
-      dd.textContent = fmt(layer.vector ? null : layer[key][channel]);
+      dd.textContent = fmt(layer.vector ? null : source[key][channel]);
       box.appendChild(dt); box.appendChild(dd); stats.appendChild(box);
     });
     canvas.setAttribute("aria-label", dialog.querySelector("h3").textContent + ", enlarged");
-    showTop(layer, layer.vector ? 0 : channel);
+    if (before) { dialog.querySelector(".tops").textContent = ""; } else { showTop(layer, layer.vector ? 0 : channel); }
     dialog.showModal();
   }
 

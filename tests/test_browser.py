@@ -51,7 +51,7 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The demo and a torchvision model, each as one file and as a folder."""
+    """The demo and a torchvision model, each as one file and as a folder, and the demo comparison."""
     root = tmp_path_factory.mktemp("reports")
     photos = Path(__file__).resolve().parents[1] / "samples" / "photos"
     model = ["--model", "torchvision:resnet18", "--samples", str(photos), "--layers", "conv1", "layer2.*", "fc"]
@@ -60,6 +60,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "demo-dir": (root / "demo-site", ["--format", "dir"]),
         "resnet": (root / "resnet.html", model),
         "resnet-dir": (root / "resnet-site", [*model, "--format", "dir"]),
+        "compare": (root / "compare.html", ["--demo-compare"]),
     }
     for out, argv in built.values():
         assert main([*argv, "-o", str(out), "--quiet"]) == 0
@@ -117,7 +118,7 @@ class Reader:
         self.context.close()
 
 
-@pytest.mark.parametrize("name", ["demo", "demo-dir", "resnet", "resnet-dir"])
+@pytest.mark.parametrize("name", ["demo", "demo-dir", "resnet", "resnet-dir", "compare"])
 def test_opens_offline_with_no_requests_errors_or_csp_violations(
     browser: object, reports: dict[str, Path], name: str
 ) -> None:
@@ -133,7 +134,7 @@ def test_opens_offline_with_no_requests_errors_or_csp_violations(
     reader.clean()
 
 
-@pytest.mark.parametrize("name", ["demo", "resnet-dir"])
+@pytest.mark.parametrize("name", ["demo", "resnet-dir", "compare"])
 def test_navigation_links_keys_search_picker_and_zoom(browser: object, reports: dict[str, Path], name: str) -> None:
     reader = Reader(browser, reports[name])
     page = reader.open()
@@ -186,7 +187,7 @@ def test_without_javascript_every_section_and_image_is_there(browser: object, re
 
 @pytest.mark.parametrize("width", [1280, 390])
 def test_no_horizontal_scrolling_and_tiles_at_their_size(browser: object, reports: dict[str, Path], width: int) -> None:
-    for name in ("demo", "resnet"):
+    for name in ("demo", "resnet", "compare"):
         reader = Reader(browser, reports[name], width=width)
         page = reader.open()
         images = reader.load_all_images()
@@ -198,7 +199,7 @@ def test_no_horizontal_scrolling_and_tiles_at_their_size(browser: object, report
         reader.clean()
 
 
-@pytest.mark.parametrize("name", ["demo", "resnet"])
+@pytest.mark.parametrize("name", ["demo", "resnet", "compare"])
 def test_axe_finds_no_serious_or_critical_violations(browser: object, reports: dict[str, Path], name: str) -> None:
     reader = Reader(browser, reports[name])
     page = reader.open()
