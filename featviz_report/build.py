@@ -147,13 +147,16 @@ def assemble(job: Job, run: Run, sections: tuple[LayerSection, ...], cams: tuple
 
 
 def finish(report: Report, out: str | Path | None, json_out: str | Path | None, job: Job) -> Report:
-    """Fit a single-file page into its budget, write what was asked for, return what was written."""
+    """Write what was asked for and return what was written. A single page over its budget is cut to
+    fit (:mod:`featviz_report.budget`); that is found while writing it, so a page that fits costs nothing."""
     config = job.config
-    if out is not None and config.format == "html" and config.max_size:
-        report, left_out = fit_page(report, int(config.max_size * 1e6))
+    if out is None and json_out is None:
+        return report
+    budget = int(config.max_size * 1e6) if config.max_size and config.format == "html" and out is not None else None
+    if not write_report(report, out, config.format, json_out, job.progress, budget):
+        report, left_out = fit_page(report, budget or 0)
         if left_out:
             job.progress.warn(left_out)
-    if out is not None or json_out is not None:
         write_report(report, out, config.format, json_out, job.progress)
     return report
 

@@ -49,23 +49,49 @@ def check_output(out: Path, fmt: str) -> None:
             raise OutputError(f"{str(out)!r} is a folder that is not a featviz report; not replacing it")
 
 
+class _OverBudget(Exception):
+    """The page grew past its budget while being written (nothing is left behind)."""
+
+
 def write_report(
-    report: Report, out: str | Path | None, fmt: str, json_out: str | Path | None, progress: Progress
-) -> None:
-    """Write the page (or folder) and the JSON sidecar, each atomically."""
+    report: Report,
+    out: str | Path | None,
+    fmt: str,
+    json_out: str | Path | None,
+    progress: Progress,
+    max_bytes: int | None = None,
+) -> bool:
+    """Write the page (or folder) and the JSON sidecar, each atomically. A single page that would exceed
+    ``max_bytes`` is abandoned as soon as it does: then nothing is written and the result is False."""
     if out is not None:
         out = Path(out)
         if fmt == "dir":
             _write_folder(report, out)
         else:
-            with _atomic_file(out) as handle:
-                handle.writelines(render_html(report, _data_uri))
+            try:
+                with _atomic_file(out) as handle:
+                    _write_page(handle, render_html(report, _data_uri), max_bytes)
+            except _OverBudget:
+                return False
         progress.message(f"wrote {out} ({_size(out) / 1e6:.1f} MB)")
     if json_out is not None:
         with _atomic_file(Path(json_out)) as handle:
             json.dump(report_json(report), handle, indent=1, allow_nan=False)
             handle.write("\n")
         progress.message(f"wrote {json_out}")
+    return True
+
+
+def _write_page(handle: IO[str], chunks: Iterator[str], max_bytes: int | None) -> None:
+    if max_bytes is None:
+        handle.writelines(chunks)
+        return
+    written = 0
+    for chunk in chunks:
+        written += len(chunk) if chunk.isascii() else len(chunk.encode("utf-8"))
+        if written > max_bytes:
+            raise _OverBudget
+        handle.write(chunk)
 
 
 def _size(path: Path) -> int:
