@@ -7,6 +7,7 @@ renamed into place, so a failed or interrupted run never leaves a half-written r
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import json
@@ -19,7 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemBytecodeCache, FileSystemLoader, StrictUndefined
+from jinja2.bccache import Bucket
 from markupsafe import Markup, escape
 
 from .compare import ranked_layers
@@ -191,11 +193,35 @@ def _fmt_num(value: float) -> str:
     return f"{value:.4g}"
 
 
+class _BestEffortCache(FileSystemBytecodeCache):
+    """Jinja2's bytecode cache, where a failure to read or write it only means compiling again."""
+
+    def load_bytecode(self, bucket: Bucket) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except (OSError, EOFError, ValueError):
+            bucket.reset()
+
+    def dump_bytecode(self, bucket: Bucket) -> None:
+        with contextlib.suppress(OSError):
+            super().dump_bytecode(bucket)
+
+
+def _bytecode_cache() -> FileSystemBytecodeCache | None:
+    try:
+        return _BestEffortCache()
+    except (OSError, RuntimeError):  # no private folder can be made in the temp dir
+        return None
+
+
 @functools.cache
 def _environment() -> Environment:
-    """One environment per process, so later reports reuse the compiled template."""
+    """One environment per process, so later reports reuse the compiled template; across processes,
+    Jinja2's per-user bytecode cache (a private folder in the temp dir, keyed by the template's checksum)
+    saves compiling it again (about 80 ms)."""
     env = Environment(
         loader=FileSystemLoader(str(templates_dir())),
+        bytecode_cache=_bytecode_cache(),
         autoescape=True,
         undefined=StrictUndefined,
         trim_blocks=True,

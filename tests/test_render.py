@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -148,3 +150,18 @@ def test_a_failing_run_leaves_the_existing_report_untouched(tmp_path: Path, tiny
         build_report(tiny_cnn, torch.rand(1, 3, 8, 8), out, ReportConfig(quiet=True))  # wrong channel count
     assert out.read_text() == "previous report"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
+
+
+def test_an_unusable_template_cache_only_means_compiling_again(
+    tmp_path: Path, tiny_cnn: TinyCNN, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featviz_report import render
+
+    (tmp_path / f"_jinja2-cache-{os.getuid()}").write_text("not a folder")  # Jinja2 refuses such a cache
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    render._environment.cache_clear()
+    try:
+        build_report(tiny_cnn, torch.rand(2, 1, 8, 8), tmp_path / "r.html", ReportConfig())
+    finally:
+        render._environment.cache_clear()
+    assert read_page(tmp_path / "r.html").sections
