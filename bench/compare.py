@@ -15,9 +15,9 @@ only know torchvision names, so :mod:`bench.shim` runs each one unchanged with j
 shape substituted (``torchvision.models.demo`` is the demo model, ``torch.randn(N, 3, 224, 224)`` returns
 ``torch.randn(N, 1, 28, 28)``); featviz_run uses the same substitution.
 
-Then, unless ``--no-memory``, featviz's peak resident set at each of ``--memory-samples`` (one run each, written
-as a folder). The peak includes Python, torch and the inputs tensor (154 MB at 256 × 224² RGB), so the table
-also shows it less the inputs and how much it rose during ``build_report`` alone.
+Then, unless ``--no-memory``, featviz's peak resident set at each of ``--memory-samples`` (``--repeat`` runs
+each, the median shown; written as a folder). The peak includes Python, torch and the inputs tensor (154 MB
+at 256 × 224² RGB), so the table also shows it less the inputs and how much it rose during ``build_report``.
 
 Run from the repository root (a benchmark, not a test; numbers vary, the slow references take a while):
 ``.venv/bin/python -m bench.compare [--model resnet18] [--samples 8] [--repeat 3] [--skip seed,grid]
@@ -199,10 +199,10 @@ def timing_notes(results: dict[str, Runs]) -> list[str]:
     return notes
 
 
-def memory_table(model: str, rows: list[tuple[int, dict[str, str]]]) -> list[str]:
+def memory_table(model: str, rows: list[tuple[int, dict[str, str]]], repeat: int) -> list[str]:
     """Peak RSS per sample count, less the inputs tensor, and its rise during ``build_report``."""
     lines = [
-        f"featviz-report peak RSS, {model}, one run each, --format dir; MB = 10⁶ bytes",
+        f"featviz-report peak RSS, {model}, median run of {repeat}, --format dir; MB = 10⁶ bytes",
         "peak includes Python + torch + model + the inputs tensor; 'peak − inputs' leaves the inputs out,",
         "'build' is peak − RSS just before build_report (model and inputs ready): the tool's own memory",
     ]
@@ -278,12 +278,13 @@ def compare(args: argparse.Namespace, out: Path) -> None:
     if args.memory and args.memory_counts:
         rows = []
         for n in args.memory_counts:
-            rows.append(
-                (n, run(featviz_command(args.model, n, out / f"memory-{n}", args.device, args.max_size, "dir")))
-            )
-            print(f"memory: {n} samples, peak {rows[-1][1]['peak_rss_MB']} MB", file=sys.stderr)
+            runs = []
+            for i in range(args.repeat):  # allocator noise is tens of MB: the run with the median peak
+                runs.append(run(featviz_command(args.model, n, out / f"memory-{n}", args.device, args.max_size, "dir")))
+                print(f"memory: {n} samples, run {i + 1}, peak {runs[-1]['peak_rss_MB']} MB", file=sys.stderr)
+            rows.append((n, sorted(runs, key=lambda figures: float(figures["peak_rss_MB"]))[len(runs) // 2]))
         print()
-        print("\n".join(memory_table(args.model, rows)))
+        print("\n".join(memory_table(args.model, rows, args.repeat)))
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from .spool import Spool, Spooled
 __all__ = ["PngEncoder", "grid_shape", "tile_atlas", "png_palette", "png_rgb", "ZLIB_LEVEL"]
 
 ZLIB_LEVEL = 1
-MAX_PENDING_BYTES = 64 * 2**20  # tiles waiting for an encoder: about two batches of resnet18 × 16
+MAX_PENDING_BYTES = 24 * 2**20  # tiles waiting for an encoder: about one batch of resnet18 × 8
 
 
 def grid_shape(count: int) -> tuple[int, int]:
