@@ -28,7 +28,7 @@ from .gradcam import class_activation_maps, default_cam_layer, overlay
 from .progress import Progress
 from .reduce import Reduced
 from .render import check_output, write_report
-from .report import CamView, LayerSection, Png, Prediction, Report, Sample
+from .report import CamView, DatasetScan, LayerSection, Png, Prediction, Report, Sample
 from .samples import Preprocess, SamplesArg, SampleSet, open_samples, parse_normalize
 from .sections import LayerRecord, colorbar, layer_sections
 from .spool import Spool, Spooled
@@ -94,7 +94,7 @@ def _build(
         run = run_passes(job)
         cams = (cam_view(job),) if config.cam else ()
     report = assemble(job, run, layer_sections(list(run.records.values()), job.layers, config), cams)
-    return finish(report, out, json_out, job)
+    return finish(report, out, json_out, config, progress)
 
 
 def open_job(model: nn.Module, sample_set: SampleSet, config: ReportConfig, progress: Progress) -> Job:
@@ -125,39 +125,69 @@ def on_device(job: Job) -> Iterator[None]:
 
 def assemble(job: Job, run: Run, sections: tuple[LayerSection, ...], cams: tuple[CamView, ...] = ()) -> Report:
     """The report of one model's run."""
-    config, model = job.config, job.model
+    return new_report(
+        job.model,
+        job.config,
+        job.device,
+        job.sample_set.shape,
+        sections,
+        run.shapes,
+        samples=run.samples,
+        skipped=tuple(job.sample_set.skipped),
+        notes=tuple(run.notes),
+        cams=cams,
+    )
+
+
+def new_report(
+    model: nn.Module,
+    config: ReportConfig,
+    device: torch.device,
+    input_shape: tuple[int, ...],
+    sections: tuple[LayerSection, ...],
+    shapes: dict[str, tuple[int, ...]],
+    *,
+    samples: tuple[Sample, ...] = (),
+    skipped: tuple[tuple[str, str], ...] = (),
+    notes: tuple[str, ...] = (),
+    cams: tuple[CamView, ...] = (),
+    dataset: DatasetScan | None = None,
+) -> Report:
+    """A report's header facts, navigation tree and colour bars around ``sections``."""
     return Report(
         title=config.title or config.model_name or type(model).__name__,
         model_name=config.model_name or type(model).__name__,
-        device=_device_name(job.device),
-        input_shape=job.sample_set.shape,
+        device=_device_name(device),
+        input_shape=input_shape,
         params=sum(p.numel() for p in model.parameters()),
         colormap=config.colormap,
         scale=config.scale,
         colorbar=colorbar(config.colormap),
         weight_colorbar=colorbar("diverging"),
-        samples=run.samples,
-        skipped_samples=tuple(job.sample_set.skipped),
+        samples=samples,
+        skipped_samples=skipped,
         layers=sections,
-        tree=module_tree(model, run.shapes, {s.name: s.slug for s in sections}),
-        notes=tuple(run.notes),
+        tree=module_tree(model, shapes, {s.name: s.slug for s in sections}),
+        notes=notes,
         version=__version__,
         cams=cams,
+        dataset=dataset,
     )
 
 
-def finish(report: Report, out: str | Path | None, json_out: str | Path | None, job: Job) -> Report:
+def finish(
+    report: Report, out: str | Path | None, json_out: str | Path | None, config: ReportConfig, progress: Progress
+) -> Report:
     """Write what was asked for and return what was written. A single page over its budget is cut to
     fit (:mod:`featviz_report.budget`); that is found while writing it, so a page that fits costs nothing."""
-    config = job.config
     if out is None and json_out is None:
         return report
     budget = int(config.max_size * 1e6) if config.max_size and config.format == "html" and out is not None else None
-    if not write_report(report, out, config.format, json_out, job.progress, budget):
+    if not write_report(report, out, config.format, json_out, progress, budget):
         report, left_out = fit_page(report, budget or 0)
         if left_out:
-            job.progress.warn(left_out)
-        write_report(report, out, config.format, json_out, job.progress)
+            progress.warn(left_out)
+        write_report(report, out, config.format, json_out, progress)
     return report
 
 

@@ -62,7 +62,7 @@ class Capture:
     """What the hooks collected in the current batch, keyed by (qualified name, call number)."""
 
     modules: dict[str, nn.Module]
-    scale: str = "channel"
+    scale: str | None = "channel"  # None: statistics only, no tiles
     pending: list[tuple[tuple[str, int], tuple[int, ...], Reduced]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # layer name → what it gave instead
     last_call: tuple[str, nn.Module, tuple[int, ...]] | None = None  # the leaf module entered last
@@ -113,7 +113,9 @@ class Capture:
 
 
 @contextmanager
-def capturing(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], scale: str = "channel") -> Iterator[Capture]:
+def capturing(
+    model: nn.Module, layers: Sequence[tuple[str, nn.Module]], scale: str | None = "channel"
+) -> Iterator[Capture]:
     """Hook ``layers`` of ``model`` for the duration of the block, in eval mode without gradients.
 
     On exit, normally or by an exception, every hook is removed and every module's training flag and

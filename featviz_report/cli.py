@@ -11,7 +11,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__
 from .config import CAM_METHODS, COLORMAPS, DEFAULT_MAX_SIZE_MB, DEVICES, FORMATS, ORDERS, SCALES, ReportConfig
@@ -47,6 +47,28 @@ def _megabytes(text: str) -> float:
     return value
 
 
+REPORT_HELP = (
+    "Render what a PyTorch CNN sees (filters, feature maps, statistics) as a static HTML report. "
+    "With no --model and no --samples it builds the embedded digits demo. "
+    "'featviz-report scan DATA --model SPEC' scans a whole image folder instead (see 'featviz-report scan --help')."
+)
+SCAN_HELP = (
+    "Scan an image folder of any size: per channel, statistics over every image and the images it responds to "
+    "most, in fixed memory. Under 'torchrun --nproc-per-node N -m featviz_report scan ...' the processes share "
+    "the images and rank 0 writes the report."
+)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _index(text: str) -> int:
     try:
         value = int(text)
@@ -57,11 +79,11 @@ def _index(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(scan: bool = False) -> argparse.ArgumentParser:
+    """The command line: a report of samples (default), or with ``scan`` first, a dataset scan."""
     parser = _Parser(
-        prog=PROG,
-        description="Render what a PyTorch CNN sees (filters, feature maps, statistics) as a static HTML report. "
-        "With no --model and no --samples it builds the embedded digits demo.",
+        prog=f"{PROG} scan" if scan else PROG,
+        description=SCAN_HELP if scan else REPORT_HELP,
     )
     parser.add_argument(
         "-o",
@@ -79,34 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", metavar="FILE", help="state_dict to load into the model (read with weights_only=True)"
     )
     parser.add_argument(
-        "--compare",
-        metavar="FILE",
-        help="a second state_dict for the same model: one report of what changed from --weights (A) to FILE (B)",
-    )
-    parser.add_argument(
-        "--demo-compare",
-        action="store_true",
-        help="compare the demo model after 5 of its 40 training epochs (A) with the trained one (B)",
-    )
-    parser.add_argument(
-        "--cam",
-        choices=(*CAM_METHODS, "none"),
-        help="class activation maps on every sample: gradcam or gradcam++ (default: none; gradcam with --compare)",
-    )
-    parser.add_argument(
-        "--cam-layer", metavar="NAME", help="the Conv2d the activation maps are for (default: the last)"
-    )
-    parser.add_argument(
-        "--target-class", metavar="N", type=_index, help="class the activation maps explain (default: each top class)"
-    )
-    parser.add_argument(
         "--trust-pickled-model",
         action="store_true",
         help="allow --model to be a pickled torch.nn.Module (torch.save(model)); unpickling runs code from the "
         "file, so use it only for files you made",
-    )
-    parser.add_argument(
-        "--samples", metavar="PATH", nargs="+", help="image files and/or folders (searched recursively, sorted)"
     )
     parser.add_argument("--labels", metavar="FILE", help="class names: a text file with one per line, or a JSON list")
     parser.add_argument(
@@ -125,16 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="layers to capture by qualified name, e.g. 'layer1.*' (default: every Conv2d and Linear)",
     )
     parser.add_argument("--max-channels", metavar="N", type=_positive, help="show at most N channels per layer")
-    parser.add_argument(
-        "--colormap", choices=COLORMAPS, default="viridis", help="colormap of feature maps (default viridis)"
-    )
-    parser.add_argument(
-        "--scale",
-        choices=SCALES,
-        default="channel",
-        help="how maps become colours: channel (min-max per channel, default), layer (one scale per sample, "
-        "channels comparable), sigmoid (as in the classic VGG recipe), percentile (1st-99th per channel)",
-    )
     parser.add_argument(
         "--order",
         choices=ORDERS,
@@ -164,18 +152,73 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument("--title", metavar="TEXT", help="page title (default: the model's name)")
-    parser.add_argument("--strict", action="store_true", help="an unreadable sample file is an error, not a warning")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr (warnings still appear)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    if scan:
+        _add_scan_options(parser)
+    else:
+        _add_report_options(parser)
     return parser
+
+
+def _add_report_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compare",
+        metavar="FILE",
+        help="a second state_dict for the same model: one report of what changed from --weights (A) to FILE (B)",
+    )
+    parser.add_argument(
+        "--demo-compare",
+        action="store_true",
+        help="compare the demo model after 5 of its 40 training epochs (A) with the trained one (B)",
+    )
+    parser.add_argument(
+        "--cam",
+        choices=(*CAM_METHODS, "none"),
+        help="class activation maps on every sample: gradcam or gradcam++ (default: none; gradcam with --compare)",
+    )
+    parser.add_argument(
+        "--cam-layer", metavar="NAME", help="the Conv2d the activation maps are for (default: the last)"
+    )
+    parser.add_argument(
+        "--target-class", metavar="N", type=_index, help="class the activation maps explain (default: each top class)"
+    )
+    parser.add_argument(
+        "--samples", metavar="PATH", nargs="+", help="image files and/or folders (searched recursively, sorted)"
+    )
+    parser.add_argument(
+        "--colormap", choices=COLORMAPS, default="viridis", help="colormap of feature maps (default viridis)"
+    )
+    parser.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="channel",
+        help="how maps become colours: channel (min-max per channel, default), layer (one scale per sample, "
+        "channels comparable), sigmoid (as in the classic VGG recipe), percentile (1st-99th per channel)",
+    )
+    parser.add_argument("--strict", action="store_true", help="an unreadable sample file is an error, not a warning")
+
+
+def _add_scan_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", metavar="DATA", nargs="+", help="image folders and/or files (searched recursively)")
+    parser.add_argument(
+        "--state",
+        metavar="DIR",
+        help="save the scan's progress here (every 30 s, on Ctrl-C, at the end) and resume from it when re-run",
+    )
+    parser.add_argument(
+        "--loader-workers", metavar="N", type=_count, default=2, help="DataLoader processes decoding images (default 2)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = None
     try:
-        args = build_parser().parse_args(argv)
-        _run(args)
+        argv = list(sys.argv[1:] if argv is None else argv)
+        scan = bool(argv) and argv[0] == "scan"
+        args = build_parser(scan).parse_args(argv[1:] if scan else argv)
+        (_scan if scan else _run)(args)
         return 0
     except SystemExit as exit_:  # --help and --version
         return int(exit_.code or 0)
@@ -222,26 +265,13 @@ def _run(args: argparse.Namespace) -> None:
     labels = read_labels(args.labels) if args.labels else loaded.labels
     cam = args.cam or ("gradcam" if compare else "none")
     config = ReportConfig(
-        title=args.title,
-        model_name=loaded.name,
-        layers=tuple(args.layers or ()),
-        max_channels=args.max_channels,
+        **_shared_config(args, loaded.name, loaded.input_size, loaded.normalize, labels),
         colormap=args.colormap,
         scale=args.scale,
-        order=args.order,
-        top_k=args.top_k,
-        device=args.device,
-        batch_size=args.batch_size,
-        input_size=args.input_size or loaded.input_size,
-        normalize=args.normalize or loaded.normalize,
-        labels=labels,
-        format=args.format,
-        max_size=args.max_size or None,
         cam=None if cam == "none" else cam,
         cam_layer=args.cam_layer,
         target_class=args.target_class,
         strict=args.strict,
-        quiet=args.quiet,
     )
     samples = args.samples or [demo_samples_dir()]
     if compare is None:
@@ -254,3 +284,47 @@ def _run(args: argparse.Namespace) -> None:
 
 def _checkpoint_name(weights: str | None) -> str:
     return Path(weights).name if weights else "the model's own weights"
+
+
+def _shared_config(
+    args: argparse.Namespace,
+    model_name: str,
+    input_size: int | None,
+    normalize: str | None,
+    labels: tuple[str, ...] | None,
+) -> dict[str, Any]:
+    """The ReportConfig fields that reports and scans take from the same options."""
+    return {
+        "title": args.title,
+        "model_name": model_name,
+        "layers": tuple(args.layers or ()),
+        "max_channels": args.max_channels,
+        "order": args.order,
+        "top_k": args.top_k,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "input_size": args.input_size or input_size,
+        "normalize": args.normalize or normalize,
+        "labels": labels,
+        "format": args.format,
+        "max_size": args.max_size or None,
+        "quiet": args.quiet,
+    }
+
+
+def _scan(args: argparse.Namespace) -> None:
+    from .models import load_model
+    from .render import check_output
+    from .samples import read_labels
+    from .scan_report import scan_dataset
+
+    out = Path(args.out or ("report" if args.format == "dir" else "report.html"))
+    check_output(out, args.format)
+    if args.json:
+        check_output(Path(args.json), "html")
+    loaded = load_model(args.model, args.weights, args.trust_pickled_model)
+    labels = read_labels(args.labels) if args.labels else loaded.labels
+    config = ReportConfig(**_shared_config(args, loaded.name, loaded.input_size, loaded.normalize, labels))
+    scan_dataset(
+        loaded.module, args.data, out, config, json_out=args.json, state=args.state, loader_workers=args.loader_workers
+    )

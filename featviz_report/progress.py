@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import TextIO
 
 __all__ = ["Progress"]
@@ -16,6 +17,7 @@ class Progress:
         self.enabled = enabled
         self.tty = enabled and self.stream.isatty()
         self._last_line = ""
+        self._last_time = time.monotonic()
 
     def update(self, stage: str, done: int, total: int) -> None:
         if not self.enabled:
@@ -30,6 +32,27 @@ class Progress:
             self.stream.write(line + "\n")
         self._last_line = line
 
+    def rate(self, stage: str, done: int, total: int, elapsed: float) -> None:
+        """Like ``update``, with items per second and the time left; off a terminal, a line every 10 s."""
+        if not self.enabled or elapsed <= 0:
+            return
+        speed = done / elapsed
+        left = (total - done) / speed if speed > 0 else 0.0
+        width = 24
+        filled = round(width * done / total) if total else width
+        line = (
+            f"{stage:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} · {speed:,.0f}/s · "
+            f"{'done in' if done >= total else 'ETA'} {_clock(elapsed if done >= total else left)}"
+        )
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if done >= total else ""))
+            self.stream.flush()
+        elif done >= total or now - self._last_time >= 10:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            self._last_time = now
+
     def warn(self, text: str) -> None:
         """Warnings are printed even when progress is off: they name inputs the report leaves out."""
         self.stream.write(f"featviz-report: warning: {text}\n")
@@ -39,3 +62,9 @@ class Progress:
         if self.enabled:
             self.stream.write(text + "\n")
             self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

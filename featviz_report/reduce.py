@@ -86,7 +86,7 @@ def _to_uint8(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch
 
 
 def _scaled_tiles(
-    source: torch.Tensor, scale: str
+    source: torch.Tensor, scale: str | None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """uint8 tiles of an ``N×T×P`` source; the finite mask (``None`` when all is finite); and each
     tile's finite minimum and (maximum, position of the maximum).
@@ -104,7 +104,9 @@ def _scaled_tiles(
         hi, hi_at = torch.where(finite, source, -math.inf).max(-1, keepdim=True)
         source = torch.where(finite, source, lo)
     tile_lo, tile_hi = lo, hi
-    if scale == "sigmoid":
+    if scale is None:  # statistics only (a dataset scan): no tiles
+        tiles = torch.empty(0, dtype=torch.uint8, device=source.device)
+    elif scale == "sigmoid":
         tiles = torch.sigmoid(source).mul_(255).round_().to(torch.uint8)
     else:
         if scale == "layer":
@@ -115,7 +117,7 @@ def _scaled_tiles(
             lo = source.kthvalue(k, -1, keepdim=True).values
             hi = source.kthvalue(positions - k + 1, -1, keepdim=True).values
         tiles = _to_uint8(source, lo, hi)
-    if finite is not None:
+    if finite is not None and tiles.numel():
         tiles = torch.where(finite, tiles, 0)
     return tiles, finite, tile_lo.squeeze(-1), (tile_hi.squeeze(-1), hi_at.squeeze(-1))
 
@@ -143,8 +145,9 @@ def _channel_sums(
     return count, mean, m2, count - nonzero, (net + nonzero) // 2
 
 
-def reduce_output(output: torch.Tensor, scale: str = "channel") -> Reduced:
-    """Reduce a 2-, 3- or 4-D layer output on its own device; ``scale`` one of ``config.SCALES``."""
+def reduce_output(output: torch.Tensor, scale: str | None = "channel") -> Reduced:
+    """Reduce a 2-, 3- or 4-D layer output on its own device; ``scale`` one of ``config.SCALES``, or
+    ``None`` for statistics without tiles."""
     values = output.detach().float()
     source, per_channel = _views(values)
     tiles, finite_source, tile_lo, (tile_hi, tile_hi_at) = _scaled_tiles(source, scale)
@@ -158,7 +161,9 @@ def reduce_output(output: torch.Tensor, scale: str = "channel") -> Reduced:
         peak, peak_at = (per_channel if finite is None else torch.where(finite, per_channel, -math.inf)).max(-1)
     count_t, height, width = _tile_shape(values)
     batch = values.shape[0]
-    if tiles.shape[-1] != height * width:  # a feature vector, padded to its rectangle
+    if scale is None:
+        count_t = 0
+    elif tiles.shape[-1] != height * width:  # a feature vector, padded to its rectangle
         padded = torch.zeros(batch, 1, height * width, dtype=torch.uint8, device=values.device)
         padded[..., : tiles.shape[-1]] = tiles
         tiles = padded

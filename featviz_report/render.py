@@ -406,6 +406,19 @@ def _comparison_json(report: Report) -> dict[str, object]:
     }
 
 
+def _dataset_json(report: Report) -> dict[str, object]:
+    scan = report.dataset
+    assert scan is not None
+    return {
+        "source": scan.source,
+        "images": scan.images,
+        "skipped": scan.skipped,
+        "processes": scan.ranks,
+        "seconds": round(scan.seconds, 3),
+        "files": {str(index): name for index, name in scan.files.items()},  # the channels' top samples
+    }
+
+
 def report_json(report: Report) -> dict[str, object]:
     """The report's numbers, machine-readable (no images)."""
     return {
@@ -449,5 +462,6 @@ def report_json(report: Report) -> dict[str, object]:
             for view in report.cams
         ],
         "skipped_samples": [{"name": name, "reason": reason} for name, reason in report.skipped_samples],
+        **({"dataset": _dataset_json(report)} if report.dataset else {}),
         "notes": list(report.notes),
     }

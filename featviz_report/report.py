@@ -29,6 +29,7 @@ __all__ = [
     "LayerChange",
     "Comparison",
     "CamView",
+    "DatasetScan",
     "TreeNode",
     "Report",
 ]
@@ -218,6 +219,18 @@ class CamView:
 
 
 @dataclass(frozen=True)
+class DatasetScan:
+    """Where a scan report's numbers come from: an image folder scanned by one or more processes."""
+
+    source: str
+    images: int
+    skipped: int
+    ranks: int
+    seconds: float
+    files: dict[int, str]  # image index → name, for the images among the channels' top-k
+
+
+@dataclass(frozen=True)
 class LayerSection:
     """Everything the report shows about one captured layer (one call of one module)."""
 
@@ -235,6 +248,7 @@ class LayerSection:
     weight_histogram: Histogram | None
     notes: tuple[str, ...]
     change: LayerChange | None = None  # set in a comparison of two checkpoints
+    crops: Grid | None = None  # a dataset scan: per channel (rows) its top images, cut around the peak
 
 
 @dataclass(frozen=True)
@@ -270,3 +284,4 @@ class Report:
     version: str
     comparison: Comparison | None = None
     cams: tuple[CamView, ...] = ()
+    dataset: DatasetScan | None = None  # set in a dataset scan's report (which has no samples)

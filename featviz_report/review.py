@@ -91,4 +91,4 @@ def compare_checkpoints(
             title=config.title or f"{report.model_name}: {names[0]} → {names[1]}",
             comparison=comparison(names[0], names[1], run_a.samples, run_b.samples),
         )
-        return finish(report, out, json_out, job_b)
+        return finish(report, out, json_out, config, progress)

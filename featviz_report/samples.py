@@ -32,6 +32,9 @@ __all__ = [
     "parse_normalize",
     "read_labels",
     "open_samples",
+    "decode_image",
+    "to_inputs",
+    "display_names",
 ]
 
 SamplesArg = Union[str, Path, Sequence[Union[str, Path]], torch.Tensor]
@@ -141,7 +144,7 @@ def read_labels(path: str | Path) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _decode(path: Path, name: str, prep: Preprocess) -> np.ndarray:
+def decode_image(path: Path, name: str, prep: Preprocess) -> np.ndarray:
     """Decode one file to a ``size×size`` (×3) uint8 array in the channel layout the model expects."""
     try:
         with warnings.catch_warnings():
@@ -212,7 +215,7 @@ class FileSamples(SampleSet):
         self.paths = list(paths)
         self.prep = prep
         self.strict = strict
-        self.names = _display_names(self.paths)
+        self.names = display_names(self.paths)
         self.shape = (prep.channels, prep.size, prep.size)
         self.skipped = []
 
@@ -223,7 +226,7 @@ class FileSamples(SampleSet):
             pixels, names = [], []
             for path, name in named[start : start + batch_size]:
                 try:
-                    pixels.append(_decode(path, name, self.prep))
+                    pixels.append(decode_image(path, name, self.prep))
                 except SampleError as err:
                     if self.strict:
                         raise
@@ -232,16 +235,21 @@ class FileSamples(SampleSet):
                 names.append(name)
             if not pixels:
                 continue
-            stacked = torch.from_numpy(np.stack(pixels)).float().div_(255)
-            inputs = stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)
-            if self.prep.mean is not None and self.prep.std is not None:
-                mean = torch.tensor(self.prep.mean).view(1, -1, 1, 1)
-                std = torch.tensor(self.prep.std).view(1, -1, 1, 1)
-                inputs = (inputs - mean) / std
-            yield Batch(inputs.contiguous(), [_thumbnail(p) for p in pixels], names)
+            yield Batch(to_inputs(np.stack(pixels), self.prep), [_thumbnail(p) for p in pixels], names)
 
 
-def _display_names(paths: list[Path]) -> list[str]:
+def to_inputs(pixels: np.ndarray, prep: Preprocess) -> torch.Tensor:
+    """``N×H×W`` or ``N×H×W×3`` uint8 pixels → the model's ``N×C×H×W`` float input."""
+    stacked = torch.from_numpy(pixels).float().div_(255)
+    inputs = stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)
+    if prep.mean is not None and prep.std is not None:
+        mean = torch.tensor(prep.mean).view(1, -1, 1, 1)
+        std = torch.tensor(prep.std).view(1, -1, 1, 1)
+        inputs = (inputs - mean) / std
+    return inputs.contiguous()
+
+
+def display_names(paths: list[Path]) -> list[str]:
     """Each file's name, or its path where two samples share a name."""
     counts = Counter(p.name for p in paths)
     return [p.name if counts[p.name] == 1 else p.as_posix() for p in paths]

@@ -1,0 +1,108 @@
+"""A dataset scan as a report: per layer the dataset-wide statistics, filters and top-k crops.
+
+The scan (:mod:`featviz_report.scan`) runs on every rank; only rank 0 decodes the top images again, cuts
+the crops (:mod:`featviz_report.crops`) and writes the page and the JSON, like any other report (size
+budget, atomic writes). Channels shown per layer: ``config.max_channels`` (default 64), in
+``config.order``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from .build import finish, new_report, preprocess
+from .config import ReportConfig
+from .crops import CROP_PX, crop_atlas
+from .dataset import ImageFiles
+from .encode import png_rgb
+from .errors import InputError, SampleError
+from .progress import Progress
+from .report import DatasetScan, Grid, Png, Report
+from .samples import display_names, find_images
+from .scan import ScanResult, run_scan
+from .sections import LayerRecord, layer_sections
+
+__all__ = ["scan_dataset", "SCAN_CHANNELS"]
+
+SCAN_CHANNELS = 64
+CACHED_IMAGES = 512  # decoded top images kept while crops are cut (about 77 MB at 224² RGB)
+
+
+def scan_dataset(
+    model: nn.Module,
+    data: Sequence[str | Path],
+    out: str | Path | None = None,
+    config: ReportConfig | None = None,
+    *,
+    json_out: str | Path | None = None,
+    state: str | Path | None = None,
+    loader_workers: int = 0,
+) -> Report | None:
+    """Scan every image under ``data`` (under torchrun, this rank's share) and, on rank 0, return (and
+    write) the report; other ranks return None. ``state`` makes the scan resumable (see ``scan``)."""
+    config = config or ReportConfig()
+    progress = Progress(enabled=not config.quiet)
+    paths = find_images(data)
+    prep = preprocess(model, config)
+    result = run_scan(model, paths, prep, config, progress, Path(state) if state else None, loader_workers)
+    if result.rank != 0:
+        return None
+    if not result.images:
+        raise InputError(f"none of the {len(paths)} image files could be read")
+    report = _report(model, result, ImageFiles(paths, prep), config, data)
+    return finish(report, out, json_out, config, progress)
+
+
+def _report(
+    model: nn.Module, result: ScanResult, dataset: ImageFiles, config: ReportConfig, data: Sequence[str | Path]
+) -> Report:
+    limit = config.max_channels or SCAN_CHANNELS
+    modules = dict(result.layers)
+    records = []
+    shown: dict[str, list[int]] = {}
+    for name, accumulator in result.accumulators.items():
+        shape = result.shapes[name]
+        order = accumulator.ranking(config.order) if config.order != "index" else np.arange(accumulator.channels)
+        shown[name] = [int(c) for c in order[:limit]]
+        ids = tuple(shown[name]) if len(shape) == 3 else (0,)
+        records.append(LayerRecord(name, modules[name], shape, accumulator, ids))
+    sections = layer_sections(records, result.layers, config)
+    pixels = functools.lru_cache(maxsize=CACHED_IMAGES)(functools.partial(_pixels, dataset))
+    with_crops = []
+    for section, record in zip(sections, records):
+        channels = shown[record.name] if len(record.shape) == 3 else list(range(min(limit, record.stats.channels)))
+        atlas = crop_atlas(record.stats, record.shape, channels, pixels, dataset.prep.size)
+        rows, cols = len(channels), record.stats.top_k
+        crops = Grid(Png(png_rgb(atlas), atlas.shape[1], atlas.shape[0]), rows, cols, CROP_PX, CROP_PX, rows * cols, 1)
+        with_crops.append(dataclasses.replace(section, crops=crops))
+    referenced = sorted({int(i) for acc in result.accumulators.values() for i in acc.top.sample.flat if i >= 0})
+    scan = DatasetScan(
+        source=", ".join(str(d) for d in data),
+        images=result.images,
+        skipped=result.skipped,
+        ranks=result.ranks,
+        seconds=result.seconds,
+        files=dict(zip(referenced, display_names([dataset.paths[i] for i in referenced]))),
+    )
+    return new_report(
+        model,
+        config,
+        result.device,
+        (dataset.prep.channels, dataset.prep.size, dataset.prep.size),
+        tuple(with_crops),
+        result.shapes,
+        dataset=scan,
+    )
+
+
+def _pixels(dataset: ImageFiles, index: int) -> np.ndarray | None:
+    try:
+        return dataset.pixels(index)
+    except SampleError:  # changed since the scan: the crop stays blank
+        return None
