@@ -25,6 +25,7 @@ from .device import pick_device
 from .encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import InputError, ModelError
 from .gradcam import class_activation_maps, default_cam_layer, overlay
+from .heap import release_freed_memory
 from .progress import Progress
 from .reduce import Reduced
 from .render import check_output, write_report
@@ -284,6 +285,7 @@ def capture_pass(
                 if encoder is not None:
                     _submit_maps(encoder, record, reduced, config)
             seen += len(batch.names)
+            release_freed_memory()
             progress.update(stage, seen + len(sample_set.skipped), len(sample_set))
         if encoder is not None and warn:
             for name, reason in sample_set.skipped:

@@ -40,6 +40,7 @@ from .config import ReportConfig
 from .dataset import ImageFiles, ShardSampler
 from .device import pick_device
 from .errors import InputError, OutputError
+from .heap import release_freed_memory
 from .progress import Progress
 from .samples import Preprocess
 
@@ -237,6 +238,7 @@ def _scan(
                     model(inputs[ok].to(device=device, dtype=dtype, non_blocking=True))
                     _fold(shard, capture.drain(), indices[ok].numpy(), config.top_k)
                 shard.done += len(indices)
+                release_freed_memory()
                 if rank == 0:
                     progress.rate("scan", shard.done * world, total * world, time.perf_counter() - started)
                 if state is not None and (stop[0] or time.perf_counter() - last_save > CHECKPOINT_SECONDS):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +230,12 @@ def test_train_mode_model_keeps_batchnorm_statistics_and_dict_outputs_work() -> 
     assert int(model.bn.num_batches_tracked) == before[2]
     assert [layer.name for layer in report.layers] == ["conv", "fc"]
     assert all(s.prediction is not None and s.prediction.label.startswith("class ") for s in report.samples)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_freed_memory_goes_back_to_the_os_between_batches_on_glibc() -> None:
+    from featviz_report.heap import _malloc_trim, release_freed_memory
+
+    trim = _malloc_trim()
+    assert trim is not None and trim(0) in (0, 1)
+    release_freed_memory()
