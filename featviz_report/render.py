@@ -27,7 +27,19 @@ from markupsafe import Markup, escape
 from .compare import ranked_layers
 from .errors import OutputError
 from .progress import Progress
-from .report import ChannelStats, Grid, Histogram, LayerChange, Png, Prediction, Report, Stats
+from .report import (
+    ChannelStats,
+    Comparison,
+    DatasetScan,
+    Grid,
+    Histogram,
+    LayerChange,
+    Png,
+    Prediction,
+    Report,
+    Sample,
+    Stats,
+)
 from .resources import templates_dir
 
 __all__ = ["check_output", "write_report", "render_html", "html_size", "inline_size", "report_json", "script_json"]
@@ -388,9 +400,7 @@ def _change_json(change: LayerChange) -> dict[str, object]:
     }
 
 
-def _comparison_json(report: Report) -> dict[str, object]:
-    comparison = report.comparison
-    assert comparison is not None
+def _comparison_json(comparison: Comparison, samples: tuple[Sample, ...]) -> dict[str, object]:
     return {
         "before": comparison.before,
         "after": comparison.after,
@@ -398,7 +408,7 @@ def _comparison_json(report: Report) -> dict[str, object]:
             {
                 "sample": i,
                 "before": _prediction_json(comparison.predictions_before[i]),
-                "after": _prediction_json(report.samples[i].prediction),
+                "after": _prediction_json(samples[i].prediction),
             }
             for i in comparison.flipped
         ],
@@ -406,9 +416,7 @@ def _comparison_json(report: Report) -> dict[str, object]:
     }
 
 
-def _dataset_json(report: Report) -> dict[str, object]:
-    scan = report.dataset
-    assert scan is not None
+def _dataset_json(scan: DatasetScan) -> dict[str, object]:
     return {
         "source": scan.source,
         "images": scan.images,
@@ -451,7 +459,7 @@ def report_json(report: Report) -> dict[str, object]:
             }
             for layer in report.layers
         ],
-        **({"comparison": _comparison_json(report)} if report.comparison else {}),
+        **({"comparison": _comparison_json(report.comparison, report.samples)} if report.comparison else {}),
         "cams": [
             {
                 "layer": view.layer,
@@ -462,6 +470,6 @@ def report_json(report: Report) -> dict[str, object]:
             for view in report.cams
         ],
         "skipped_samples": [{"name": name, "reason": reason} for name, reason in report.skipped_samples],
-        **({"dataset": _dataset_json(report)} if report.dataset else {}),
+        **({"dataset": _dataset_json(report.dataset)} if report.dataset else {}),
         "notes": list(report.notes),
     }
