@@ -212,7 +212,10 @@ def _scan(
     layers = select_layers(model, config.layers)
     fingerprint = _fingerprint(model, paths, prep, config)
     if state is not None:
-        state.mkdir(parents=True, exist_ok=True)
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"cannot use {str(state)!r} as the scan's state folder: {err.strerror or err}") from None
     saved = _load(_state_file(state, rank, world), fingerprint) if state is not None else None
     shard = saved or _Shard({}, {})
     if saved is not None and rank == 0:

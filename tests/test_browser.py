@@ -51,7 +51,7 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The demo and a torchvision model, each as one file and as a folder, and the demo comparison."""
+    """The demo and a torchvision model, each as one file and as a folder, the demo comparison and a scan."""
     root = tmp_path_factory.mktemp("reports")
     photos = Path(__file__).resolve().parents[1] / "samples" / "photos"
     model = ["--model", "torchvision:resnet18", "--samples", str(photos), "--layers", "conv1", "layer2.*", "fc"]
@@ -61,6 +61,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "resnet": (root / "resnet.html", model),
         "resnet-dir": (root / "resnet-site", [*model, "--format", "dir"]),
         "compare": (root / "compare.html", ["--demo-compare"]),
+        "scan": (root / "scan.html", ["scan", str(photos.parent / "digits"), str(photos), "--top-k", "3"]),
     }
     for out, argv in built.values():
         assert main([*argv, "-o", str(out), "--quiet"]) == 0
@@ -118,7 +119,7 @@ class Reader:
         self.context.close()
 
 
-@pytest.mark.parametrize("name", ["demo", "demo-dir", "resnet", "resnet-dir", "compare"])
+@pytest.mark.parametrize("name", ["demo", "demo-dir", "resnet", "resnet-dir", "compare", "scan"])
 def test_opens_offline_with_no_requests_errors_or_csp_violations(
     browser: object, reports: dict[str, Path], name: str
 ) -> None:
@@ -128,9 +129,13 @@ def test_opens_offline_with_no_requests_errors_or_csp_violations(
     assert images and all(i["w"] > 0 for i in images), [i["alt"] for i in images if not i["w"]][:5]
     assert all(str(i["alt"]).strip() for i in images)
     layers = reader.page.eval_on_selector_all("section.layer", "s => s.map(x => x.dataset.layer)")
-    maps = [str(i["alt"]) for i in images if ", sample " in str(i["alt"])]
-    assert {alt.split(", sample ")[0] for alt in maps} == set(layers)  # every map names its layer and sample
-    assert all(("channel" in alt or "features" in alt) for alt in maps)
+    if name == "scan":  # no samples: per layer, the crops of its channels' top images
+        crops = [str(i["alt"]) for i in images if "dataset images where it peaked" in str(i["alt"])]
+        assert {alt.split(":")[0] for alt in crops} == set(layers)
+    else:
+        maps = [str(i["alt"]) for i in images if ", sample " in str(i["alt"])]
+        assert {alt.split(", sample ")[0] for alt in maps} == set(layers)  # every map names its layer and sample
+        assert all(("channel" in alt or "features" in alt) for alt in maps)
     reader.clean()
 
 
@@ -187,7 +192,7 @@ def test_without_javascript_every_section_and_image_is_there(browser: object, re
 
 @pytest.mark.parametrize("width", [1280, 390])
 def test_no_horizontal_scrolling_and_tiles_at_their_size(browser: object, reports: dict[str, Path], width: int) -> None:
-    for name in ("demo", "resnet", "compare"):
+    for name in ("demo", "resnet", "compare", "scan"):
         reader = Reader(browser, reports[name], width=width)
         page = reader.open()
         images = reader.load_all_images()
@@ -199,7 +204,7 @@ def test_no_horizontal_scrolling_and_tiles_at_their_size(browser: object, report
         reader.clean()
 
 
-@pytest.mark.parametrize("name", ["demo", "resnet", "compare"])
+@pytest.mark.parametrize("name", ["demo", "resnet", "compare", "scan"])
 def test_axe_finds_no_serious_or_critical_violations(browser: object, reports: dict[str, Path], name: str) -> None:
     reader = Reader(browser, reports[name])
     page = reader.open()
