@@ -169,7 +169,7 @@ def _add_report_options(parser: argparse.ArgumentParser) -> None:
         help="class activation maps on every sample: gradcam or gradcam++ (default: none; gradcam with --compare)",
     )
     parser.add_argument(
-        "--cam-layer", metavar="NAME", help="the Conv2d the activation maps are for (default: the last)"
+        "--cam-layer", metavar="NAME", help="the layer the activation maps are for (default: the last Conv2d)"
     )
     parser.add_argument(
         "--target-class", metavar="N", type=_index, help="class the activation maps explain (default: each top class)"

@@ -49,12 +49,15 @@ class CamBatch:
 
 
 @contextmanager
-def _leaf_output(module: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """While inside, ``module``'s output is replaced by a clone of a grad-requiring leaf; the leaf of the
-    latest call is appended to the yielded list."""
-    leaves: list[torch.Tensor] = []
+def _leaf_output(module: nn.Module) -> Iterator[list[torch.Tensor | None]]:
+    """While inside, ``module``'s (tensor) output is replaced by a clone of a grad-requiring leaf; the leaf
+    of the latest call is appended to the yielded list."""
+    leaves: list[torch.Tensor | None] = []
 
-    def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+    def hook(_module: nn.Module, _inputs: object, output: object) -> object:
+        if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+            leaves.append(None)
+            return output
         leaf = output.detach().requires_grad_(True)
         leaves.append(leaf)
         return leaf.clone()  # a non-leaf, so an inplace op downstream (ReLU(inplace=True)) is allowed
@@ -72,9 +75,9 @@ def class_activation_maps(
     """Maps for ``inputs`` (on the model's device) explaining ``target``, or each sample's top class."""
     if method not in CAM_METHODS:
         raise UsageError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
-    module = dict(model.named_modules()).get(layer)
-    if not isinstance(module, nn.Conv2d):
-        raise UsageError(f"--cam-layer {layer!r} is not a Conv2d of the model")
+    module = dict(model.named_modules()).get(layer) if layer else None
+    if module is None:
+        raise UsageError(f"--cam-layer {layer!r} is not a layer of the model")
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -87,6 +90,11 @@ def class_activation_maps(
             if target is not None and not 0 <= target < logits.shape[1]:
                 raise UsageError(f"--target-class {target} is out of range: the model has {logits.shape[1]} classes")
             activation = leaves[-1]
+            if activation is None:
+                raise UsageError(f"--cam-layer {layer} does not output a floating-point tensor")
+            if activation.ndim != 4:
+                shape = "×".join(map(str, activation.shape))
+                raise UsageError(f"--cam-layer {layer} gives a {shape} output; class activation maps need N×C×H×W")
             classes = logits.argmax(1) if target is None else torch.full_like(logits[:, 0], target, dtype=torch.long)
             score = logits.gather(1, classes[:, None]).sum()
             (grad,) = torch.autograd.grad(score, activation)

@@ -67,7 +67,7 @@ def compare_checkpoints(
             }
             with PngEncoder(config.workers, Spool()) as encoder:
                 run_a, run_b = capture_pass(job_a, encoder, orders), capture_pass(job_b, encoder, orders, warn=False)
-            cams = (cam_view(job_a, names[0]), cam_view(job_b, names[1])) if config.cam else ()
+            cams = (cam_view(job_a, "A"), cam_view(job_b, "B")) if config.cam else ()
         sections_a = {s.name: s for s in layer_sections(list(run_a.records.values()), job_a.layers, config, RANKING)}
         sections_b = layer_sections(list(run_b.records.values()), job_b.layers, config, RANKING)
         modules_a = dict(before.named_modules())

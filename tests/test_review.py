@@ -15,7 +15,7 @@ from torch import nn
 from featviz_report import ReportConfig, build_report
 from featviz_report.cli import main
 from featviz_report.compare import ranked_layers
-from featviz_report.errors import ModelError
+from featviz_report.errors import ModelError, UsageError
 from featviz_report.gradcam import class_activation_maps
 from featviz_report.review import compare_checkpoints
 
@@ -69,6 +69,18 @@ def test_the_map_lights_up_the_region_that_decides_the_class(method: str) -> Non
     assert asked.targets == (1, 1)
     assert _mass(asked.maps[0])[1] > 0.9  # class 1 is about the right half, whatever wins
     assert all(m.max() == pytest.approx(1.0) and m.min() >= 0 for m in asked.maps)
+
+
+def test_any_layer_with_maps_can_be_explained_and_others_are_refused() -> None:
+    model = Halves()
+    x = _two_blobs(1.0, 0.5)
+    after_relu = class_activation_maps(model, "relu", x)  # not a Conv2d, but N×C×H×W
+    assert _mass(after_relu.maps[0])[0] > 0.9
+    with pytest.raises(UsageError, match="is not a layer"):
+        class_activation_maps(model, "nope", x)
+    vector = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 14 * 14, 3))
+    with pytest.raises(UsageError, match="1×3 output; class activation maps need N×C×H×W"):
+        class_activation_maps(vector, "2", torch.rand(1, 1, SIZE, SIZE))
 
 
 def test_cam_leaves_the_model_as_it_was_and_needs_no_parameter_gradients() -> None:
