@@ -454,3 +454,57 @@ def test_a_skipped_file_is_warned_about_once_even_with_a_ranking_pass(
     world.file("images/zero.png", b"")
     _, err = succeeds(world, capsys, [*IMAGES, "--order", "mean"])
     assert err.count("skipped sample 'zero.png'") == 1
+
+
+# --- comparisons and scans ----------------------------------------------------------------------------
+
+
+def test_malicious_compare_checkpoint_never_runs(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = world.root / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple[Callable[..., object], tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"conv1.weight": torch.zeros(1), "x": Payload()}, world.root / "evil.pt")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    fails(world, capsys, ["--compare", "evil.pt"], 2, "--compare 'evil.pt'", "not a loadable state_dict")
+    assert not marker.exists()
+
+
+def test_compare_checkpoint_missing_or_of_another_model(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(world, capsys, ["--compare", "nowhere.pt"], 2, "--compare 'nowhere.pt'", "file not found")
+    state = DigitsCNN().state_dict()
+    state["fc2.weight"] = torch.zeros(3, 64)
+    torch.save(state, world.root / "three.pt")
+    fails(world, capsys, ["--compare", "three.pt"], 2, "fc2.weight is 10×64 in", "but 3×64 in three.pt")
+
+
+@pytest.mark.parametrize(
+    ("argv", "culprits"),
+    [
+        (["scan", "nowhere"], ("'nowhere'", "does not exist")),
+        (["scan", "images", "--state", "state-file"], ("'state-file'", "state folder")),
+        (["scan", "images", "--model", "torchvision:nonexistent_net"], ("nonexistent_net",)),
+        (["scan", "images", "--cam", "gradcam"], ("--cam",)),  # report-only options are refused
+    ],
+)
+def test_scan_failures_are_one_line(
+    world: World, capsys: pytest.CaptureFixture[str], argv: list[str], culprits: tuple[str, ...]
+) -> None:
+    world.file("state-file", b"not a folder")
+    fails(world, capsys, argv, 2, *culprits)
+
+
+def test_scan_with_only_unreadable_files_names_the_problem(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    (world.root / "images" / "good.png").unlink()
+    world.file("images/broken.png", b"\x89PNG broken")
+    fails(world, capsys, ["scan", "images", "--loader-workers", "0"], 2, "none of the 1 image files could be read")
+
+
+def test_scan_state_of_another_scan_is_refused(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    succeeds(world, capsys, ["scan", "images", "--state", "st", "--top-k", "2", "--loader-workers", "0"])
+    world.report.write_text(SENTINEL)
+    fails(world, capsys, ["scan", "images", "--state", "st", "--top-k", "3"], 2, "state of a different scan")
