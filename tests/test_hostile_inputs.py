@@ -154,8 +154,9 @@ def test_pickled_model_loads_with_the_explicit_opt_in(world: World, capsys: pyte
     assert 'data-layer="conv1"' in page
 
 
-def test_malicious_weights_never_run_even_when_torch_is_told_to_unpickle(
-    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("option", ["--weights", "--compare"])
+def test_malicious_checkpoints_never_run_even_when_torch_is_told_to_unpickle(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, option: str
 ) -> None:
     marker = world.root / "pwned"
 
@@ -165,7 +166,7 @@ def test_malicious_weights_never_run_even_when_torch_is_told_to_unpickle(
 
     torch.save({"conv1.weight": torch.zeros(1), "x": Payload()}, world.root / "evil.pt")
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    fails(world, capsys, ["--weights", "evil.pt"], 2, "--weights 'evil.pt'", "not a loadable state_dict")
+    fails(world, capsys, [option, "evil.pt"], 2, f"{option} 'evil.pt'", "not a loadable state_dict")
     assert not marker.exists()
 
 
@@ -457,21 +458,6 @@ def test_a_skipped_file_is_warned_about_once_even_with_a_ranking_pass(
 
 
 # --- comparisons and scans ----------------------------------------------------------------------------
-
-
-def test_malicious_compare_checkpoint_never_runs(
-    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    marker = world.root / "pwned"
-
-    class Payload:
-        def __reduce__(self) -> tuple[Callable[..., object], tuple[str]]:
-            return (os.system, (f"touch {marker}",))
-
-    torch.save({"conv1.weight": torch.zeros(1), "x": Payload()}, world.root / "evil.pt")
-    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    fails(world, capsys, ["--compare", "evil.pt"], 2, "--compare 'evil.pt'", "not a loadable state_dict")
-    assert not marker.exists()
 
 
 def test_compare_checkpoint_missing_or_of_another_model(world: World, capsys: pytest.CaptureFixture[str]) -> None:
