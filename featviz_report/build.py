@@ -91,7 +91,7 @@ def _build(
     if out is not None:
         check_output(Path(out), config.format)
     job = open_job(model, open_samples(samples, preprocess(model, config), config.strict), config, progress)
-    with on_device(job):
+    with on_device(job.model, job.device):
         run = run_passes(job)
         cams = (cam_view(job),) if config.cam else ()
     report = assemble(job, run, layer_sections(list(run.records.values()), job.layers, config), cams)
@@ -100,28 +100,31 @@ def _build(
 
 def open_job(model: nn.Module, sample_set: SampleSet, config: ReportConfig, progress: Progress) -> Job:
     """What the passes over ``sample_set`` need, the layers to capture chosen and the device picked."""
-    params = list(model.parameters())
     return Job(
         model=model,
         layers=select_layers(model, config.layers),
         sample_set=sample_set,
         device=pick_device(config.device),
-        dtype=next((p.dtype for p in params if p.is_floating_point()), torch.float32),
+        dtype=float_dtype(model),
         config=config,
         progress=progress,
     )
 
 
+def float_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype inputs are cast to: the model's first floating-point parameter's (float32 without one)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 @contextmanager
-def on_device(job: Job) -> Iterator[None]:
-    """The job's model on the job's device for the block, back where it was after."""
-    params = list(job.model.parameters())
-    home = params[0].device if params else torch.device("cpu")
+def on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """``model`` on ``device`` for the block, back where it was after."""
+    home = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
-        job.model.to(job.device)
+        model.to(device)
         yield
     finally:
-        job.model.to(home)
+        model.to(home)
 
 
 def assemble(job: Job, run: Run, sections: tuple[LayerSection, ...], cams: tuple[CamView, ...] = ()) -> Report:

@@ -78,11 +78,10 @@ def _filter_cosines(before: nn.Module, after: nn.Module) -> np.ndarray | None:
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.ndim < 2:
         return None
     a, b = a.detach().double().flatten(1).cpu(), b.detach().double().flatten(1).cpu()
-    norms = a.norm(dim=1) * b.norm(dim=1)
-    dots = (a * b).sum(1)
-    both_zero = (a.norm(dim=1) == 0) & (b.norm(dim=1) == 0)
-    cos = torch.where(norms > 0, dots / torch.where(norms > 0, norms, torch.ones_like(norms)), 0.0)
-    return torch.where(both_zero, torch.ones_like(cos), cos).numpy()
+    norm_a, norm_b = a.norm(dim=1), b.norm(dim=1)
+    norms = norm_a * norm_b
+    cos = torch.where(norms > 0, (a * b).sum(1) / torch.where(norms > 0, norms, torch.ones_like(norms)), 0.0)
+    return torch.where((norm_a == 0) & (norm_b == 0), torch.ones_like(cos), cos).numpy()
 
 
 def _relative_change(before: nn.Module, after: nn.Module) -> float | None:

@@ -22,12 +22,9 @@ class Progress:
     def update(self, stage: str, done: int, total: int) -> None:
         if not self.enabled:
             return
-        width = 24
-        filled = round(width * done / total) if total else width
-        line = f"{stage:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+        line = _bar(stage, done, total)
         if self.tty:
-            self.stream.write("\r" + line + ("\n" if done >= total else ""))
-            self.stream.flush()
+            self._redraw(line, done >= total)
         elif done >= total and line != self._last_line:
             self.stream.write(line + "\n")
         self._last_line = line
@@ -38,20 +35,20 @@ class Progress:
             return
         speed = done / elapsed
         left = (total - done) / speed if speed > 0 else 0.0
-        width = 24
-        filled = round(width * done / total) if total else width
-        line = (
-            f"{stage:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} · {speed:,.0f}/s · "
-            f"{'done in' if done >= total else 'ETA'} {_clock(elapsed if done >= total else left)}"
-        )
+        finished = done >= total
+        line = f"{_bar(stage, done, total)} · {speed:,.0f}/s · {'done in' if finished else 'ETA'} "
+        line += _clock(elapsed if finished else left)
         now = time.monotonic()
         if self.tty:
-            self.stream.write("\r" + line + ("\n" if done >= total else ""))
-            self.stream.flush()
-        elif done >= total or now - self._last_time >= 10:
+            self._redraw(line, finished)
+        elif finished or now - self._last_time >= 10:
             self.stream.write(line + "\n")
             self.stream.flush()
             self._last_time = now
+
+    def _redraw(self, line: str, finished: bool) -> None:
+        self.stream.write("\r" + line + ("\n" if finished else ""))
+        self.stream.flush()
 
     def warn(self, text: str) -> None:
         """Warnings are printed even when progress is off: they name inputs the report leaves out."""
@@ -62,6 +59,11 @@ class Progress:
         if self.enabled:
             self.stream.write(text + "\n")
             self.stream.flush()
+
+
+def _bar(stage: str, done: int, total: int, width: int = 24) -> str:
+    filled = round(width * done / total) if total else width
+    return f"{stage:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
 
 
 def _clock(seconds: float) -> str:

@@ -58,7 +58,7 @@ def compare_checkpoints(
     job_a = open_job(before, sample_set, config, progress)
     job_b = open_job(after, sample_set, config, progress)
     with old_objects_frozen():
-        with on_device(job_a), on_device(job_b):
+        with on_device(before, job_a.device), on_device(after, job_b.device):
             rank_a, rank_b = capture_pass(job_a, None, None), capture_pass(job_b, None, None)
             orders = {
                 key: channel_order(rank_a.records[key].stats, record.stats)

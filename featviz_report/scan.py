@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .accumulate import ChannelAccumulator
+from .build import float_dtype, on_device
 from .capture import capturing, select_layers
 from .config import ReportConfig
 from .dataset import ImageFiles, ShardSampler
@@ -229,11 +230,9 @@ def _scan(
         num_workers=loader_workers,
         pin_memory=device.type == "cuda",
     )
-    home = next((p.device for p in model.parameters()), torch.device("cpu"))
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    dtype = float_dtype(model)
     last_save = time.perf_counter()
-    try:
-        model.to(device)
+    with on_device(model, device):
         with capturing(model, layers, scale=None) as capture, torch.inference_mode(), _deferred_interrupt() as stop:
             for inputs, indices, ok in _batches(loader, stop):
                 shard.skipped += int((~ok).sum())
@@ -253,8 +252,6 @@ def _scan(
                 _save(_state_file(state, rank, world), shard, fingerprint)
             if stop[0]:
                 raise KeyboardInterrupt
-    finally:
-        model.to(home)
     return _merged(shard, layers, world, rank, time.perf_counter() - started, device)
 
 
