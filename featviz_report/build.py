@@ -19,16 +19,17 @@ from torch import nn
 from . import __version__
 from .accumulate import ChannelAccumulator
 from .budget import fit_page
-from .capture import capturing, first_tensor, select_layers
+from .capture import capturing, select_layers
 from .config import ReportConfig
 from .device import pick_device
 from .encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import InputError, ModelError
 from .gradcam import class_activation_maps, default_cam_layer, overlay
 from .heap import release_freed_memory
+from .logits import class_scores
+from .outputs import check_api_outputs, write_report
 from .progress import Progress
 from .reduce import Reduced
-from .render import check_output, write_report
 from .report import CamView, DatasetScan, LayerSection, Png, Prediction, Report, Sample
 from .samples import Preprocess, SamplesArg, SampleSet, open_samples, parse_normalize
 from .sections import LayerRecord, colorbar, layer_sections
@@ -88,8 +89,7 @@ def _build(
     model: nn.Module, samples: SamplesArg, out: str | Path | None, config: ReportConfig, json_out: str | Path | None
 ) -> Report:
     progress = Progress(enabled=not config.quiet)
-    if out is not None:
-        check_output(Path(out), config.format)
+    check_api_outputs(out, json_out, config.format, samples)
     job = open_job(model, open_samples(samples, preprocess(model, config), config.strict), config, progress)
     with on_device(job.model, job.device):
         run = run_passes(job)
@@ -202,7 +202,9 @@ def cam_view(job: Job, label: str = "") -> CamView:
     images, targets = [], []
     for batch in job.sample_set.batches(config.batch_size):
         inputs = batch.inputs.to(device=job.device, dtype=job.dtype)
-        cams = class_activation_maps(job.model, layer, inputs, config.target_class, config.cam or "gradcam")
+        cams = class_activation_maps(
+            job.model, layer, inputs, config.target_class, config.cam or "gradcam", config.output
+        )
         for thumbnail, cam, target in zip(batch.thumbnails, cams.maps, cams.targets):
             pixels = overlay(thumbnail, cam)
             images.append(Png(png_rgb(pixels), pixels.shape[1], pixels.shape[0]))
@@ -262,6 +264,7 @@ def capture_pass(
     records: dict[tuple[str, int], LayerRecord] = {}
     thumbs: list[tuple[str, Future[bytes | Spooled], tuple[int, int]]] = []
     predictions: list[tuple[Prediction, ...]] = []
+    notes: dict[str, None] = {}  # in order, once each
     seen = 0
     stage = "capture" if encoder is not None else "rank"
     with capturing(model, job.layers, config.scale) as capture, torch.inference_mode():
@@ -272,7 +275,9 @@ def capture_pass(
             except Exception as err:  # noqa: BLE001 - the user's model may raise anything; name where
                 last = capture.last_call
                 raise ModelError(_forward_failure(err, inputs, last, capture.last_returned)) from err
-            predictions.extend(_predictions(outputs, len(batch.names), config.labels))
+            scores = class_scores(outputs, len(batch.names), config.output)
+            notes.update(dict.fromkeys(n for n in (scores.note, _label_mismatch(config.labels, scores.tensor)) if n))
+            predictions.extend(_predictions(scores.tensor, len(batch.names), config.labels))
             if encoder is not None:
                 for name, pixels in zip(batch.names, batch.thumbnails):
                     thumbs.append((name, encoder.submit(png_rgb, pixels), (pixels.shape[1], pixels.shape[0])))
@@ -293,6 +298,8 @@ def capture_pass(
         if encoder is not None and warn:
             for name, reason in sample_set.skipped:
                 progress.warn(f"skipped sample {name!r}: {reason}")
+            for note in notes:
+                progress.warn(note)
         _require_usable(sample_set)
         samples = tuple(
             Sample(i, name, Png(future.result(), *size), pred[0] if pred else None, pred)
@@ -301,7 +308,7 @@ def capture_pass(
         for record in records.values():
             for future in record.maps:
                 future.result()
-    return Run(samples, records, _skipped_note(capture.skipped), capture.shapes)
+    return Run(samples, records, [*notes, *_skipped_note(capture.skipped)], capture.shapes)
 
 
 def _shown_ids(shape: tuple[int, ...], config: ReportConfig, order: np.ndarray | None) -> tuple[int, ...]:
@@ -356,18 +363,23 @@ def _forward_failure(
 TOP_CLASSES = 5
 
 
-def _predictions(outputs: object, count: int, labels: Sequence[str] | None) -> list[tuple[Prediction, ...]]:
-    """The top classes (up to 5) with softmax probabilities per sample, when the output looks like logits."""
-    logits = first_tensor(outputs)
-    if logits is None or logits.ndim != 2 or logits.shape[0] != count or logits.shape[1] < 2:
+def _predictions(scores: torch.Tensor | None, count: int, labels: Sequence[str] | None) -> list[tuple[Prediction, ...]]:
+    """The top classes (up to 5) with softmax probabilities per sample, from ``N×K`` class scores."""
+    if scores is None:
         return [()] * count
-    probs = torch.softmax(logits.float(), dim=1)
-    top_p, top_i = probs.topk(min(TOP_CLASSES, logits.shape[1]), dim=1)
-    names = labels if labels is not None and len(labels) == logits.shape[1] else None
+    probs = torch.softmax(scores.float(), dim=1)
+    top_p, top_i = probs.topk(min(TOP_CLASSES, scores.shape[1]), dim=1)
+    names = labels if labels is not None and len(labels) == scores.shape[1] else None
     return [
         tuple(Prediction(i, names[i] if names else f"class {i}", p) for p, i in zip(row_p, row_i))
         for row_p, row_i in zip(top_p.cpu().tolist(), top_i.cpu().tolist())
     ]
+
+
+def _label_mismatch(labels: Sequence[str] | None, scores: torch.Tensor | None) -> str | None:
+    if labels is None or scores is None or len(labels) == scores.shape[1]:
+        return None
+    return f"{len(labels)} labels for a model with {scores.shape[1]} classes: labels are not used, classes are numbered"
 
 
 def _submit_maps(encoder: PngEncoder, record: LayerRecord, reduced: Reduced, config: ReportConfig) -> None:

@@ -11,11 +11,15 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .config import CAM_METHODS, COLORMAPS, DEFAULT_MAX_SIZE_MB, DEVICES, FORMATS, ORDERS, SCALES, ReportConfig
 from .errors import FeatvizError, UsageError
+from .warning_lines import one_line_warnings
+
+if TYPE_CHECKING:
+    from .models import LoadedModel
 
 __all__ = ["build_parser", "main"]
 
@@ -138,7 +142,10 @@ def build_parser(scan: bool = False) -> argparse.ArgumentParser:
         "kept for the most informative samples and the page says what was left out",
     )
     parser.add_argument(
-        "--batch-size", metavar="N", type=_positive, default=8, help="samples per forward pass (default 8)"
+        "--batch-size",
+        metavar="N",
+        type=_positive,
+        help=f"samples per forward pass (default {ReportConfig.batch_size}, or the batch a .pt2 was exported for)",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument("--title", metavar="TEXT", help="page title (default: the model's name)")
@@ -167,6 +174,12 @@ def _add_report_options(parser: argparse.ArgumentParser) -> None:
         "--cam",
         choices=(*CAM_METHODS, "none"),
         help="class activation maps on every sample: gradcam or gradcam++ (default: none; gradcam with --compare)",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="SELECTOR",
+        help="which output of a model that returns several holds the class scores: a tuple index or dict key "
+        "(default: the only N×K tensor, or the 'logits' entry)",
     )
     parser.add_argument(
         "--cam-layer", metavar="NAME", help="the layer the activation maps are for (default: the last Conv2d)"
@@ -208,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = list(sys.argv[1:] if argv is None else argv)
         scan = bool(argv) and argv[0] == "scan"
         args = build_parser(scan).parse_args(argv[1:] if scan else argv)
-        (_scan if scan else _run)(args)
+        with one_line_warnings(PROG):
+            (_scan if scan else _run)(args)
         return 0
     except SystemExit as exit_:  # --help and --version
         return int(exit_.code or 0)
@@ -220,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(f"{PROG}: error: out of memory; lower --batch-size or --input-size", file=sys.stderr)
+        return 2
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if args is not None and args.debug:
             traceback.print_exc()
@@ -234,7 +251,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> None:
     from .build import build_report
     from .models import copy_with_weights, load_model
-    from .render import check_output
     from .resources import demo_samples_dir, demo_weights_path
     from .review import compare_checkpoints
     from .samples import read_labels
@@ -245,22 +261,20 @@ def _run(args: argparse.Namespace) -> None:
         raise UsageError("--demo-compare uses the demo model and its two checkpoints; drop --model/--weights/--compare")
     if (args.compare or args.demo_compare) and args.order != "index":
         raise UsageError("--order does not apply with --compare: channels are ordered by how much they changed")
-    out = Path(args.out or ("report" if args.format == "dir" else "report.html"))
-    check_output(out, args.format)
-    if args.json:
-        check_output(Path(args.json), "html")
+    out = _checked_outputs(args, "--samples", args.samples or ())
     weights = demo_weights_path(early=True) if args.demo_compare else args.weights
     loaded = load_model(args.model, weights, args.trust_pickled_model)
     compare = demo_weights_path() if args.demo_compare else args.compare
     labels = read_labels(args.labels) if args.labels else loaded.labels
     cam = args.cam or ("gradcam" if compare else "none")
     config = ReportConfig(
-        **_shared_config(args, loaded.name, loaded.input_size, loaded.normalize, labels),
+        **_shared_config(args, loaded, labels),
         colormap=args.colormap,
         scale=args.scale,
         cam=None if cam == "none" else cam,
         cam_layer=args.cam_layer,
         target_class=args.target_class,
+        output=args.output,
         strict=args.strict,
     )
     samples = args.samples or [demo_samples_dir()]
@@ -272,29 +286,47 @@ def _run(args: argparse.Namespace) -> None:
     compare_checkpoints(loaded.module, after, samples, out, config, json_out=args.json, names=names)
 
 
+def _checked_outputs(args: argparse.Namespace, samples_option: str, samples: Sequence[str]) -> Path:
+    """The report's path, once it and ``--json`` are known to be writable and to overwrite no input."""
+    from .outputs import check_outputs
+
+    out = Path(args.out or ("report" if args.format == "dir" else "report.html"))
+    inputs = [(samples_option, Path(p)) for p in samples]
+    for option in ("model", "weights", "labels", "compare"):
+        value = getattr(args, option, None)
+        if value and (option != "model" or Path(value).is_file()):
+            inputs.append((f"--{option}", Path(value)))
+    check_outputs(out, args.format, Path(args.json) if args.json else None, inputs)
+    return out
+
+
+def _batch_size(option: int | None, fixed: int | None, model: str) -> int:
+    """``--batch-size``, or the batch an exported model only accepts, or the default."""
+    if fixed is not None and option is not None and option != fixed:
+        raise UsageError(
+            f"--batch-size {option}: {model} was exported for batches of exactly {fixed}; drop --batch-size or "
+            "re-export it with a dynamic batch (torch.export.Dim)"
+        )
+    return option or fixed or ReportConfig.batch_size
+
+
 def _checkpoint_name(weights: str | None) -> str:
     return Path(weights).name if weights else "the model's own weights"
 
 
-def _shared_config(
-    args: argparse.Namespace,
-    model_name: str,
-    input_size: int | None,
-    normalize: str | None,
-    labels: tuple[str, ...] | None,
-) -> dict[str, Any]:
+def _shared_config(args: argparse.Namespace, loaded: LoadedModel, labels: tuple[str, ...] | None) -> dict[str, Any]:
     """The ReportConfig fields that reports and scans take from the same options."""
     return {
         "title": args.title,
-        "model_name": model_name,
+        "model_name": loaded.name,
         "layers": tuple(args.layers or ()),
         "max_channels": args.max_channels,
         "order": args.order,
         "top_k": args.top_k,
         "device": args.device,
-        "batch_size": args.batch_size,
-        "input_size": args.input_size or input_size,
-        "normalize": args.normalize or normalize,
+        "batch_size": _batch_size(args.batch_size, loaded.batch_size, loaded.name),
+        "input_size": args.input_size or loaded.input_size,
+        "normalize": args.normalize or loaded.normalize,
         "labels": labels,
         "format": args.format,
         "max_size": args.max_size or None,
@@ -304,17 +336,13 @@ def _shared_config(
 
 def _scan(args: argparse.Namespace) -> None:
     from .models import load_model
-    from .render import check_output
     from .samples import read_labels
     from .scan_report import scan_dataset
 
-    out = Path(args.out or ("report" if args.format == "dir" else "report.html"))
-    check_output(out, args.format)
-    if args.json:
-        check_output(Path(args.json), "html")
+    out = _checked_outputs(args, "DATA", args.data)
     loaded = load_model(args.model, args.weights, args.trust_pickled_model)
     labels = read_labels(args.labels) if args.labels else loaded.labels
-    config = ReportConfig(**_shared_config(args, loaded.name, loaded.input_size, loaded.normalize, labels))
+    config = ReportConfig(**_shared_config(args, loaded, labels))
     scan_dataset(
         loaded.module, args.data, out, config, json_out=args.json, state=args.state, loader_workers=args.loader_workers
     )

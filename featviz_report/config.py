@@ -6,7 +6,18 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
-__all__ = ["ReportConfig", "COLORMAPS", "SCALES", "ORDERS", "FORMATS", "DEVICES", "DEFAULT_MAX_SIZE_MB", "CAM_METHODS"]
+__all__ = [
+    "ReportConfig",
+    "IMAGE_SUFFIXES",
+    "LIMITS",
+    "COLORMAPS",
+    "SCALES",
+    "ORDERS",
+    "FORMATS",
+    "DEVICES",
+    "DEFAULT_MAX_SIZE_MB",
+    "CAM_METHODS",
+]
 
 COLORMAPS = ("viridis", "magma", "twilight", "gray")
 SCALES = ("channel", "layer", "sigmoid", "percentile")
@@ -14,6 +25,8 @@ ORDERS = ("index", "mean", "variance", "max")
 FORMATS = ("html", "dir")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CAM_METHODS = ("gradcam", "gradcam++")
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+LIMITS = {"input_size": 8192, "top_k": 1000, "batch_size": 65536}  # past these, memory runs out first
 DEFAULT_MAX_SIZE_MB = 64.0  # a single page this size opens in Chromium in about a second; 225 MB takes minutes
 
 
@@ -25,7 +38,9 @@ class ReportConfig:
     torchvision models carry their own; any other model gets 224 and no normalisation. ``strict`` turns
     an unreadable sample file from a warning into an error; ``quiet`` silences progress (warnings are
     always printed). ``cam`` (``gradcam`` or ``gradcam++``) adds class activation maps of ``cam_layer``
-    (default: the last Conv2d) for ``target_class`` (default: each sample's top class). ``max_size`` (MB)
+    (default: the last Conv2d) for ``target_class`` (default: each sample's top class). ``output`` picks
+    the class scores of a model that returns several tensors, by tuple index or dict key (default: see
+    :mod:`featviz_report.logits`). ``max_size`` (MB)
     is the budget of a single-file page (``None``: no limit; see :mod:`featviz_report.budget`).
     """
 
@@ -48,6 +63,7 @@ class ReportConfig:
     target_class: int | None = None
     max_filter_grid: int = 32
     top_k: int = 4
+    output: str | None = None
     workers: int | None = None
     strict: bool = False
     quiet: bool = True
@@ -71,3 +87,5 @@ class ReportConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {value}")
+            if value is not None and value > LIMITS.get(name, value):
+                raise UsageError(f"{name.replace('_', '-')} must be at most {LIMITS[name]:,}, got {value:,}")

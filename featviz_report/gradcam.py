@@ -25,6 +25,7 @@ from torch import nn
 from .colormaps import palette
 from .config import CAM_METHODS
 from .errors import ModelError, UsageError
+from .logits import class_scores
 
 __all__ = ["CamBatch", "class_activation_maps", "default_cam_layer", "overlay"]
 
@@ -70,9 +71,15 @@ def _leaf_output(module: nn.Module) -> Iterator[list[torch.Tensor | None]]:
 
 
 def class_activation_maps(
-    model: nn.Module, layer: str, inputs: torch.Tensor, target: int | None = None, method: str = "gradcam"
+    model: nn.Module,
+    layer: str,
+    inputs: torch.Tensor,
+    target: int | None = None,
+    method: str = "gradcam",
+    output: str | None = None,
 ) -> CamBatch:
-    """Maps for ``inputs`` (on the model's device) explaining ``target``, or each sample's top class."""
+    """Maps for ``inputs`` (on the model's device) explaining ``target``, or each sample's top class;
+    ``output`` picks the class scores from a model that returns several tensors (:mod:`.logits`)."""
     if method not in CAM_METHODS:
         raise UsageError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
     module = dict(model.named_modules()).get(layer) if layer else None
@@ -82,9 +89,10 @@ def class_activation_maps(
     model.eval()
     try:
         with torch.inference_mode(False), torch.enable_grad(), _leaf_output(module) as leaves:
-            logits = model(inputs)
-            if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-                raise ModelError("Grad-CAM needs a model whose output is N×K class scores")
+            scores = class_scores(model(inputs), inputs.shape[0], output)
+            if scores.tensor is None:
+                raise ModelError(f"Grad-CAM needs N×K class scores: {scores.note or 'the model gives none'}")
+            logits = scores.tensor
             if not leaves:
                 raise ModelError(f"layer {layer} did not run in the forward pass")
             if target is not None and not 0 <= target < logits.shape[1]:

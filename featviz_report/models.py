@@ -1,8 +1,9 @@
 """Resolve a model spec (``--model``) and an optional state_dict (``--weights``) into an ``nn.Module``.
 
 Specs: nothing or ``demo`` (the embedded digits CNN), ``torchvision:NAME`` (random init),
-``package.module:callable`` (a factory), a ``torch.export`` archive (``.pt2``) or a TorchScript file.
-Nothing is ever unpickled: weights load with ``weights_only=True``.
+``package.module:callable`` (a factory) or a ``torch.export`` archive (``.pt2``, see :mod:`.exported`).
+Nothing is ever unpickled unless the user opts in for a whole pickled module: weights load with
+``weights_only=True``. TorchScript files are recognised and refused: their layers cannot be hooked.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import copy
 import difflib
 import importlib
-import logging
 import os
 import sys
 import warnings
@@ -39,6 +39,7 @@ class LoadedModel:
     input_size: int | None = None
     normalize: str | None = None
     labels: tuple[str, ...] | None = None
+    batch_size: int | None = None  # a fixed batch the model only accepts (an exported program's)
 
 
 def load_model(spec: str | None, weights: str | Path | None = None, trust_pickle: bool = False) -> LoadedModel:
@@ -62,7 +63,12 @@ def _resolve(spec: str, trust_pickle: bool = False) -> LoadedModel:
     if path.suffix == ".pt2":
         return _exported(path)
     if path.is_file():
-        return _pickled(path) if trust_pickle and not _is_torchscript(path) else _torchscript(path)
+        if _is_torchscript(path):
+            raise ModelError(
+                f"--model {spec!r}: a TorchScript file, whose layers cannot be hooked; export the model with "
+                "torch.export.save (.pt2) or name a factory (package.module:callable)"
+            )
+        return _pickled(path) if trust_pickle else _refuse_pickle(path)
     if ":" in spec:
         return _factory(spec)
     raise ModelError(f"--model {spec!r}: not a file, not torchvision:NAME and not package.module:callable")
@@ -97,37 +103,40 @@ def _torchvision(name: str) -> LoadedModel:
 
 def _factory(spec: str) -> LoadedModel:
     module_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`: factories next to the user resolve
+    if (
+        not module_name
+        or not attr
+        or not all(part.isidentifier() for part in (*module_name.split("."), *attr.split(".")))
+    ):
+        raise ModelError(f"--model {spec!r}: expected package.module:callable, e.g. mypackage.models:build")
+    _working_directory_importable()
     try:
         target: object = importlib.import_module(module_name)
     except ImportError as err:
         raise ModelError(f"--model {spec!r}: cannot import {module_name!r}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - the user's module failed while being imported
+        raise ModelError(f"--model {spec!r}: importing {module_name!r} failed ({_first_line(err)})") from None
     for part in attr.split("."):
         if not hasattr(target, part):
             raise ModelError(f"--model {spec!r}: {module_name!r} has no attribute {attr!r}")
         target = getattr(target, part)
-    model = target() if callable(target) and not isinstance(target, nn.Module) else target
+    try:
+        model = target() if callable(target) and not isinstance(target, nn.Module) else target
+    except Exception as err:  # noqa: BLE001 - the user's factory may raise anything
+        raise ModelError(
+            f"--model {spec!r}: calling {attr}() failed ({_first_line(err)}); the factory must build the model "
+            "with no arguments"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"--model {spec!r}: returned {type(model).__name__}, not a torch.nn.Module")
     return LoadedModel(model, spec)
 
 
 def _exported(path: Path) -> LoadedModel:
-    if not path.is_file():
-        raise ModelError(f"--model {str(path)!r}: file not found")
-    if not zipfile.is_zipfile(path):
-        raise ModelError(f"--model {str(path)!r}: not a torch.export archive (not a zip file)")
-    export_log = logging.getLogger("torch.export")
-    level = export_log.level
-    export_log.setLevel(logging.CRITICAL)  # torch logs a traceback before raising; our message says it all
-    try:
-        program = torch.export.load(str(path))
-    except Exception as err:  # noqa: BLE001 - any failure here is an unreadable archive
-        raise ModelError(f"--model {str(path)!r}: not a readable torch.export archive ({err})") from None
-    finally:
-        export_log.setLevel(level)
-    return LoadedModel(torch.export.unflatten(program), path.name)
+    from .exported import load_exported
+
+    exported = load_exported(path)
+    return LoadedModel(exported.module, path.name, exported.size, batch_size=exported.batch)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -137,24 +146,17 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
-def _torchscript(path: Path) -> LoadedModel:
-    if not _is_torchscript(path):
-        raise ModelError(
-            f"--model {str(path)!r}: not a TorchScript or torch.export archive; a pickled model is not loaded "
-            "because unpickling runs arbitrary code from the file (pass a state_dict with --weights, or "
-            "--trust-pickled-model if you made this file yourself)"
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still widely used
-            model = torch.jit.load(str(path), map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - any failure here is an unreadable archive
-        raise ModelError(f"--model {str(path)!r}: not a readable TorchScript archive ({err})") from None
-    return LoadedModel(model, path.name)
+def _refuse_pickle(path: Path) -> LoadedModel:
+    raise ModelError(
+        f"--model {str(path)!r}: not a torch.export archive; a pickled model is not loaded because unpickling "
+        "runs arbitrary code from the file (pass a state_dict with --weights, or --trust-pickled-model if you "
+        "made this file yourself)"
+    )
 
 
 def _pickled(path: Path) -> LoadedModel:
     """A whole pickled module, loaded only because the user passed --trust-pickled-model."""
+    _working_directory_importable()  # the classes it names resolve like a factory's
     try:
         model = torch.load(str(path), map_location="cpu", weights_only=False)  # explicit opt-in by the user
     except Exception as err:  # noqa: BLE001 - unpickling can fail in any way
@@ -162,6 +164,17 @@ def _pickled(path: Path) -> LoadedModel:
     if not isinstance(model, nn.Module):
         raise ModelError(f"--model {str(path)!r}: holds a {type(model).__name__}, not a torch.nn.Module")
     return LoadedModel(model, path.name)
+
+
+def _working_directory_importable() -> None:
+    """Like ``python -m``: modules next to the user resolve (factories, classes of a pickled model)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 def copy_with_weights(model: nn.Module, path: str | Path, names: tuple[str, str] = ("A", "B")) -> nn.Module:

@@ -19,8 +19,8 @@ from .build import assemble, cam_view, capture_pass, finish, old_objects_frozen,
 from .compare import CHANGED_CHANNELS, channel_order, check_same_architecture, comparison, layer_change
 from .config import ReportConfig
 from .encode import PngEncoder
+from .outputs import check_api_outputs
 from .progress import Progress
-from .render import check_output
 from .report import Report
 from .samples import SamplesArg, open_samples
 from .sections import layer_sections
@@ -52,8 +52,7 @@ def compare_checkpoints(
     limit = config.max_channels or CHANGED_CHANNELS
     config = dataclasses.replace(config, max_channels=limit, order="index")
     progress = Progress(enabled=not config.quiet)
-    if out is not None:
-        check_output(Path(out), config.format)
+    check_api_outputs(out, json_out, config.format, samples)
     sample_set = open_samples(samples, preprocess(after, config), config.strict)
     job_a = open_job(before, sample_set, config, progress)
     job_b = open_job(after, sample_set, config, progress)

@@ -7,6 +7,8 @@ Folders are searched recursively and sorted, so the same inputs always give the 
 from __future__ import annotations
 
 import json
+import math
+import os
 import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .config import IMAGE_SUFFIXES
 from .errors import InputError, SampleError, UsageError
 
 __all__ = [
@@ -35,11 +38,11 @@ __all__ = [
     "decode_image",
     "to_inputs",
     "display_names",
+    "readable_name",
 ]
 
 SamplesArg = Union[str, Path, Sequence[Union[str, Path]], torch.Tensor]
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 THUMBNAIL_SIZE = 128
@@ -95,9 +98,11 @@ def parse_normalize(spec: str, channels: int) -> tuple[tuple[float, ...], tuple[
         numbers = [float(part) for part in spec.split(",")]
     except ValueError:
         numbers = []
-    if len(numbers) == 2:
-        return (numbers[0],) * channels, (numbers[1],) * channels
-    if len(numbers) == 2 * channels:
+    if len(numbers) in (2, 2 * channels):
+        if not all(math.isfinite(n) for n in numbers) or any(n <= 0 for n in numbers[len(numbers) // 2 :]):
+            raise UsageError(f"--normalize {spec!r}: means must be finite numbers and stds finite and above 0")
+        if len(numbers) == 2:
+            return (numbers[0],) * channels, (numbers[1],) * channels
         return tuple(numbers[:channels]), tuple(numbers[channels:])
     raise UsageError(
         f"--normalize {spec!r}: expected imagenet, none, MEAN,STD or {channels} means then {channels} stds"
@@ -105,15 +110,13 @@ def parse_normalize(spec: str, channels: int) -> tuple[tuple[float, ...], tuple[
 
 
 def find_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Image files named or found (recursively, sorted) under ``paths``, in argument order, no repeats."""
+    """Image files named or found (recursively, sorted) under ``paths``, in argument order, no repeats.
+    A folder that cannot be read, at any depth, is an error naming it (not a silent gap in the samples)."""
     found: dict[Path, None] = {}
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            inside = sorted(
-                (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                key=lambda p: p.relative_to(path).as_posix(),
-            )
+            inside = sorted(_images_in(path), key=lambda p: p.relative_to(path).as_posix())
             if not inside:
                 raise InputError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {str(path)!r}")
             found.update(dict.fromkeys(inside))
@@ -126,11 +129,27 @@ def find_images(paths: Sequence[str | Path]) -> list[Path]:
     return list(found)
 
 
+def _images_in(folder: Path) -> Iterator[Path]:
+    def unreadable(err: OSError) -> None:
+        raise InputError(f"cannot read folder {readable_name(str(err.filename))!r}: {err.strerror or err}")
+
+    for root, _, files in os.walk(folder, onerror=unreadable):
+        for name in files:
+            path = Path(root, name)
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                yield path
+
+
+def readable_name(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (kept by Python as surrogates) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def read_labels(path: str | Path) -> tuple[str, ...]:
-    """Class names from a JSON list or a text file with one name per line."""
+    """Class names from a JSON list or a text file with one name per line (a UTF-8 BOM is dropped)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read labels file {str(path)!r}: {err}") from None
     if path.suffix.lower() == ".json":
@@ -252,7 +271,7 @@ def to_inputs(pixels: np.ndarray, prep: Preprocess) -> torch.Tensor:
 def display_names(paths: list[Path]) -> list[str]:
     """Each file's name, or its path where two samples share a name."""
     counts = Counter(p.name for p in paths)
-    return [p.name if counts[p.name] == 1 else p.as_posix() for p in paths]
+    return [readable_name(p.name if counts[p.name] == 1 else p.as_posix()) for p in paths]
 
 
 class TensorSamples(SampleSet):

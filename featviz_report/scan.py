@@ -103,7 +103,7 @@ def _fingerprint(model: nn.Module, paths: Sequence[Path], prep: Preprocess, conf
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     for path in paths:
-        digest.update(f"{path}\0{path.stat().st_size}\0".encode())
+        digest.update(os.fsencode(path) + f"\0{path.stat().st_size}\0".encode())
     digest.update(json.dumps([repr(prep), config.layers, config.top_k, config.batch_size]).encode())
     return digest.hexdigest()
 

@@ -22,6 +22,7 @@ from .crops import CROP_PX, crop_atlas
 from .dataset import ImageFiles
 from .encode import png_rgb
 from .errors import InputError, SampleError
+from .outputs import check_api_outputs
 from .progress import Progress
 from .report import DatasetScan, Grid, Png, Report
 from .samples import display_names, find_images
@@ -48,6 +49,7 @@ def scan_dataset(
     write) the report; other ranks return None. ``state`` makes the scan resumable (see ``scan``)."""
     config = config or ReportConfig()
     progress = Progress(enabled=not config.quiet)
+    check_api_outputs(out, json_out, config.format, list(data))
     paths = find_images(data)
     prep = preprocess(model, config)
     result = run_scan(model, paths, prep, config, progress, Path(state) if state else None, loader_workers)

@@ -49,8 +49,21 @@ def _block_mean(matrix: np.ndarray, limit: int) -> np.ndarray:
     return matrix
 
 
-def _matrix_tiles(module: nn.Linear) -> FilterTiles:
+def _finite_weights(module: nn.Linear | nn.Conv2d | nn.ConvTranspose2d) -> tuple[np.ndarray, str | None]:
+    """The weights as float32 with NaN/Inf drawn as 0, and a note that says how many there were."""
     weights = module.weight.detach().float().cpu().numpy()
+    bad = int(weights.size - np.count_nonzero(np.isfinite(weights)))
+    if not bad:
+        return weights, None
+    return np.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0), f"{bad:,} non-finite weights (NaN/Inf) drawn as 0"
+
+
+def _joined(*notes: str | None) -> str | None:
+    return "; ".join(n for n in notes if n) or None
+
+
+def _matrix_tiles(module: nn.Linear) -> FilterTiles:
+    weights, bad = _finite_weights(module)
     shown = _block_mean(weights, MATRIX_MAX)
     bound = float(np.abs(shown).max()) if shown.size else 0.0
     tile = _diverging(shown, np.array(bound))[None]
@@ -58,7 +71,7 @@ def _matrix_tiles(module: nn.Linear) -> FilterTiles:
     note = None
     if shown.shape != weights.shape:
         note = f"block-averaged to {shown.shape[0]}×{shown.shape[1]}"
-    return FilterTiles(tile, 1, False, "matrix", (-bound, bound), caption, note)
+    return FilterTiles(tile, 1, False, "matrix", (-bound, bound), caption, _joined(note, bad))
 
 
 def filter_tiles(module: nn.Module, is_first: bool, cap: int) -> FilterTiles | None:
@@ -74,7 +87,7 @@ def filter_tiles(module: nn.Module, is_first: bool, cap: int) -> FilterTiles | N
         return _matrix_tiles(module)
     if not isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         return None
-    weights = module.weight.detach().float().cpu().numpy()
+    weights, bad = _finite_weights(module)
     if isinstance(module, nn.ConvTranspose2d):
         weights = weights.transpose(1, 0, 2, 3)  # stored in×out; shown out×in like Conv2d
     out_ch, in_ch, kh, kw = weights.shape
@@ -86,12 +99,12 @@ def filter_tiles(module: nn.Module, is_first: bool, cap: int) -> FilterTiles | N
         tiles = np.round((weights - lo) / span * 255).astype(np.uint8).transpose(0, 2, 3, 1)
         caption = f"{out_ch} filters, {kh}×{kw}, RGB, each scaled to its own min–max"
         value_range = (float(weights.min()), float(weights.max()))
-        return FilterTiles(tiles, grid_shape(out_ch)[1], True, "filters", value_range, caption, None)
+        return FilterTiles(tiles, grid_shape(out_ch)[1], True, "filters", value_range, caption, bad)
     if in_ch == 1:
         scale = np.abs(weights).reshape(out_ch, -1).max(1).reshape(-1, 1, 1, 1)
         caption = f"{out_ch} filters, {kh}×{kw}; blue < 0 < red, each scaled to its own largest |weight|"
         tiles = _diverging(weights[:, 0:1], scale)[:, 0]
-        return FilterTiles(tiles, grid_shape(out_ch)[1], False, "filters", (-bound, bound), caption, None)
+        return FilterTiles(tiles, grid_shape(out_ch)[1], False, "filters", (-bound, bound), caption, bad)
     rows, cols = min(out_ch, cap), min(in_ch, cap)
     shown = weights[:rows, :cols]
     scale = np.abs(shown).reshape(rows, -1).max(1).reshape(-1, 1, 1, 1)
@@ -103,4 +116,4 @@ def filter_tiles(module: nn.Module, is_first: bool, cap: int) -> FilterTiles | N
     note = None
     if (rows, cols) != (out_ch, in_ch):
         note = f"showing the first {rows} of {out_ch} filters × first {cols} of {in_ch} input channels"
-    return FilterTiles(tiles, cols, False, "kernels", (-bound, bound), caption, note)
+    return FilterTiles(tiles, cols, False, "kernels", (-bound, bound), caption, _joined(note, bad))

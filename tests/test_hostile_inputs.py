@@ -346,16 +346,6 @@ def test_html_output_onto_a_folder(world: World, capsys: pytest.CaptureFixture[s
     assert world.report.read_text() == SENTINEL
 
 
-def test_folder_output_never_replaces_a_folder_that_is_not_a_report(
-    world: World, capsys: pytest.CaptureFixture[str]
-) -> None:
-    (world.root / "site").mkdir()
-    (world.root / "site" / "keep.txt").write_text("mine")
-    assert main(["--format", "dir", "-o", "site", "--quiet"]) == 2
-    assert "not a featviz report" in capsys.readouterr().err
-    assert [p.name for p in (world.root / "site").iterdir()] == ["keep.txt"]
-
-
 def test_unwritable_output_location(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-o", "/proc/featviz-report.html", "--quiet"]) == 2
     err = capsys.readouterr().err
@@ -380,16 +370,16 @@ def test_ctrl_c_during_the_run_leaves_nothing_behind(
 def test_failure_while_writing_leaves_no_partial_file(
     world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import featviz_report.render as render
+    import featviz_report.outputs as outputs
 
-    real = render.render_html
+    real = outputs.render_html
 
     def half_then_crash(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
         stream = real(*args, **kwargs)  # type: ignore[arg-type]
         yield next(stream)
         raise RuntimeError("disk gremlin")
 
-    monkeypatch.setattr(render, "render_html", half_then_crash)
+    monkeypatch.setattr(outputs, "render_html", half_then_crash)
     fails(world, capsys, [], 1, "internal error", "disk gremlin", "--debug")
 
 

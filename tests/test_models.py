@@ -79,13 +79,22 @@ def test_pickled_objects_are_never_unpickled(tmp_path: Path, tiny_cnn: TinyCNN) 
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
-def test_torchscript_and_export_archives_load(tmp_path: Path, tiny_cnn: TinyCNN) -> None:
+def test_torchscript_is_refused_with_what_to_use_instead(tmp_path: Path, tiny_cnn: TinyCNN) -> None:
     torch.jit.save(torch.jit.script(tiny_cnn), tmp_path / "m.ts")
-    assert load_model(str(tmp_path / "m.ts")).name == "m.ts"
+    with pytest.raises(ModelError, match=r"TorchScript file, whose layers cannot be hooked.*\.pt2.*factory"):
+        load_model(str(tmp_path / "m.ts"))
+
+
+def test_export_archives_load_with_their_real_layers_and_input(tmp_path: Path, tiny_cnn: TinyCNN) -> None:
     program = torch.export.export(tiny_cnn.eval(), (torch.rand(1, 1, 8, 8),))
     torch.export.save(program, tmp_path / "m.pt2")
-    exported = load_model(str(tmp_path / "m.pt2")).module
-    assert any(isinstance(m, nn.Module) and name == "conv1" for name, m in exported.named_modules())
+    loaded = load_model(str(tmp_path / "m.pt2"))
+    layers = dict(loaded.module.named_modules())
+    assert isinstance(layers["conv1"], nn.Conv2d) and isinstance(layers["head"], nn.Linear)
+    assert torch.equal(layers["conv2"].weight, tiny_cnn.conv2.weight)
+    assert (loaded.input_size, loaded.batch_size) == (8, 1)
+    x = torch.rand(1, 1, 8, 8)
+    torch.testing.assert_close(loaded.module(x), tiny_cnn(x))
 
 
 def test_unusable_specs_are_explained() -> None:

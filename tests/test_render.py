@@ -135,12 +135,14 @@ def test_json_sidecar_has_the_same_layers_and_numbers(tmp_path: Path, tiny_cnn: 
     assert len(data["samples"]) == 3
 
 
-def test_refuses_to_overwrite_a_folder_that_is_not_a_report(tmp_path: Path, tiny_cnn: TinyCNN) -> None:
+def test_refuses_a_folder_whose_index_html_it_did_not_write(tmp_path: Path, tiny_cnn: TinyCNN) -> None:
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "keep.txt").write_text("mine")
-    with pytest.raises(OutputError, match="not a featviz report"):
+    (tmp_path / "docs" / "index.html").write_text("<p>my site</p>")
+    with pytest.raises(OutputError, match="holds an index.html that featviz-report did not write"):
         build_report(tiny_cnn, torch.rand(1, 1, 8, 8), tmp_path / "docs", ReportConfig(quiet=True, format="dir"))
-    assert (tmp_path / "docs" / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == ["index.html", "keep.txt"]
+    assert (tmp_path / "docs" / "index.html").read_text() == "<p>my site</p>"
 
 
 def test_a_failing_run_leaves_the_existing_report_untouched(tmp_path: Path, tiny_cnn: TinyCNN) -> None:

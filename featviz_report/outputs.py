@@ -1,0 +1,336 @@
+"""Where a report goes: checks made before any work, and writes that never lose anything of the user's.
+
+Every output (the page, the JSON sidecar) is written under a temporary name beside its target, created
+with the user's umask; only when all of them are complete are they renamed into place, so a failure at
+any point leaves every existing file as it was. A folder report (``--format dir``) is updated in place
+and lists the files it wrote in a manifest (:data:`MANIFEST`): a later report replaces and removes
+those files only, and a folder whose ``index.html`` featviz-report did not write is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from markupsafe import Markup
+
+from .config import IMAGE_SUFFIXES
+from .errors import OutputError, UsageError
+from .progress import Progress
+from .render import data_uri, render_html
+from .report import Png, Report
+from .sidecar import json_text
+
+__all__ = ["MANIFEST", "check_output", "check_outputs", "check_api_outputs", "write_report"]
+
+MANIFEST = ".featviz-report.json"
+IMAGE_DIR = "img"
+_LEGACY_IMAGE = re.compile(r"img/[0-9a-f]{20}\.png")
+
+
+def _fail(target: Path, err: OSError) -> OutputError:
+    return OutputError(f"cannot write {str(target)!r}: {err.strerror or err}")
+
+
+def check_output(out: Path, fmt: str) -> None:
+    """Fail before any work when ``out`` cannot be written or would replace something not ours."""
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {str(out)!r}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write {str(out)!r}: folder {str(parent)!r} is not writable")
+    try:
+        mode = os.stat(out).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise _fail(out, err) from None
+    if fmt == "dir":
+        if not stat.S_ISDIR(mode):
+            raise OutputError(f"{str(out)!r} is not a folder; --format dir writes a folder")
+        index = out / "index.html"
+        if index.exists() and "index.html" not in owned_files(out):
+            raise OutputError(f"{str(out)!r} holds an index.html that featviz-report did not write; not replacing it")
+        if not os.access(out, os.W_OK):
+            raise OutputError(f"cannot write {str(out)!r}: the folder is not writable")
+    elif stat.S_ISDIR(mode):
+        raise OutputError(f"{str(out)!r} is a folder; name a file, or use --format dir")
+    elif not stat.S_ISREG(mode):
+        raise OutputError(f"{str(out)!r} is not a regular file (a device, pipe or socket); name a file")
+
+
+def check_outputs(
+    out: Path | None, fmt: str, json_out: Path | None = None, inputs: Sequence[tuple[str, Path]] = ()
+) -> None:
+    """Every output checked, and none of them one of the ``inputs`` ((option, path) pairs) or each other;
+    an input folder holds every image file under it."""
+    if out is not None:
+        check_output(out, fmt)
+    if json_out is not None:
+        in_new_folder = (
+            fmt == "dir" and out is not None and not out.exists() and json_out.resolve().parent == out.resolve()
+        )
+        if not in_new_folder:
+            check_output(json_out, "html")
+        if out is not None and fmt == "html" and _same_file(out, json_out):
+            raise UsageError(f"-o and --json name the same file {str(out)!r}; give them different names")
+        if out is not None and fmt == "dir" and _inside(json_out, out) in ("index.html", MANIFEST):
+            raise UsageError(f"--json {str(json_out)!r} would overwrite the report folder's own file")
+    targets = [("--json", json_out)] if json_out is not None else []
+    if out is not None:
+        targets.append(("-o", out / "index.html" if fmt == "dir" else out))
+    for option, target in targets:
+        for source, path in inputs:
+            sample = path.is_dir() and target.suffix.lower() in IMAGE_SUFFIXES and _inside(target, path) is not None
+            if sample or _same_file(target, path):
+                raise UsageError(f"{option} {str(target)!r} is also an input ({source}); it would be overwritten")
+
+
+def check_api_outputs(out: str | Path | None, json_out: str | Path | None, fmt: str, samples: object = ()) -> None:
+    """:func:`check_outputs` for the Python API, whose ``samples`` are a path, paths or a tensor."""
+    given = [samples] if isinstance(samples, (str, Path)) else samples if isinstance(samples, (list, tuple)) else []
+    inputs = [("samples", Path(p)) for p in given if isinstance(p, (str, Path))]
+    check_outputs(None if out is None else Path(out), fmt, None if json_out is None else Path(json_out), inputs)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _inside(path: Path, folder: Path) -> str | None:
+    """``path`` relative to ``folder`` (posix), or ``None`` when it is not inside it."""
+    try:
+        return path.resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def owned_files(folder: Path) -> set[str]:
+    """The files (relative, posix) a report in ``folder`` wrote: its manifest's, or for a report written
+    before manifests, its ``index.html`` and content-addressed images when the page is featviz-report's."""
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        try:
+            files = json.loads(manifest.read_text(encoding="utf-8")).get("files", [])
+        except (OSError, ValueError, AttributeError):
+            return set()
+        return {f for f in files if isinstance(f, str) and _safe_relative(f)}
+    index = folder / "index.html"
+    try:
+        with open(index, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return set()
+    if b'<meta name="generator" content="featviz-report' not in head:
+        return set()
+    images = {p.relative_to(folder).as_posix() for p in (folder / IMAGE_DIR).glob("*.png")}
+    return {"index.html", *(name for name in images if _LEGACY_IMAGE.fullmatch(name))}
+
+
+def _safe_relative(name: str) -> bool:
+    parts = name.split("/")
+    return bool(name) and not name.startswith("/") and ".." not in parts and "" not in parts and "\\" not in name
+
+
+def _open_new(target: Path) -> tuple[Path, IO[bytes]]:
+    """A new file beside ``target`` under a temporary name, with the permissions the umask gives."""
+    while True:
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise _fail(target, err) from None
+        return tmp, os.fdopen(fd, "wb")
+
+
+class _Staging:
+    """Temporary files waiting to be renamed onto their targets, all at once or not at all."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Path, Path]] = []
+        self.undo: list[Callable[[], None]] = []
+
+    @contextmanager
+    def text(self, target: Path) -> Iterator[IO[str]]:
+        tmp, raw = _open_new(target)
+        self.pending.append((tmp, target))
+        try:
+            with raw, open(raw.fileno(), "w", encoding="utf-8", newline="\n", closefd=False) as handle:
+                yield handle
+        except OSError as err:
+            raise _fail(target, err) from None
+
+    def bytes(self, target: Path, data: bytes) -> None:
+        tmp, raw = _open_new(target)
+        self.pending.append((tmp, target))
+        try:
+            with raw:
+                raw.write(data)
+        except OSError as err:
+            raise _fail(target, err) from None
+
+    def commit(self) -> None:
+        for tmp, target in self.pending:
+            try:
+                os.replace(tmp, target)
+            except OSError as err:
+                raise _fail(target, err) from None
+        self.pending = []
+        self.undo = []
+
+    def abort(self) -> None:
+        for tmp, _ in self.pending:
+            tmp.unlink(missing_ok=True)
+        for step in reversed(self.undo):
+            try:
+                step()
+            except OSError:
+                pass
+
+
+class _OverBudget(Exception):
+    """The page grew past its budget while being written (nothing is left behind)."""
+
+
+def write_report(
+    report: Report,
+    out: str | Path | None,
+    fmt: str,
+    json_out: str | Path | None,
+    progress: Progress,
+    max_bytes: int | None = None,
+) -> bool:
+    """Write the page (or folder) and the JSON sidecar; they appear together when all are complete. A
+    single page that would exceed ``max_bytes`` is abandoned as soon as it does: then nothing is written
+    and the result is False."""
+    staging = _Staging()
+    folder: _Folder | None = None
+    try:
+        if out is not None and fmt == "dir":
+            folder = _Folder(Path(out), staging, None if json_out is None else _inside(Path(json_out), Path(out)))
+        if json_out is not None:
+            with staging.text(Path(json_out)) as handle:
+                handle.write(json_text(report))
+        if folder is not None:
+            with staging.text(folder.out / "index.html") as handle:
+                handle.writelines(render_html(report, folder.link, folder=True))
+            folder.commit()
+        elif out is not None:
+            with staging.text(Path(out)) as handle:
+                _write_page(handle, render_html(report, data_uri), max_bytes)
+        staging.commit()
+    except _OverBudget:
+        staging.abort()
+        return False
+    except BaseException:
+        staging.abort()
+        raise
+    if out is not None:
+        progress.message(f"wrote {out} ({_size(Path(out)) / 1e6:.1f} MB)")
+    if json_out is not None:
+        progress.message(f"wrote {json_out}")
+    return True
+
+
+def _write_page(handle: IO[str], chunks: Iterator[str], max_bytes: int | None) -> None:
+    if max_bytes is None:
+        handle.writelines(chunks)
+        return
+    written = 0
+    for chunk in chunks:
+        written += len(chunk) if chunk.isascii() else len(chunk.encode("utf-8"))
+        if written > max_bytes:
+            raise _OverBudget
+        handle.write(chunk)
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum((path / name).stat().st_size for name in owned_files(path) if (path / name).is_file())
+
+
+class _Folder:
+    """A report folder updated in place: new images first, then the manifest listing old and new files,
+    then the page (with the JSON sidecar when it lives inside), then the old report's leftovers go."""
+
+    def __init__(self, out: Path, staging: _Staging, json_name: str | None) -> None:
+        self.out = out
+        self.staging = staging
+        if not out.exists():
+            try:
+                out.mkdir()
+            except OSError as err:
+                raise _fail(out, err) from None
+            staging.undo.append(lambda: _remove_if_empty(out))
+        self.old = owned_files(out)
+        self.new = {"index.html", MANIFEST, *([json_name] if json_name else [])}
+
+    def link(self, png: Png) -> Markup:
+        """Each image once, named by its content (hex digits: nothing to escape)."""
+        name = f"{IMAGE_DIR}/{hashlib.sha256(png.data).hexdigest()[:20]}.png"
+        if name not in self.new:
+            self.new.add(name)
+            path = self.out / name
+            if not path.exists():
+                self._write_image(path, png.data)
+        return Markup(name)
+
+    def _write_image(self, path: Path, data: bytes) -> None:
+        images = path.parent
+        if not images.is_dir():
+            try:
+                images.mkdir()
+            except OSError as err:
+                raise _fail(images, err) from None
+            self.staging.undo.append(lambda: _remove_if_empty(images))
+        tmp, raw = _open_new(path)
+        try:
+            with raw:
+                raw.write(data)
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise _fail(path, err) from None
+        self.staging.undo.append(lambda: path.unlink(missing_ok=True))
+
+    def commit(self) -> None:
+        """Record every file that may be ours before the page is swapped in, and afterwards only the
+        new report's: an interrupted update leaves nothing unlisted behind."""
+        self._write_manifest(self.old | self.new)
+        self.staging.commit()
+        self._write_manifest(self.new)
+        for name in sorted(self.old - self.new):
+            (self.out / name).unlink(missing_ok=True)
+        _remove_if_empty(self.out / IMAGE_DIR)
+
+    def _write_manifest(self, files: set[str]) -> None:
+        text = json.dumps({"generator": "featviz-report", "files": sorted(files)}, indent=1) + "\n"
+        tmp, raw = _open_new(self.out / MANIFEST)
+        try:
+            with raw:
+                raw.write(text.encode("utf-8"))
+            os.replace(tmp, self.out / MANIFEST)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise _fail(self.out, err) from None
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass

@@ -1,0 +1,149 @@
+"""Report → JSON sidecar: the report's numbers, machine-readable (no images).
+
+Strict JSON: a number that is not finite (NaN, ±Inf: a diverged model's statistics, probabilities or
+weights) is written as ``null``; the layer's ``stats`` count the non-finite values it saw.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from .report import ChannelStats, Comparison, DatasetScan, Histogram, LayerChange, Prediction, Report, Sample, Stats
+
+__all__ = ["report_json", "json_text", "json_safe", "finite_list"]
+
+
+def json_safe(value: object) -> object:
+    """``value`` with every non-finite float, at any depth, replaced by ``None`` (tuples become lists)."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_text(report: Report) -> str:
+    """The sidecar's text (strict JSON, one trailing newline)."""
+    return json.dumps(json_safe(report_json(report)), indent=1, allow_nan=False) + "\n"
+
+
+def finite_list(values: tuple[float, ...]) -> list[float | None]:
+    """Per-channel numbers rounded for the page and the sidecar, ``None`` where not finite."""
+    return [round(v, 6) if math.isfinite(v) else None for v in values]
+
+
+def _histogram_json(histogram: Histogram | None) -> dict[str, object] | None:
+    if histogram is None:
+        return None
+    return {"lo": histogram.lo, "hi": histogram.hi, "counts": [round(c, 3) for c in histogram.counts]}
+
+
+def _stats_json(stats: Stats) -> dict[str, object]:
+    numbers = {k: v for k, v in vars(stats).items() if k != "histogram"}
+    return {**numbers, "histogram": _histogram_json(stats.histogram)}
+
+
+def _top_json(channels: ChannelStats) -> list[list[dict[str, object]]]:
+    keys = ("sample", "value", "row", "col")
+    return [[dict(zip(keys, peak)) for peak in channel] for channel in channels.top.lists()]
+
+
+def _channels_json(channels: ChannelStats) -> dict[str, object]:
+    numbers: dict[str, object] = {k: finite_list(v) for k, v in vars(channels).items() if k != "top"}
+    return {**numbers, "top": _top_json(channels)}
+
+
+def _prediction_json(prediction: Prediction | None) -> dict[str, object] | None:
+    if prediction is None:
+        return None
+    return {"index": prediction.index, "label": prediction.label, "probability": prediction.probability}
+
+
+def _change_json(change: LayerChange) -> dict[str, object]:
+    return {
+        "weight_change": change.weight_change,
+        "mean_cosine": change.mean_cosine,
+        "min_cosine": change.min_cosine,
+        "died": list(change.died),
+        "woke": list(change.woke),
+        "stats_before": _stats_json(change.stats_before),
+        "most_changed": [dict(vars(c)) for c in change.channels],
+    }
+
+
+def _comparison_json(comparison: Comparison, samples: tuple[Sample, ...]) -> dict[str, object]:
+    return {
+        "before": comparison.before,
+        "after": comparison.after,
+        "flipped": [
+            {
+                "sample": i,
+                "before": _prediction_json(comparison.predictions_before[i]),
+                "after": _prediction_json(samples[i].prediction),
+            }
+            for i in comparison.flipped
+        ],
+        "predictions_before": [_prediction_json(p) for p in comparison.predictions_before],
+    }
+
+
+def _dataset_json(scan: DatasetScan) -> dict[str, object]:
+    return {
+        "source": scan.source,
+        "images": scan.images,
+        "skipped": scan.skipped,
+        "processes": scan.ranks,
+        "seconds": round(scan.seconds, 3),
+        "files": {str(index): name for index, name in scan.files.items()},  # the channels' top samples
+    }
+
+
+def report_json(report: Report) -> dict[str, object]:
+    """The report's numbers, machine-readable (no images)."""
+    return {
+        "featviz_report": report.version,
+        "title": report.title,
+        "model": report.model_name,
+        "device": report.device,
+        "input_shape": list(report.input_shape),
+        "params": report.params,
+        "samples": [
+            {
+                "index": s.index,
+                "name": s.name,
+                "prediction": _prediction_json(s.prediction),
+                "top_classes": [_prediction_json(p) for p in s.top_classes],
+            }
+            for s in report.samples
+        ],
+        "layers": [
+            {
+                "name": layer.name,
+                "id": f"layer-{layer.slug}",
+                "type": layer.type,
+                "output_shape": list(layer.output_shape),
+                "params": layer.params,
+                "stats": _stats_json(layer.stats),
+                "channels": _channels_json(layer.channels),
+                "weight_histogram": _histogram_json(layer.weight_histogram),
+                **({"change": _change_json(layer.change)} if layer.change else {}),
+            }
+            for layer in report.layers
+        ],
+        **({"comparison": _comparison_json(report.comparison, report.samples)} if report.comparison else {}),
+        "cams": [
+            {
+                "layer": view.layer,
+                "method": view.method,
+                "checkpoint": view.label or None,
+                "targets": list(view.targets),
+            }
+            for view in report.cams
+        ],
+        "skipped_samples": [{"name": name, "reason": reason} for name, reason in report.skipped_samples],
+        **({"dataset": _dataset_json(report.dataset)} if report.dataset else {}),
+        "notes": list(report.notes),
+    }

@@ -1,0 +1,128 @@
+"""Hostile ``torch.export`` archives for the tests: a real export of the demo CNN, rewritten entry by entry.
+
+Each ``EVIL`` case plants what must never run: a payload that ``torch.export.load`` alone runs (it
+touches ``marker``), a graph node calling a Python function that is not an operator, or a compiled
+library; ``tests/test_exported.py`` checks that featviz-report refuses every one by name and runs none.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from featviz_report.demo.model import DigitsCNN
+
+
+def export_demo(path: Path, batch: int | None = 1) -> Path:
+    """The demo CNN exported for ``batch`` samples of 1×28×28 (``None``: a dynamic batch)."""
+    model = DigitsCNN().eval()
+    example = (torch.randn(batch or 2, 1, 28, 28),)
+    dynamic = None if batch else ({0: torch.export.Dim("batch", min=1, max=1024)},)
+    torch.export.save(torch.export.export(model, example, dynamic_shapes=dynamic), str(path))
+    return path
+
+
+class Payload:
+    """Unpickling this runs ``touch MARKER``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Callable[..., object], tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def torch_pickle(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def rewrite(src: Path, dst: Path, edit: Callable[[dict[str, bytes]], None]) -> Path:
+    """``src`` with its entries (named without the root folder) changed by ``edit``, saved as ``dst``."""
+    with zipfile.ZipFile(src) as archive:
+        root = archive.namelist()[0].split("/", 1)[0]
+        entries = {name.split("/", 1)[1]: archive.read(name) for name in archive.namelist()}
+    edit(entries)
+    with zipfile.ZipFile(dst, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(f"{root}/{name}", data)
+    return dst
+
+
+def _json_edit(entries: dict[str, bytes], name: str, change: Callable[[dict], None]) -> None:
+    document = json.loads(entries[name])
+    change(document)
+    entries[name] = json.dumps(document).encode()
+
+
+def pickled_weight(marker: Path) -> Callable[[dict[str, bytes]], None]:
+    def edit(entries: dict[str, bytes]) -> None:
+        _json_edit(entries, "data/weights/model_weights_config.json",
+                   lambda d: d["config"]["conv1.weight"].update(use_pickle=True))  # fmt: skip
+        entries["data/weights/weight_0"] = torch_pickle(Payload(marker))
+
+    return edit
+
+
+def opaque_constant(marker: Path) -> Callable[[dict[str, bytes]], None]:
+    def edit(entries: dict[str, bytes]) -> None:
+        _json_edit(entries, "data/constants/model_constants_config.json",
+                   lambda d: d["config"].update(c={"path_name": "opaque_obj_0", "is_param": False,
+                                                   "use_pickle": True, "tensor_meta": None}))  # fmt: skip
+        entries["data/constants/opaque_obj_0"] = pickle.dumps(Payload(marker))
+
+    return edit
+
+
+def pickled_sample_inputs(marker: Path) -> Callable[[dict[str, bytes]], None]:
+    def edit(entries: dict[str, bytes]) -> None:
+        entries["data/sample_inputs/model.pt"] = torch_pickle(Payload(marker))
+
+    return edit
+
+
+def shape_expression(marker: Path) -> Callable[[dict[str, bytes]], None]:
+    code = f"__import__('os').system('touch {marker}')"
+
+    def edit(entries: dict[str, bytes]) -> None:
+        def change(d: dict) -> None:
+            d["graph_module"]["graph"]["tensor_values"]["x"]["sizes"][0] = {"as_expr": {"expr_str": code, "hint": None}}
+
+        _json_edit(entries, "models/model.json", change)
+
+    return edit
+
+
+def foreign_call(marker: Path) -> Callable[[dict[str, bytes]], None]:
+    def edit(entries: dict[str, bytes]) -> None:
+        def change(d: dict) -> None:
+            d["graph_module"]["graph"]["nodes"][0]["target"] = "torch.hub.load"
+
+        _json_edit(entries, "models/model.json", change)
+
+    return edit
+
+
+def native_code(marker: Path) -> Callable[[dict[str, bytes]], None]:
+    def edit(entries: dict[str, bytes]) -> None:
+        entries["data/aotinductor/model/model.so"] = b"\x7fELF not really"
+
+    return edit
+
+
+EVIL = {
+    "pickled weight": (pickled_weight, "conv1.weight"),
+    "opaque constant": (opaque_constant, "opaque_obj_0"),
+    "pickled sample inputs": (pickled_sample_inputs, "data/sample_inputs/model.pt"),
+    "shape expression": (shape_expression, "models/model.json"),
+    "call outside torch": (foreign_call, "torch.hub.load"),
+    "compiled library": (native_code, "data/aotinductor/model/model.so"),
+}
