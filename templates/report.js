@@ -52,7 +52,7 @@
     if (!ticking) { ticking = true; window.requestAnimationFrame(markCurrent); }
   }, { passive: true });
 
-  var search = document.getElementById("layer-search");
+  var search = document.getElementById("find-layer");
   var items = Array.prototype.slice.call(document.querySelectorAll(".tree li")).reverse();
   function ownLabel(li) {
     return li.querySelector(":scope > a, :scope > span.plain");

@@ -154,10 +154,10 @@ def test_navigation_links_keys_search_picker_and_zoom(browser: object, reports: 
     page.keyboard.press("k")
     page.wait_for_function(f"() => location.hash === '#{target}'")
     page.wait_for_function(f"() => document.querySelector('.tree a[href=\"#{target}\"]').classList.contains('current')")
-    page.fill("#layer-search", sections[-1].removeprefix("layer-").split("-")[-1])
+    page.fill("#find-layer", sections[-1].removeprefix("layer-").split("-")[-1])
     hidden = page.eval_on_selector_all(".tree li", "ls => ls.filter(l => l.hidden).length")
     assert hidden > 0
-    page.fill("#layer-search", "")
+    page.fill("#find-layer", "")
     on = page.eval_on_selector(f"#{target} .map.on", "m => m.dataset.sample")
     page.click(f"#{target} .picker .next")
     assert page.eval_on_selector(f"#{target} .map.on", "m => m.dataset.sample") == str(int(on) + 1)

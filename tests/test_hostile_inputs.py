@@ -7,7 +7,11 @@ parts assert what the report says about them; XSS cases assert that no attacker 
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,7 +65,41 @@ class NaNChannel(nn.Module):
         y[:, 1] = float("nan")
         return self.after(y)
 
+class Heads(nn.Module):
+    # a face detector's three heads, each N×K: box (4), landmarks (10), face probability (2)
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.box = nn.Linear(4, 4)
+        self.landmarks = nn.Linear(4, 10)
+        self.face = nn.Linear(4, 2)
+    def forward(self, x):
+        f = self.conv(x).mean((2, 3))
+        return self.box(f), self.landmarks(f), self.face(f)
+
+class DictOut(Heads):
+    def forward(self, x):
+        box, marks, face = super().forward(x)
+        return {"box": box, "logits": face, "marks": marks}
+
+class Noisy(FixedSize):
+    def forward(self, x):
+        import warnings
+        warnings.warn("first line" + chr(10) + chr(27) + "[31msecond line in red" + chr(27) + "[0m")
+        return super().forward(x)
+
+class PageNames(nn.Sequential):
+    def __init__(self):
+        super().__init__()
+        for name in ("search", "find", "main", "top", "zoom", "summary", "fv-data", "layer-search", "h"):
+            self.add_module(name, nn.Conv2d(3, 3, 1))
+
 def four_channels(): return FourChannels()
+def heads(): return Heads()
+def dict_out(): return DictOut()
+def noisy(): return Noisy()
+def page_names(): return PageNames()
+def needs_arguments(size): return FixedSize()
 def fixed_size(): return FixedSize()
 def raises(): return Raises()
 def nan_channel(): return NaNChannel()
@@ -201,6 +239,37 @@ def test_factory_attribute_missing(world: World, capsys: pytest.CaptureFixture[s
     fails(world, capsys, ["--model", "hostile_factories:nope", *IMAGES], 2, "'nope'")
 
 
+@pytest.mark.parametrize(
+    ("spec", "culprit"),
+    [
+        ("torch.nn:Conv2d", "calling Conv2d() failed (TypeError"),
+        ("hostile_factories:needs_arguments", "with no arguments"),
+        (":", "expected package.module:callable"),
+        ("hostile_factories:", "expected package.module:callable"),
+        (":build", "expected package.module:callable"),
+        ("a b:c", "expected package.module:callable"),
+    ],
+)
+def test_factory_specs_that_cannot_build_a_model_are_usage_errors(
+    world: World, capsys: pytest.CaptureFixture[str], spec: str, culprit: str
+) -> None:
+    fails(world, capsys, ["--model", spec, *IMAGES], 2, f"--model {spec!r}", culprit)
+
+
+def test_a_pickled_model_finds_its_classes_in_the_working_directory(tmp_path: Path) -> None:
+    """Like a factory, without any sys.path set-up by the caller: a fresh process in the user's folder."""
+    (tmp_path / "mynet.py").write_text("from torch import nn\nclass Net(nn.Sequential):\n    pass\n")
+    script = "import torch, mynet; torch.save(mynet.Net(torch.nn.Conv2d(3, 2, 3)), 'whole.pt')"
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True)
+    Image.new("RGB", (16, 16)).save(tmp_path / "x.png")
+    argv = ["--model", "whole.pt", "--trust-pickled-model", "--samples", "x.png", "--input-size", "16", "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-m", "featviz_report", *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert 'data-layer="0"' in (tmp_path / "report.html").read_text()
+
+
 def test_factory_returns_no_module(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     fails(world, capsys, ["--model", "hostile_factories:not_a_model", *IMAGES], 2, "returned str")
 
@@ -225,6 +294,52 @@ def test_forward_that_raises_names_where(world: World, capsys: pytest.CaptureFix
           "after layer conv (Conv2d)", "custom failure in forward")  # fmt: skip
 
 
+def test_an_ambiguous_output_gives_no_predictions_and_says_how_to_choose(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--model", "hostile_factories:heads", *IMAGES, "--input-size", "16"]
+    page, err = succeeds(world, capsys, [*argv, "--json", "r.json"])
+    assert "3 N×K tensors (0, 1, 2)" in err and "--output" in err
+    assert "3 N×K tensors" in page and "class 1" not in page
+    assert all(s["prediction"] is None for s in json.loads((world.root / "r.json").read_text())["samples"])
+    (world.root / "r.json").unlink()
+    page, err = succeeds(world, capsys, [*argv, "--output", "2"])
+    assert "N×K tensors" not in err and "class 1" in page
+    world.report.write_text(SENTINEL)
+    fails(world, capsys, [*argv, "--output", "3"], 2, "--output '3'", "no such entry", "0, 1, 2")
+    fails(world, capsys, [*argv, "--cam", "gradcam"], 2, "Grad-CAM needs N×K class scores", "--output")
+
+
+def test_a_dict_output_uses_its_logits(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.file("labels.txt", b"\xef\xbb\xbfnot a face\nface\n")  # a BOM, as Windows editors write
+    argv = ["--model", "hostile_factories:dict_out", *IMAGES, "--input-size", "16", "--labels", "labels.txt"]
+    page, err = succeeds(world, capsys, [*argv, "--cam", "gradcam"])
+    assert err == "" and ("not a face" in page or "face" in page) and "\ufeff" not in page
+
+
+def test_labels_that_do_not_match_the_classes_are_warned_about(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.file("labels.txt", b"cat\ndog\n")
+    _, err = succeeds(world, capsys, ["--model", "hostile_factories:fixed_size", *IMAGES, "--input-size", "16",
+                                      "--labels", "labels.txt"])  # fmt: skip
+    assert "featviz-report: warning: 2 labels for a model with 3 classes" in err
+
+
+def test_warnings_are_one_plain_line_each(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    _, err = succeeds(world, capsys, ["--model", "hostile_factories:noisy", *IMAGES, "--input-size", "16"])
+    assert err.splitlines() == ["featviz-report: warning: UserWarning: first line"]
+
+
+def test_layers_named_like_parts_of_the_page_keep_every_id_unique(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page, _ = succeeds(world, capsys, ["--model", "hostile_factories:page_names", *IMAGES, "--input-size", "8"])
+    ids = re.findall(r'\sid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+    assert len(read_page(world.report).sections) == 9
+
+
 def test_nan_channels_are_counted_and_said(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     page, _ = succeeds(world, capsys, ["--model", "hostile_factories:nan_channel", *IMAGES, "--input-size", "16"])
     assert "non-finite" in page and "NaN" in page
@@ -240,6 +355,32 @@ def test_bfloat16_models_are_reduced_in_float32(world: World, capsys: pytest.Cap
 
 def test_missing_samples_path(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     fails(world, capsys, ["--samples", "nope/dir"], 2, "'nope/dir'", "does not exist")
+
+
+def test_an_unreadable_folder_is_named(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.image("locked/inside.png")
+    real_scandir = os.scandir
+
+    def scandir(path: object = ".") -> object:  # what a folder without read permission does (tests run as root)
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    fails(world, capsys, IMAGES, 2, "cannot read folder", "locked'", "Permission denied")
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_with_replacement_characters(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = os.fsencode(world.root / "images") + b"/caf\xe9.png"
+    with open(raw, "wb") as handle:
+        Image.new("RGB", (12, 12)).save(handle, "PNG")
+    page, _ = succeeds(world, capsys, [*IMAGES, "--json", "r.json"])
+    assert "caf\ufffd.png" in page
+    assert "caf\ufffd.png" in [s["name"] for s in json.loads((world.root / "r.json").read_text())["samples"]]
 
 
 def test_empty_samples_folder(world: World, capsys: pytest.CaptureFixture[str]) -> None:
@@ -316,6 +457,13 @@ def test_labels_json_not_a_list_of_strings(world: World, capsys: pytest.CaptureF
         (["--format", "pdf"], "--format"),
         (["--model", "torchvision:resnet18"], "--samples is required"),
         (["--frobnicate"], "--frobnicate"),
+        (["--normalize", "0,0"], "--normalize '0,0'"),
+        (["--normalize", "nan,1"], "--normalize 'nan,1'"),
+        (["--normalize", "0.5,inf"], "--normalize '0.5,inf'"),
+        (["--normalize", "0,-1"], "stds finite and above 0"),
+        (["--top-k", "99999999999"], "top-k must be at most 1,000"),
+        (["--input-size", "1000000"], "input-size must be at most 8,192"),
+        (["--batch-size", "1000000000"], "batch-size must be at most"),
     ],
 )
 def test_bad_options(world: World, capsys: pytest.CaptureFixture[str], argv: list[str], culprit: str) -> None:
