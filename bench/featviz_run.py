@@ -27,9 +27,9 @@ import torchvision
 from torch import nn
 
 from bench.shim import substituted
-from featviz_report.build import build_report
+from featviz_report import build_report
 from featviz_report.config import DEFAULT_MAX_SIZE_MB, ReportConfig
-from featviz_report.report import Report
+from featviz_report.report_data import Report
 
 
 def reference_inputs(model_name: str, n: int) -> tuple[nn.Module, torch.Tensor]:

@@ -1,7 +1,7 @@
 """featviz-report: see what a convolutional network has learned, as one static HTML report.
 
-``build_report(model, samples, out=...)`` and ``compare_checkpoints(before, after, samples, out=...)``
-are the Python API; ``featviz-report`` the command line.
+``build_report(model, samples, out=...)``, ``compare_checkpoints(before, after, samples, out=...)`` and
+``scan_dataset(model, folders, out=...)`` are the Python API; ``featviz-report`` the command line.
 Heavy modules (torch) are imported on first use, so ``featviz-report --help`` stays instant.
 """
 
@@ -10,21 +10,31 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["build_report", "compare_checkpoints", "Report", "ReportConfig", "FeatvizError", "__version__"]
+__all__ = [
+    "build_report",
+    "compare_checkpoints",
+    "scan_dataset",
+    "Report",
+    "ReportConfig",
+    "FeatvizError",
+    "__version__",
+]
 
 if TYPE_CHECKING:
-    from .build import build_report
+    from .compare_pipeline import compare_checkpoints
     from .config import ReportConfig
     from .errors import FeatvizError
-    from .report import Report
-    from .review import compare_checkpoints
+    from .report_data import Report
+    from .report_pipeline import build_report
+    from .scan_pipeline import scan_dataset
 
 _LAZY = {
-    "build_report": "build",
-    "compare_checkpoints": "review",
+    "build_report": "report_pipeline",
+    "compare_checkpoints": "compare_pipeline",
+    "scan_dataset": "scan_pipeline",
     "ReportConfig": "config",
     "FeatvizError": "errors",
-    "Report": "report",
+    "Report": "report_data",
 }
 
 

@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from .render import html_size, inline_size
-from .report import Grid, LayerSection, Report
+from .report_data import Grid, LayerSection, Report
 
 __all__ = ["fit_page"]
 

@@ -249,10 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .build import build_report
+    from .compare_pipeline import compare_checkpoints
     from .models import copy_with_weights, load_model
+    from .report_pipeline import build_report
     from .resources import demo_samples_dir, demo_weights_path
-    from .review import compare_checkpoints
     from .samples import read_labels
 
     if args.model and not args.samples:
@@ -337,7 +337,7 @@ def _shared_config(args: argparse.Namespace, loaded: LoadedModel, labels: tuple[
 def _scan(args: argparse.Namespace) -> None:
     from .models import load_model
     from .samples import read_labels
-    from .scan_report import scan_dataset
+    from .scan_pipeline import scan_dataset
 
     out = _checked_outputs(args, "DATA", args.data)
     loaded = load_model(args.model, args.weights, args.trust_pickled_model)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from .accumulate import ChannelAccumulator
 from .encode import tile_atlas
+from .record import output_kind
 
 __all__ = ["CROP_PX", "crop_box", "crop_atlas"]
 
@@ -59,7 +60,7 @@ def crop_atlas(
                 tiles.append(None)
                 continue
             box = None
-            if len(shape) == 3:
+            if output_kind(shape) == "maps":
                 row, col = divmod(int(top.position[rank, channel]), shape[2])
                 box = crop_box(row, col, (shape[1], shape[2]), size)
             tiles.append(_tile(image, box))

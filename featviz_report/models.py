@@ -180,7 +180,7 @@ def _first_line(err: BaseException) -> str:
 def copy_with_weights(model: nn.Module, path: str | Path, names: tuple[str, str] = ("A", "B")) -> nn.Module:
     """A copy of ``model`` holding the state_dict at ``path`` (``--compare``), which must have the same
     keys and shapes as the model's own; ``names`` name the two in the error that says where they differ."""
-    from .compare import check_same_architecture
+    from .changes import check_same_architecture
 
     state = load_state_dict(path, "--compare")
     check_same_architecture(model.state_dict(), state, names)

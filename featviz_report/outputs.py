@@ -26,7 +26,7 @@ from .config import IMAGE_SUFFIXES
 from .errors import OutputError, UsageError
 from .progress import Progress
 from .render import data_uri, render_html
-from .report import Png, Report
+from .report_data import Png, Report
 from .sidecar import json_text
 
 __all__ = ["MANIFEST", "check_output", "check_outputs", "check_api_outputs", "write_report"]

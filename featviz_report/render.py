@@ -17,8 +17,8 @@ from jinja2 import Environment, FileSystemBytecodeCache, FileSystemLoader, Stric
 from jinja2.bccache import Bucket
 from markupsafe import Markup, escape
 
-from .compare import ranked_layers
-from .report import (
+from .changes import ranked_layers
+from .report_data import (
     ChannelStats,
     Grid,
     Histogram,
@@ -165,12 +165,12 @@ def _page_data(report: Report) -> dict[str, object]:
             layer.slug: {
                 "name": layer.name,
                 "ids": list(layer.channel_ids),
-                "vector": len(layer.output_shape) == 1,
+                "vector": layer.kind == "vector",
                 "min": finite_list(layer.channels.min),
                 "max": finite_list(layer.channels.max),
                 "mean": finite_list(layer.channels.mean),
                 "std": finite_list(layer.channels.std),
-                "map": list(layer.output_shape[1:]) if len(layer.output_shape) == 3 else None,
+                "map": list(layer.output_shape[1:]) if layer.kind == "maps" else None,
                 "top": layer.channels.top.lists(),
                 "before": _before_data(layer.change.channels_before) if layer.change else None,
             }

@@ -20,13 +20,15 @@ from typing import Union
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
 
-from .config import IMAGE_SUFFIXES
+from .config import IMAGE_SUFFIXES, ReportConfig
 from .errors import InputError, SampleError, UsageError
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "Preprocess",
+    "preprocess",
     "Batch",
     "SampleSet",
     "FileSamples",
@@ -107,6 +109,16 @@ def parse_normalize(spec: str, channels: int) -> tuple[tuple[float, ...], tuple[
     raise UsageError(
         f"--normalize {spec!r}: expected imagenet, none, MEAN,STD or {channels} means then {channels} stds"
     )
+
+
+def preprocess(model: nn.Module, config: ReportConfig) -> Preprocess:
+    """How samples become this model's input: ``config``'s size and normalisation, and the channels its
+    first convolution takes (1 or 3; 3 when it has none or takes another number)."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = first.in_channels if first is not None and first.in_channels in (1, 3) else 3
+    norm = parse_normalize(config.normalize or "none", channels)
+    mean, std = norm if norm else (None, None)
+    return Preprocess(config.input_size or 224, channels, mean, std)
 
 
 def find_images(paths: Sequence[str | Path]) -> list[Path]:

@@ -35,14 +35,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .accumulate import ChannelAccumulator
-from .build import float_dtype, on_device
 from .capture import capturing, select_layers
 from .config import ReportConfig
 from .dataset import ImageFiles, ShardSampler
-from .device import pick_device
+from .device import float_dtype, on_device, pick_device
 from .errors import InputError, OutputError
 from .heap import release_freed_memory
 from .progress import Progress
+from .record import new_accumulator
 from .samples import Preprocess
 
 __all__ = ["ScanResult", "run_scan", "CHECKPOINT_SECONDS"]
@@ -276,8 +276,7 @@ def _fold(shard: _Shard, drained: list, ids: np.ndarray, top_k: int) -> None:  #
             continue
         accumulator = shard.accumulators.get(name)
         if accumulator is None:
-            channels = shape[0] if len(shape) == 3 else shape[-1]
-            accumulator = shard.accumulators[name] = ChannelAccumulator(channels, top_k)
+            accumulator = shard.accumulators[name] = new_accumulator(shape, top_k)
             shard.shapes[name] = shape
         accumulator.add(reduced, 0, ids)
 

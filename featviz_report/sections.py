@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,33 +16,23 @@ from .accumulate import ChannelAccumulator
 from .config import ReportConfig
 from .encode import grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import ModelError
+from .record import LayerRecord, output_kind
 from .reduce import HISTOGRAM_BINS, vector_shape
-from .report import ChannelStats, FilterView, Grid, Histogram, LayerSection, Peaks, Png, Stats
+from .report_data import ChannelStats, FilterView, Grid, Histogram, LayerSection, Peaks, Png, Stats
 from .spool import Spooled
 from .weights import FilterTiles, filter_tiles
 
-__all__ = ["LayerRecord", "layer_sections", "colorbar", "slugs"]
+__all__ = ["layer_sections", "colorbar", "slugs"]
 
 TARGET_TILE_PX = {"maps": 64, "filters": 36, "kernels": 12, "matrix": 256}  # shown at least this wide
 MAX_WIDTH_PX = 920
 
 
-@dataclass
-class LayerRecord:
-    """What the batches of one (module, call) have produced: statistics and one atlas per sample."""
-
-    name: str
-    module: nn.Module
-    shape: tuple[int, ...]
-    stats: ChannelAccumulator
-    channel_ids: tuple[int, ...]  # the channels the atlas tiles show, in tile order
-    maps: list[Future[bytes | Spooled]] = field(default_factory=list)
-
-
 def _tile_size(shape: tuple[int, ...]) -> tuple[int, int]:
-    if len(shape) == 3:
+    kind = output_kind(shape)
+    if kind == "maps":
         return shape[1], shape[2]
-    if len(shape) == 2:
+    if kind == "sequence":
         return shape[0], shape[1]
     return vector_shape(shape[0])
 
@@ -94,7 +82,7 @@ def _weight_histogram(module: nn.Module) -> Histogram | None:
 
 def _peaks(acc: ChannelAccumulator, shape: tuple[int, ...]) -> Peaks:
     """The top samples per channel with the peak's (row, column) in the map; empty slots have sample -1."""
-    width = shape[2] if len(shape) == 3 else 1
+    width = shape[2] if output_kind(shape) == "maps" else 1
     rows, cols = np.divmod(acc.top.position, width)
     sample = np.where(np.isfinite(acc.top.value), acc.top.sample, -1)
     return Peaks(sample, acc.top.value, rows, cols)
@@ -182,10 +170,10 @@ def layer_sections(
         tiles = filter_tiles(record.module, record.name == first_conv, config.max_filter_grid)
         notes = []
         ranked_by = ranking or (None if config.order == "index" else config.order)
-        if len(record.shape) == 3 and shown < record.shape[0]:
+        if record.kind == "maps" and shown < record.shape[0]:
             which = f"0–{shown - 1}" if ranked_by is None else f"with the highest {ranked_by}"
             notes.append(f"showing {shown} of {record.shape[0]} channels, {which} (--max-channels {shown})")
-        elif len(record.shape) == 3 and ranked_by:
+        elif record.kind == "maps" and ranked_by:
             notes.append(f"channels ordered by {ranked_by}, highest first")
         if stats.nan or stats.inf:
             notes.append(f"{stats.nan} NaN and {stats.inf} infinite values (shown as the lowest colour)")
@@ -199,7 +187,8 @@ def layer_sections(
                 params=sum(p.numel() for p in record.module.parameters()),
                 stats=stats,
                 channels=channels,
-                channel_ids=record.channel_ids if len(record.shape) == 3 else (),
+                kind=record.kind,
+                channel_ids=record.channel_ids if record.kind == "maps" else (),
                 maps=maps,
                 filters=_filter_view(tiles) if tiles else None,
                 weight_histogram=_weight_histogram(record.module),

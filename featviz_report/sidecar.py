@@ -9,7 +9,17 @@ from __future__ import annotations
 import json
 import math
 
-from .report import ChannelStats, Comparison, DatasetScan, Histogram, LayerChange, Prediction, Report, Sample, Stats
+from .report_data import (
+    ChannelStats,
+    Comparison,
+    DatasetScan,
+    Histogram,
+    LayerChange,
+    Prediction,
+    Report,
+    Sample,
+    Stats,
+)
 
 __all__ = ["report_json", "json_text", "json_safe", "finite_list"]
 
@@ -125,6 +135,7 @@ def report_json(report: Report) -> dict[str, object]:
                 "id": f"layer-{layer.slug}",
                 "type": layer.type,
                 "output_shape": list(layer.output_shape),
+                "kind": layer.kind,
                 "params": layer.params,
                 "stats": _stats_json(layer.stats),
                 "channels": _channels_json(layer.channels),

@@ -2,7 +2,7 @@
 
 A :class:`Spool` is one anonymous temporary file (unlinked at once: nothing is left behind, even after a
 crash). Encoder threads append PNG bytes under a lock; the renderer reads each image back once with
-``os.pread``. A :class:`Spooled` handle is what a :class:`~featviz_report.report.Png` holds instead of
+``os.pread``. A :class:`Spooled` handle is what a :class:`~featviz_report.report_data.Png` holds instead of
 the bytes themselves; the file closes when the last handle is gone.
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .report import TreeNode
+from .report_data import TreeNode
 
 __all__ = ["module_tree"]
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from featviz_report.colormaps import palette
 from featviz_report.encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
-from featviz_report.report import Png
+from featviz_report.report_data import Png
 from featviz_report.spool import Spool, Spooled
 
 

@@ -503,12 +503,12 @@ def test_unwritable_output_location(world: World, capsys: pytest.CaptureFixture[
 def test_ctrl_c_during_the_run_leaves_nothing_behind(
     world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import featviz_report.build as build
+    import featviz_report.pipeline as pipeline
 
     def interrupt(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build, "_predictions", interrupt)
+    monkeypatch.setattr(pipeline, "_predictions", interrupt)
     assert main(["-o", str(world.report), "--quiet"]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert world.report.read_text() == SENTINEL

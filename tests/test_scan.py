@@ -16,11 +16,10 @@ from PIL import Image
 
 from featviz_report import ReportConfig
 from featviz_report.accumulate import ChannelAccumulator
-from featviz_report.build import preprocess
 from featviz_report.errors import InputError
 from featviz_report.models import load_model
 from featviz_report.progress import Progress
-from featviz_report.samples import find_images
+from featviz_report.samples import find_images, preprocess
 from featviz_report.scan import run_scan
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """One report for two checkpoints of one architecture, run on the same samples (``--compare``).
 
 Four passes: one per checkpoint that only gathers statistics, then, with every layer's channels ordered
-by how much they changed (:mod:`featviz_report.compare`), one per checkpoint that encodes the maps of
+by how much they changed (:mod:`featviz_report.changes`), one per checkpoint that encodes the maps of
 the most changed channels, in the same order for both, so the page can set them side by side. The page
 is checkpoint B's report with A beside it: weight and activation changes per layer, A's filters and
 maps next to B's, A's predictions and the samples whose prediction flipped, and both checkpoints'
@@ -15,14 +15,16 @@ from pathlib import Path
 
 from torch import nn
 
-from .build import assemble, cam_view, capture_pass, finish, old_objects_frozen, on_device, open_job, preprocess
-from .compare import CHANGED_CHANNELS, channel_order, check_same_architecture, comparison, layer_change
+from .changes import CHANGED_CHANNELS, channel_order, check_same_architecture, comparison, layer_change
 from .config import ReportConfig
+from .device import on_device
 from .encode import PngEncoder
+from .heap import old_objects_frozen
 from .outputs import check_api_outputs
+from .pipeline import assemble, cam_view, capture_pass, finish, open_job
 from .progress import Progress
-from .report import Report
-from .samples import SamplesArg, open_samples
+from .report_data import Report
+from .samples import SamplesArg, open_samples, preprocess
 from .sections import layer_sections
 from .spool import Spool
 

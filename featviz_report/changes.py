@@ -17,7 +17,7 @@ from torch import nn
 
 from .accumulate import ChannelAccumulator
 from .errors import ModelError
-from .report import ChannelChange, Comparison, LayerChange, LayerSection, Sample
+from .report_data import ChannelChange, Comparison, LayerChange, LayerSection, Sample
 
 __all__ = [
     "check_same_architecture",

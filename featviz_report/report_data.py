@@ -239,6 +239,7 @@ class LayerSection:
     type: str
     description: str
     output_shape: tuple[int, ...]
+    kind: str  # maps (C×H×W), sequence (L×D) or vector (F): see featviz_report.record.output_kind
     params: int
     stats: Stats
     channels: ChannelStats

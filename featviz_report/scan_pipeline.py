@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from .build import finish, new_report, preprocess
 from .config import ReportConfig
 from .crops import CROP_PX, crop_atlas
 from .dataset import ImageFiles
 from .encode import png_rgb
 from .errors import InputError, SampleError
 from .outputs import check_api_outputs
+from .pipeline import finish, new_report
 from .progress import Progress
-from .report import DatasetScan, Grid, Png, Report
-from .samples import display_names, find_images
+from .report_data import DatasetScan, Grid, Png, Report
+from .samples import display_names, find_images, preprocess
 from .scan import ScanResult, run_scan
 from .sections import LayerRecord, layer_sections
 
@@ -67,18 +67,14 @@ def _report(
     limit = config.max_channels or SCAN_CHANNELS
     modules = dict(result.layers)
     records = []
-    shown: dict[str, list[int]] = {}
     for name, accumulator in result.accumulators.items():
-        shape = result.shapes[name]
-        order = accumulator.ranking(config.order) if config.order != "index" else np.arange(accumulator.channels)
-        shown[name] = [int(c) for c in order[:limit]]
-        ids = tuple(shown[name]) if len(shape) == 3 else (0,)
-        records.append(LayerRecord(name, modules[name], shape, accumulator, ids))
+        order = accumulator.ranking(config.order) if config.order != "index" else None
+        records.append(LayerRecord.create(name, modules[name], result.shapes[name], accumulator, limit, order))
     sections = layer_sections(records, result.layers, config)
     pixels = functools.lru_cache(maxsize=CACHED_IMAGES)(functools.partial(_pixels, dataset))
     with_crops = []
     for section, record in zip(sections, records):
-        channels = shown[record.name] if len(record.shape) == 3 else list(range(min(limit, record.stats.channels)))
+        channels = list(record.channel_ids) if record.kind == "maps" else list(range(min(limit, record.stats.channels)))
         atlas = crop_atlas(record.stats, record.shape, channels, pixels, dataset.prep.size)
         rows, cols = len(channels), record.stats.top_k
         crops = Grid(Png(png_rgb(atlas), atlas.shape[1], atlas.shape[0]), rows, cols, CROP_PX, CROP_PX, rows * cols, 1)

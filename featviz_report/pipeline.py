@@ -1,14 +1,12 @@
-"""The pipeline: model + samples → capture → encode → :class:`Report` (and, if asked, the files).
-
-``build_report`` is the Python API; the CLI resolves its specs and then calls it too.
+"""The core the three pipelines share (a report, a comparison, a scan's page): a :class:`Job` opened on a
+model and samples, capture passes over the samples with hooks, the :class:`Report` assembled around the
+layer sections, and the files written (:func:`finish`).
 """
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,26 +15,26 @@ import torch
 from torch import nn
 
 from . import __version__
-from .accumulate import ChannelAccumulator
 from .budget import fit_page
 from .capture import capturing, select_layers
 from .config import ReportConfig
-from .device import pick_device
+from .device import float_dtype, pick_device
 from .encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import InputError, ModelError
 from .gradcam import class_activation_maps, default_cam_layer, overlay
 from .heap import release_freed_memory
 from .logits import class_scores
-from .outputs import check_api_outputs, write_report
+from .outputs import write_report
 from .progress import Progress
+from .record import LayerRecord, new_accumulator
 from .reduce import Reduced
-from .report import CamView, DatasetScan, LayerSection, Png, Prediction, Report, Sample
-from .samples import Preprocess, SamplesArg, SampleSet, open_samples, parse_normalize
-from .sections import LayerRecord, colorbar, layer_sections
+from .report_data import CamView, DatasetScan, LayerSection, Png, Prediction, Report, Sample
+from .samples import SampleSet
+from .sections import colorbar
 from .spool import Spool, Spooled
 from .tree import module_tree
 
-__all__ = ["build_report"]
+__all__ = ["Job", "Run", "open_job", "run_passes", "capture_pass", "assemble", "new_report", "finish", "cam_view"]
 
 
 @dataclass(frozen=True)
@@ -47,55 +45,6 @@ class Run:
     records: dict[tuple[str, int], LayerRecord]
     notes: list[str]
     shapes: dict[str, tuple[int, ...]]
-
-
-def build_report(
-    model: nn.Module,
-    samples: SamplesArg,
-    out: str | Path | None = None,
-    config: ReportConfig | None = None,
-    *,
-    json_out: str | Path | None = None,
-) -> Report:
-    """Run ``model`` over ``samples`` and describe what every captured layer does.
-
-    ``samples`` is an image file or folder, a list of them, or an ``N×C×H×W`` float tensor (used as
-    is). With ``out`` the report is written there (a single HTML file, or a folder with
-    ``config.format == "dir"``); with ``json_out`` the numbers too. The model is left as it was found:
-    same device, same training flags, same ``requires_grad``, no hooks.
-    """
-    config = config or ReportConfig()
-    with old_objects_frozen():
-        return _build(model, samples, out, config, json_out)
-
-
-@contextmanager
-def old_objects_frozen() -> Iterator[None]:
-    """Hide the objects that exist before the build (torch alone brings ~300k) from the garbage
-    collector while it runs: otherwise each full collection the build's allocations trigger walks them
-    all (~0.17 s). Collection of the build's own objects goes on; everything is handed back after.
-    A caller that froze objects itself keeps control: then nothing is done."""
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
-def _build(
-    model: nn.Module, samples: SamplesArg, out: str | Path | None, config: ReportConfig, json_out: str | Path | None
-) -> Report:
-    progress = Progress(enabled=not config.quiet)
-    check_api_outputs(out, json_out, config.format, samples)
-    job = open_job(model, open_samples(samples, preprocess(model, config), config.strict), config, progress)
-    with on_device(job.model, job.device):
-        run = run_passes(job)
-        cams = (cam_view(job),) if config.cam else ()
-    report = assemble(job, run, layer_sections(list(run.records.values()), job.layers, config), cams)
-    return finish(report, out, json_out, config, progress)
 
 
 def open_job(model: nn.Module, sample_set: SampleSet, config: ReportConfig, progress: Progress) -> Job:
@@ -109,22 +58,6 @@ def open_job(model: nn.Module, sample_set: SampleSet, config: ReportConfig, prog
         config=config,
         progress=progress,
     )
-
-
-def float_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype inputs are cast to: the model's first floating-point parameter's (float32 without one)."""
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-
-
-@contextmanager
-def on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """``model`` on ``device`` for the block, back where it was after."""
-    home = next((p.device for p in model.parameters()), torch.device("cpu"))
-    try:
-        model.to(device)
-        yield
-    finally:
-        model.to(home)
 
 
 def assemble(job: Job, run: Run, sections: tuple[LayerSection, ...], cams: tuple[CamView, ...] = ()) -> Report:
@@ -216,14 +149,6 @@ def _label(index: int, labels: Sequence[str] | None) -> str:
     return labels[index] if labels is not None and 0 <= index < len(labels) else f"class {index}"
 
 
-def preprocess(model: nn.Module, config: ReportConfig) -> Preprocess:
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    channels = first.in_channels if first is not None and first.in_channels in (1, 3) else 3
-    norm = parse_normalize(config.normalize or "none", channels)
-    mean, std = norm if norm else (None, None)
-    return Preprocess(config.input_size or 224, channels, mean, std)
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
@@ -285,10 +210,10 @@ def capture_pass(
                 record = records.get(key)
                 if record is None:
                     name = key[0] if key[1] == 0 else f"{key[0]} (call {key[1] + 1})"
-                    channels = shape[0] if len(shape) == 3 else shape[-1]
-                    ids = _shown_ids(shape, config, orders.get(key) if orders else None)
-                    accumulator = ChannelAccumulator(channels, config.top_k)
-                    record = records[key] = LayerRecord(name, capture.modules[key[0]], shape, accumulator, ids)
+                    stats = new_accumulator(shape, config.top_k)
+                    order = orders.get(key) if orders else None
+                    module = capture.modules[key[0]]
+                    record = records[key] = LayerRecord.create(name, module, shape, stats, config.max_channels, order)
                 record.stats.add(reduced, seen)
                 if encoder is not None:
                     _submit_maps(encoder, record, reduced, config)
@@ -309,14 +234,6 @@ def capture_pass(
             for future in record.maps:
                 future.result()
     return Run(samples, records, [*notes, *_skipped_note(capture.skipped)], capture.shapes)
-
-
-def _shown_ids(shape: tuple[int, ...], config: ReportConfig, order: np.ndarray | None) -> tuple[int, ...]:
-    """Which channels the atlas tiles show, in tile order."""
-    if len(shape) != 3:
-        return (0,)
-    ids = order if order is not None else np.arange(shape[0])
-    return tuple(int(i) for i in ids[: config.max_channels or shape[0]])
 
 
 def _require_usable(sample_set: SampleSet) -> None:
