@@ -171,9 +171,18 @@ class ChannelAccumulator:
         accumulator.histograms = [(np.array(arrays["histogram"]), lo, hi)] if np.isfinite(lo) else []
         return accumulator
 
+    @property
+    def variance(self) -> np.ndarray:
+        """Per channel, the (population) variance of the finite values seen."""
+        return self.m2 / np.maximum(self.count, 1)
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.variance)
+
     def ranking(self, order: str) -> np.ndarray:
         """Channel indices by ``mean``, ``variance`` or ``max``, highest first (ties: lower index first)."""
-        key = {"mean": self.mean, "variance": self.m2 / np.maximum(self.count, 1), "max": self.maximum}[order]
+        key = {"mean": self.mean, "variance": self.variance, "max": self.maximum}[order]
         return np.argsort(-np.nan_to_num(key, nan=-np.inf), kind="stable")
 
     def histogram(self) -> tuple[np.ndarray, float, float]:

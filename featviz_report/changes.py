@@ -9,18 +9,16 @@ whose top class differs. Everything here works on the statistics the capture pas
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .accumulate import ChannelAccumulator
-from .errors import ModelError
 from .report_data import ChannelChange, Comparison, LayerChange, LayerSection, Sample
 
 __all__ = [
-    "check_same_architecture",
     "channel_order",
     "layer_change",
     "comparison",
@@ -31,36 +29,9 @@ __all__ = [
 CHANGED_CHANNELS = 16  # channels listed and shown side by side per layer, unless --max-channels says otherwise
 
 
-def check_same_architecture(
-    before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor], names: tuple[str, str] = ("A", "B")
-) -> None:
-    """Fail, naming the first differences, unless both state_dicts have the same keys and shapes."""
-    first, second = names
-    missing = [k for k in before if k not in after]
-    extra = [k for k in after if k not in before]
-    shapes = [
-        f"{k} is {_shape(before[k])} in {first} but {_shape(after[k])} in {second}"
-        for k in before
-        if k in after and tuple(before[k].shape) != tuple(after[k].shape)
-    ]
-    problems = [
-        f"{label}: {', '.join(keys[:3])}" + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
-        for label, keys in ((f"only in {first}", missing), (f"only in {second}", extra), ("shapes differ", shapes))
-        if keys
-    ]
-    if problems:
-        raise ModelError(f"{first} and {second} are not the same architecture: " + "; ".join(problems))
-
-
-def _shape(tensor: torch.Tensor) -> str:
-    return "×".join(map(str, tensor.shape)) or "a scalar"
-
-
 def _shift(before: ChannelAccumulator, after: ChannelAccumulator) -> np.ndarray:
     """Per channel: |mean B − mean A| in units of the larger of the two standard deviations."""
-    spread = np.maximum(
-        np.sqrt(before.m2 / np.maximum(before.count, 1)), np.sqrt(after.m2 / np.maximum(after.count, 1))
-    )
+    spread = np.maximum(before.std, after.std)
     delta = np.abs(after.mean - before.mean)
     return np.where(spread > 0, delta / np.where(spread > 0, spread, 1), np.where(delta > 0, np.inf, 0.0))
 
@@ -109,8 +80,7 @@ def layer_change(
     shift = _shift(before, after)
     died = tuple(int(c) for c in np.flatnonzero((before.positives > 0) & (after.positives == 0)))
     woke = tuple(int(c) for c in np.flatnonzero((before.positives == 0) & (after.positives > 0)))
-    std_a = np.sqrt(before.m2 / np.maximum(before.count, 1))
-    std_b = np.sqrt(after.m2 / np.maximum(after.count, 1))
+    std_a, std_b = before.std, after.std
     channels = tuple(
         ChannelChange(
             channel=int(c),
@@ -139,9 +109,14 @@ def layer_change(
 
 
 def comparison(
-    before_name: str, after_name: str, before_samples: Sequence[Sample], after_samples: Sequence[Sample]
+    before_name: str,
+    after_name: str,
+    before_samples: Sequence[Sample],
+    after_samples: Sequence[Sample],
+    layers: Sequence[LayerSection] = (),
 ) -> Comparison:
-    """The predictions of both, with the samples whose top class changed."""
+    """The predictions of both, with the samples whose top class changed; the compared ``layers`` ranked
+    by weight change, and the channels that died and woke over all of them."""
     flipped = tuple(
         a.index
         for a, b in zip(before_samples, after_samples)
@@ -152,10 +127,13 @@ def comparison(
         after=after_name,
         predictions_before=tuple(s.prediction for s in before_samples),
         flipped=flipped,
+        ranked=tuple(index for index, _ in ranked_layers(layers)),
+        died=sum(len(layer.change.died) for layer in layers if layer.change),
+        woke=sum(len(layer.change.woke) for layer in layers if layer.change),
     )
 
 
-def ranked_layers(layers: Sequence[LayerSection]) -> list[LayerSection]:
-    """The compared layers, largest relative weight change first (layers without weights last)."""
-    changed = [layer for layer in layers if layer.change is not None]
-    return sorted(changed, key=lambda layer: -(layer.change.weight_change or 0.0))  # type: ignore[union-attr]
+def ranked_layers(layers: Sequence[LayerSection]) -> list[tuple[int, LayerSection]]:
+    """The compared layers with their index, largest relative weight change first (no weights: last)."""
+    changed = [(i, layer) for i, layer in enumerate(layers) if layer.change is not None]
+    return sorted(changed, key=lambda item: -(item[1].change.weight_change or 0.0))  # type: ignore[union-attr]

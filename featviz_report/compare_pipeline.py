@@ -15,11 +15,12 @@ from pathlib import Path
 
 from torch import nn
 
-from .changes import CHANGED_CHANNELS, channel_order, check_same_architecture, comparison, layer_change
+from .changes import CHANGED_CHANNELS, channel_order, comparison, layer_change
 from .config import ReportConfig
 from .device import on_device
 from .encode import PngEncoder
 from .heap import old_objects_frozen
+from .models import check_same_architecture
 from .outputs import check_api_outputs
 from .pipeline import assemble, cam_view, capture_pass, finish, open_job
 from .progress import Progress
@@ -90,6 +91,6 @@ def compare_checkpoints(
         report = dataclasses.replace(
             report,
             title=config.title or f"{report.model_name}: {names[0]} → {names[1]}",
-            comparison=comparison(names[0], names[1], run_a.samples, run_b.samples),
+            comparison=comparison(names[0], names[1], run_a.samples, run_b.samples, report.layers),
         )
         return finish(report, out, json_out, config, progress)

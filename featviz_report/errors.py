@@ -1,8 +1,17 @@
-"""Errors a user can cause and fix: each carries a one-line message for the command line."""
+"""Errors a user can cause and fix: each carries a one-line message for the command line (and the way
+those messages name a long list)."""
 
 from __future__ import annotations
 
-__all__ = ["FeatvizError", "UsageError", "InputError", "SampleError", "ModelError", "OutputError"]
+from collections.abc import Sequence
+
+__all__ = ["FeatvizError", "UsageError", "InputError", "SampleError", "ModelError", "OutputError", "first_few"]
+
+
+def first_few(items: Sequence[str], shown: int = 3, sep: str = ", ") -> str:
+    """``a, b, c (+4 more)``: how messages and notes name a long list."""
+    more = f" (+{len(items) - shown} more)" if len(items) > shown else ""
+    return sep.join(items[:shown]) + more
 
 
 class FeatvizError(Exception):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UsageError
+from .errors import UsageError, first_few
 
 __all__ = ["Scores", "class_scores"]
 
@@ -55,7 +55,7 @@ def class_scores(output: object, count: int, selector: str | None = None) -> Sco
     if not candidates:
         return Scores(None)
     kind = "dict" if isinstance(output, Mapping) else type(output).__name__
-    listed = ", ".join(candidates[:4]) + (f" (+{len(candidates) - 4} more)" if len(candidates) > 4 else "")
+    listed = first_few(candidates, 4)
     return Scores(
         None,
         f"the model returns a {kind} with {len(candidates)} N×K tensors ({listed}); which one holds class scores "

@@ -22,9 +22,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .errors import ModelError, first_few
 
-__all__ = ["LoadedModel", "load_model", "load_state_dict", "copy_with_weights", "DEMO"]
+__all__ = [
+    "LoadedModel",
+    "load_model",
+    "load_state_dict",
+    "copy_with_weights",
+    "check_same_architecture",
+    "state_dict_differences",
+    "DEMO",
+]
 
 DEMO = "demo"
 _SEED = 0
@@ -180,8 +188,6 @@ def _first_line(err: BaseException) -> str:
 def copy_with_weights(model: nn.Module, path: str | Path, names: tuple[str, str] = ("A", "B")) -> nn.Module:
     """A copy of ``model`` holding the state_dict at ``path`` (``--compare``), which must have the same
     keys and shapes as the model's own; ``names`` name the two in the error that says where they differ."""
-    from .changes import check_same_architecture
-
     state = load_state_dict(path, "--compare")
     check_same_architecture(model.state_dict(), state, names)
     try:
@@ -210,15 +216,36 @@ def load_state_dict(path: str | Path, option: str = "--weights") -> Mapping[str,
 
 
 def _apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if keys:
-                more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
-                parts.append(f"{label}: {', '.join(keys[:3])}{more}")
-        raise ModelError(f"{source}: the state_dict does not fit the model ({'; '.join(parts)})")
+    problems = state_dict_differences(model.state_dict(), state, ("the model", "the file"))
+    if problems:
+        raise ModelError(f"{source}: the state_dict does not fit the model ({'; '.join(problems)})")
     model.load_state_dict(state, strict=True)
+
+
+def check_same_architecture(
+    before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor], names: tuple[str, str] = ("A", "B")
+) -> None:
+    """Fail, naming the first differences, unless both state_dicts have the same keys and shapes."""
+    problems = state_dict_differences(before, after, names)
+    if problems:
+        raise ModelError(f"{names[0]} and {names[1]} are not the same architecture: " + "; ".join(problems))
+
+
+def state_dict_differences(
+    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], names: tuple[str, str]
+) -> list[str]:
+    """What keeps ``given`` from loading where ``expected`` is: missing and unexpected keys, and keys whose
+    shapes differ (``names`` say whose shape is whose), a few of each."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    wrong = [
+        f"{k} ({_shape(expected[k])} in {names[0]}, {_shape(given[k])} in {names[1]})"
+        for k in expected
+        if k in given and tuple(expected[k].shape) != tuple(given[k].shape)
+    ]
+    labels = (f"missing in {names[1]}", f"only in {names[1]}", "wrong shape")
+    return [f"{label}: {first_few(keys)}" for label, keys in zip(labels, (missing, unexpected, wrong)) if keys]
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "×".join(map(str, tensor.shape)) or "a scalar"

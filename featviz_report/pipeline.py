@@ -20,7 +20,7 @@ from .capture import capturing, select_layers
 from .config import ReportConfig
 from .device import float_dtype, pick_device
 from .encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, first_few
 from .gradcam import class_activation_maps, default_cam_layer, overlay
 from .heap import release_freed_memory
 from .logits import class_scores
@@ -239,18 +239,16 @@ def capture_pass(
 def _require_usable(sample_set: SampleSet) -> None:
     """Fail when no sample file could be used."""
     if sample_set.skipped and len(sample_set.skipped) == len(sample_set):
-        listed = "; ".join(f"{name!r}: {reason}" for name, reason in sample_set.skipped[:3])
-        more = f" (+{len(sample_set.skipped) - 3} more)" if len(sample_set.skipped) > 3 else ""
-        raise InputError(f"none of the {len(sample_set)} sample files could be used: {listed}{more}")
+        listed = first_few([f"{name!r}: {reason}" for name, reason in sample_set.skipped], sep="; ")
+        raise InputError(f"none of the {len(sample_set)} sample files could be used: {listed}")
 
 
 def _skipped_note(skipped: dict[str, str]) -> list[str]:
     """One line about selected layers whose output cannot be shown, naming a few of them."""
     if not skipped:
         return []
-    examples = ", ".join(f"{name} ({what})" for name, what in list(skipped.items())[:3])
-    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-    return [f"{len(skipped)} selected layers give no N×C×H×W, N×L×D or N×F output and are not shown: {examples}{more}"]
+    examples = first_few([f"{name} ({what})" for name, what in skipped.items()])
+    return [f"{len(skipped)} selected layers give no N×C×H×W, N×L×D or N×F output and are not shown: {examples}"]
 
 
 def _forward_failure(

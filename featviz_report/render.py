@@ -17,7 +17,6 @@ from jinja2 import Environment, FileSystemBytecodeCache, FileSystemLoader, Stric
 from jinja2.bccache import Bucket
 from markupsafe import Markup, escape
 
-from .changes import ranked_layers
 from .report_data import (
     ChannelStats,
     Grid,
@@ -104,6 +103,7 @@ def _environment() -> Environment:
     env.filters["int"] = lambda n: f"{n:,}"
     env.filters["shape"] = lambda shape: "×".join(str(s) for s in shape)
     env.filters["pct"] = lambda x: f"{100 * x:.1f}%"
+    env.filters["pick"] = lambda items, indices: [items[i] for i in indices]
     return env
 
 
@@ -199,7 +199,6 @@ def render_html(report: Report, src: Callable[[Png], Markup], folder: bool = Fal
         data_json=Markup(script_json(json_safe(_page_data(report)))),
         grid_class=_grid_class,
         histogram=_histogram_svg,
-        ranked_changes=ranked_layers,
     )
 
 

@@ -205,6 +205,9 @@ class Comparison:
     after: str
     predictions_before: tuple[Prediction | None, ...]
     flipped: tuple[int, ...]
+    ranked: tuple[int, ...] = ()  # indices into Report.layers: compared layers, largest weight change first
+    died: int = 0  # channels active under A and never under B, over every layer
+    woke: int = 0
 
 
 @dataclass(frozen=True)

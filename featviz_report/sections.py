@@ -95,7 +95,6 @@ def _stats(acc: ChannelAccumulator, shape: tuple[int, ...]) -> tuple[Stats, Chan
     elements = max(float(count + acc.nans.sum() + acc.infs.sum()), 1.0)
     finite_min = acc.minimum[np.isfinite(acc.minimum)]
     finite_max = acc.maximum[np.isfinite(acc.maximum)]
-    std = np.sqrt(acc.m2 / np.maximum(acc.count, 1))
     constant = (acc.count > 0) & (acc.minimum == acc.maximum) & (acc.maximum != 0)
     layer = Stats(
         min=float(finite_min.min()) if finite_min.size else float("nan"),
@@ -114,7 +113,7 @@ def _stats(acc: ChannelAccumulator, shape: tuple[int, ...]) -> tuple[Stats, Chan
         min=tuple(acc.minimum.tolist()),
         max=tuple(acc.maximum.tolist()),
         mean=tuple(acc.mean.tolist()),
-        std=tuple(std.tolist()),
+        std=tuple(acc.std.tolist()),
         zero_fraction=tuple((acc.zeros / per_total).tolist()),
         top=_peaks(acc, shape),
     )

@@ -133,7 +133,8 @@ def test_compare_reports_weight_changes_dead_channels_and_flipped_samples(tmp_pa
     assert conv2 is not None and conv2.died == (2,) and conv2.channels[0].channel == 2
     assert conv2.channels[0].state == "died" and conv2.weight_change > 0
     assert head is not None and head.weight_change > 0
-    assert [layer.name for layer in ranked_layers(report.layers)][-1] == "conv1"  # unchanged: last
+    assert [layer.name for _, layer in ranked_layers(report.layers)][-1] == "conv1"  # unchanged: last
+    assert report.comparison is not None and report.layers[report.comparison.ranked[-1]].name == "conv1"
     assert report.comparison is not None
     assert report.comparison.flipped == tuple(i for i, p in enumerate(predicted_before) if p != 1)
     assert all(s.prediction is not None and s.prediction.index == 1 for s in report.samples)
@@ -158,7 +159,7 @@ def test_compare_reports_weight_changes_dead_channels_and_flipped_samples(tmp_pa
 def test_different_architectures_are_refused_naming_the_difference(tiny_cnn: TinyCNN) -> None:
     other = TinyCNN()
     other.conv2 = nn.Conv2d(4, 5, 3, padding=1)
-    with pytest.raises(ModelError, match=r"conv2\.weight is 6×4×3×3 in A but 5×4×3×3 in B"):
+    with pytest.raises(ModelError, match=r"wrong shape: conv2\.weight \(6×4×3×3 in A, 5×4×3×3 in B\)"):
         compare_checkpoints(tiny_cnn, other, torch.rand(2, 1, 8, 8))
 
 

@@ -221,7 +221,15 @@ def test_weights_with_wrong_keys_list_them(world: World, capsys: pytest.CaptureF
     state = DigitsCNN().state_dict()
     state["bogus.weight"] = state.pop("fc2.weight")
     torch.save(state, world.root / "keys.pt")
-    fails(world, capsys, ["--weights", "keys.pt"], 2, "'keys.pt'", "missing: fc2.weight", "unexpected: bogus.weight")
+    fails(
+        world,
+        capsys,
+        ["--weights", "keys.pt"],
+        2,
+        "'keys.pt'",
+        "missing in the file: fc2.weight",
+        "only in the file: bogus.weight",
+    )
 
 
 def test_weights_with_wrong_shapes_name_them(world: World, capsys: pytest.CaptureFixture[str]) -> None:
@@ -603,7 +611,7 @@ def test_compare_checkpoint_missing_or_of_another_model(world: World, capsys: py
     state = DigitsCNN().state_dict()
     state["fc2.weight"] = torch.zeros(3, 64)
     torch.save(state, world.root / "three.pt")
-    fails(world, capsys, ["--compare", "three.pt"], 2, "fc2.weight is 10×64 in", "but 3×64 in three.pt")
+    fails(world, capsys, ["--compare", "three.pt"], 2, "wrong shape: fc2.weight (10×64 in", "3×64 in three.pt)")
 
 
 @pytest.mark.parametrize(

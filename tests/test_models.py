@@ -64,7 +64,7 @@ def test_mismatched_state_dict_lists_keys(tmp_path: Path, tiny_cnn: TinyCNN, mon
     import featviz_report.models as models
 
     monkeypatch.setattr(models, "_resolve", lambda spec, trust: models.LoadedModel(TinyCNN(), "tiny"))
-    with pytest.raises(ModelError, match=r"missing: head.bias; unexpected: extra.weight"):
+    with pytest.raises(ModelError, match=r"missing in the file: head.bias; only in the file: extra.weight"):
         load_model("tiny", tmp_path / "w.pt")
 
 
