@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
-from .config import CAM_METHODS, COLORMAPS, DEFAULT_MAX_SIZE_MB, DEVICES, FORMATS, ORDERS, SCALES, ReportConfig
+from .config import CAM_METHODS, COLORMAPS, DEVICES, FORMATS, ORDERS, SCALES, ReportConfig
 from .errors import FeatvizError, UsageError
 from .warning_lines import one_line_warnings
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 PROG = "featviz-report"
+_DEFAULTS = ReportConfig()  # every option's default comes from the API's
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,7 +109,10 @@ def build_parser(scan: bool = False) -> argparse.ArgumentParser:
         "--normalize", metavar="SPEC", help="imagenet, none, or MEAN,STD (default: the model's, else none)"
     )
     parser.add_argument(
-        "--device", choices=DEVICES, default="auto", help="where the model runs (default auto: cuda, mps, else cpu)"
+        "--device",
+        choices=DEVICES,
+        default=_DEFAULTS.device,
+        help=f"where the model runs (default {_DEFAULTS.device}: cuda, mps, else cpu)",
     )
     parser.add_argument(
         "--layers",
@@ -120,25 +124,29 @@ def build_parser(scan: bool = False) -> argparse.ArgumentParser:
     parser.add_argument(
         "--order",
         choices=ORDERS,
-        default="index",
+        default=_DEFAULTS.order,
         help="channel order in the maps: index (default), or by mean, variance or max, highest first; "
         "with --max-channels the top N are kept (costs a second pass over the samples)",
     )
     parser.add_argument(
-        "--top-k", metavar="K", type=_positive, default=4, help="top-activating samples kept per channel (default 4)"
+        "--top-k",
+        metavar="K",
+        type=_positive,
+        default=_DEFAULTS.top_k,
+        help=f"top-activating samples kept per channel (default {_DEFAULTS.top_k})",
     )
     parser.add_argument(
         "--format",
         choices=FORMATS,
-        default="html",
+        default=_DEFAULTS.format,
         help="html: one self-contained file; dir: a folder for static hosting",
     )
     parser.add_argument(
         "--max-size",
         metavar="MB",
         type=_megabytes,
-        default=DEFAULT_MAX_SIZE_MB,
-        help=f"size budget of a one-file report (default {DEFAULT_MAX_SIZE_MB:g}; 0: none): over it, feature maps are "
+        default=_DEFAULTS.max_size,
+        help=f"size budget of a one-file report (default {_DEFAULTS.max_size:g}; 0: none): over it, feature maps are "
         "kept for the most informative samples and the page says what was left out",
     )
     parser.add_argument(
@@ -191,12 +199,15 @@ def _add_report_options(parser: argparse.ArgumentParser) -> None:
         "--samples", metavar="PATH", nargs="+", help="image files and/or folders (searched recursively, sorted)"
     )
     parser.add_argument(
-        "--colormap", choices=COLORMAPS, default="viridis", help="colormap of feature maps (default viridis)"
+        "--colormap",
+        choices=COLORMAPS,
+        default=_DEFAULTS.colormap,
+        help=f"colormap of feature maps (default {_DEFAULTS.colormap})",
     )
     parser.add_argument(
         "--scale",
         choices=SCALES,
-        default="channel",
+        default=_DEFAULTS.scale,
         help="how maps become colours: channel (min-max per channel, default), layer (one scale per sample, "
         "channels comparable), sigmoid (as in the classic VGG recipe), percentile (1st-99th per channel)",
     )
@@ -211,7 +222,11 @@ def _add_scan_options(parser: argparse.ArgumentParser) -> None:
         help="save the scan's progress here (every 30 s, on Ctrl-C, at the end) and resume from it when re-run",
     )
     parser.add_argument(
-        "--loader-workers", metavar="N", type=_count, default=2, help="DataLoader processes decoding images (default 2)"
+        "--loader-workers",
+        metavar="N",
+        type=_count,
+        default=_DEFAULTS.loader_workers,
+        help=f"DataLoader processes decoding images (default {_DEFAULTS.loader_workers})",
     )
 
 
@@ -342,7 +357,5 @@ def _scan(args: argparse.Namespace) -> None:
     out = _checked_outputs(args, "DATA", args.data)
     loaded = load_model(args.model, args.weights, args.trust_pickled_model)
     labels = read_labels(args.labels) if args.labels else loaded.labels
-    config = ReportConfig(**_shared_config(args, loaded, labels))
-    scan_dataset(
-        loaded.module, args.data, out, config, json_out=args.json, state=args.state, loader_workers=args.loader_workers
-    )
+    config = ReportConfig(**_shared_config(args, loaded, labels), loader_workers=args.loader_workers)
+    scan_dataset(loaded.module, args.data, out, config, json_out=args.json, state=args.state)

@@ -40,7 +40,7 @@ class ReportConfig:
     always printed). ``cam`` (``gradcam`` or ``gradcam++``) adds class activation maps of ``cam_layer``
     (default: the last Conv2d) for ``target_class`` (default: each sample's top class). ``output`` picks
     the class scores of a model that returns several tensors, by tuple index or dict key (default: see
-    :mod:`featviz_report.logits`). ``max_size`` (MB)
+    :mod:`featviz_report.logits`). ``loader_workers``: processes decoding images in a scan. ``max_size`` (MB)
     is the budget of a single-file page (``None``: no limit; see :mod:`featviz_report.budget`).
     """
 
@@ -65,6 +65,7 @@ class ReportConfig:
     top_k: int = 4
     output: str | None = None
     workers: int | None = None
+    loader_workers: int = 2
     strict: bool = False
     quiet: bool = True
 
@@ -81,6 +82,8 @@ class ReportConfig:
             raise UsageError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         if self.cam is not None and self.cam not in CAM_METHODS:
             raise UsageError(f"unknown CAM method {self.cam!r}; choose one of {', '.join(CAM_METHODS)}")
+        if self.loader_workers < 0:
+            raise UsageError(f"loader-workers must be at least 0, got {self.loader_workers}")
         if self.max_size is not None and not self.max_size > 0:
             raise UsageError(f"max-size must be a positive number of MB, got {self.max_size}")
         for name in ("batch_size", "max_channels", "input_size", "max_filter_grid", "workers", "top_k"):

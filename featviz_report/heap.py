@@ -12,9 +12,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable
 
 __all__ = ["release_freed_memory", "old_objects_frozen"]
 

@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -43,7 +42,7 @@ __all__ = [
     "readable_name",
 ]
 
-SamplesArg = Union[str, Path, Sequence[Union[str, Path]], torch.Tensor]
+SamplesArg = str | Path | Sequence[str | Path] | torch.Tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -43,7 +43,7 @@ def scan_dataset(
     *,
     json_out: str | Path | None = None,
     state: str | Path | None = None,
-    loader_workers: int = 0,
+    loader_workers: int | None = None,
 ) -> Report | None:
     """Scan every image under ``data`` (under torchrun, this rank's share) and, on rank 0, return (and
     write) the report; other ranks return None. ``state`` makes the scan resumable (see ``scan``)."""
@@ -52,7 +52,8 @@ def scan_dataset(
     check_api_outputs(out, json_out, config.format, list(data))
     paths = find_images(data)
     prep = preprocess(model, config)
-    result = run_scan(model, paths, prep, config, progress, Path(state) if state else None, loader_workers)
+    workers = config.loader_workers if loader_workers is None else loader_workers
+    result = run_scan(model, paths, prep, config, progress, Path(state) if state else None, workers)
     if result.rank != 0:
         return None
     if not result.images:

@@ -33,6 +33,16 @@ class TinyCNN(nn.Module):
         return self.head(torch.relu(self.conv2(x)).flatten(1))
 
 
+def hooks_left(model: nn.Module) -> list[str]:
+    """Every hook still registered on ``model``'s modules (forward, pre-forward, backward) or globally."""
+    from torch.nn.modules import module as torch_module
+
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    left = [f"{name or 'model'}.{kind}" for name, m in model.named_modules() for kind in kinds if getattr(m, kind)]
+    globals_ = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+    return left + [kind for kind in globals_ if getattr(torch_module, kind, None)]
+
+
 @pytest.fixture
 def tiny_cnn() -> TinyCNN:
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TinyCNN, read_page
+from conftest import TinyCNN, hooks_left, read_page
 from torch import nn
 
 from featviz_report import ReportConfig, build_report
@@ -92,7 +92,7 @@ def test_cam_leaves_the_model_as_it_was_and_needs_no_parameter_gradients() -> No
     assert model.training and model.conv.training
     assert not model.conv.weight.requires_grad and model.conv.bias.requires_grad
     assert model.conv.weight.grad is None and model.conv.bias.grad is None
-    assert not model.conv._forward_hooks and not model._forward_hooks
+    assert hooks_left(model) == []
 
 
 def test_the_page_shows_one_overlay_per_sample_for_the_last_conv(tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_compare_reports_weight_changes_dead_channels_and_flipped_samples(tmp_pa
     assert conv2_json["change"]["died"] == [2] and conv2_json["change"]["most_changed"][0]["channel"] == 2
     for model, state in zip((before, after), states):  # both left as they were
         assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-        assert not any(m._forward_hooks for m in model.modules())
+        assert hooks_left(model) == []
 
 
 def test_different_architectures_are_refused_naming_the_difference(tiny_cnn: TinyCNN) -> None:
