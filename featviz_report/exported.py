@@ -35,16 +35,16 @@ from .errors import ModelError
 
 __all__ = ["ExportedModel", "load_exported"]
 
+_LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 _SYMBOL = re.compile(r"[a-z]+\d+")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_EXPRESSION_CHARS = re.compile(r"[\w\s+\-*/%(),.<>=!&|~^]*")
+_EXPRESSION_CHARS = re.compile(r"[\w\s+\-*/%(),.<>=!&|~^]*", re.ASCII)
 _QUOTED_NAME = re.compile(r"'[A-Za-z_][A-Za-z0-9_]*'|\"[A-Za-z_][A-Za-z0-9_]*\"")  # Symbol('s0', integer=True)
 _SYMPY_NAMES = frozenset(
     "Max Min Abs Eq Ne Lt Le Gt Ge StrictLessThan StrictGreaterThan LessThan GreaterThan And Or Not Xor "
     "True False true false oo zoo nan floor ceiling sqrt Piecewise ITE Integer Rational Float Symbol Pow "
     "positive negative nonnegative nonpositive integer real finite zero nonzero even odd rational".split()
 )
-_OPERATORS = (torch._ops.OpOverload, torch._ops.HigherOrderOperator)
 _SAFE_TARGET_PREFIXES = ("torch.ops.", "_operator.", "math.", "torch.sym_", "torch._sym_")
 
 
@@ -70,8 +70,10 @@ def load_exported(path: Path) -> ExportedModel:
     level = export_log.level
     export_log.setLevel(logging.CRITICAL)  # torch logs a traceback before raising; our message says it all
     try:
-        with _weights_only_everywhere():
+        with _weights_only_everywhere(), _sinks_guarded(label):
             program = torch.export.load(str(path))
+    except ModelError:
+        raise
     except Exception as err:  # noqa: BLE001 - any failure here is an unreadable archive
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"{label}: not a readable torch.export archive ({first})") from None
@@ -88,27 +90,35 @@ def load_exported(path: Path) -> ExportedModel:
     return ExportedModel(module, batch, channels, size)
 
 
-def _members(path: Path) -> dict[str, bytes]:
-    """The archive's files by their name inside the archive's root folder (``data/weights/...``)."""
+def _members(path: Path, label: str) -> dict[str, bytes]:
+    """The archive's files by their name inside its one root folder (``data/weights/...``). Two entries
+    of one name (torch reads the first, a checker could read the other) or a second root are refused."""
     with zipfile.ZipFile(path) as archive:
         names = [info.filename for info in archive.infolist() if not info.is_dir()]
-        return {name.split("/", 1)[1] if "/" in name else name: archive.read(name) for name in names}
+        roots = {name.split("/", 1)[0] for name in names}
+        if len(roots) != 1 or any("/" not in name for name in names):
+            raise ModelError(f"{label}: not a torch.export archive (its files are not in one root folder)")
+        if len(set(names)) != len(names):
+            twice = next(name for name in names if names.count(name) > 1)
+            raise ModelError(f"{label}: entry {twice!r} appears twice in the archive; it is refused")
+        return {name.split("/", 1)[1]: archive.read(name) for name in names}
 
 
 def _check_archive(path: Path, label: str) -> None:
     """Refuse what only runs code to load; check that every pickled entry loads as plain data."""
     try:
-        members = _members(path)
+        members = _members(path, label)
     except (OSError, zipfile.BadZipFile, RuntimeError, ValueError) as err:
         raise ModelError(f"{label}: not a readable torch.export archive ({err})") from None
     for name, data in members.items():
-        if name.startswith("data/aotinductor/") or name.endswith((".so", ".dll", ".dylib")):
+        lower = name.lower()
+        if lower.startswith("data/aotinductor/") or lower.endswith((".so", ".dll", ".dylib")):
             raise ModelError(f"{label}: entry {name!r} is compiled native code, which featviz-report never loads")
-        if name.endswith("_config.json") and name.startswith(("data/weights/", "data/constants/")):
+        if lower.startswith(("data/weights/", "data/constants/")) and "config" in lower:
             _check_payloads(members, name, data, label)
-        elif name.endswith(".json"):
+        elif lower.startswith("models/") or lower.endswith(".json"):
             _check_program_json(name, data, label)
-        elif name.endswith(".pt") or name.endswith(".pkl"):
+        elif lower.endswith((".pt", ".pkl", ".pth")) or lower.startswith(("data/sample_inputs/", "serialized_")):
             _check_pickle(name, data, label)
 
 
@@ -148,9 +158,13 @@ def _check_program_json(name: str, data: bytes, label: str) -> None:
     except ValueError:
         raise ModelError(f"{label}: entry {name!r} is not valid JSON") from None
     for key, value in _walk(document):
+        if isinstance(value, str) and _LINE_BREAKS.search(value):
+            # torch copies names and stack traces into Python source it compiles: no line may end early
+            raise ModelError(f"{label}: entry {name!r} holds a {key!r} with a hidden line break; it is refused")
         if key == "expr_str" and isinstance(value, str) and not _plain_expression(value):
             raise ModelError(f"{label}: entry {name!r} holds a shape expression that is not arithmetic: {value[:80]!r}")
-        if key == "target" and isinstance(value, str) and "." in value and not value.startswith(_SAFE_TARGET_PREFIXES):
+        calls = key == "as_operator" or (key == "target" and isinstance(value, str) and "." in value)
+        if calls and isinstance(value, str) and not value.startswith(_SAFE_TARGET_PREFIXES):
             raise ModelError(f"{label}: entry {name!r} calls {value[:80]!r}, which is not a torch operator")
 
 
@@ -171,7 +185,9 @@ def _plain_expression(text: str) -> bool:
     sympy's functions, nothing else: no attribute access (a dot only inside a number), strings other than
     a quoted name, indexing or dunder names."""
     text = _QUOTED_NAME.sub(" s0 ", text)
-    if not _EXPRESSION_CHARS.fullmatch(text) or "__" in text or re.search(r"(?<![0-9])\.|\.(?![0-9])", text):
+    if not text.isascii() or not _EXPRESSION_CHARS.fullmatch(text) or "__" in text:
+        return False
+    if re.search(r"(?<![0-9])\.|\.(?![0-9])", text):
         return False
     from torch.utils._sympy import functions
 
@@ -198,21 +214,67 @@ def _weights_only_everywhere() -> Iterator[None]:
 
 
 def _check_graph(program: torch.export.ExportedProgram, label: str) -> None:
-    """Every node calls a torch operator (what the JSON check promised, checked on what torch built)."""
+    """Every node calls a torch operator and passes no other callable (what the JSON check promised,
+    checked on what torch built)."""
     for module in program.graph_module.modules():
         if not isinstance(module, torch.fx.GraphModule):
             continue
         for node in module.graph.nodes:
-            target = node.target
-            if node.op != "call_function" or isinstance(
-                target, (torch._ops.OpOverload, torch._ops.HigherOrderOperator)
-            ):
-                continue
-            if getattr(target, "__module__", None) in ("_operator", "math") or str(target).startswith("sym_"):
-                continue
-            if getattr(target, "__name__", "").startswith(("sym_", "_sym_")) and target.__module__ == "torch":
-                continue
-            raise ModelError(f"{label}: the program calls {target!r}, which is not a torch operator")
+            if node.op == "call_function" and not _is_operator(node.target):
+                raise ModelError(f"{label}: the program calls {node.target!r}, which is not a torch operator")
+            values: list[object] = []
+            torch.fx.node.map_aggregate((node.args, node.kwargs), values.append)  # type: ignore[arg-type]
+            for value in values:
+                if callable(value) and not isinstance(value, (torch.fx.Node, nn.Module)) and not _is_operator(value):
+                    raise ModelError(f"{label}: the program passes {value!r}, which is not a torch operator")
+
+
+def _is_operator(target: object) -> bool:
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.HigherOrderOperator, torch._ops.OpOverloadPacket)):
+        return True
+    module = getattr(target, "__module__", None)
+    name = getattr(target, "__name__", "")
+    return module in ("_operator", "math") or (module == "torch" and name.startswith(("sym_", "_sym_")))
+
+
+@contextmanager
+def _sinks_guarded(label: str) -> Iterator[None]:
+    """While torch reads the archive, the calls that would run code from it refuse instead: plain
+    unpickling, TorchScript object unpickling, AOTInductor libraries, and ``sympify`` of anything but
+    arithmetic. The checks above name the entry; this holds whatever layout trick slips past them."""
+    import pickle
+
+    import sympy
+
+    def refuse(what: str) -> Any:
+        def refused(*args: object, **kwargs: object) -> None:
+            raise ModelError(f"{label}: the archive holds {what}, which would run code from the file; refused")
+
+        return refused
+
+    real_sympify = sympy.sympify
+
+    def sympify(value: object, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str) and not _plain_expression(value):
+            raise ModelError(f"{label}: the archive holds a shape expression that is not arithmetic: {value[:80]!r}")
+        return real_sympify(value, *args, **kwargs)
+
+    patches: list[tuple[object, str, object]] = [
+        (pickle, "loads", refuse("a pickled Python object")),
+        (torch._C, "_pickle_load_obj", refuse("a pickled TorchScript object")),
+        (sympy, "sympify", sympify),
+    ]
+    aoti = getattr(torch._C, "_aoti", None)
+    if aoti is not None and hasattr(aoti, "AOTIModelPackageLoader"):
+        patches.append((aoti, "AOTIModelPackageLoader", refuse("compiled AOTInductor code")))
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    try:
+        for owner, name, value in patches:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
 
 
 def _input_hints(program: torch.export.ExportedProgram) -> tuple[int | None, int | None, int | None]:

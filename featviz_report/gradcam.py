@@ -133,6 +133,7 @@ def overlay(thumbnail: np.ndarray, cam: np.ndarray) -> np.ndarray:
     height, width = thumbnail.shape[:2]
     source = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
     heat = F.interpolate(source, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+    heat = np.nan_to_num(heat, nan=0.0, posinf=1.0, neginf=0.0)  # a diverged model's map shows nothing
     colours = np.frombuffer(palette(OVERLAY_COLORMAP), np.uint8).reshape(256, 3)
     coloured = colours[np.clip(np.rint(heat * 255), 0, 255).astype(np.uint8)].astype(np.float32)
     grey = thumbnail.astype(np.float32) if thumbnail.ndim == 2 else thumbnail.astype(np.float32).mean(2)

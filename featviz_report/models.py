@@ -68,7 +68,7 @@ def _resolve(spec: str, trust_pickle: bool = False) -> LoadedModel:
     if spec.startswith("torchvision:"):
         return _torchvision(spec.partition(":")[2])
     path = Path(spec)
-    if path.suffix == ".pt2":
+    if path.suffix.lower() == ".pt2":
         return _exported(path)
     if path.is_file():
         if _is_torchscript(path):

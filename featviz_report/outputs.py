@@ -33,38 +33,55 @@ __all__ = ["MANIFEST", "check_output", "check_outputs", "check_api_outputs", "wr
 
 MANIFEST = ".featviz-report.json"
 IMAGE_DIR = "img"
-_LEGACY_IMAGE = re.compile(r"img/[0-9a-f]{20}\.png")
 
 
 def _fail(target: Path, err: OSError) -> OutputError:
     return OutputError(f"cannot write {str(target)!r}: {err.strerror or err}")
 
 
+_PSEUDO = ("/dev", "/proc", "/sys")
+
+
 def check_output(out: Path, fmt: str) -> None:
-    """Fail before any work when ``out`` cannot be written or would replace something not ours."""
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {str(out)!r}: folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write {str(out)!r}: folder {str(parent)!r} is not writable")
+    """Fail before any work when ``out`` cannot be written or would replace something not ours. A link is
+    followed: the report replaces what it points at, never the link (so ``/dev/stdout`` is refused)."""
+    name = repr(str(out))
+    real = out.resolve()
+    for where in {*_link_chain(out), real}:
+        if any(where == Path(p) or Path(p) in where.parents for p in _PSEUDO):
+            raise OutputError(f"{name} is not a regular file (a device, pipe or socket); name a file")
+    if not real.parent.is_dir():
+        raise OutputError(f"cannot write {name}: folder {str(out.parent)!r} does not exist")
+    if not os.access(real.parent, os.W_OK):
+        raise OutputError(f"cannot write {name}: folder {str(out.parent)!r} is not writable")
     try:
-        mode = os.stat(out).st_mode
+        mode = os.stat(real).st_mode
     except FileNotFoundError:
         return
     except OSError as err:
         raise _fail(out, err) from None
     if fmt == "dir":
         if not stat.S_ISDIR(mode):
-            raise OutputError(f"{str(out)!r} is not a folder; --format dir writes a folder")
-        index = out / "index.html"
-        if index.exists() and "index.html" not in owned_files(out):
-            raise OutputError(f"{str(out)!r} holds an index.html that featviz-report did not write; not replacing it")
-        if not os.access(out, os.W_OK):
-            raise OutputError(f"cannot write {str(out)!r}: the folder is not writable")
+            raise OutputError(f"{name} is not a folder; --format dir writes a folder")
+        if os.path.lexists(real / "index.html") and "index.html" not in owned_files(real):
+            raise OutputError(f"{name} holds an index.html that featviz-report did not write; not replacing it")
+        images = real / IMAGE_DIR
+        if os.path.lexists(images) and (images.is_symlink() or not images.is_dir()):
+            raise OutputError(f"{str(out / IMAGE_DIR)!r} is not a folder of the report's own; not writing into it")
+        if not os.access(real, os.W_OK):
+            raise OutputError(f"cannot write {name}: the folder is not writable")
     elif stat.S_ISDIR(mode):
-        raise OutputError(f"{str(out)!r} is a folder; name a file, or use --format dir")
+        raise OutputError(f"{name} is a folder; name a file, or use --format dir")
     elif not stat.S_ISREG(mode):
-        raise OutputError(f"{str(out)!r} is not a regular file (a device, pipe or socket); name a file")
+        raise OutputError(f"{name} is not a regular file (a device, pipe or socket); name a file")
+
+
+def _link_chain(path: Path) -> list[Path]:
+    """``path`` and every path its links lead through (``r.html`` → ``/dev/stdout`` → ``/proc/self/fd/1``)."""
+    chain = [Path(os.path.abspath(path))]
+    while len(chain) < 40 and chain[-1].is_symlink():
+        chain.append(Path(os.path.abspath(chain[-1].parent / os.readlink(chain[-1]))))
+    return chain
 
 
 def check_outputs(
@@ -90,6 +107,9 @@ def check_outputs(
     for option, target in targets:
         for source, path in inputs:
             sample = path.is_dir() and target.suffix.lower() in IMAGE_SUFFIXES and _inside(target, path) is not None
+            if option == "-o" and fmt == "dir" and path.is_dir() and _inside(target.parent, path) is not None:
+                raise UsageError(f"-o {str(out)!r} is inside the samples folder {str(path)!r} ({source}): "
+                                 "its images would become samples; write the report elsewhere")  # fmt: skip
             if sample or _same_file(target, path):
                 raise UsageError(f"{option} {str(target)!r} is also an input ({source}); it would be overwritten")
 
@@ -116,31 +136,79 @@ def _inside(path: Path, folder: Path) -> str | None:
         return None
 
 
-def owned_files(folder: Path) -> set[str]:
-    """The files (relative, posix) a report in ``folder`` wrote: its manifest's, or for a report written
-    before manifests, its ``index.html`` and content-addressed images when the page is featviz-report's."""
-    manifest = folder / MANIFEST
-    if manifest.is_file():
-        try:
-            files = json.loads(manifest.read_text(encoding="utf-8")).get("files", [])
-        except (OSError, ValueError, AttributeError):
-            return set()
-        return {f for f in files if isinstance(f, str) and _safe_relative(f)}
+def owned_files(folder: Path) -> dict[str, set[str]]:
+    """The files (relative, posix) a report in ``folder`` wrote and that still hold what it wrote, with
+    the SHA-256 digests its manifest records for them. Only names a report writes count (``index.html``,
+    ``img/<hash>.png``, a ``*.json`` sidecar), only regular files in the folder or its ``img/`` (no links),
+    and only when their content matches: a forged or stale manifest cannot make a user's file ours.
+    A report written before manifests owns its ``index.html`` (when it is featviz-report's page) and the
+    images whose name is their content's hash."""
+    recorded = _manifest(folder)
+    if recorded is None:
+        recorded = _legacy_files(folder)
+    owned = {}
+    for name, digests in recorded.items():
+        if _OWNABLE.fullmatch(name) and name != MANIFEST and _holds(folder, name, digests):
+            owned[name] = digests
+    return owned
+
+
+_OWNABLE = re.compile(r"index\.html|img/[0-9a-f]{20}\.png|[^/\\]+\.json")
+
+
+def _manifest(folder: Path) -> dict[str, set[str]] | None:
+    path = folder / MANIFEST
+    if not path.is_file() or path.is_symlink():
+        return None
+    try:
+        files = json.loads(path.read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(files, dict):
+        return {}
+    return {
+        name: {d for d in digests if isinstance(d, str)}
+        for name, digests in files.items()
+        if isinstance(name, str) and isinstance(digests, list)
+    }
+
+
+def _legacy_files(folder: Path) -> dict[str, set[str]]:
     index = folder / "index.html"
     try:
         with open(index, "rb") as handle:
             head = handle.read(4096)
     except OSError:
-        return set()
+        return {}
     if b'<meta name="generator" content="featviz-report' not in head:
-        return set()
-    images = {p.relative_to(folder).as_posix() for p in (folder / IMAGE_DIR).glob("*.png")}
-    return {"index.html", *(name for name in images if _LEGACY_IMAGE.fullmatch(name))}
+        return {}
+    images: dict[str, set[str]] = {p.relative_to(folder).as_posix(): set() for p in (folder / IMAGE_DIR).glob("*.png")}
+    return {"index.html": {_digest(index)}, **images}
 
 
-def _safe_relative(name: str) -> bool:
-    parts = name.split("/")
-    return bool(name) and not name.startswith("/") and ".." not in parts and "" not in parts and "\\" not in name
+def _holds(folder: Path, name: str, digests: set[str]) -> bool:
+    """``folder/name`` is a regular file right there (no link on the way) with one of ``digests`` (an
+    image: the hash its name carries)."""
+    path = folder / name
+    try:
+        if any(stat.S_ISLNK(os.lstat(p).st_mode) for p in (path, path.parent) if p != folder):
+            return False
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        digest = _digest(path)
+    except OSError:
+        return False
+    if name.startswith(f"{IMAGE_DIR}/"):
+        return digest.startswith(Path(name).stem)
+    return digest in digests
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _open_new(target: Path) -> tuple[Path, IO[bytes]]:
@@ -218,6 +286,9 @@ def write_report(
     and the result is False."""
     staging = _Staging()
     folder: _Folder | None = None
+    shown = (out, json_out)
+    out = None if out is None else Path(os.path.realpath(out))  # a link's target is replaced, not the link
+    json_out = None if json_out is None else Path(os.path.realpath(json_out))
     try:
         if out is not None and fmt == "dir":
             folder = _Folder(Path(out), staging, None if json_out is None else _inside(Path(json_out), Path(out)))
@@ -239,9 +310,9 @@ def write_report(
         staging.abort()
         raise
     if out is not None:
-        progress.message(f"wrote {out} ({_size(Path(out)) / 1e6:.1f} MB)")
+        progress.message(f"wrote {shown[0]} ({_size(out) / 1e6:.1f} MB)")
     if json_out is not None:
-        progress.message(f"wrote {json_out}")
+        progress.message(f"wrote {shown[1]}")
     return True
 
 
@@ -260,12 +331,13 @@ def _write_page(handle: IO[str], chunks: Iterator[str], max_bytes: int | None) -
 def _size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
-    return sum((path / name).stat().st_size for name in owned_files(path) if (path / name).is_file())
+    return sum((path / name).stat().st_size for name in _manifest(path) or {} if (path / name).is_file())
 
 
 class _Folder:
-    """A report folder updated in place: new images first, then the manifest listing old and new files,
-    then the page (with the JSON sidecar when it lives inside), then the old report's leftovers go."""
+    """A report folder updated in place: new images first, then the manifest listing old and new files
+    with their digests, then the page (with the JSON sidecar when it lives inside), then the old
+    report's leftovers go, each checked again to still be what it wrote."""
 
     def __init__(self, out: Path, staging: _Staging, json_name: str | None) -> None:
         self.out = out
@@ -277,15 +349,17 @@ class _Folder:
                 raise _fail(out, err) from None
             staging.undo.append(lambda: _remove_if_empty(out))
         self.old = owned_files(out)
-        self.new = {"index.html", MANIFEST, *([json_name] if json_name else [])}
+        self.new: dict[str, set[str]] = {}
+        self.json_name = json_name
 
     def link(self, png: Png) -> Markup:
         """Each image once, named by its content (hex digits: nothing to escape)."""
-        name = f"{IMAGE_DIR}/{hashlib.sha256(png.data).hexdigest()[:20]}.png"
+        digest = hashlib.sha256(png.data).hexdigest()
+        name = f"{IMAGE_DIR}/{digest[:20]}.png"
         if name not in self.new:
-            self.new.add(name)
+            self.new[name] = {digest}
             path = self.out / name
-            if not path.exists():
+            if not _holds(self.out, name, set()):
                 self._write_image(path, png.data)
         return Markup(name)
 
@@ -310,15 +384,21 @@ class _Folder:
     def commit(self) -> None:
         """Record every file that may be ours before the page is swapped in, and afterwards only the
         new report's: an interrupted update leaves nothing unlisted behind."""
-        self._write_manifest(self.old | self.new)
+        for tmp, target in self.staging.pending:
+            if target.parent == self.out and target.name in ("index.html", self.json_name):
+                self.new[target.name] = {_digest(tmp)}
+        both = {name: self.old.get(name, set()) | self.new.get(name, set()) for name in {*self.old, *self.new}}
+        self._write_manifest(both)
         self.staging.commit()
         self._write_manifest(self.new)
-        for name in sorted(self.old - self.new):
-            (self.out / name).unlink(missing_ok=True)
+        for name in sorted(set(self.old) - set(self.new)):
+            if _holds(self.out, name, self.old[name]):
+                (self.out / name).unlink(missing_ok=True)
         _remove_if_empty(self.out / IMAGE_DIR)
 
-    def _write_manifest(self, files: set[str]) -> None:
-        text = json.dumps({"generator": "featviz-report", "files": sorted(files)}, indent=1) + "\n"
+    def _write_manifest(self, files: dict[str, set[str]]) -> None:
+        listed = {name: sorted(digests) for name, digests in sorted(files.items())}
+        text = json.dumps({"generator": "featviz-report", "files": listed}, indent=1) + "\n"
         tmp, raw = _open_new(self.out / MANIFEST)
         try:
             with raw:

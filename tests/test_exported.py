@@ -66,3 +66,21 @@ def test_a_hostile_archive_is_refused_by_name_and_runs_nothing(
     assert err.startswith("featviz-report: error: --model ") and err.count("\n") == 1, err
     assert culprit in err
     assert not marker.exists() and not out.exists()
+
+
+def test_while_torch_reads_an_archive_the_calls_that_would_run_code_refuse() -> None:
+    """The second line of defence, for layouts the entry checks did not foresee."""
+    import pickle
+
+    import sympy
+
+    from featviz_report.errors import ModelError
+    from featviz_report.exported import _sinks_guarded
+
+    with _sinks_guarded("--model 'x.pt2'"):
+        with pytest.raises(ModelError, match="pickled Python object"):
+            pickle.loads(pickle.dumps(1))
+        with pytest.raises(ModelError, match="not arithmetic"):
+            sympy.sympify("__import__('os').system('true')")
+        assert sympy.sympify("Max(2, s0) + 2*s1").free_symbols  # shapes still parse
+    assert pickle.loads(pickle.dumps(1)) == 1 and sympy.sympify("1+1") == 2  # and everything is back after

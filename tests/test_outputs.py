@@ -3,6 +3,7 @@ user a file: folder reports replace only what they wrote, outputs never overwrit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -91,13 +92,13 @@ def test_a_folder_report_never_touches_files_it_did_not_write(here: Path, capsys
     theirs = snapshot(site)
     assert main(["--format", "dir", "-o", "site", "--quiet"]) == 0, capsys.readouterr().err
     first = set(json.loads((site / MANIFEST).read_text())["files"])
-    assert {"index.html", MANIFEST} <= first and any(f.startswith("img/") for f in first)
+    assert "index.html" in first and MANIFEST not in first and any(f.startswith("img/") for f in first)
     assert all(snapshot(site)[name] == data for name, data in theirs.items())
     assert main(["--format", "dir", "-o", "site", "--colormap", "magma", "--quiet"]) == 0  # other images
     second = set(json.loads((site / MANIFEST).read_text())["files"])
     now = snapshot(site)
     assert all(now[name] == data for name, data in theirs.items())
-    assert set(now) == set(theirs) | second, "the first report's images are gone, nothing else"
+    assert set(now) == set(theirs) | second | {MANIFEST}, "the first report's images are gone, nothing else"
     assert (
         not [p for p in site.rglob("*.tmp")] and sorted(p.name for p in here.iterdir() if p.name.startswith(".")) == []
     )
@@ -109,6 +110,58 @@ def test_a_folder_whose_index_html_is_someone_elses_is_refused(here: Path, capsy
     before = snapshot(here / "site")
     refused(capsys, ["--format", "dir", "-o", "site"], "'site'", "did not write")
     assert snapshot(here / "site") == before
+
+
+def _forge(site: Path, files: dict[str, list[str]]) -> None:
+    (site / MANIFEST).write_text(json.dumps({"generator": "featviz-report", "files": files}))
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_forged_manifest_cannot_make_a_user_file_ours(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    site, outside = here / "site", here / "outside"
+    for folder in (site, outside):
+        folder.mkdir()
+    (site / "notes.txt").write_text("mine")
+    (site / "results.json").write_text('{"mine": 1}')
+    (outside / "victim.json").write_text("precious")
+    (site / "up").symlink_to(outside)  # a path through a link leaves the folder
+    (site / "sub").mkdir()
+    (site / "sub" / "deep.json").write_text("mine too")
+    _forge(site, {
+        "notes.txt": [_sha(site / "notes.txt")],  # not a name a report writes
+        "results.json": ["0" * 64],  # a sidecar's name, but not the content it wrote
+        "up/victim.json": [_sha(outside / "victim.json")],  # through a link
+        "sub/deep.json": [_sha(site / "sub" / "deep.json")],  # deeper than a sidecar lives
+        "img": [], "../outside/victim.json": [],
+    })  # fmt: skip
+    before = {**snapshot(site), **{f"outside/{k}": v for k, v in snapshot(outside).items()}}
+    assert main(["--format", "dir", "-o", "site", "--quiet"]) == 0, capsys.readouterr().err
+    after = {**snapshot(site), **{f"outside/{k}": v for k, v in snapshot(outside).items()}}
+    assert all(after.get(name) == data for name, data in before.items() if name != MANIFEST)
+
+
+def test_a_folder_report_never_writes_through_links_or_into_samples(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (here / "site").mkdir()
+    (here / "mine").mkdir()
+    (here / "site" / "img").symlink_to(here / "mine")
+    refused(capsys, ["--format", "dir", "-o", "site"], "'site/img' is not a folder of the report's own")
+    assert list((here / "mine").iterdir()) == []
+    refused(capsys, ["--format", "dir", "-o", "imgs", "--samples", "imgs"], "inside the samples folder")
+    refused(capsys, ["--format", "dir", "-o", "imgs/report", "--samples", "imgs"], "inside the samples folder")
+    assert sorted(p.name for p in (here / "imgs").iterdir()) == ["0.png", "1.png", "2.png"]
+
+
+def test_an_output_that_is_a_link_replaces_what_it_points_at(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (here / "reports").mkdir()
+    (here / "reports" / "latest.html").write_text("old")
+    (here / "r.html").symlink_to(here / "reports" / "latest.html")
+    assert main(["-o", "r.html", "--quiet"]) == 0, capsys.readouterr().err
+    assert (here / "r.html").is_symlink() and read_page(here / "reports" / "latest.html").sections
 
 
 def test_a_report_folder_can_be_rebuilt_from_inside_it(here: Path, capsys: pytest.CaptureFixture[str],
@@ -221,4 +274,8 @@ def test_an_output_that_is_not_a_regular_file_is_refused(here: Path, capsys: pyt
     os.mkfifo(here / "pipe")
     refused(capsys, ["-o", "pipe"], "'pipe' is not a regular file")
     refused(capsys, ["--json", "/dev/null"], "'/dev/null' is not a regular file")
+    (here / "stdout").symlink_to("/dev/stdout")  # whatever stdout is redirected to, even a regular file
+    refused(capsys, ["-o", "stdout"], "'stdout' is not a regular file")
+    refused(capsys, ["-o", "/dev/stdout"], "'/dev/stdout' is not a regular file")
+    assert os.path.islink("/dev/stdout")
     assert stat.S_ISFIFO((here / "pipe").stat().st_mode)
