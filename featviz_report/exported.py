@@ -318,7 +318,7 @@ def _as_layer(module: nn.Module) -> nn.Module | None:
     args = list(node.args) + [None] * 7
     if node.target is torch.ops.aten.linear.default and weight.ndim == 2:
         layer: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    elif node.target is torch.ops.aten.conv2d.default and weight.ndim == 4:
+    elif node.target in (torch.ops.aten.conv2d.default, torch.ops.aten.conv2d.padding) and weight.ndim == 4:
         stride, padding, dilation, groups = (
             node.kwargs.get(key, args[i] if args[i] is not None else default)
             for i, key, default in ((3, "stride", [1]), (4, "padding", [0]), (5, "dilation", [1]), (6, "groups", 1))
@@ -328,7 +328,7 @@ def _as_layer(module: nn.Module) -> nn.Module | None:
             weight.shape[0],
             (int(weight.shape[2]), int(weight.shape[3])),
             stride=_pair(stride),
-            padding=_pair(padding),
+            padding=padding if isinstance(padding, str) else _pair(padding),  # "same"/"valid": the .padding overload
             dilation=_pair(dilation),
             groups=groups,
             bias=bias is not None,

@@ -85,6 +85,38 @@ def test_torchscript_is_refused_with_what_to_use_instead(tmp_path: Path, tiny_cn
         load_model(str(tmp_path / "m.ts"))
 
 
+class Convolutions(nn.Module):
+    """Every way an export spells a convolution: string padding, groups, dilation, no bias, nesting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.same = nn.Conv2d(3, 8, 3, padding="same")
+        self.grouped = nn.Conv2d(8, 8, 3, groups=4, dilation=2, padding=2, stride=2)
+        self.nested = nn.Sequential(nn.Sequential(nn.Conv2d(8, 4, 1, bias=False), nn.ReLU()))
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.nested(self.grouped(self.same(x))).mean((2, 3)))
+
+
+def test_every_exported_convolution_becomes_the_same_layer_again(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Convolutions().eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(model, (torch.rand(2, 3, 16, 16),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, tmp_path / "m.pt2")
+    loaded = load_model(str(tmp_path / "m.pt2"))
+    layers = dict(loaded.module.named_modules())
+    for name in ("same", "grouped", "nested.0.0"):
+        original, restored = model.get_submodule(name), layers[name]
+        assert isinstance(restored, nn.Conv2d), name
+        for attr in ("stride", "padding", "dilation", "groups", "kernel_size"):
+            assert getattr(restored, attr) == getattr(original, attr), (name, attr)
+    assert loaded.batch_size is None and loaded.input_size == 16
+    x = torch.rand(5, 3, 16, 16)
+    torch.testing.assert_close(loaded.module(x), model(x))
+
+
 def test_export_archives_load_with_their_real_layers_and_input(tmp_path: Path, tiny_cnn: TinyCNN) -> None:
     program = torch.export.export(tiny_cnn.eval(), (torch.rand(1, 1, 8, 8),))
     torch.export.save(program, tmp_path / "m.pt2")
