@@ -3,9 +3,11 @@
 Times ``build_report`` (through :mod:`bench.featviz_run`) and the three reference scripts of ../shared/bench
 (``floor.py``: min-max to uint8 and one PNG atlas per layer and image, in memory, on every core;
 ``grid_baseline.py``: torchvision's ``make_grid`` + ``save_image``; ``seed_baseline.py``: one matplotlib figure per
-layer, ``--seed-channels`` channels of the first image). Each measurement is a fresh process; like the scripts,
-featviz's time is in-process (interpreter start-up, imports, model and inputs excluded). Every one gets the same
-model and inputs: ``torch.manual_seed(0)``, ``getattr(torchvision.models, MODEL)(weights=None).eval()``,
+layer, ``--seed-channels`` channels of the first image), and TorchLens, a peer (``torchlens.trace``: every
+operation's output captured in memory, no images; :mod:`bench.torchlens_run`). Each measurement is a fresh
+process; like the scripts, featviz's time is in-process (interpreter start-up, imports, model and inputs
+excluded). Every one gets the same model and inputs: ``torch.manual_seed(0)``,
+``getattr(torchvision.models, MODEL)(weights=None).eval()``,
 ``torch.randn(N, 3, 224, 224)``, and captures every ``nn.Conv2d`` (featviz gets their names as ``layers``, so its
 default Linear layers are left out). A script's time is the sum of its ``*_s=`` figures. Runs are interleaved
 round-robin (floor, grid, seed, featviz, floor, ...) and the table shows each one's median.
@@ -19,14 +21,18 @@ Then, unless ``--no-memory``, featviz's peak resident set at each of ``--memory-
 each, the median shown; written as a folder). The peak includes Python, torch and the inputs tensor (154 MB
 at 256 × 224² RGB), so the table also shows it less the inputs and how much it rose during ``build_report``.
 
+``--load`` measures the timings twice: on a quiet machine, then while another process keeps one core busy
+(a Python busy loop started before the rounds and stopped after them), so both ratios come from one run.
+
 Run from the repository root (a benchmark, not a test; numbers vary, the slow references take a while):
-``.venv/bin/python -m bench.compare [--model resnet18] [--samples 8] [--repeat 3] [--skip seed,grid]
-[--keep DIR] [--no-memory]``; ``--refs DIR`` if the scripts are not in ../shared/bench.
+``.venv/bin/python -m bench.compare [--model resnet18] [--samples 8] [--repeat 3] [--skip seed,grid,torchlens]
+[--load] [--keep DIR] [--no-memory]``; ``--refs DIR`` if the scripts are not in ../shared/bench.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import statistics
 import subprocess
@@ -39,6 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 REFS = Path(__file__).resolve().parents[2] / "shared" / "bench"
 FEATVIZ = "featviz-report"
 SCRIPTS = {"floor": "floor.py", "grid": "grid_baseline.py", "seed": "seed_baseline.py"}
+TORCHLENS = "torchlens"
+BUSY = "while True: pass"
 FIGURE = re.compile(r"(\w+)=(\S+)")
 
 
@@ -149,6 +157,8 @@ def verdict(featviz: Runs, other: Runs) -> str:
         return f"{times(featviz.median / other.median)} the floor" if other.median > 0 else "—"
     if other.name == SCRIPTS["seed"]:
         return faster(featviz.per_tile, other.per_tile, " per tile")
+    if other.name == TORCHLENS:
+        return faster(featviz.median, other.median, " (full page vs capture alone)")
     return faster(featviz.median, other.median)
 
 
@@ -159,7 +169,7 @@ def input_label(shape: str) -> str:
     return side if channels == "3" else f"{side} grey" if channels == "1" else f"{channels}×{side}"
 
 
-def timing_table(model: str, samples: int, results: dict[str, Runs]) -> list[str]:
+def timing_table(model: str, samples: int, results: dict[str, Runs], condition: str = "") -> list[str]:
     featviz = results[FEATVIZ]
     rows = [("script", "median", "runs", "tiles", "per tile", "featviz is")]
     for runs in results.values():
@@ -177,7 +187,7 @@ def timing_table(model: str, samples: int, results: dict[str, Runs]) -> list[str
     shape = input_label(featviz.figures.get("input", "3x224x224"))
     lines = [
         f"{model} × {samples} ({shape}, all Conv2d, {featviz.tiles:,} tiles), "
-        f"median of {len(featviz.seconds)}, seconds in-process"
+        f"median of {len(featviz.seconds)}, seconds in-process{condition}"
     ]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     return lines + timing_notes(results)
@@ -186,7 +196,12 @@ def timing_table(model: str, samples: int, results: dict[str, Runs]) -> list[str
 def timing_notes(results: dict[str, Runs]) -> list[str]:
     """What each wrote, on which device, and any tile count that does not match featviz's."""
     featviz = results[FEATVIZ]
-    notes = [
+    notes = (
+        []
+        if TORCHLENS not in results
+        else [f"torchlens: torchlens.trace, {results[TORCHLENS].figures.get('layers', '?')} operations kept in memory"]
+    )
+    notes += [
         f"featviz-report: one HTML page of {featviz.figures.get('html_MB', '?')} MB (maps, filters, statistics), "
         f"on {featviz.figures.get('device', '?')}; the scripts run on the CPU"
     ]
@@ -238,7 +253,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=8, help="number of random inputs")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each, interleaved; the table shows the median")
     parser.add_argument("--seed-channels", type=int, default=16, help="seed_baseline.py's channels per layer")
-    parser.add_argument("--skip", default="", help="references to leave out, comma-separated: floor, grid, seed")
+    parser.add_argument(
+        "--skip", default="", help="contenders to leave out, comma-separated: floor, grid, seed, torchlens"
+    )
+    parser.add_argument(
+        "--load", action="store_true", help="time twice: quiet, then with another process keeping one core busy"
+    )
     parser.add_argument("--refs", type=Path, default=REFS, help="the folder of the reference scripts")
     parser.add_argument("--keep", type=Path, help="write outputs here and keep them (default: a temporary folder)")
     parser.add_argument(
@@ -249,8 +269,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--memory-samples", default="16,256", help="sample counts of the memory runs, comma-separated")
     args = parser.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    if skip - set(SCRIPTS):
-        parser.error(f"--skip: unknown {', '.join(sorted(skip - set(SCRIPTS)))}; choose from floor, grid, seed")
+    if skip - {*SCRIPTS, TORCHLENS}:
+        unknown = ", ".join(sorted(skip - {*SCRIPTS, TORCHLENS}))
+        parser.error(f"--skip: unknown {unknown}; choose from floor, grid, seed, torchlens")
+    args.torchlens = TORCHLENS not in skip and importlib.util.find_spec("torchlens") is not None
+    if TORCHLENS not in skip and not args.torchlens:
+        print("torchlens is not installed: its row is left out (pip install torchlens)", file=sys.stderr)
     args.scripts = [args.refs / name for key, name in SCRIPTS.items() if key not in skip]
     for script in args.scripts:
         if not script.is_file():
@@ -268,13 +292,26 @@ def compare(args: argparse.Namespace, out: Path) -> None:
             script_command(script, args.model, args.samples, out / f"{script.stem}-{i}", args.seed_channels)
             for i in range(args.repeat)
         ]
+    if args.torchlens:
+        commands[TORCHLENS] = [
+            [sys.executable, "-m", "bench.torchlens_run", args.model, str(args.samples)] for _ in range(args.repeat)
+        ]
     commands[FEATVIZ] = [
         featviz_command(args.model, args.samples, out / f"featviz-{i}.html", args.device, args.max_size)
         for i in range(args.repeat)
     ]
-    results = measure(commands)
-    ordered = {FEATVIZ: results[FEATVIZ], **{k: v for k, v in results.items() if k != FEATVIZ}}
-    print("\n".join(timing_table(args.model, args.samples, ordered)))
+    conditions = [("", None)] + ([(", one core kept busy by another process", BUSY)] if args.load else [])
+    for label, load in conditions:
+        busy = subprocess.Popen([sys.executable, "-c", load]) if load else None
+        try:
+            results = measure(commands)
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+        ordered = {FEATVIZ: results[FEATVIZ], **{k: v for k, v in results.items() if k != FEATVIZ}}
+        print("\n".join(timing_table(args.model, args.samples, ordered, label)))
+        print()
     if args.memory and args.memory_counts:
         rows = []
         for n in args.memory_counts:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,6 +18,7 @@ from PIL import Image
 
 from .colormaps import palette
 from .spool import Spool, Spooled
+from .threads import allowed_cores
 
 __all__ = ["PngEncoder", "grid_shape", "tile_atlas", "png_palette", "png_rgb", "ZLIB_LEVEL"]
 
@@ -79,7 +79,7 @@ class PngEncoder:
     def __init__(
         self, workers: int | None = None, spool: Spool | None = None, max_pending: int = MAX_PENDING_BYTES
     ) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1, thread_name_prefix="png")
+        self._pool = ThreadPoolExecutor(max_workers=workers or allowed_cores(), thread_name_prefix="png")
         self._spool = spool
         self._max_pending = max_pending
         self._pending = 0

@@ -32,6 +32,7 @@ from .report_data import CamView, DatasetScan, LayerSection, Png, Prediction, Re
 from .samples import SampleSet
 from .sections import colorbar
 from .spool import Spool, Spooled
+from .threads import available_cores, torch_threads
 from .tree import module_tree
 
 __all__ = ["Job", "Run", "open_job", "run_passes", "capture_pass", "assemble", "new_report", "finish", "cam_view"]
@@ -192,7 +193,11 @@ def capture_pass(
     notes: dict[str, None] = {}  # in order, once each
     seen = 0
     stage = "capture" if encoder is not None else "rank"
-    with capturing(model, job.layers, config.scale) as capture, torch.inference_mode():
+    with (
+        torch_threads(available_cores()),
+        capturing(model, job.layers, config.scale) as capture,
+        torch.inference_mode(),
+    ):
         for batch in sample_set.batches(config.batch_size):
             inputs = batch.inputs.to(device=job.device, dtype=job.dtype)
             try:

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Reduced", "reduce_output", "vector_shape", "HISTOGRAM_BINS"]
+__all__ = ["Reduced", "reduce_output", "histogram_counts", "vector_shape", "HISTOGRAM_BINS", "HISTOGRAM_VALUES"]
 
 HISTOGRAM_BINS = 64
+HISTOGRAM_VALUES = 1 << 20  # a batch's histogram counts at most this many values, evenly strided, scaled up
 PERCENTILE = 0.01  # ``percentile`` clips each tile to its 1st–99th percentile
 
 
@@ -145,6 +146,18 @@ def _channel_sums(
     return count, mean, m2, count - nonzero, (net + nonzero) // 2
 
 
+def histogram_counts(values: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Counts of ``values`` in ``HISTOGRAM_BINS`` bins over ``[lo, hi]``. Past ``HISTOGRAM_VALUES`` values
+    (resnet18's first layer has 6.4 M in a batch of 8) every k-th one is counted and the counts scaled by
+    k: the shape of the distribution at a quarter of the cost or less, and the same total."""
+    flat = values.reshape(-1)
+    step = -(-flat.numel() // HISTOGRAM_VALUES)
+    if step == 1:
+        return torch.histc(flat, HISTOGRAM_BINS, lo, hi)
+    counts = torch.histc(flat[::step], HISTOGRAM_BINS, lo, hi)
+    return counts * (flat.numel() / max(float(counts.sum()), 1.0))
+
+
 def reduce_output(output: torch.Tensor, scale: str | None = "channel") -> Reduced:
     """Reduce a 2-, 3- or 4-D layer output on its own device; ``scale`` one of ``config.SCALES``, or
     ``None`` for statistics without tiles."""
@@ -175,9 +188,7 @@ def reduce_output(output: torch.Tensor, scale: str | None = "channel") -> Reduce
     hist_lo = sample_lo.amin()
     hist_hi = peak.amax()
     histogram = (
-        torch.histc(
-            per_channel if finite is None else per_channel[finite], HISTOGRAM_BINS, float(hist_lo), float(hist_hi)
-        )
+        histogram_counts(per_channel if finite is None else per_channel[finite], float(hist_lo), float(hist_hi))
         if bool(torch.isfinite(hist_lo))
         else torch.zeros(HISTOGRAM_BINS, device=values.device)
     )

@@ -9,7 +9,6 @@ import base64
 import contextlib
 import functools
 import hashlib
-import json
 import math
 from collections.abc import Callable, Iterator
 
@@ -25,7 +24,7 @@ from .report_data import (
     Report,
 )
 from .resources import templates_dir
-from .sidecar import finite_list, json_safe
+from .sidecar import finite_list, strict_json
 
 __all__ = ["render_html", "html_size", "inline_size", "data_uri", "script_json"]
 
@@ -139,8 +138,9 @@ def _sha256(text: str) -> str:
 
 
 def script_json(value: object) -> str:
-    """JSON that is safe inside a ``<script>`` element: no ``<``, ``>``, ``&`` or line separators."""
-    text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    """JSON that is safe inside a ``<script>`` element: no ``<``, ``>``, ``&`` or line separators; NaN
+    and ±Inf are ``null``."""
+    text = strict_json(value, separators=(",", ":"), ensure_ascii=False)
     for raw, escaped in (
         ("<", "\\u003c"),
         (">", "\\u003e"),
@@ -196,7 +196,7 @@ def render_html(report: Report, src: Callable[[Png], Markup], folder: bool = Fal
         css=Markup(css),
         js=Markup(js),
         csp=csp,
-        data_json=Markup(script_json(json_safe(_page_data(report)))),
+        data_json=Markup(script_json(_page_data(report))),
         grid_class=_grid_class,
         histogram=_histogram_svg,
     )

@@ -17,7 +17,7 @@ from .config import ReportConfig
 from .encode import grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import ModelError
 from .record import LayerRecord, output_kind
-from .reduce import HISTOGRAM_BINS, vector_shape
+from .reduce import histogram_counts, vector_shape
 from .report_data import ChannelStats, FilterView, Grid, Histogram, LayerSection, Peaks, Png, Stats
 from .spool import Spooled
 from .weights import FilterTiles, filter_tiles
@@ -77,7 +77,7 @@ def _weight_histogram(module: nn.Module) -> Histogram | None:
         if values.numel() == 0:
             return None
         lo, hi = (float(v) for v in torch.aminmax(values))
-    return _histogram(torch.histc(values, HISTOGRAM_BINS, lo, hi).cpu().numpy(), lo, hi)
+    return _histogram(histogram_counts(values, lo, hi).cpu().numpy(), lo, hi)
 
 
 def _peaks(acc: ChannelAccumulator, shape: tuple[int, ...]) -> Peaks:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 from .report_data import (
     ChannelStats,
@@ -21,7 +22,7 @@ from .report_data import (
     Stats,
 )
 
-__all__ = ["report_json", "json_text", "json_safe", "finite_list"]
+__all__ = ["report_json", "json_text", "strict_json", "finite_list"]
 
 
 def json_safe(value: object) -> object:
@@ -35,9 +36,18 @@ def json_safe(value: object) -> object:
     return value
 
 
+def strict_json(value: object, **options: Any) -> str:
+    """``json.dumps`` that writes NaN and ±Inf as ``null``. The tree is walked only when it holds one: a
+    finite report (the usual case) costs one plain dump."""
+    try:
+        return json.dumps(value, allow_nan=False, **options)
+    except ValueError:
+        return json.dumps(json_safe(value), allow_nan=False, **options)
+
+
 def json_text(report: Report) -> str:
     """The sidecar's text (strict JSON, one trailing newline)."""
-    return json.dumps(json_safe(report_json(report)), indent=1, allow_nan=False) + "\n"
+    return strict_json(report_json(report), indent=1) + "\n"
 
 
 def finite_list(values: tuple[float, ...]) -> list[float | None]:
