@@ -79,11 +79,13 @@ def _tile_shape(values: torch.Tensor) -> tuple[int, int, int]:
     return (1, *vector_shape(values.shape[1]))
 
 
-def _to_uint8(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """``values`` scaled so ``lo`` → 0 and ``hi`` → 255, rounded; a constant tile (``hi == lo``) is all 0."""
+def _to_uint8(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    """``values`` scaled so ``lo`` → 0 and ``hi`` → 255, rounded; a constant tile (``hi == lo``) is all 0.
+    Without ``clamp`` the caller promises ``lo`` and ``hi`` are the values' own minimum and maximum (then
+    the scaled values lie in [0, 255] already, and one pass over them is saved)."""
     span = hi - lo
-    scaled = (values - lo) * (255.0 / torch.where(span > 0, span, 1.0))
-    return scaled.round_().clamp_(0, 255).to(torch.uint8)
+    scaled = (values - lo).mul_(255.0 / torch.where(span > 0, span, 1.0)).round_()
+    return (scaled.clamp_(0, 255) if clamp else scaled).to(torch.uint8)
 
 
 def _scaled_tiles(
@@ -117,7 +119,7 @@ def _scaled_tiles(
             k = max(1, math.ceil(PERCENTILE * positions))
             lo = source.kthvalue(k, -1, keepdim=True).values
             hi = source.kthvalue(positions - k + 1, -1, keepdim=True).values
-        tiles = _to_uint8(source, lo, hi)
+        tiles = _to_uint8(source, lo, hi, clamp=scale == "percentile")
     if finite is not None and tiles.numel():
         tiles = torch.where(finite, tiles, 0)
     return tiles, finite, tile_lo.squeeze(-1), (tile_hi.squeeze(-1), hi_at.squeeze(-1))
