@@ -212,6 +212,12 @@ def _add_report_options(parser: argparse.ArgumentParser) -> None:
         "channels comparable), sigmoid (as in the classic VGG recipe), percentile (1st-99th per channel)",
     )
     parser.add_argument("--strict", action="store_true", help="an unreadable sample file is an error, not a warning")
+    parser.add_argument(
+        "--no-graph",
+        dest="graph",
+        action="store_false",
+        help="leave out the graph of the model (one forward pass less)",
+    )
 
 
 def _add_scan_options(parser: argparse.ArgumentParser) -> None:
@@ -291,6 +297,7 @@ def _run(args: argparse.Namespace) -> None:
         target_class=args.target_class,
         output=args.output,
         strict=args.strict,
+        graph=args.graph,
     )
     samples = args.samples or [demo_samples_dir()]
     if compare is None:

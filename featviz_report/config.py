@@ -40,7 +40,8 @@ class ReportConfig:
     always printed). ``cam`` (``gradcam`` or ``gradcam++``) adds class activation maps of ``cam_layer``
     (default: the last Conv2d) for ``target_class`` (default: each sample's top class). ``output`` picks
     the class scores of a model that returns several tensors, by tuple index or dict key (default: see
-    :mod:`featviz_report.logits`). ``loader_workers``: processes decoding images in a scan. ``max_size`` (MB)
+    :mod:`featviz_report.logits`). ``loader_workers``: processes decoding images in a scan. ``graph``: draw
+    the graph of what ran (one more forward pass, of one sample; see :mod:`featviz_report.graph`). ``max_size`` (MB)
     is the budget of a single-file page (``None``: no limit; see :mod:`featviz_report.budget`).
     """
 
@@ -66,6 +67,7 @@ class ReportConfig:
     output: str | None = None
     workers: int | None = None
     loader_workers: int = 2
+    graph: bool = True
     strict: bool = False
     quiet: bool = True
 

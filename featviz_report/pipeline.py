@@ -5,6 +5,8 @@ layer sections, and the files written (:func:`finish`).
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -22,13 +24,15 @@ from .device import float_dtype, pick_device
 from .encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import InputError, ModelError, first_few
 from .gradcam import class_activation_maps, default_cam_layer, overlay
+from .graph import record_graph
+from .graph_layout import layout_graph
 from .heap import release_freed_memory
 from .logits import class_scores
 from .outputs import write_report
 from .progress import Progress
 from .record import LayerRecord, new_accumulator
 from .reduce import Reduced
-from .report_data import CamView, DatasetScan, LayerSection, Png, Prediction, Report, Sample
+from .report_data import CamView, DatasetScan, GraphView, LayerSection, Png, Prediction, Report, Sample
 from .samples import SampleSet
 from .sections import colorbar
 from .spool import Spool, Spooled
@@ -62,8 +66,8 @@ def open_job(model: nn.Module, sample_set: SampleSet, config: ReportConfig, prog
 
 
 def assemble(job: Job, run: Run, sections: tuple[LayerSection, ...], cams: tuple[CamView, ...] = ()) -> Report:
-    """The report of one model's run."""
-    return new_report(
+    """The report of one model's run, with the graph of what ran unless ``config.graph`` is off."""
+    report = new_report(
         job.model,
         job.config,
         job.device,
@@ -75,6 +79,45 @@ def assemble(job: Job, run: Run, sections: tuple[LayerSection, ...], cams: tuple
         notes=tuple(run.notes),
         cams=cams,
     )
+    return dataclasses.replace(report, graph=graph_view(job, sections)) if job.config.graph else report
+
+
+def graph_view(job: Job, sections: tuple[LayerSection, ...]) -> GraphView:
+    """The model's graph, recorded on the first sample (the first batch for a model that takes only
+    whole batches), laid out, its captured layers linked to their sections and flagged."""
+    batch = next(job.sample_set.batches(job.config.batch_size), None)
+    if batch is None:
+        return GraphView(0, 0, (), (), (), "no graph: no sample could be used")
+    graph, failure = None, ""
+    modes = {module: module.training for module in job.model.modules()}
+    job.model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the model's own warnings were shown when it ran for the report
+            for inputs in (batch.inputs[:1], batch.inputs):
+                try:
+                    graph = record_graph(job.model, inputs.to(device=job.device, dtype=job.dtype))
+                    break
+                except Exception as err:  # noqa: BLE001 - the model ran for the report; one sample may not
+                    failure = type(err).__name__
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+    if graph is None:
+        return GraphView(0, 0, (), (), (), f"no graph: the recording pass failed ({failure})")
+    slugs = {section.name: section.slug for section in sections}
+    return layout_graph(graph, slugs, {section.name: _flags(section) for section in sections})
+
+
+def _flags(section: LayerSection) -> str:
+    stats = section.stats
+    unit = "unit" if section.kind == "vector" else "channel"
+    parts = (
+        [f"{stats.dead_channels} dead {unit}{'s' if stats.dead_channels != 1 else ''}"] if stats.dead_channels else []
+    )
+    if stats.nan or stats.inf:
+        parts.append(f"{stats.nan} NaN, {stats.inf} Inf")
+    return ", ".join(parts)
 
 
 def new_report(

@@ -18,6 +18,8 @@ from markupsafe import Markup, escape
 
 from .report_data import (
     ChannelStats,
+    GraphBox,
+    GraphView,
     Grid,
     Histogram,
     Png,
@@ -124,6 +126,62 @@ def _histogram_svg(histogram: Histogram | None, label: str) -> Markup:
     )
 
 
+def _graph_svg(graph: GraphView) -> Markup:
+    """The laid-out graph as inline SVG: frames per module, edges, and one box per call; a captured
+    layer's box is a link to its section. Only attributes and classes, no style: the CSP stays strict."""
+    parts = [
+        f'<svg class="graph" viewBox="0 0 {graph.width} {graph.height}" width="{graph.width}" '
+        f'height="{graph.height}" aria-labelledby="graph-title">'
+        '<defs><marker id="graph-arrow" viewBox="0 0 8 8" refX="8" refY="4" markerWidth="7" markerHeight="7" '
+        'orient="auto-start-reverse"><path d="M0,0L8,4L0,8z"/></marker></defs><g class="frames">'
+    ]
+    for frame in graph.clusters:
+        parts.append(
+            f'<g class="frame d{min(frame.depth, 2)}"><rect x="{frame.left}" y="{frame.top}" width="{frame.width}" '
+            f'height="{frame.height}" rx="6"/><text x="{frame.left + 6}" y="{frame.top + 12}">{escape(frame.name)}'
+            "</text></g>"
+        )
+    parts.append('</g><g class="edges">')
+    parts += [f'<path d="{edge.path}" marker-end="url(#graph-arrow)"/>' for edge in graph.edges]
+    parts.append('</g><g class="nodes">')
+    for box in graph.boxes:
+        parts.append(_graph_box(box))
+    parts.append("</g></svg>")
+    return Markup("".join(parts))
+
+
+def _graph_box(box: GraphBox) -> str:
+    classes = " ".join(
+        c
+        for c in (
+            "node",
+            box.kind,
+            "layer" if box.slug else "",
+            "merge" if box.merge else "",
+            "flagged" if box.flags else "",
+        )
+        if c
+    )
+    shape = "×".join(map(str, box.shape))
+    title = " · ".join(
+        p for p in (box.name if not box.call else f"{box.name} (call {box.call + 1})", box.type, shape, box.flags) if p
+    )
+    cx, cy = round(box.x + box.width / 2, 1), round(box.y + box.height / 2, 1)
+    if box.kind == "op":
+        outline = f'<ellipse cx="{cx}" cy="{cy}" rx="{box.width / 2:.1f}" ry="{box.height / 2:.1f}"/>'
+    else:
+        outline = f'<rect x="{box.x}" y="{box.y}" width="{box.width}" height="{box.height}" rx="4"/>'
+    first = cy - 6 * (len(box.label) - 1) + 3.5
+    text = "".join(
+        f'<text x="{cx}" y="{first + 12 * i:.1f}" text-anchor="middle">{escape(line)}</text>'
+        for i, line in enumerate(box.label)
+    )
+    inner = f"<title>{escape(title)}</title>{outline}{text}"
+    if box.slug:
+        return f'<a href="#layer-{escape(box.slug)}" class="{classes}" data-node="{escape(box.slug)}">{inner}</a>'
+    return f'<g class="{classes}">{inner}</g>'
+
+
 def _grid_css(report: Report) -> str:
     """One rule per grid geometry in the page: where the lines between tiles fall."""
     geometries = {(g.cols, g.rows) for layer in report.layers for g in layer.maps if g}
@@ -199,6 +257,7 @@ def render_html(report: Report, src: Callable[[Png], Markup], folder: bool = Fal
         data_json=Markup(script_json(_page_data(report))),
         grid_class=_grid_class,
         histogram=_histogram_svg,
+        graph_svg=_graph_svg,
     )
 
 

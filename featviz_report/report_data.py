@@ -268,6 +268,58 @@ class TreeNode:
 
 
 @dataclass(frozen=True)
+class GraphBox:
+    """One call in the model's graph, placed: top-left corner and size in SVG units (points)."""
+
+    id: int
+    kind: str  # input, module, op or output
+    name: str
+    type: str
+    shape: tuple[int, ...]
+    call: int
+    x: float
+    y: float
+    width: float
+    height: float
+    slug: str  # the captured layer's section ("" when not captured)
+    flags: str  # e.g. "3 dead channels, NaN" for a captured layer
+    label: tuple[str, ...]  # lines of text in the box
+    merge: bool  # more than one input: where branches join (an add, a concatenation)
+
+
+@dataclass(frozen=True)
+class GraphCluster:
+    """The frame around the calls made inside one module (``layer1``, ``layer1.0``)."""
+
+    name: str
+    left: float
+    top: float
+    width: float
+    height: float
+    depth: int
+
+
+@dataclass(frozen=True)
+class GraphEdge:
+    """A tensor from one call to another, as SVG path data."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class GraphView:
+    """The laid-out graph of what ran; no boxes when it could not be made (``note`` says why)."""
+
+    width: float
+    height: float
+    boxes: tuple[GraphBox, ...]
+    clusters: tuple[GraphCluster, ...]
+    edges: tuple[GraphEdge, ...]
+    note: str = ""
+    edge_pairs: tuple[tuple[int, int], ...] = ()  # (from, to) box ids, for the JSON
+
+
+@dataclass(frozen=True)
 class Report:
     """A whole report: header facts, the input samples and one section per captured layer."""
 
@@ -289,3 +341,4 @@ class Report:
     comparison: Comparison | None = None
     cams: tuple[CamView, ...] = ()
     dataset: DatasetScan | None = None  # set in a dataset scan's report (which has no samples)
+    graph: GraphView | None = None

@@ -14,6 +14,7 @@ from .report_data import (
     ChannelStats,
     Comparison,
     DatasetScan,
+    GraphView,
     Histogram,
     LayerChange,
     Prediction,
@@ -121,6 +122,25 @@ def _dataset_json(scan: DatasetScan) -> dict[str, object]:
     }
 
 
+def _graph_json(graph: GraphView) -> dict[str, object]:
+    return {
+        "nodes": [
+            {
+                "id": box.id,
+                "kind": box.kind,
+                "name": box.name,
+                "type": box.type,
+                "call": box.call,
+                "output_shape": list(box.shape),
+                "layer": f"layer-{box.slug}" if box.slug else None,
+            }
+            for box in graph.boxes
+        ],
+        "edges": [list(edge) for edge in graph.edge_pairs],
+        "note": graph.note or None,
+    }
+
+
 def report_json(report: Report) -> dict[str, object]:
     """The report's numbers, machine-readable (no images)."""
     return {
@@ -166,5 +186,6 @@ def report_json(report: Report) -> dict[str, object]:
         ],
         "skipped_samples": [{"name": name, "reason": reason} for name, reason in report.skipped_samples],
         **({"dataset": _dataset_json(report.dataset)} if report.dataset else {}),
+        **({"graph": _graph_json(report.graph)} if report.graph else {}),
         "notes": list(report.notes),
     }

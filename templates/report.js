@@ -47,7 +47,9 @@
       a.classList.toggle("current", on);
       if (on) { a.setAttribute("aria-current", "location"); } else { a.removeAttribute("aria-current"); }
     });
+    graphNodes.forEach(function (a) { a.classList.toggle("current", "layer-" + a.getAttribute("data-node") === id); });
   }
+  var graphNodes = Array.prototype.slice.call(document.querySelectorAll("svg.graph a[data-node]"));
   window.addEventListener("scroll", function () {
     if (!ticking) { ticking = true; window.requestAnimationFrame(markCurrent); }
   }, { passive: true });

@@ -1,0 +1,103 @@
+"""graph.py and graph_layout.py: the graph of what ran, for any eager model, drawn inline and linked."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TinyCNN, hooks_left, read_page
+from torch import nn
+
+from featviz_report import ReportConfig, build_report
+from featviz_report.cli import main
+from featviz_report.graph import record_graph
+
+
+class Branchy(nn.Module):
+    """A skip connection (add), a concatenation, a module called twice, a Python loop and a branch on
+    the data: what torch.fx.symbolic_trace cannot trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
+        self.act = nn.ReLU()
+        self.side = nn.Conv2d(4, 2, 1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.stem(x))
+        for _ in range(2):  # a Python loop: the block's modules run twice
+            x = self.act(self.block(x) + x)
+        if x.mean() > -1e9:  # data-dependent control flow
+            x = torch.cat([x, self.side(x)], dim=1)
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+INPUTS = torch.rand(2, 3, 8, 8)
+
+
+def _incoming(graph, node_id):  # type: ignore[no-untyped-def]
+    return [a for a, b in graph.edges if b == node_id]
+
+
+def test_what_ran_is_recorded_where_fx_cannot_trace() -> None:
+    torch.manual_seed(0)
+    model = Branchy().eval()
+    with pytest.raises(Exception):  # noqa: B017 - whatever fx raises on data-dependent control flow
+        torch.fx.symbolic_trace(model)
+    graph = record_graph(model, INPUTS)
+    by_name: dict[str, list] = {}
+    for node in graph.nodes:
+        by_name.setdefault(node.name, []).append(node)
+    assert [n.call for n in by_name["block.0"]] == [0, 1], "a module called twice is two nodes of one layer"
+    adds = by_name["add"]
+    assert len(adds) == 2 and all(len(_incoming(graph, n.id)) == 2 for n in adds), "the skip joins the branch"
+    (cat,) = by_name["cat"]
+    assert len(_incoming(graph, cat.id)) == 2 and cat.shape == (6, 8, 8)
+    assert by_name["head"][0].shape == (3,) and "flatten" in by_name
+    assert not any("weight" in n.name or "bias" in n.name for n in graph.nodes), "parameters are not nodes"
+    assert graph.nodes[0].kind == "input" and graph.nodes[-1].kind == "output"
+    assert _incoming(graph, graph.nodes[-1].id) == [by_name["head"][0].id]
+    assert hooks_left(model) == []
+
+
+def test_the_page_draws_the_graph_with_links_to_every_captured_layer(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Branchy().train()
+    out, sidecar = tmp_path / "r.html", tmp_path / "r.json"
+    report = build_report(model, torch.rand(3, 3, 8, 8), out, ReportConfig(quiet=True), json_out=sidecar)
+    assert model.training and all(m.training for m in model.modules()) and hooks_left(model) == []
+    text = out.read_text(encoding="utf-8")
+    start, end = text.index('<svg class="graph"'), text.index("</svg>", text.index('<svg class="graph"'))
+    svg = ET.fromstring(text[start : end + 6])  # well-formed
+    links = {a.get("href") for a in svg.iter("{http://www.w3.org/2000/svg}a")} | {a.get("href") for a in svg.iter("a")}
+    sections = {f"#layer-{layer.slug}" for layer in report.layers}
+    assert sections <= links, sections - links
+    assert "http" not in text[start:end] and "style=" not in text[start:end]  # nothing fetched, CSP kept
+    assert read_page(out).sections  # the page still parses around it
+    data = json.loads(sidecar.read_text())
+    ids = {f"layer-{layer.slug}" for layer in report.layers}
+    linked = {node["layer"] for node in data["graph"]["nodes"] if node["layer"]}
+    assert linked == ids
+    merges = [n for n in data["graph"]["nodes"] if sum(1 for e in data["graph"]["edges"] if e[1] == n["id"]) > 1]
+    assert {n["name"] for n in merges} == {"add", "cat"}
+
+
+def test_no_graph_leaves_it_out_and_a_missing_engine_says_why(
+    tmp_path: Path, tiny_cnn: TinyCNN, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r.html"
+    assert main(["-o", str(out), "--no-graph", "--json", str(tmp_path / "r.json"), "--quiet"]) == 0
+    assert 'id="graph"' not in out.read_text() and "graph" not in json.loads((tmp_path / "r.json").read_text())
+    import featviz_report.graph_layout as layout
+
+    monkeypatch.setattr(layout, "_engine", lambda: None)
+    build_report(tiny_cnn, torch.rand(2, 1, 8, 8), out, ReportConfig(quiet=True))
+    text = out.read_text()
+    assert 'id="graph"' in text and "no graph: the graphviz-pure program is missing" in text
+    assert '<svg class="graph"' not in text
+    capsys.readouterr()
