@@ -23,32 +23,11 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from .capture import DEFAULT_TYPES
+from .report_data import GraphNode, ModelGraph
 
-__all__ = ["GraphNode", "ModelGraph", "record_graph"]
+__all__ = ["record_graph"]
 
 MAX_NODES = 5000  # past this, recording stops and the graph says it is cut short
-
-
-@dataclass(frozen=True)
-class GraphNode:
-    """One call in the forward pass: ``kind`` is ``input``, ``module``, ``op`` or ``output``."""
-
-    id: int
-    kind: str
-    name: str  # a module's qualified name, an operation's function name
-    type: str  # the module's class, or the operation's function name
-    shape: tuple[int, ...]  # the first output's shape without the batch axis (empty: not a tensor)
-    scope: str  # the qualified name of the module the call happened in ("" at the top)
-    call: int = 0  # which call of this module (0: the first)
-
-
-@dataclass(frozen=True)
-class ModelGraph:
-    """Nodes in the order they ran, edges as (from, to) node ids, and whether recording was cut short."""
-
-    nodes: tuple[GraphNode, ...]
-    edges: tuple[tuple[int, int], ...]
-    truncated: bool = False
 
 
 @dataclass

@@ -1,11 +1,14 @@
-"""A recorded :class:`~.graph.ModelGraph` laid out by Graphviz's ``dot`` algorithm, as boxes and paths.
+"""A recorded :class:`~.report_data.ModelGraph` laid out by Graphviz's ``dot`` algorithm, as boxes and paths.
 
-The engine is ``graphviz-pure`` (a dependency: a Rust port of Graphviz's ``dot`` shipped as a binary
-inside its wheel, so no system Graphviz is needed). It lays out the resnet50 graph (177 nodes) in well
-under a second; we read its JSON (positions, cluster boxes, edge splines) and draw our own SVG in
-:mod:`.render`, so the page keeps its strict CSP and every layer's node links to its section. Calls are
-grouped by the module they ran in (a cluster per block, three levels deep), so repeated blocks read as
-a column of framed groups. Without the binary, or when it fails, there is no graph and a note says why.
+The engine is ``graphviz-pure`` (a dependency: a Rust port of Graphviz's ``dot`` shipped as a binary in
+its wheel, so no system Graphviz is needed); we read its JSON (positions, frames, splines) and draw our
+own SVG in :mod:`.render`, so the page keeps its strict CSP and every layer's box links to its section.
+
+Calls are framed by the module they ran in. A graph of more than :data:`MAX_BOXES` calls is folded: the
+modules at the deepest nesting level that brings the overview within the limit become one box each
+(``layer1.0 · Bottleneck · 10 calls``), linked to a drawing of their inside below the overview. A resnet50
+(177 calls) reads as 16 bottlenecks between its stem and head; each bottleneck is drawn in full on demand.
+All drawings go to one ``dot`` process. Without the binary, or when it fails, there is a note instead.
 """
 
 from __future__ import annotations
@@ -16,34 +19,138 @@ import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from .graph import GraphNode, ModelGraph
-from .report_data import GraphBox, GraphCluster, GraphEdge, GraphView
+from .report_data import GraphBox, GraphCluster, GraphDetail, GraphNode, GraphPicture, GraphView, ModelGraph
 
-__all__ = ["layout_graph", "ENGINE"]
+__all__ = ["layout_graph", "ENGINE", "MAX_BOXES", "MAX_EDGES"]
 
 ENGINE = "graphviz-pure"
-CLUSTER_DEPTH = 3  # modules nested deeper than this are not framed (their calls still are nodes)
-TIMEOUT_S = 60
+MAX_BOXES = 90  # an overview with more boxes than this, or more edges than MAX_EDGES, is folded
+MAX_EDGES = 150
+CLUSTER_DEPTH = 3  # modules nested deeper than this are not framed (their calls still are boxes)
+TIMEOUT_S = 120
 POINTS = 72.0  # Graphviz sizes are in inches
 
 
+@dataclass(frozen=True)
+class _Item:
+    """A box to draw before layout: a call, or a folded module."""
+
+    key: str
+    kind: str
+    name: str
+    type: str
+    shape: tuple[int, ...]
+    scope: str
+    call: int = 0
+    calls: int = 1
+
+
 def _engine() -> str | None:
-    beside = Path(sys.executable).with_name(ENGINE)  # the venv's bin, when not on PATH
+    beside = Path(sys.executable).with_name(ENGINE)  # the venv's bin, when it is not on PATH
     return shutil.which(ENGINE) or (str(beside) if beside.is_file() else None)
+
+
+def _depth(name: str) -> int:
+    return name.count(".") + 1 if name else 0
+
+
+def _inside(scope: str, module: str) -> bool:
+    return scope == module or scope.startswith(module + ".")
+
+
+def _folded_under(node: GraphNode, depth: int) -> str | None:
+    """The module at ``depth`` that a call ran in, or None when it ran higher up."""
+    if _depth(node.scope) < depth:
+        return None
+    return ".".join(node.scope.split(".")[:depth])
+
+
+def _fold_depth(graph: ModelGraph) -> int | None:
+    """The deepest nesting level whose folding brings the overview within MAX_BOXES boxes and MAX_EDGES
+    edges (None: no folding). Edges count too: densenet's concatenations join every earlier layer."""
+    if len(graph.nodes) <= MAX_BOXES and len(graph.edges) <= MAX_EDGES:
+        return None
+    deepest = max((_depth(n.scope) for n in graph.nodes), default=0)
+    for depth in range(deepest, 0, -1):
+        group = {n.id: _folded_under(n, depth) or f"#{n.id}" for n in graph.nodes}
+        edges = {(group[a], group[b]) for a, b in graph.edges if group[a] != group[b]}
+        if len(set(group.values())) <= MAX_BOXES and len(edges) <= MAX_EDGES:
+            return depth
+    return 1
+
+
+def _drawings(graph: ModelGraph) -> list[tuple[str, str, list[_Item], set[tuple[str, str]]]]:
+    """(anchor, module, items, edges) per drawing: the overview first, then each folded module's inside."""
+    depth = _fold_depth(graph)
+    if depth is None:
+        items = [_Item(f"n{n.id}", n.kind, n.name, n.type, n.shape, n.scope, n.call) for n in graph.nodes]
+        return [("", "", items, {(f"n{a}", f"n{b}") for a, b in graph.edges})]
+    group_of = {n.id: _folded_under(n, depth) for n in graph.nodes}
+    members: dict[str, list[GraphNode]] = defaultdict(list)
+    for node in graph.nodes:
+        if group_of[node.id]:
+            members[group_of[node.id]].append(node)  # type: ignore[index]
+    anchors = dict(zip(members, _anchors(list(members))))
+    overview: list[_Item] = []
+    placed: set[str] = set()
+    for node in graph.nodes:
+        group = group_of[node.id]
+        if group is None:
+            overview.append(_Item(f"n{node.id}", node.kind, node.name, node.type, node.shape, node.scope, node.call))
+        elif group not in placed:
+            placed.add(group)
+            inner = members[group]
+            parent = group.rpartition(".")[0]
+            overview.append(_Item(anchors[group], "group", group, _module_type(inner, group), inner[-1].shape,
+                                  parent, calls=len(inner)))  # fmt: skip
+
+    def key(node_id: int) -> str:
+        group = group_of[node_id]
+        return anchors[group] if group else f"n{node_id}"
+
+    edges = {(key(a), key(b)) for a, b in graph.edges if key(a) != key(b)}
+    drawings = [("", "", overview, edges)]
+    for group, inner in members.items():
+        ids = {n.id for n in inner}
+        items = [_Item(f"n{n.id}", n.kind, n.name, n.type, n.shape, n.scope, n.call) for n in inner]
+        inner_edges = {(f"n{a}", f"n{b}") for a, b in graph.edges if a in ids and b in ids}
+        if any(a not in ids and b in ids for a, b in graph.edges):
+            items.insert(0, _Item("in", "input", "in", "from outside", (), group.rpartition(".")[0]))
+            inner_edges |= {("in", f"n{b}") for a, b in graph.edges if a not in ids and b in ids}
+        if any(a in ids and b not in ids for a, b in graph.edges):
+            items.append(_Item("out", "output", "out", "to outside", (), group.rpartition(".")[0]))
+            inner_edges |= {(f"n{a}", "out") for a, b in graph.edges if a in ids and b not in ids}
+        drawings.append((anchors[group], group, items, inner_edges))
+    return drawings
+
+
+def _module_type(inner: list[GraphNode], group: str) -> str:
+    """The folded module's class is not recorded; its calls' types say what it holds."""
+    types = list(dict.fromkeys(n.type for n in inner if n.kind == "module"))
+    return f"{len(inner)} calls" if not types else f"{len(inner)} calls: " + ", ".join(types[:3])
+
+
+def _anchors(modules: list[str]) -> list[str]:
+    from .sections import slugs  # the same URL-safe, unique ids as the layers' sections
+
+    return [f"module-{slug}" for slug in slugs(modules)]
 
 
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _label(node: GraphNode) -> str:
-    shape = "×".join(map(str, node.shape))
-    if node.kind == "module":
-        short = node.name.rsplit(".", 1)[-1] + (f" ({node.call + 1})" if node.call else "")
-        return f"{short} · {node.type}\n{shape}"
-    return f"{node.name}\n{shape}" if shape else node.name
+def _label(item: _Item) -> tuple[str, ...]:
+    shape = "×".join(map(str, item.shape))
+    if item.kind == "group":
+        return (item.name, f"{item.calls} calls · {shape}")
+    if item.kind == "module":
+        short = item.name.rsplit(".", 1)[-1] + (f" ({item.call + 1})" if item.call else "")
+        return (f"{short} · {item.type}", shape)
+    return (item.name, shape) if shape else (item.name,)
 
 
 def _scopes(scope: str) -> list[str]:
@@ -51,104 +158,155 @@ def _scopes(scope: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(min(len(parts), CLUSTER_DEPTH))]
 
 
-def _dot(graph: ModelGraph) -> str:
-    members: dict[str, list[GraphNode]] = defaultdict(list)
-    for node in graph.nodes:
-        chain = _scopes(node.scope)
-        members[chain[-1] if chain else ""].append(node)
+def _dot(name: str, top: str, items: list[_Item], edges: set[tuple[str, str]]) -> str:
+    members: dict[str, list[_Item]] = defaultdict(list)
+    for item in items:
+        chain = [s for s in _scopes(item.scope) if _depth(s) > _depth(top)]
+        members[chain[-1] if chain else top].append(item)
     children: dict[str, set[str]] = defaultdict(set)
     for scope in list(members):
-        chain = _scopes(scope)
-        for parent, child in zip(["", *chain], chain):
+        chain = [s for s in _scopes(scope) if _depth(s) > _depth(top)]
+        for parent, child in zip([top, *chain], chain):
             children[parent].add(child)
     lines = [
-        "digraph G {",
+        f"digraph {_quote(name)} {{",
         'rankdir=TB; nodesep=0.25; ranksep=0.3; fontname="Helvetica"; fontsize=10;',
         'node [shape=box fontname="Helvetica" fontsize=11 height=0.3 margin="0.08,0.03"];',
     ]
+    counter = [0]
 
-    def emit(scope: str, index: list[int]) -> None:
-        for node in members.get(scope, []):
-            shape = "ellipse" if node.kind == "op" else "box"
-            lines.append(f"n{node.id} [label={_quote(_label(node))} shape={shape}];")
+    def emit(scope: str) -> None:
+        for item in members.get(scope, []):
+            shape = "ellipse" if item.kind == "op" else "box"
+            lines.append(f"{_quote(item.key)} [label={_quote(chr(10).join(_label(item)))} shape={shape}];")
         for child in sorted(children.get(scope, ())):
-            index[0] += 1
-            lines.append(f"subgraph cluster_{index[0]} {{ label={_quote(child)}; labeljust=l;")
-            emit(child, index)
+            counter[0] += 1
+            lines.append(f"subgraph cluster_{counter[0]} {{ label={_quote(child)}; labeljust=l;")
+            emit(child)
             lines.append("}")
 
-    emit("", [0])
-    lines += [f"n{a} -> n{b};" for a, b in graph.edges]
+    emit(top)
+    lines += [f"{_quote(a)} -> {_quote(b)};" for a, b in sorted(edges)]
     lines.append("}")
     return "\n".join(lines)
 
 
 def layout_graph(graph: ModelGraph, slugs: Mapping[str, str], flags: Mapping[str, str]) -> GraphView:
-    """Boxes, frames and paths for ``graph``; ``slugs`` (captured layer name → section slug) make nodes
-    links, ``flags`` (layer name → e.g. ``3 dead channels``) mark them. Never raises: a failed layout is
-    a view with no nodes and a note."""
+    """Drawings of ``graph``; ``slugs`` (a captured layer's name, ``name (call 2)`` for later calls →
+    its section slug) make boxes links, ``flags`` (layer name → e.g. ``3 dead channels``) mark them.
+    Never raises: a failed layout is a view without drawings and with a note."""
+    layers = {n.id: slugs[_layer_name(n)] for n in graph.nodes if n.kind == "module" and _layer_name(n) in slugs}
+    note = f"the first {len(graph.nodes):,} calls only" if graph.truncated else ""
     engine = _engine()
     if engine is None:
-        return GraphView(0, 0, (), (), (), f"no graph: the {ENGINE} program is missing (pip install {ENGINE})")
+        return GraphView(graph, None, (), f"no graph: the {ENGINE} program is missing (pip install {ENGINE})", layers)
+    drawings = _drawings(graph)
+    source = "\n".join(_dot(anchor or "overview", top, items, edges) for anchor, top, items, edges in drawings)
     try:
         done = subprocess.run(
-            [engine, "-Tjson0"], input=_dot(graph), capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+            [engine, "-Tjson0"], input=source, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as err:
-        return GraphView(0, 0, (), (), (), f"no graph: {ENGINE} did not run ({type(err).__name__})")
+        return GraphView(graph, None, (), f"no graph: {ENGINE} did not run ({type(err).__name__})", layers)
     if done.returncode != 0:
         first = done.stderr.strip().splitlines()[0] if done.stderr.strip() else f"exit {done.returncode}"
-        return GraphView(0, 0, (), (), (), f"no graph: {ENGINE} failed ({first})")
-    return _view(json.loads(done.stdout), graph, slugs, flags)
+        return GraphView(graph, None, (), f"no graph: {ENGINE} failed ({first})", layers)
+    layouts = _documents(done.stdout)
+    if len(layouts) != len(drawings):
+        return GraphView(graph, None, (), f"no graph: {ENGINE} gave {len(layouts)} of {len(drawings)} drawings", layers)
+    anchors = {anchor: top for anchor, top, _, _ in drawings[1:]}
+    pictures = [
+        _picture(layout, items, edges, slugs, flags, anchors) for layout, (_, _, items, edges) in zip(layouts, drawings)
+    ]
+    details = tuple(
+        GraphDetail(anchor, top, _module_type([], top) if not items else _inner_type(items), picture)
+        for (anchor, top, items, _), picture in zip(drawings[1:], pictures[1:])
+    )
+    folded = f"{len(details)} modules are folded into one box each; their insides are drawn below" if details else ""
+    return GraphView(graph, pictures[0], details, "; ".join(p for p in (note, folded) if p), layers)
+
+
+def _inner_type(items: list[_Item]) -> str:
+    types = list(dict.fromkeys(i.type for i in items if i.kind == "module"))
+    calls = sum(1 for i in items if i.kind in ("module", "op"))
+    return f"{calls} calls" + (": " + ", ".join(types[:4]) + (" …" if len(types) > 4 else "") if types else "")
+
+
+def _layer_name(node: GraphNode) -> str:
+    return node.name if node.call == 0 else f"{node.name} (call {node.call + 1})"
+
+
+def _documents(text: str) -> list[dict]:  # type: ignore[type-arg]
+    """The JSON documents ``dot`` wrote one after the other, one per graph."""
+    decoder = json.JSONDecoder()
+    found: list[dict] = []  # type: ignore[type-arg]
+    index = 0
+    while True:
+        while index < len(text) and text[index].isspace():
+            index += 1
+        if index >= len(text):
+            return found
+        document, index = decoder.raw_decode(text, index)
+        found.append(document)
 
 
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
 
 
-def _view(layout: dict, graph: ModelGraph, slugs: Mapping[str, str], flags: Mapping[str, str]) -> GraphView:
+def _picture(
+    layout: dict,  # type: ignore[type-arg]
+    items: list[_Item],
+    edges: set[tuple[str, str]],
+    slugs: Mapping[str, str],
+    flags: Mapping[str, str],
+    anchors: Mapping[str, str],
+) -> GraphPicture:
     x0, y0, x1, y1 = _floats(layout["bb"])
     height = y1 - y0
 
     def flip(x: float, y: float) -> tuple[float, float]:
         return round(x - x0, 1), round(height - (y - y0), 1)
 
-    nodes_by_id = {node.id: node for node in graph.nodes}
+    by_key = {item.key: item for item in items}
+    incoming: dict[str, int] = defaultdict(int)
+    for _, b in edges:
+        incoming[b] += 1
     boxes, clusters = [], []
-    for item in layout.get("objects", []):
-        if "bb" in item:  # a cluster
-            cx0, cy0, cx1, cy1 = _floats(item["bb"])
+    for obj in layout.get("objects", []):
+        if "bb" in obj:  # a frame
+            cx0, cy0, cx1, cy1 = _floats(obj["bb"])
             left, top = flip(cx0, cy1)
-            label = item.get("label", "")
-            depth = label.count(".")
-            clusters.append(GraphCluster(label, left, top, round(cx1 - cx0, 1), round(cy1 - cy0, 1), depth))
+            label = obj.get("label", "")
+            clusters.append(GraphCluster(label, left, top, round(cx1 - cx0, 1), round(cy1 - cy0, 1), label.count(".")))
             continue
-        node = nodes_by_id[int(item["name"][1:])]
-        x, y = flip(*_floats(item["pos"]))
-        w, h = float(item["width"]) * POINTS, float(item["height"]) * POINTS
+        item = by_key[obj["name"]]
+        x, y = flip(*_floats(obj["pos"]))
+        w, h = float(obj["width"]) * POINTS, float(obj["height"]) * POINTS
+        layer = slugs.get(item.name if item.call == 0 else f"{item.name} (call {item.call + 1})", "")
+        layer = layer if item.kind == "module" else ""
+        href = f"#layer-{layer}" if layer else f"#{item.key}" if item.key in anchors else ""
         boxes.append(
             GraphBox(
-                id=node.id,
-                kind=node.kind,
-                name=node.name,
-                type=node.type,
-                shape=node.shape,
-                call=node.call,
+                kind=item.kind,
+                name=item.name if item.call == 0 else f"{item.name} (call {item.call + 1})",
+                type=item.type,
+                shape=item.shape,
+                label=_label(item),
                 x=round(x - w / 2, 1),
                 y=round(y - h / 2, 1),
                 width=round(w, 1),
                 height=round(h, 1),
-                slug=slugs.get(node.name if node.call == 0 else f"{node.name} (call {node.call + 1})", ""),
-                flags=flags.get(node.name, ""),
-                label=tuple(_label(node).split("\n")),
-                merge=sum(1 for _, b in graph.edges if b == node.id) > 1,
+                href=href,
+                slug=layer,
+                flags=flags.get(item.name, "") if layer else "",
+                merge=incoming[item.key] > 1 and item.kind == "op",
+                calls=item.calls,
             )
         )
-    edges = tuple(GraphEdge(_path(edge["pos"], flip)) for edge in layout.get("edges", []) if "pos" in edge)
-    boxes.sort(key=lambda box: box.id)
+    paths = tuple(_path(edge["pos"], flip) for edge in layout.get("edges", []) if "pos" in edge)
     clusters.sort(key=lambda c: (c.depth, c.top, c.left))
-    note = f"the first {len(graph.nodes):,} calls only" if graph.truncated else ""
-    return GraphView(round(x1 - x0, 1), round(height, 1), tuple(boxes), tuple(clusters), edges, note, graph.edges)
+    return GraphPicture(round(x1 - x0, 1), round(height, 1), tuple(boxes), tuple(clusters), paths)
 
 
 def _path(spline: str, flip) -> str:  # type: ignore[no-untyped-def]
@@ -158,9 +316,7 @@ def _path(spline: str, flip) -> str:  # type: ignore[no-untyped-def]
     for part in spline.split(" "):
         if part.startswith("e,"):
             end = flip(*_floats(part[2:]))
-        elif part.startswith("s,"):
-            continue
-        else:
+        elif not part.startswith("s,"):
             points.append(flip(*_floats(part)))
     d = f"M{points[0][0]},{points[0][1]}"
     for i in range(1, len(points) - 2, 3):

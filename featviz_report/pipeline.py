@@ -32,7 +32,17 @@ from .outputs import write_report
 from .progress import Progress
 from .record import LayerRecord, new_accumulator
 from .reduce import Reduced
-from .report_data import CamView, DatasetScan, GraphView, LayerSection, Png, Prediction, Report, Sample
+from .report_data import (
+    CamView,
+    DatasetScan,
+    GraphView,
+    LayerSection,
+    ModelGraph,
+    Png,
+    Prediction,
+    Report,
+    Sample,
+)
 from .samples import SampleSet
 from .sections import colorbar
 from .spool import Spool, Spooled
@@ -87,7 +97,7 @@ def graph_view(job: Job, sections: tuple[LayerSection, ...]) -> GraphView:
     whole batches), laid out, its captured layers linked to their sections and flagged."""
     batch = next(job.sample_set.batches(job.config.batch_size), None)
     if batch is None:
-        return GraphView(0, 0, (), (), (), "no graph: no sample could be used")
+        return GraphView(ModelGraph((), ()), None, (), "no graph: no sample could be used")
     graph, failure = None, ""
     modes = {module: module.training for module in job.model.modules()}
     job.model.eval()
@@ -104,7 +114,7 @@ def graph_view(job: Job, sections: tuple[LayerSection, ...]) -> GraphView:
         for module, training in modes.items():
             module.train(training)
     if graph is None:
-        return GraphView(0, 0, (), (), (), f"no graph: the recording pass failed ({failure})")
+        return GraphView(ModelGraph((), ()), None, (), f"no graph: the recording pass failed ({failure})")
     slugs = {section.name: section.slug for section in sections}
     return layout_graph(graph, slugs, {section.name: _flags(section) for section in sections})
 

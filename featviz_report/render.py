@@ -19,7 +19,7 @@ from markupsafe import Markup, escape
 from .report_data import (
     ChannelStats,
     GraphBox,
-    GraphView,
+    GraphPicture,
     Grid,
     Histogram,
     Png,
@@ -126,26 +126,30 @@ def _histogram_svg(histogram: Histogram | None, label: str) -> Markup:
     )
 
 
-def _graph_svg(graph: GraphView) -> Markup:
-    """The laid-out graph as inline SVG: frames per module, edges, and one box per call; a captured
-    layer's box is a link to its section. Only attributes and classes, no style: the CSP stays strict."""
-    parts = [
-        f'<svg class="graph" viewBox="0 0 {graph.width} {graph.height}" width="{graph.width}" '
-        f'height="{graph.height}" aria-labelledby="graph-title">'
+def _graph_svg(picture: GraphPicture, label: str, markers: bool = False) -> Markup:
+    """A laid-out drawing as inline SVG: frames per module, edges, and one box per call; a captured
+    layer's box links to its section, a folded module's to its drawing. Only attributes and classes, no
+    style: the CSP stays strict. The arrowhead is defined once (``markers``) and shared by every drawing."""
+    defs = (
         '<defs><marker id="graph-arrow" viewBox="0 0 8 8" refX="8" refY="4" markerWidth="7" markerHeight="7" '
-        'orient="auto-start-reverse"><path d="M0,0L8,4L0,8z"/></marker></defs><g class="frames">'
+        'orient="auto-start-reverse"><path d="M0,0L8,4L0,8z"/></marker></defs>'
+        if markers
+        else ""
+    )
+    parts = [
+        f'<svg class="graph" viewBox="0 0 {picture.width} {picture.height}" width="{picture.width}" '
+        f'height="{picture.height}" aria-label="{escape(label)}">{defs}<g class="frames">'
     ]
-    for frame in graph.clusters:
+    for frame in picture.clusters:
         parts.append(
             f'<g class="frame d{min(frame.depth, 2)}"><rect x="{frame.left}" y="{frame.top}" width="{frame.width}" '
             f'height="{frame.height}" rx="6"/><text x="{frame.left + 6}" y="{frame.top + 12}">{escape(frame.name)}'
             "</text></g>"
         )
     parts.append('</g><g class="edges">')
-    parts += [f'<path d="{edge.path}" marker-end="url(#graph-arrow)"/>' for edge in graph.edges]
+    parts += [f'<path d="{path}" marker-end="url(#graph-arrow)"/>' for path in picture.edges]
     parts.append('</g><g class="nodes">')
-    for box in graph.boxes:
-        parts.append(_graph_box(box))
+    parts += [_graph_box(box) for box in picture.boxes]
     parts.append("</g></svg>")
     return Markup("".join(parts))
 
@@ -163,9 +167,7 @@ def _graph_box(box: GraphBox) -> str:
         if c
     )
     shape = "×".join(map(str, box.shape))
-    title = " · ".join(
-        p for p in (box.name if not box.call else f"{box.name} (call {box.call + 1})", box.type, shape, box.flags) if p
-    )
+    title = " · ".join(p for p in (box.name, box.type, shape, box.flags) if p)
     cx, cy = round(box.x + box.width / 2, 1), round(box.y + box.height / 2, 1)
     if box.kind == "op":
         outline = f'<ellipse cx="{cx}" cy="{cy}" rx="{box.width / 2:.1f}" ry="{box.height / 2:.1f}"/>'
@@ -177,8 +179,9 @@ def _graph_box(box: GraphBox) -> str:
         for i, line in enumerate(box.label)
     )
     inner = f"<title>{escape(title)}</title>{outline}{text}"
-    if box.slug:
-        return f'<a href="#layer-{escape(box.slug)}" class="{classes}" data-node="{escape(box.slug)}">{inner}</a>'
+    if box.href:
+        node = f' data-node="{escape(box.slug)}"' if box.slug else ""
+        return f'<a href="{escape(box.href)}" class="{classes}"{node}>{inner}</a>'
     return f'<g class="{classes}">{inner}</g>'
 
 

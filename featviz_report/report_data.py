@@ -6,7 +6,7 @@ sidecar show, nothing more.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -268,23 +268,45 @@ class TreeNode:
 
 
 @dataclass(frozen=True)
-class GraphBox:
-    """One call in the model's graph, placed: top-left corner and size in SVG units (points)."""
+class GraphNode:
+    """One call in the recorded forward pass: ``kind`` is ``input``, ``module``, ``op`` or ``output``."""
 
     id: int
-    kind: str  # input, module, op or output
+    kind: str
+    name: str  # a module's qualified name, an operation's function name
+    type: str  # the module's class, or the operation's function name
+    shape: tuple[int, ...]  # the first output's shape without the batch axis (empty: not a tensor)
+    scope: str  # the qualified name of the module the call happened in ("" at the top)
+    call: int = 0  # which call of this module (0: the first)
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    """Nodes in the order they ran, edges as (from, to) node ids, and whether recording was cut short."""
+
+    nodes: tuple[GraphNode, ...]
+    edges: tuple[tuple[int, int], ...]
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class GraphBox:
+    """One box of a drawn graph (a call, or a module's calls folded into one), placed in SVG units."""
+
+    kind: str  # input, module, op, output, or group (a folded module)
     name: str
     type: str
     shape: tuple[int, ...]
-    call: int
+    label: tuple[str, ...]  # lines of text in the box
     x: float
     y: float
     width: float
     height: float
-    slug: str  # the captured layer's section ("" when not captured)
-    flags: str  # e.g. "3 dead channels, NaN" for a captured layer
-    label: tuple[str, ...]  # lines of text in the box
+    href: str  # "#layer-…" for a captured layer, "#module-…" for a folded module, "" otherwise
+    slug: str  # the captured layer's section slug ("" otherwise), for the highlight that follows the page
+    flags: str  # e.g. "3 dead channels" for a captured layer
     merge: bool  # more than one input: where branches join (an add, a concatenation)
+    calls: int = 1  # calls folded into this box
 
 
 @dataclass(frozen=True)
@@ -300,23 +322,36 @@ class GraphCluster:
 
 
 @dataclass(frozen=True)
-class GraphEdge:
-    """A tensor from one call to another, as SVG path data."""
-
-    path: str
-
-
-@dataclass(frozen=True)
-class GraphView:
-    """The laid-out graph of what ran; no boxes when it could not be made (``note`` says why)."""
+class GraphPicture:
+    """One laid-out drawing: frames, edges (SVG path data) and boxes."""
 
     width: float
     height: float
     boxes: tuple[GraphBox, ...]
     clusters: tuple[GraphCluster, ...]
-    edges: tuple[GraphEdge, ...]
+    edges: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GraphDetail:
+    """The inside of a module folded into one box of the overview, drawn on its own."""
+
+    anchor: str  # the element id, "module-…"
+    name: str
+    type: str
+    picture: GraphPicture
+
+
+@dataclass(frozen=True)
+class GraphView:
+    """The graph of what ran: the recording, an overview (big models fold their repeated blocks into
+    one box each, drawn inside below), or no drawing and a note saying why."""
+
+    recorded: ModelGraph
+    overview: GraphPicture | None
+    details: tuple[GraphDetail, ...] = ()
     note: str = ""
-    edge_pairs: tuple[tuple[int, int], ...] = ()  # (from, to) box ids, for the JSON
+    layers: dict[int, str] = field(default_factory=dict)  # node id → captured layer's section slug
 
 
 @dataclass(frozen=True)

@@ -126,17 +126,19 @@ def _graph_json(graph: GraphView) -> dict[str, object]:
     return {
         "nodes": [
             {
-                "id": box.id,
-                "kind": box.kind,
-                "name": box.name,
-                "type": box.type,
-                "call": box.call,
-                "output_shape": list(box.shape),
-                "layer": f"layer-{box.slug}" if box.slug else None,
+                "id": node.id,
+                "kind": node.kind,
+                "name": node.name,
+                "type": node.type,
+                "call": node.call,
+                "scope": node.scope,
+                "output_shape": list(node.shape),
+                "layer": f"layer-{graph.layers[node.id]}" if node.id in graph.layers else None,
             }
-            for box in graph.boxes
+            for node in graph.recorded.nodes
         ],
-        "edges": [list(edge) for edge in graph.edge_pairs],
+        "edges": [list(edge) for edge in graph.recorded.edges],
+        "folded": [detail.name for detail in graph.details],
         "note": graph.note or None,
     }
 

@@ -50,6 +50,12 @@
     graphNodes.forEach(function (a) { a.classList.toggle("current", "layer-" + a.getAttribute("data-node") === id); });
   }
   var graphNodes = Array.prototype.slice.call(document.querySelectorAll("svg.graph a[data-node]"));
+  function openDetail() {  // a folded module's box links to its drawing: open it
+    var target = window.location.hash ? document.getElementById(window.location.hash.slice(1)) : null;
+    if (target && target.tagName === "DETAILS") { target.open = true; }
+  }
+  window.addEventListener("hashchange", openDetail);
+  openDetail();
   window.addEventListener("scroll", function () {
     if (!ticking) { ticking = true; window.requestAnimationFrame(markCurrent); }
   }, { passive: true });

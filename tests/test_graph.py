@@ -101,3 +101,18 @@ def test_no_graph_leaves_it_out_and_a_missing_engine_says_why(
     assert 'id="graph"' in text and "no graph: the graphviz-pure program is missing" in text
     assert '<svg class="graph"' not in text
     capsys.readouterr()
+
+
+def test_a_big_graph_folds_its_repeated_blocks_and_draws_each_inside(tmp_path: Path) -> None:
+    block = lambda: nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())  # noqa: E731
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), *[block() for _ in range(40)]).eval()  # 121 calls
+    out, sidecar = tmp_path / "r.html", tmp_path / "r.json"
+    build_report(model, torch.rand(1, 3, 6, 6), out, ReportConfig(quiet=True), json_out=sidecar)
+    text = out.read_text(encoding="utf-8")
+    overview = text[text.index('<svg class="graph"') : text.index("</svg>")]
+    assert overview.count('class="node group"') == 40 and 'href="#module-1"' in overview
+    assert text.count('<details id="module-') == 40 and '<details id="module-40"' in text
+    detail = text[text.index('<details id="module-1"') :]
+    assert 'href="#layer-1-0"' in detail[: detail.index("</details>")], "the inside links to the layer's section"
+    data = json.loads(sidecar.read_text())["graph"]
+    assert len(data["nodes"]) == 123 and len(data["folded"]) == 40  # every call is in the JSON, folded or not
