@@ -95,26 +95,26 @@ def assemble(job: Job, run: Run, sections: tuple[LayerSection, ...], cams: tuple
 def graph_view(job: Job, sections: tuple[LayerSection, ...]) -> GraphView:
     """The model's graph, recorded on the first sample (the first batch for a model that takes only
     whole batches), laid out, its captured layers linked to their sections and flagged."""
-    batch = next(job.sample_set.batches(job.config.batch_size), None)
-    if batch is None:
-        return GraphView(ModelGraph((), ()), None, (), "no graph: no sample could be used")
-    graph, failure = None, ""
+    graph, failure = None, "no sample could be used"
     modes = {module: module.training for module in job.model.modules()}
     job.model.eval()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the model's own warnings were shown when it ran for the report
-            for inputs in (batch.inputs[:1], batch.inputs):
+            for size in dict.fromkeys((1, job.config.batch_size)):
+                batch = next(job.sample_set.batches(size), None)
+                if batch is None:
+                    break
                 try:
-                    graph = record_graph(job.model, inputs.to(device=job.device, dtype=job.dtype))
+                    graph = record_graph(job.model, batch.inputs.to(device=job.device, dtype=job.dtype))
                     break
                 except Exception as err:  # noqa: BLE001 - the model ran for the report; one sample may not
-                    failure = type(err).__name__
+                    failure = f"the recording pass failed ({type(err).__name__})"
     finally:
         for module, training in modes.items():
             module.train(training)
     if graph is None:
-        return GraphView(ModelGraph((), ()), None, (), f"no graph: the recording pass failed ({failure})")
+        return GraphView(ModelGraph((), ()), None, (), f"no graph: {failure}")
     slugs = {section.name: section.slug for section in sections}
     return layout_graph(graph, slugs, {section.name: _flags(section) for section in sections})
 
