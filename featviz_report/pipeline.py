@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +49,18 @@ from .spool import Spool, Spooled
 from .threads import available_cores, torch_threads
 from .tree import module_tree
 
-__all__ = ["Job", "Run", "open_job", "run_passes", "capture_pass", "assemble", "new_report", "finish", "cam_view"]
+__all__ = [
+    "Job",
+    "Run",
+    "open_job",
+    "run_passes",
+    "capture_pass",
+    "assemble",
+    "new_report",
+    "finish",
+    "cam_view",
+    "model_graph",
+]
 
 
 @dataclass(frozen=True)
@@ -94,19 +105,25 @@ def assemble(job: Job, run: Run, sections: tuple[LayerSection, ...], cams: tuple
 
 def graph_view(job: Job, sections: tuple[LayerSection, ...]) -> GraphView:
     """The model's graph, recorded on the first sample (the first batch for a model that takes only
-    whole batches), laid out, its captured layers linked to their sections and flagged."""
+    whole batches)."""
+    sizes = dict.fromkeys((1, job.config.batch_size))
+    batches = (next(job.sample_set.batches(size), None) for size in sizes)
+    candidates = (b.inputs.to(device=job.device, dtype=job.dtype) for b in batches if b is not None)
+    return model_graph(job.model, candidates, sections)
+
+
+def model_graph(model: nn.Module, candidates: Iterable[torch.Tensor], sections: Sequence[LayerSection]) -> GraphView:
+    """The graph of ``model`` recorded on the first of ``candidates`` it runs on, in eval mode (its modes
+    restored after), laid out, its captured layers (``sections``) linked and flagged."""
     graph, failure = None, "no sample could be used"
-    modes = {module: module.training for module in job.model.modules()}
-    job.model.eval()
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the model's own warnings were shown when it ran for the report
-            for size in dict.fromkeys((1, job.config.batch_size)):
-                batch = next(job.sample_set.batches(size), None)
-                if batch is None:
-                    break
+            for inputs in candidates:
                 try:
-                    graph = record_graph(job.model, batch.inputs.to(device=job.device, dtype=job.dtype))
+                    graph = record_graph(model, inputs)
                     break
                 except Exception as err:  # noqa: BLE001 - the model ran for the report; one sample may not
                     failure = f"the recording pass failed ({type(err).__name__})"

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from .config import ReportConfig
 from .crops import CROP_PX, crop_atlas
 from .dataset import ImageFiles
+from .device import float_dtype
 from .encode import png_rgb
 from .errors import InputError, SampleError
 from .outputs import check_api_outputs
-from .pipeline import finish, new_report
+from .pipeline import finish, model_graph, new_report
 from .progress import Progress
 from .report_data import DatasetScan, Grid, Png, Report
 from .samples import display_names, find_images, preprocess
@@ -89,7 +91,7 @@ def _report(
         seconds=result.seconds,
         files=dict(zip(referenced, display_names([dataset.paths[i] for i in referenced]))),
     )
-    return new_report(
+    report = new_report(
         model,
         config,
         result.device,
@@ -98,6 +100,19 @@ def _report(
         result.shapes,
         dataset=scan,
     )
+    if not config.graph:
+        return report
+    return dataclasses.replace(report, graph=model_graph(model, _first_image(model, dataset), report.layers))
+
+
+def _first_image(model: nn.Module, dataset: ImageFiles) -> Iterator[torch.Tensor]:
+    """The first readable image as a batch of one, on the model's device and in its dtype."""
+    home = next((p for p in model.parameters()), None)
+    for index in range(len(dataset)):
+        image, _, ok = dataset[index]
+        if ok:
+            yield image[None].to(device=home.device if home is not None else "cpu", dtype=float_dtype(model))
+            return
 
 
 def _pixels(dataset: ImageFiles, index: int) -> np.ndarray | None:

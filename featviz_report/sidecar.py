@@ -129,7 +129,7 @@ def _graph_json(graph: GraphView) -> dict[str, object]:
                 "id": node.id,
                 "kind": node.kind,
                 "name": node.name,
-                "type": node.type,
+                "op": node.type,  # the module's class, or the tensor operation's name
                 "call": node.call,
                 "scope": node.scope,
                 "output_shape": list(node.shape),

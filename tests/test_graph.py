@@ -80,6 +80,8 @@ def test_the_page_draws_the_graph_with_links_to_every_captured_layer(tmp_path: P
     assert "http" not in text[start:end] and "style=" not in text[start:end]  # nothing fetched, CSP kept
     assert read_page(out).sections  # the page still parses around it
     data = json.loads(sidecar.read_text())
+    assert all(a < b for a, b in data["graph"]["edges"]), "edges run forward: no cycles"
+    assert {n["op"] for n in data["graph"]["nodes"]} >= {"Conv2d", "BatchNorm2d", "add", "cat", "Linear"}
     ids = {f"layer-{layer.slug}" for layer in report.layers}
     linked = {node["layer"] for node in data["graph"]["nodes"] if node["layer"]}
     assert linked == ids
@@ -116,3 +118,16 @@ def test_a_big_graph_folds_its_repeated_blocks_and_draws_each_inside(tmp_path: P
     assert 'href="#layer-1-0"' in detail[: detail.index("</details>")], "the inside links to the layer's section"
     data = json.loads(sidecar.read_text())["graph"]
     assert len(data["nodes"]) == 123 and len(data["folded"]) == 40  # every call is in the JSON, folded or not
+
+
+def test_comparisons_and_scans_draw_the_graph_too(tmp_path: Path, image_folder: Path) -> None:
+    from featviz_report import compare_checkpoints, scan_dataset
+
+    torch.manual_seed(0)
+    before, after = Branchy(), Branchy()
+    compared = compare_checkpoints(before, after, torch.rand(2, 3, 8, 8), config=ReportConfig(quiet=True))
+    scanned = scan_dataset(Branchy(), [image_folder], config=ReportConfig(quiet=True, input_size=8))
+    for report in (compared, scanned):
+        assert report is not None and report.graph is not None and report.graph.overview is not None
+        names = [n.name for n in report.graph.recorded.nodes]
+        assert "cat" in names and names.count("add") == 2
