@@ -89,11 +89,12 @@ def build_parser(scan: bool = False) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         metavar="SPEC",
-        help="torchvision:NAME, package.module:factory, a .pt2 torch.export archive or a TorchScript file "
-        "(default: the demo)",
+        help="torchvision:NAME, timm:NAME, package.module:factory or a .pt2 torch.export archive (default: the demo)",
     )
     parser.add_argument(
-        "--weights", metavar="FILE", help="state_dict to load into the model (read with weights_only=True)"
+        "--weights",
+        metavar="FILE",
+        help="state_dict to load into the model: .safetensors, or a torch file read with weights_only=True",
     )
     parser.add_argument(
         "--trust-pickled-model",

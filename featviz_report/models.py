@@ -1,6 +1,6 @@
 """Resolve a model spec (``--model``) and an optional state_dict (``--weights``) into an ``nn.Module``.
 
-Specs: nothing or ``demo`` (the embedded digits CNN), ``torchvision:NAME`` (random init),
+Specs: nothing or ``demo`` (the embedded digits CNN), ``torchvision:NAME`` or ``timm:NAME`` (random init),
 ``package.module:callable`` (a factory) or a ``torch.export`` archive (``.pt2``, see :mod:`.exported`).
 Nothing is ever unpickled unless the user opts in for a whole pickled module: weights load with
 ``weights_only=True``. TorchScript files are recognised and refused: their layers cannot be hooked.
@@ -67,6 +67,8 @@ def _resolve(spec: str, trust_pickle: bool = False) -> LoadedModel:
         return _demo()
     if spec.startswith("torchvision:"):
         return _torchvision(spec.partition(":")[2])
+    if spec.startswith("timm:"):
+        return _timm(spec.partition(":")[2])
     path = Path(spec)
     if path.suffix.lower() == ".pt2":
         return _exported(path)
@@ -107,6 +109,47 @@ def _torchvision(name: str) -> LoadedModel:
     categories = torchvision.models.get_model_weights(name).DEFAULT.meta.get("categories")
     labels = tuple(categories) if categories else None
     return LoadedModel(model, f"torchvision {name}", 224, "imagenet", labels)
+
+
+def _timm(name: str) -> LoadedModel:
+    """A timm architecture (random init, seeded) with the input size, normalisation and, for ImageNet
+    heads, the class names its pretrained configuration knows."""
+    try:
+        import timm
+    except ImportError:
+        raise ModelError(f"--model timm:{name}: timm is not installed (pip install 'featviz-report[timm]')") from None
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        raise ModelError(f"--model timm:{name}: no such timm model{hint}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        model = timm.create_model(name, pretrained=False)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size", (3, 224, 224))
+    mean, std = cfg.get("mean"), cfg.get("std")
+    channels = size[0] if len(size) == 3 else 3
+    normalize = None
+    if mean and std and len(mean) == len(std) == channels:
+        normalize = ",".join(str(float(v)) for v in (*mean, *std))
+    return LoadedModel(
+        model, f"timm {name}", int(size[-1]) if size[-1] == size[-2] else None, normalize, _timm_labels(model)
+    )
+
+
+def _timm_labels(model: nn.Module) -> tuple[str, ...] | None:
+    """ImageNet class names for a timm model whose head has an ImageNet subset's classes (bundled
+    with timm, no download)."""
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(model)
+        if subset is None:
+            return None
+        info = ImageNetInfo(subset)
+        return tuple(info.index_to_description(i).split(",")[0] for i in range(info.num_classes()))
+    except Exception:  # noqa: BLE001 - labels are a nicety: any failure means numbered classes
+        return None
 
 
 def _factory(spec: str) -> LoadedModel:
@@ -199,7 +242,11 @@ def copy_with_weights(model: nn.Module, path: str | Path, names: tuple[str, str]
 
 
 def load_state_dict(path: str | Path, option: str = "--weights") -> Mapping[str, torch.Tensor]:
-    """Read a state_dict (optionally nested under ``state_dict`` or ``model``) without unpickling code."""
+    """Read a state_dict (optionally nested under ``state_dict`` or ``model``) without unpickling code:
+    a ``.safetensors`` file with safetensors (tensors only, by design), anything else with
+    ``torch.load(weights_only=True)``."""
+    if Path(path).suffix.lower() == ".safetensors":
+        return _safetensors(Path(path), option)
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -213,6 +260,19 @@ def load_state_dict(path: str | Path, option: str = "--weights") -> Mapping[str,
     if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise ModelError(f"{option} {str(path)!r}: not a state_dict (a mapping of names to tensors)")
     return data
+
+
+def _safetensors(path: Path, option: str) -> Mapping[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ModelError(f"{option} {str(path)!r}: file not found")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"{option} {str(path)!r}: not a readable safetensors file ({first})") from None
 
 
 def _apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:

@@ -196,7 +196,10 @@ def finish(
         if left_out:
             progress.warn(left_out)
         write_report(report, out, config.format, json_out, progress)
-    return report
+    if out is None:
+        return report
+    page = Path(out) / "index.html" if config.format == "dir" else Path(out)
+    return dataclasses.replace(report, location=str(page))
 
 
 def cam_view(job: Job, label: str = "") -> CamView:

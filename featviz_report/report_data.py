@@ -377,3 +377,10 @@ class Report:
     cams: tuple[CamView, ...] = ()
     dataset: DatasetScan | None = None  # set in a dataset scan's report (which has no samples)
     graph: GraphView | None = None
+    location: str = ""  # where the page was written ("" when it was not)
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the report itself (see :mod:`featviz_report.notebook`)."""
+        from .notebook import notebook_html
+
+        return notebook_html(self, self.location)
