@@ -22,7 +22,7 @@ from .encode import PngEncoder
 from .heap import old_objects_frozen
 from .models import check_same_architecture
 from .outputs import check_api_outputs
-from .pipeline import assemble, cam_view, capture_pass, finish, open_job
+from .pipeline import assemble, cam_view, capture_pass, finish, graph_inputs, linked, model_graph, open_job
 from .progress import Progress
 from .report_data import Report
 from .samples import SamplesArg, open_samples, preprocess
@@ -87,7 +87,11 @@ def compare_checkpoints(
                 limit,
             )
             changed.append(dataclasses.replace(section, change=change))
-        report = assemble(job_b, run_b, tuple(changed), cams)
+        graph = None
+        if config.graph:
+            with on_device(after, job_b.device):
+                graph = linked(model_graph(after, graph_inputs(job_b)), changed)
+        report = assemble(job_b, run_b, tuple(changed), cams, graph)
         report = dataclasses.replace(
             report,
             title=config.title or f"{report.model_name}: {names[0]} → {names[1]}",

@@ -13,6 +13,7 @@ All drawings go to one ``dot`` process. Without the binary, or when it fails, th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from .report_data import GraphBox, GraphCluster, GraphDetail, GraphNode, GraphPicture, GraphView, ModelGraph
 
-__all__ = ["layout_graph", "ENGINE", "MAX_BOXES", "MAX_EDGES"]
+__all__ = ["layout_graph", "link_graph", "ENGINE", "MAX_BOXES", "MAX_EDGES"]
 
 ENGINE = "graphviz-pure"
 MAX_BOXES = 90  # an overview with more boxes than this, or more edges than MAX_EDGES, is folded
@@ -191,11 +192,10 @@ def _dot(name: str, top: str, items: list[_Item], edges: set[tuple[str, str]]) -
     return "\n".join(lines)
 
 
-def layout_graph(graph: ModelGraph, slugs: Mapping[str, str], flags: Mapping[str, str]) -> GraphView:
-    """Drawings of ``graph``; ``slugs`` (a captured layer's name, ``name (call 2)`` for later calls →
-    its section slug) make boxes links, ``flags`` (layer name → e.g. ``3 dead channels``) mark them.
-    Never raises: a failed layout is a view without drawings and with a note."""
-    layers = {n.id: slugs[_layer_name(n)] for n in graph.nodes if n.kind == "module" and _layer_name(n) in slugs}
+def layout_graph(graph: ModelGraph) -> GraphView:
+    """Drawings of ``graph``, not yet linked to any section (see :func:`link_graph`). Never raises: a
+    failed layout is a view without drawings and with a note."""
+    layers: dict[int, str] = {}
     note = f"the first {len(graph.nodes):,} calls only" if graph.truncated else ""
     engine = _engine()
     if engine is None:
@@ -215,15 +215,38 @@ def layout_graph(graph: ModelGraph, slugs: Mapping[str, str], flags: Mapping[str
     if len(layouts) != len(drawings):
         return GraphView(graph, None, (), f"no graph: {ENGINE} gave {len(layouts)} of {len(drawings)} drawings", layers)
     anchors = {anchor: top for anchor, top, _, _ in drawings[1:]}
-    pictures = [
-        _picture(layout, items, edges, slugs, flags, anchors) for layout, (_, _, items, edges) in zip(layouts, drawings)
-    ]
+    pictures = [_picture(layout, items, edges, anchors) for layout, (_, _, items, edges) in zip(layouts, drawings)]
     details = tuple(
         GraphDetail(anchor, top, _module_type([], top) if not items else _inner_type(items), picture)
         for (anchor, top, items, _), picture in zip(drawings[1:], pictures[1:])
     )
     folded = f"{len(details)} modules are folded into one box each; their insides are drawn below" if details else ""
     return GraphView(graph, pictures[0], details, "; ".join(p for p in (note, folded) if p), layers)
+
+
+def link_graph(view: GraphView, slugs: Mapping[str, str], flags: Mapping[str, str]) -> GraphView:
+    """``view`` with each captured layer's box a link to its section and flagged. ``slugs`` map a layer's
+    name (``name (call 2)`` for a later call) to its section's slug, ``flags`` a layer's name to what
+    its summary flags (``3 dead channels``)."""
+
+    def link(box: GraphBox) -> GraphBox:
+        slug = slugs.get(box.name, "") if box.kind == "module" else ""
+        if not slug:
+            return box
+        return dataclasses.replace(
+            box, href=f"#layer-{slug}", slug=slug, flags=flags.get(box.name.split(" (call ")[0], "")
+        )
+
+    def linked(picture: GraphPicture) -> GraphPicture:
+        return dataclasses.replace(picture, boxes=tuple(link(box) for box in picture.boxes))
+
+    nodes = view.recorded.nodes
+    return dataclasses.replace(
+        view,
+        overview=linked(view.overview) if view.overview else None,
+        details=tuple(dataclasses.replace(d, picture=linked(d.picture)) for d in view.details),
+        layers={n.id: slugs[_layer_name(n)] for n in nodes if n.kind == "module" and _layer_name(n) in slugs},
+    )
 
 
 def _inner_type(items: list[_Item]) -> str:
@@ -258,8 +281,6 @@ def _picture(
     layout: dict,  # type: ignore[type-arg]
     items: list[_Item],
     edges: set[tuple[str, str]],
-    slugs: Mapping[str, str],
-    flags: Mapping[str, str],
     anchors: Mapping[str, str],
 ) -> GraphPicture:
     x0, y0, x1, y1 = _floats(layout["bb"])
@@ -283,9 +304,7 @@ def _picture(
         item = by_key[obj["name"]]
         x, y = flip(*_floats(obj["pos"]))
         w, h = float(obj["width"]) * POINTS, float(obj["height"]) * POINTS
-        layer = slugs.get(item.name if item.call == 0 else f"{item.name} (call {item.call + 1})", "")
-        layer = layer if item.kind == "module" else ""
-        href = f"#layer-{layer}" if layer else f"#{item.key}" if item.key in anchors else ""
+        href = f"#{item.key}" if item.key in anchors else ""
         boxes.append(
             GraphBox(
                 kind=item.kind,
@@ -298,8 +317,8 @@ def _picture(
                 width=round(w, 1),
                 height=round(h, 1),
                 href=href,
-                slug=layer,
-                flags=flags.get(item.name, "") if layer else "",
+                slug="",
+                flags="",
                 merge=incoming[item.key] > 1 and item.kind == "op",
                 calls=item.calls,
             )

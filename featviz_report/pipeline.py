@@ -5,10 +5,11 @@ layer sections, and the files written (:func:`finish`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
-from collections.abc import Iterable, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from .encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import InputError, ModelError, first_few
 from .gradcam import class_activation_maps, default_cam_layer, overlay
 from .graph import record_graph
-from .graph_layout import layout_graph
+from .graph_layout import layout_graph, link_graph
 from .heap import release_freed_memory
 from .logits import class_scores
 from .outputs import write_report
@@ -60,6 +61,9 @@ __all__ = [
     "finish",
     "cam_view",
     "model_graph",
+    "sections_and_graph",
+    "graph_inputs",
+    "linked",
 ]
 
 
@@ -86,9 +90,15 @@ def open_job(model: nn.Module, sample_set: SampleSet, config: ReportConfig, prog
     )
 
 
-def assemble(job: Job, run: Run, sections: tuple[LayerSection, ...], cams: tuple[CamView, ...] = ()) -> Report:
-    """The report of one model's run, with the graph of what ran unless ``config.graph`` is off."""
-    report = new_report(
+def assemble(
+    job: Job,
+    run: Run,
+    sections: tuple[LayerSection, ...],
+    cams: tuple[CamView, ...] = (),
+    graph: GraphView | None = None,
+) -> Report:
+    """The report of one model's run (``graph``: the drawing :func:`sections_and_graph` made)."""
+    return new_report(
         job.model,
         job.config,
         job.device,
@@ -99,22 +109,38 @@ def assemble(job: Job, run: Run, sections: tuple[LayerSection, ...], cams: tuple
         skipped=tuple(job.sample_set.skipped),
         notes=tuple(run.notes),
         cams=cams,
+        graph=graph,
     )
-    return dataclasses.replace(report, graph=graph_view(job, sections)) if job.config.graph else report
 
 
-def graph_view(job: Job, sections: tuple[LayerSection, ...]) -> GraphView:
-    """The model's graph, recorded on the first sample (the first batch for a model that takes only
-    whole batches)."""
-    sizes = dict.fromkeys((1, job.config.batch_size))
-    batches = (next(job.sample_set.batches(size), None) for size in sizes)
-    candidates = (b.inputs.to(device=job.device, dtype=job.dtype) for b in batches if b is not None)
-    return model_graph(job.model, candidates, sections)
+def sections_and_graph(
+    job: Job, make_sections: Callable[[], tuple[LayerSection, ...]]
+) -> tuple[tuple[LayerSection, ...], GraphView | None]:
+    """The sections, and (unless ``config.graph`` is off) the graph of what ran, linked to them. The graph
+    is recorded and laid out on a second thread while the sections are made: its forward pass and
+    ``dot``'s process run beside the sections' numpy and Pillow work instead of after it."""
+    if not job.config.graph:
+        return make_sections(), None
+    with ThreadPoolExecutor(1, thread_name_prefix="graph") as pool:
+        drawing = pool.submit(model_graph, job.model, graph_inputs(job))
+        sections = make_sections()
+        return sections, linked(drawing.result(), sections)
 
 
-def model_graph(model: nn.Module, candidates: Iterable[torch.Tensor], sections: Sequence[LayerSection]) -> GraphView:
+def graph_inputs(job: Job) -> Iterator[torch.Tensor]:
+    """What the graph is recorded on: the first sample, else (a model exported for whole batches) the
+    first batch; on the job's device. Decoded from a copy of the sample set, whose list of skipped files
+    is the report's and must not change."""
+    samples = copy.copy(job.sample_set)
+    for size in dict.fromkeys((1, job.config.batch_size)):
+        batch = next(samples.batches(size), None)
+        if batch is not None:
+            yield batch.inputs.to(device=job.device, dtype=job.dtype)
+
+
+def model_graph(model: nn.Module, candidates: Iterable[torch.Tensor]) -> GraphView:
     """The graph of ``model`` recorded on the first of ``candidates`` it runs on, in eval mode (its modes
-    restored after), laid out, its captured layers (``sections``) linked and flagged."""
+    restored after), and laid out (not yet linked: see :func:`linked`)."""
     graph, failure = None, "no sample could be used"
     modes = {module: module.training for module in model.modules()}
     model.eval()
@@ -132,8 +158,12 @@ def model_graph(model: nn.Module, candidates: Iterable[torch.Tensor], sections: 
             module.train(training)
     if graph is None:
         return GraphView(ModelGraph((), ()), None, (), f"no graph: {failure}")
-    slugs = {section.name: section.slug for section in sections}
-    return layout_graph(graph, slugs, {section.name: _flags(section) for section in sections})
+    return layout_graph(graph)
+
+
+def linked(view: GraphView, sections: Sequence[LayerSection]) -> GraphView:
+    """``view`` with the captured layers' boxes linked to their ``sections`` and flagged as they are."""
+    return link_graph(view, {s.name: s.slug for s in sections}, {s.name: _flags(s) for s in sections})
 
 
 def _flags(section: LayerSection) -> str:
@@ -160,6 +190,7 @@ def new_report(
     notes: tuple[str, ...] = (),
     cams: tuple[CamView, ...] = (),
     dataset: DatasetScan | None = None,
+    graph: GraphView | None = None,
 ) -> Report:
     """A report's header facts, navigation tree and colour bars around ``sections``."""
     return Report(
@@ -180,6 +211,7 @@ def new_report(
         version=__version__,
         cams=cams,
         dataset=dataset,
+        graph=graph,
     )
 
 

@@ -13,7 +13,7 @@ from .config import ReportConfig
 from .device import on_device
 from .heap import old_objects_frozen
 from .outputs import check_api_outputs
-from .pipeline import assemble, cam_view, finish, open_job, run_passes
+from .pipeline import assemble, cam_view, finish, open_job, run_passes, sections_and_graph
 from .progress import Progress
 from .report_data import Report
 from .samples import SamplesArg, open_samples, preprocess
@@ -51,5 +51,7 @@ def _build(
     with on_device(job.model, job.device):
         run = run_passes(job)
         cams = (cam_view(job),) if config.cam else ()
-    report = assemble(job, run, layer_sections(list(run.records.values()), job.layers, config), cams)
-    return finish(report, out, json_out, config, progress)
+        sections, graph = sections_and_graph(
+            job, lambda: layer_sections(list(run.records.values()), job.layers, config)
+        )
+    return finish(assemble(job, run, sections, cams, graph), out, json_out, config, progress)

@@ -24,7 +24,7 @@ from .device import float_dtype
 from .encode import png_rgb
 from .errors import InputError, SampleError
 from .outputs import check_api_outputs
-from .pipeline import finish, model_graph, new_report
+from .pipeline import finish, linked, model_graph, new_report
 from .progress import Progress
 from .report_data import DatasetScan, Grid, Png, Report
 from .samples import display_names, find_images, preprocess
@@ -102,7 +102,7 @@ def _report(
     )
     if not config.graph:
         return report
-    return dataclasses.replace(report, graph=model_graph(model, _first_image(model, dataset), report.layers))
+    return dataclasses.replace(report, graph=linked(model_graph(model, _first_image(model, dataset)), report.layers))
 
 
 def _first_image(model: nn.Module, dataset: ImageFiles) -> Iterator[torch.Tensor]:
