@@ -317,15 +317,16 @@ def write_report(
 
 
 def _write_page(handle: IO[str], chunks: Iterator[str], max_bytes: int | None) -> None:
-    if max_bytes is None:
-        handle.writelines(chunks)
-        return
+    """The page's chunks, each encoded once: the bytes written are the bytes counted against the budget."""
+    handle.flush()
+    out = handle.buffer  # type: ignore[attr-defined]
     written = 0
     for chunk in chunks:
-        written += len(chunk) if chunk.isascii() else len(chunk.encode("utf-8"))
-        if written > max_bytes:
+        data = chunk.encode("utf-8")
+        written += len(data)
+        if max_bytes is not None and written > max_bytes:
             raise _OverBudget
-        handle.write(chunk)
+        out.write(data)
 
 
 def _size(path: Path) -> int:
