@@ -62,6 +62,10 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "resnet-dir": (root / "resnet-site", [*model, "--format", "dir"]),
         "compare": (root / "compare.html", ["--demo-compare"]),
         "scan": (root / "scan.html", ["scan", str(photos.parent / "digits"), str(photos), "--top-k", "3"]),
+        "folded": (
+            root / "folded.html",
+            ["--model", "torchvision:resnet50", "--samples", str(photos), "--layers", "fc"],
+        ),
     }
     for out, argv in built.values():
         assert main([*argv, "-o", str(out), "--quiet"]) == 0
@@ -204,7 +208,7 @@ def test_no_horizontal_scrolling_and_tiles_at_their_size(browser: object, report
         reader.clean()
 
 
-@pytest.mark.parametrize("name", ["demo", "resnet", "compare", "scan"])
+@pytest.mark.parametrize("name", ["demo", "resnet", "compare", "scan", "folded"])
 def test_axe_finds_no_serious_or_critical_violations(browser: object, reports: dict[str, Path], name: str) -> None:
     reader = Reader(browser, reports[name])
     page = reader.open()
@@ -215,6 +219,25 @@ def test_axe_finds_no_serious_or_critical_violations(browser: object, reports: d
             .map(v => v.id + ': ' + v.nodes.slice(0, 2).map(n => n.target.join(' ')).join(' | '))"""
     )
     assert violations == []
+    reader.clean()
+
+
+def test_a_folded_block_opens_its_drawing_and_layers_light_up_in_the_graph(
+    browser: object, reports: dict[str, Path]
+) -> None:
+    reader = Reader(browser, reports["folded"])
+    page = reader.open("#graph")
+    assert page.eval_on_selector("#module-layer1-0", "d => d.open") is False
+    page.click('svg.graph a[href="#module-layer1-0"]')
+    page.wait_for_function("() => document.getElementById('module-layer1-0').open")
+    top = page.eval_on_selector("#module-layer1-0", "d => d.getBoundingClientRect().top")
+    assert -2 <= top <= 40, top
+    reader.clean()
+    reader = Reader(browser, reports["resnet"])
+    page = reader.open("#layer-conv1")
+    page.wait_for_function(
+        "() => document.querySelector('svg.graph a[data-node=\"conv1\"]').classList.contains('current')"
+    )
     reader.clean()
 
 
