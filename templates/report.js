@@ -202,6 +202,50 @@
     if (actions[event.key]) { event.preventDefault(); actions[event.key](); }
   });
 
+  // The graph: zoom with the buttons or Ctrl+wheel (the point under the pointer stays put), drag to pan.
+  Array.prototype.forEach.call(document.querySelectorAll(".graph-wrap"), function (wrap) {
+    var svg = wrap.querySelector("svg.graph");
+    var tools = wrap.previousElementSibling;
+    if (!svg) { return; }
+    var width = parseFloat(svg.getAttribute("width")), height = parseFloat(svg.getAttribute("height")), scale = 1;
+    function setScale(next, x, y) {
+      next = Math.max(0.1, Math.min(4, next));
+      var fx = (wrap.scrollLeft + x) / scale, fy = (wrap.scrollTop + y) / scale;
+      scale = next;
+      svg.setAttribute("width", (width * scale).toFixed(1));
+      svg.setAttribute("height", (height * scale).toFixed(1));
+      wrap.scrollLeft = fx * scale - x;
+      wrap.scrollTop = fy * scale - y;
+    }
+    wrap.addEventListener("wheel", function (event) {
+      if (!event.ctrlKey) { return; }
+      event.preventDefault();
+      var box = wrap.getBoundingClientRect();
+      setScale(scale * (event.deltaY < 0 ? 1.15 : 1 / 1.15), event.clientX - box.left, event.clientY - box.top);
+    }, { passive: false });
+    var drag = null;
+    wrap.addEventListener("pointerdown", function (event) {
+      if (event.button !== 0 || event.target.closest("a")) { return; }
+      drag = { x: event.clientX, y: event.clientY, left: wrap.scrollLeft, top: wrap.scrollTop };
+    });
+    window.addEventListener("pointermove", function (event) {
+      if (!drag) { return; }
+      wrap.scrollLeft = drag.left - (event.clientX - drag.x);
+      wrap.scrollTop = drag.top - (event.clientY - drag.y);
+    });
+    window.addEventListener("pointerup", function () { drag = null; });
+    if (tools && tools.classList.contains("graph-tools")) {
+      tools.addEventListener("click", function (event) {
+        var button = event.target.closest("button");
+        if (!button) { return; }
+        var middle = [wrap.clientWidth / 2, wrap.clientHeight / 2];
+        var fit = Math.min(wrap.clientWidth / width, wrap.clientHeight / height);
+        var next = { "in": scale * 1.25, "out": scale / 1.25, "fit": fit, "reset": 1 }[button.dataset.zoom];
+        setScale(next, middle[0], middle[1]);
+      });
+    }
+  });
+
   showSample(0);
   markCurrent();
   revealInTree();
