@@ -156,6 +156,12 @@ def build_parser(scan: bool = False) -> argparse.ArgumentParser:
         type=_positive,
         help=f"samples per forward pass (default {ReportConfig.batch_size}, or the batch a .pt2 was exported for)",
     )
+    parser.add_argument(
+        "--no-graph",
+        dest="graph",
+        action="store_false",
+        help="leave out the graph of the model (one forward pass less)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument("--title", metavar="TEXT", help="page title (default: the model's name)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr (warnings still appear)")
@@ -213,12 +219,6 @@ def _add_report_options(parser: argparse.ArgumentParser) -> None:
         "channels comparable), sigmoid (as in the classic VGG recipe), percentile (1st-99th per channel)",
     )
     parser.add_argument("--strict", action="store_true", help="an unreadable sample file is an error, not a warning")
-    parser.add_argument(
-        "--no-graph",
-        dest="graph",
-        action="store_false",
-        help="leave out the graph of the model (one forward pass less)",
-    )
 
 
 def _add_scan_options(parser: argparse.ArgumentParser) -> None:
@@ -298,7 +298,6 @@ def _run(args: argparse.Namespace) -> None:
         target_class=args.target_class,
         output=args.output,
         strict=args.strict,
-        graph=args.graph,
     )
     samples = args.samples or [demo_samples_dir()]
     if compare is None:
@@ -354,6 +353,7 @@ def _shared_config(args: argparse.Namespace, loaded: LoadedModel, labels: tuple[
         "format": args.format,
         "max_size": args.max_size or None,
         "quiet": args.quiet,
+        "graph": args.graph,
     }
 
 

@@ -99,7 +99,10 @@ class _Operations(TorchFunctionMode):
             return result
         sources = recorder.sources(args, kwargs)
         if sources:
-            name = getattr(func, "__name__", type(func).__name__).strip("_") or "op"
+            name = getattr(func, "__name__", type(func).__name__)
+            if name == "__get__":  # a property such as x.T: the descriptor knows its name
+                name = getattr(getattr(func, "__self__", None), "__name__", name)
+            name = name.strip("_") or "op"
             recorder.add("op", name, name, result, sources)
         return result
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,9 @@ ENGINE = "graphviz-pure"
 MAX_BOXES = 90  # an overview with more boxes than this, or more edges than MAX_EDGES, is folded
 MAX_EDGES = 150
 CLUSTER_DEPTH = 3  # modules nested deeper than this are not framed (their calls still are boxes)
-TIMEOUT_S = 120
+TIMEOUT_S = 30
+MAX_LAYOUT_EDGES = 4000  # past this many edges in all drawings, dot takes minutes: no drawing, a note
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 POINTS = 72.0  # Graphviz sizes are in inches
 
 
@@ -141,6 +144,9 @@ def _anchors(modules: list[str]) -> list[str]:
 
 
 def _quote(text: str) -> str:
+    """A DOT string; line breaks as DOT's ``\\n``, other control characters (which dot would copy raw
+    into its JSON, or stop at) as U+FFFD."""
+    text = _CONTROL.sub(lambda m: "\n" if m.group() == "\n" else "\ufffd", text)
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
@@ -159,7 +165,8 @@ def _scopes(scope: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(min(len(parts), CLUSTER_DEPTH))]
 
 
-def _dot(name: str, top: str, items: list[_Item], edges: set[tuple[str, str]]) -> str:
+def _dot(name: str, top: str, items: list[_Item], edges: set[tuple[str, str]]) -> tuple[str, list[str]]:
+    """The DOT text of one drawing, and the modules its frames ``cluster_1``, ``cluster_2``, ... stand for."""
     members: dict[str, list[_Item]] = defaultdict(list)
     for item in items:
         chain = [s for s in _scopes(item.scope) if _depth(s) > _depth(top)]
@@ -174,34 +181,38 @@ def _dot(name: str, top: str, items: list[_Item], edges: set[tuple[str, str]]) -
         'rankdir=TB; nodesep=0.25; ranksep=0.3; fontname="Helvetica"; fontsize=10;',
         'node [shape=box fontname="Helvetica" fontsize=11 height=0.3 margin="0.08,0.03"];',
     ]
-    counter = [0]
+    frames: list[str] = []
 
     def emit(scope: str) -> None:
         for item in members.get(scope, []):
             shape = "ellipse" if item.kind == "op" else "box"
             lines.append(f"{_quote(item.key)} [label={_quote(chr(10).join(_label(item)))} shape={shape}];")
         for child in sorted(children.get(scope, ())):
-            counter[0] += 1
-            lines.append(f"subgraph cluster_{counter[0]} {{ label={_quote(child)}; labeljust=l;")
+            frames.append(child)
+            lines.append(f"subgraph cluster_{len(frames)} {{ label={_quote(child)}; labeljust=l;")
             emit(child)
             lines.append("}")
 
     emit(top)
     lines += [f"{_quote(a)} -> {_quote(b)};" for a, b in sorted(edges)]
     lines.append("}")
-    return "\n".join(lines)
+    return "\n".join(lines), frames
 
 
 def layout_graph(graph: ModelGraph) -> GraphView:
     """Drawings of ``graph``, not yet linked to any section (see :func:`link_graph`). Never raises: a
     failed layout is a view without drawings and with a note."""
     layers: dict[int, str] = {}
-    note = f"the first {len(graph.nodes):,} calls only" if graph.truncated else ""
+    note = f"the first {len(graph.nodes) - 2:,} calls only" if graph.truncated else ""
     engine = _engine()
     if engine is None:
         return GraphView(graph, None, (), f"no graph: the {ENGINE} program is missing (pip install {ENGINE})", layers)
     drawings = _drawings(graph)
-    source = "\n".join(_dot(anchor or "overview", top, items, edges) for anchor, top, items, edges in drawings)
+    edge_count = sum(len(edges) for *_, edges in drawings)
+    if edge_count > MAX_LAYOUT_EDGES:
+        return GraphView(graph, None, (), f"no graph: {edge_count:,} edges are too many to lay out", layers)
+    dots = [_dot(anchor or "overview", top, items, edges) for anchor, top, items, edges in drawings]
+    source = "\n".join(text for text, _ in dots)
     try:
         done = subprocess.run(
             [engine, "-Tjson0"], input=source, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
@@ -211,11 +222,17 @@ def layout_graph(graph: ModelGraph) -> GraphView:
     if done.returncode != 0:
         first = done.stderr.strip().splitlines()[0] if done.stderr.strip() else f"exit {done.returncode}"
         return GraphView(graph, None, (), f"no graph: {ENGINE} failed ({first})", layers)
-    layouts = _documents(done.stdout)
-    if len(layouts) != len(drawings):
-        return GraphView(graph, None, (), f"no graph: {ENGINE} gave {len(layouts)} of {len(drawings)} drawings", layers)
     anchors = {anchor: top for anchor, top, _, _ in drawings[1:]}
-    pictures = [_picture(layout, items, edges, anchors) for layout, (_, _, items, edges) in zip(layouts, drawings)]
+    try:
+        layouts = _documents(done.stdout)
+        if len(layouts) != len(drawings):
+            raise ValueError(f"{len(layouts)} of {len(drawings)} drawings")
+        pictures = [
+            _picture(layout, items, edges, anchors, frames)
+            for layout, (_, _, items, edges), (_, frames) in zip(layouts, drawings, dots)
+        ]
+    except (ValueError, KeyError, IndexError, TypeError) as err:  # output we cannot read: no drawing
+        return GraphView(graph, None, (), f"no graph: unreadable {ENGINE} output ({type(err).__name__})", layers)
     details = tuple(
         GraphDetail(anchor, top, _module_type([], top) if not items else _inner_type(items), picture)
         for (anchor, top, items, _), picture in zip(drawings[1:], pictures[1:])
@@ -282,6 +299,7 @@ def _picture(
     items: list[_Item],
     edges: set[tuple[str, str]],
     anchors: Mapping[str, str],
+    frames: list[str],
 ) -> GraphPicture:
     x0, y0, x1, y1 = _floats(layout["bb"])
     height = y1 - y0
@@ -298,7 +316,7 @@ def _picture(
         if "bb" in obj:  # a frame
             cx0, cy0, cx1, cy1 = _floats(obj["bb"])
             left, top = flip(cx0, cy1)
-            label = obj.get("label", "")
+            label = frames[int(obj["name"].rpartition("_")[2]) - 1]  # our name, not dot's escaped label
             clusters.append(GraphCluster(label, left, top, round(cx1 - cx0, 1), round(cy1 - cy0, 1), label.count(".")))
             continue
         item = by_key[obj["name"]]

@@ -68,11 +68,16 @@ def _selected(output: object, entries: list[tuple[str, object]] | None, count: i
         raise UsageError(
             f"--output {selector!r}: the model returns a single {type(output).__name__}, not a tuple or dict"
         )
-    named = dict(entries)
+    fields = getattr(output, "_fields", ())  # a namedtuple's field names select too
+    named = {**dict(entries), **{name: value for name, (_, value) in zip(fields, entries)}}
     if selector not in named:
-        raise UsageError(f"--output {selector!r}: no such entry in the model's output (it has {', '.join(named)})")
+        listed = first_few([repr(key) for key in named], 6)
+        raise UsageError(f"--output {selector!r}: no such entry in the model's output (it has {listed})")
     value = named[selector]
     if not _is_scores(value, count):
-        shape = "×".join(map(str, value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise UsageError(f"--output {selector!r} is {shape}, not N×K class scores for {count} samples")
+        if isinstance(value, torch.Tensor):
+            what = "a scalar" if value.ndim == 0 else "×".join(map(str, value.shape))
+        else:
+            what = f"a {type(value).__name__}"
+        raise UsageError(f"--output {selector!r} is {what}, not N×K class scores for {count} samples")
     return Scores(value)  # type: ignore[arg-type]

@@ -131,3 +131,43 @@ def test_comparisons_and_scans_draw_the_graph_too(tmp_path: Path, image_folder: 
         assert report is not None and report.graph is not None and report.graph.overview is not None
         names = [n.name for n in report.graph.recorded.nodes]
         assert "cat" in names and names.count("add") == 2
+
+
+class Odd(nn.Module):
+    """Module names with control characters, a NUL, a backslash and a line break; a property op (x.T)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_module("a\x1b[31mred\x07", nn.Conv2d(3, 2, 3))
+        block = nn.Sequential(nn.Conv2d(2, 2, 1))
+        self.add_module("back\\slash\nnew", block)
+        self.add_module("n\x00ul", nn.Conv2d(2, 2, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self.children():
+            x = module(x)
+        return x.mT.mT
+
+
+def test_odd_names_keep_their_graph_and_their_frames_read_as_written(tmp_path: Path) -> None:
+    report = build_report(Odd(), torch.rand(1, 3, 8, 8), tmp_path / "r.html", ReportConfig(quiet=True))
+    assert report.graph is not None and report.graph.overview is not None, report.graph and report.graph.note
+    assert [f.name for f in report.graph.overview.clusters] == ["back\\slash\nnew"]
+    assert "mT" in [n.name for n in report.graph.recorded.nodes]
+
+
+def test_a_graph_too_dense_to_lay_out_is_a_note_not_a_wait(tmp_path: Path) -> None:
+    class Dense(nn.Module):  # every layer sees every earlier output: ~5,000 edges between top-level calls
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Conv2d(1, 1, 1) for _ in range(100))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            outs = [x]
+            for layer in self.layers:
+                outs.append(layer(torch.stack(outs).sum(0)))
+            return outs[-1]
+
+    report = build_report(Dense(), torch.rand(1, 1, 4, 4), None, ReportConfig(quiet=True, layers=("layers.0",)))
+    assert report.graph is not None and report.graph.overview is None
+    assert "too many to lay out" in report.graph.note

@@ -314,7 +314,7 @@ def test_an_ambiguous_output_gives_no_predictions_and_says_how_to_choose(
     page, err = succeeds(world, capsys, [*argv, "--output", "2"])
     assert "N×K tensors" not in err and "class 1" in page
     world.report.write_text(SENTINEL)
-    fails(world, capsys, [*argv, "--output", "3"], 2, "--output '3'", "no such entry", "0, 1, 2")
+    fails(world, capsys, [*argv, "--output", "3"], 2, "--output '3'", "no such entry", "'0', '1', '2'")
     fails(world, capsys, [*argv, "--cam", "gradcam"], 2, "Grad-CAM needs N×K class scores", "--output")
 
 
@@ -640,3 +640,30 @@ def test_scan_state_of_another_scan_is_refused(world: World, capsys: pytest.Capt
     succeeds(world, capsys, ["scan", "images", "--state", "st", "--top-k", "2", "--loader-workers", "0"])
     world.report.write_text(SENTINEL)
     fails(world, capsys, ["scan", "images", "--state", "st", "--top-k", "3"], 2, "state of a different scan")
+
+
+def test_output_selector_errors_are_one_short_line(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.file(
+        "many_keys.py",
+        textwrap.dedent(
+            """
+            import torch
+            from torch import nn
+            class ManyKeys(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.conv = nn.Conv2d(3, 2, 3)
+                def forward(self, x):
+                    y = self.conv(x).mean((2, 3))
+                    out = {f"key{i}": y for i in range(3000)}
+                    out["line\\nbreak"] = y
+                    out["scalar"] = y.sum()
+                    return out
+            def build(): return ManyKeys()
+            """
+        ).encode(),
+    )
+    argv = ["--model", "many_keys:build", *IMAGES, "--input-size", "8"]
+    error = fails(world, capsys, [*argv, "--output", "nope"], 2, "--output 'nope'", "'key0'", "more)")
+    assert len(error) < 300
+    fails(world, capsys, [*argv, "--output", "scalar"], 2, "--output 'scalar' is a scalar")
