@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .device import evaluating
 from .errors import UsageError
 from .reduce import Reduced, reduce_output
 
@@ -122,7 +123,6 @@ def capturing(
     every parameter's ``requires_grad`` are what they were before. While attention layers are captured,
     PyTorch's fused Transformer fast path is off (it would skip the attention module and its hook).
     """
-    modes = {module: module.training for module in model.modules()}
     grads = {param: param.requires_grad for param in model.parameters()}
     capture = Capture(dict(layers), scale)
     handles = []
@@ -131,7 +131,6 @@ def capturing(
     try:
         if mha is not None and any(isinstance(m, nn.MultiheadAttention) for _, m in layers):
             mha.set_fastpath_enabled(False)  # the fused encoder path would bypass the attention module
-        model.eval()
         for param in grads:
             param.requires_grad_(False)
         for name, module in layers:
@@ -141,12 +140,11 @@ def capturing(
                 handles.append(module.register_forward_pre_hook(capture.entering(name)))
             if name:
                 handles.append(module.register_forward_hook(capture.leaving(name)))
-        yield capture
+        with evaluating(model):
+            yield capture
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in modes.items():
-            module.train(training)
         for param, required in grads.items():
             param.requires_grad_(required)
         if mha is not None and fused is not None:

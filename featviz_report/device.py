@@ -1,5 +1,6 @@
-"""Where and in what precision a model runs: the device (CUDA, else Apple MPS, else CPU, unless the user
-says), the dtype of its inputs, and the model moved there for a block and back after."""
+"""Where, in what precision and in which mode a model runs: the device (CUDA, else Apple MPS, else CPU,
+unless the user says), the dtype of its inputs, the model moved there for a block and back after, and
+the model in eval mode for a block with every module's training flag restored after."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from .errors import UsageError
 
-__all__ = ["pick_device", "float_dtype", "on_device"]
+__all__ = ["pick_device", "float_dtype", "model_device", "on_device", "evaluating"]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -30,12 +31,29 @@ def float_dtype(model: nn.Module) -> torch.dtype:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters are (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 @contextmanager
 def on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
     """``model`` on ``device`` for the block, back where it was after."""
-    home = next((p.device for p in model.parameters()), torch.device("cpu"))
+    home = model_device(model)
     try:
         model.to(device)
         yield
     finally:
         model.to(home)
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the block; every module's training flag as it was after, also on error."""
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        yield
+    finally:
+        for module, training in modes.items():
+            module.train(training)

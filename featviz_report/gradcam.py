@@ -24,6 +24,7 @@ from torch import nn
 
 from .colormaps import palette
 from .config import CAM_METHODS
+from .device import evaluating
 from .errors import ModelError, UsageError
 from .logits import class_scores
 
@@ -85,30 +86,24 @@ def class_activation_maps(
     module = dict(model.named_modules()).get(layer) if layer else None
     if module is None:
         raise UsageError(f"--cam-layer {layer!r} is not a layer of the model")
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.inference_mode(False), torch.enable_grad(), _leaf_output(module) as leaves:
-            scores = class_scores(model(inputs), inputs.shape[0], output)
-            if scores.tensor is None:
-                raise ModelError(f"Grad-CAM needs N×K class scores: {scores.note or 'the model gives none'}")
-            logits = scores.tensor
-            if not leaves:
-                raise ModelError(f"layer {layer} did not run in the forward pass")
-            if target is not None and not 0 <= target < logits.shape[1]:
-                raise UsageError(f"--target-class {target} is out of range: the model has {logits.shape[1]} classes")
-            activation = leaves[-1]
-            if activation is None:
-                raise UsageError(f"--cam-layer {layer} does not output a floating-point tensor")
-            if activation.ndim != 4:
-                shape = "×".join(map(str, activation.shape))
-                raise UsageError(f"--cam-layer {layer} gives a {shape} output; class activation maps need N×C×H×W")
-            classes = logits.argmax(1) if target is None else torch.full_like(logits[:, 0], target, dtype=torch.long)
-            score = logits.gather(1, classes[:, None]).sum()
-            (grad,) = torch.autograd.grad(score, activation)
-    finally:
-        for m, training in modes.items():
-            m.train(training)
+    with evaluating(model), torch.inference_mode(False), torch.enable_grad(), _leaf_output(module) as leaves:
+        scores = class_scores(model(inputs), inputs.shape[0], output)
+        if scores.tensor is None:
+            raise ModelError(f"Grad-CAM needs N×K class scores: {scores.note or 'the model gives none'}")
+        logits = scores.tensor
+        if not leaves:
+            raise ModelError(f"layer {layer} did not run in the forward pass")
+        if target is not None and not 0 <= target < logits.shape[1]:
+            raise UsageError(f"--target-class {target} is out of range: the model has {logits.shape[1]} classes")
+        activation = leaves[-1]
+        if activation is None:
+            raise UsageError(f"--cam-layer {layer} does not output a floating-point tensor")
+        if activation.ndim != 4:
+            shape = "×".join(map(str, activation.shape))
+            raise UsageError(f"--cam-layer {layer} gives a {shape} output; class activation maps need N×C×H×W")
+        classes = logits.argmax(1) if target is None else torch.full_like(logits[:, 0], target, dtype=torch.long)
+        score = logits.gather(1, classes[:, None]).sum()
+        (grad,) = torch.autograd.grad(score, activation)
     weights = _channel_weights(grad.detach(), activation.detach(), method)
     cam = torch.relu((weights[:, :, None, None] * activation.detach()).sum(1, keepdim=True))
     cam = F.interpolate(cam.float(), size=inputs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]

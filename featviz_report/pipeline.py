@@ -21,7 +21,7 @@ from . import __version__
 from .budget import fit_page
 from .capture import capturing, select_layers
 from .config import ReportConfig
-from .device import float_dtype, pick_device
+from .device import evaluating, float_dtype, pick_device
 from .encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import InputError, ModelError, first_few
 from .gradcam import class_activation_maps, default_cam_layer, overlay
@@ -142,20 +142,14 @@ def model_graph(model: nn.Module, candidates: Iterable[torch.Tensor]) -> GraphVi
     """The graph of ``model`` recorded on the first of ``candidates`` it runs on, in eval mode (its modes
     restored after), and laid out (not yet linked: see :func:`linked`)."""
     graph, failure = None, "no sample could be used"
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the model's own warnings were shown when it ran for the report
-            for inputs in candidates:
-                try:
-                    graph = record_graph(model, inputs)
-                    break
-                except Exception as err:  # noqa: BLE001 - the model ran for the report; one sample may not
-                    failure = f"the recording pass failed ({type(err).__name__})"
-    finally:
-        for module, training in modes.items():
-            module.train(training)
+    with evaluating(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the model's own warnings were shown when it ran for the report
+        for inputs in candidates:
+            try:
+                graph = record_graph(model, inputs)
+                break
+            except Exception as err:  # noqa: BLE001 - the model ran for the report; one sample may not
+                failure = f"the recording pass failed ({type(err).__name__})"
     if graph is None:
         return GraphView(ModelGraph((), ()), None, (), f"no graph: {failure}")
     return layout_graph(graph)

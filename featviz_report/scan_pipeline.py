@@ -20,7 +20,7 @@ from torch import nn
 from .config import ReportConfig
 from .crops import CROP_PX, crop_atlas
 from .dataset import ImageFiles
-from .device import float_dtype
+from .device import float_dtype, model_device
 from .encode import png_rgb
 from .errors import InputError, SampleError
 from .outputs import check_api_outputs
@@ -107,11 +107,10 @@ def _report(
 
 def _first_image(model: nn.Module, dataset: ImageFiles) -> Iterator[torch.Tensor]:
     """The first readable image as a batch of one, on the model's device and in its dtype."""
-    home = next((p for p in model.parameters()), None)
     for index in range(len(dataset)):
         image, _, ok = dataset[index]
         if ok:
-            yield image[None].to(device=home.device if home is not None else "cpu", dtype=float_dtype(model))
+            yield image[None].to(device=model_device(model), dtype=float_dtype(model))
             return
 
 
