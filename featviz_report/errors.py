@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["FeatvizError", "UsageError", "InputError", "SampleError", "ModelError", "OutputError", "first_few"]
+__all__ = [
+    "FeatvizError",
+    "UsageError",
+    "InputError",
+    "SampleError",
+    "ModelError",
+    "OutputError",
+    "first_few",
+    "first_line",
+]
 
 
 def first_few(items: Sequence[str], shown: int = 3, sep: str = ", ") -> str:
@@ -43,3 +52,9 @@ class ModelError(FeatvizError):
 
 class OutputError(FeatvizError):
     """The report cannot be written where the user asked."""
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message in one line (its first), or its type's name when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

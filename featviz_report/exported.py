@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 __all__ = ["ExportedModel", "load_exported"]
 
@@ -75,7 +75,7 @@ def load_exported(path: Path) -> ExportedModel:
     except ModelError:
         raise
     except Exception as err:  # noqa: BLE001 - any failure here is an unreadable archive
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise ModelError(f"{label}: not a readable torch.export archive ({first})") from None
     finally:
         export_log.setLevel(level)
@@ -145,7 +145,7 @@ def _check_pickle(name: str, data: bytes, label: str, fqn: str | None = None) ->
         torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any refusal by the safe unpickler
         what = f"{fqn!r} ({name})" if fqn else repr(name)
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        first = first_line(err)[:160]
         raise ModelError(
             f"{label}: entry {what} is a pickle that does not load as plain tensors ({first}); it is not "
             "unpickled because that could run code from the file"

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ModelError, first_few
+from .errors import ModelError, first_few, first_line
 
 __all__ = [
     "LoadedModel",
@@ -166,7 +166,7 @@ def _factory(spec: str) -> LoadedModel:
     except ImportError as err:
         raise ModelError(f"--model {spec!r}: cannot import {module_name!r}: {err}") from None
     except Exception as err:  # noqa: BLE001 - the user's module failed while being imported
-        raise ModelError(f"--model {spec!r}: importing {module_name!r} failed ({_first_line(err)})") from None
+        raise ModelError(f"--model {spec!r}: importing {module_name!r} failed ({_described(err)})") from None
     for part in attr.split("."):
         if not hasattr(target, part):
             raise ModelError(f"--model {spec!r}: {module_name!r} has no attribute {attr!r}")
@@ -175,7 +175,7 @@ def _factory(spec: str) -> LoadedModel:
         model = target() if callable(target) and not isinstance(target, nn.Module) else target
     except Exception as err:  # noqa: BLE001 - the user's factory may raise anything
         raise ModelError(
-            f"--model {spec!r}: calling {attr}() failed ({_first_line(err)}); the factory must build the model "
+            f"--model {spec!r}: calling {attr}() failed ({_described(err)}); the factory must build the model "
             "with no arguments"
         ) from None
     if not isinstance(model, nn.Module):
@@ -223,9 +223,9 @@ def _working_directory_importable() -> None:
         sys.path.insert(0, os.getcwd())
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+def _described(err: BaseException) -> str:
+    """``TypeError: message``, for errors raised by the user's own code."""
+    return f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__
 
 
 def copy_with_weights(model: nn.Module, path: str | Path, names: tuple[str, str] = ("A", "B")) -> nn.Module:
@@ -252,7 +252,7 @@ def load_state_dict(path: str | Path, option: str = "--weights") -> Mapping[str,
     except FileNotFoundError:
         raise ModelError(f"{option} {str(path)!r}: file not found") from None
     except Exception as err:  # noqa: BLE001 - torch raises many types for unreadable or unsafe files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise ModelError(f"{option} {str(path)!r}: not a loadable state_dict ({first})") from None
     for key in ("state_dict", "model"):
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
@@ -271,7 +271,7 @@ def _safetensors(path: Path, option: str) -> Mapping[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise ModelError(f"{option} {str(path)!r}: not a readable safetensors file ({first})") from None
 
 

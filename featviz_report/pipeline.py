@@ -23,7 +23,7 @@ from .capture import capturing, select_layers
 from .config import ReportConfig
 from .device import evaluating, float_dtype, pick_device
 from .encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
-from .errors import InputError, ModelError, first_few
+from .errors import InputError, ModelError, first_few, first_line
 from .gradcam import class_activation_maps, default_cam_layer, overlay
 from .graph import record_graph
 from .graph_layout import layout_graph, link_graph
@@ -359,7 +359,7 @@ def _forward_failure(
     err: Exception, inputs: torch.Tensor, last: tuple[str, nn.Module, tuple[int, ...]] | None, returned: bool
 ) -> str:
     """What went wrong in the forward pass, in the user's terms where the failing layer tells."""
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = first_line(err)
     samples = "×".join(map(str, inputs.shape[1:]))
     if last is None:
         return f"the model failed on samples of shape {samples}: {first}"
