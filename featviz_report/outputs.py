@@ -241,15 +241,6 @@ class _Staging:
         except OSError as err:
             raise _fail(target, err) from None
 
-    def bytes(self, target: Path, data: bytes) -> None:
-        tmp, raw = _open_new(target)
-        self.pending.append((tmp, target))
-        try:
-            with raw:
-                raw.write(data)
-        except OSError as err:
-            raise _fail(target, err) from None
-
     def commit(self) -> None:
         for tmp, target in self.pending:
             try:
@@ -372,14 +363,7 @@ class _Folder:
             except OSError as err:
                 raise _fail(images, err) from None
             self.staging.undo.append(lambda: _remove_if_empty(images))
-        tmp, raw = _open_new(path)
-        try:
-            with raw:
-                raw.write(data)
-            os.replace(tmp, path)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise _fail(path, err) from None
+        _write_now(path, data)
         self.staging.undo.append(lambda: path.unlink(missing_ok=True))
 
     def commit(self) -> None:
@@ -400,14 +384,19 @@ class _Folder:
     def _write_manifest(self, files: dict[str, set[str]]) -> None:
         listed = {name: sorted(digests) for name, digests in sorted(files.items())}
         text = json.dumps({"generator": "featviz-report", "files": listed}, indent=1) + "\n"
-        tmp, raw = _open_new(self.out / MANIFEST)
-        try:
-            with raw:
-                raw.write(text.encode("utf-8"))
-            os.replace(tmp, self.out / MANIFEST)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise _fail(self.out, err) from None
+        _write_now(self.out / MANIFEST, text.encode("utf-8"))
+
+
+def _write_now(path: Path, data: bytes) -> None:
+    """``data`` at ``path`` at once, atomically (outside the staging: a folder's images and manifest)."""
+    tmp, raw = _open_new(path)
+    try:
+        with raw:
+            raw.write(data)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _fail(path, err) from None
 
 
 def _remove_if_empty(folder: Path) -> None:
