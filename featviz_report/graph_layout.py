@@ -20,10 +20,11 @@ import shutil
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .record import call_name
 from .report_data import GraphBox, GraphCluster, GraphDetail, GraphNode, GraphPicture, GraphView, ModelGraph
 
 __all__ = ["layout_graph", "link_graph", "ENGINE", "MAX_BOXES", "MAX_EDGES"]
@@ -108,8 +109,8 @@ def _drawings(graph: ModelGraph) -> list[tuple[str, str, list[_Item], set[tuple[
             placed.add(group)
             inner = members[group]
             parent = group.rpartition(".")[0]
-            overview.append(_Item(anchors[group], "group", group, _module_type(inner, group), inner[-1].shape,
-                                  parent, calls=len(inner)))  # fmt: skip
+            held = _held((n.kind, n.type) for n in inner)
+            overview.append(_Item(anchors[group], "group", group, held, inner[-1].shape, parent, calls=len(inner)))
 
     def key(node_id: int) -> str:
         group = group_of[node_id]
@@ -131,10 +132,13 @@ def _drawings(graph: ModelGraph) -> list[tuple[str, str, list[_Item], set[tuple[
     return drawings
 
 
-def _module_type(inner: list[GraphNode], group: str) -> str:
-    """The folded module's class is not recorded; its calls' types say what it holds."""
-    types = list(dict.fromkeys(n.type for n in inner if n.kind == "module"))
-    return f"{len(inner)} calls" if not types else f"{len(inner)} calls: " + ", ".join(types[:3])
+def _held(members: Iterable[tuple[str, str]]) -> str:
+    """What a folded module held, from its calls' (kind, type): ``12 calls: Conv2d, BatchNorm2d, ReLU``
+    (the module's own class is not recorded)."""
+    calls = [(kind, type_) for kind, type_ in members if kind in ("module", "op")]
+    types = list(dict.fromkeys(type_ for kind, type_ in calls if kind == "module"))
+    listed = ", ".join(types[:4]) + (" …" if len(types) > 4 else "")
+    return f"{len(calls)} calls" + (f": {listed}" if types else "")
 
 
 def _anchors(modules: list[str]) -> list[str]:
@@ -234,7 +238,7 @@ def layout_graph(graph: ModelGraph) -> GraphView:
     except (ValueError, KeyError, IndexError, TypeError) as err:  # output we cannot read: no drawing
         return GraphView(graph, None, (), f"no graph: unreadable {ENGINE} output ({type(err).__name__})", layers)
     details = tuple(
-        GraphDetail(anchor, top, _module_type([], top) if not items else _inner_type(items), picture)
+        GraphDetail(anchor, top, _held((item.kind, item.type) for item in items), picture)
         for (anchor, top, items, _), picture in zip(drawings[1:], pictures[1:])
     )
     folded = f"{len(details)} modules are folded into one box each; their insides are drawn below" if details else ""
@@ -257,23 +261,13 @@ def link_graph(view: GraphView, slugs: Mapping[str, str], flags: Mapping[str, st
     def linked(picture: GraphPicture) -> GraphPicture:
         return dataclasses.replace(picture, boxes=tuple(link(box) for box in picture.boxes))
 
-    nodes = view.recorded.nodes
+    names = {n.id: call_name(n.name, n.call) for n in view.recorded.nodes if n.kind == "module"}
     return dataclasses.replace(
         view,
         overview=linked(view.overview) if view.overview else None,
         details=tuple(dataclasses.replace(d, picture=linked(d.picture)) for d in view.details),
-        layers={n.id: slugs[_layer_name(n)] for n in nodes if n.kind == "module" and _layer_name(n) in slugs},
+        layers={node: slugs[name] for node, name in names.items() if name in slugs},
     )
-
-
-def _inner_type(items: list[_Item]) -> str:
-    types = list(dict.fromkeys(i.type for i in items if i.kind == "module"))
-    calls = sum(1 for i in items if i.kind in ("module", "op"))
-    return f"{calls} calls" + (": " + ", ".join(types[:4]) + (" …" if len(types) > 4 else "") if types else "")
-
-
-def _layer_name(node: GraphNode) -> str:
-    return node.name if node.call == 0 else f"{node.name} (call {node.call + 1})"
 
 
 def _documents(text: str) -> list[dict]:  # type: ignore[type-arg]
@@ -326,7 +320,7 @@ def _picture(
         boxes.append(
             GraphBox(
                 kind=item.kind,
-                name=item.name if item.call == 0 else f"{item.name} (call {item.call + 1})",
+                name=call_name(item.name, item.call),
                 type=item.type,
                 shape=item.shape,
                 label=_label(item),

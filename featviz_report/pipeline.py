@@ -31,7 +31,7 @@ from .heap import release_freed_memory
 from .logits import class_scores
 from .outputs import write_report
 from .progress import Progress
-from .record import LayerRecord, new_accumulator
+from .record import LayerRecord, call_name, new_accumulator
 from .reduce import Reduced
 from .report_data import (
     CamView,
@@ -313,7 +313,7 @@ def capture_pass(
             for key, shape, reduced in capture.drain():
                 record = records.get(key)
                 if record is None:
-                    name = key[0] if key[1] == 0 else f"{key[0]} (call {key[1] + 1})"
+                    name = call_name(*key)
                     stats = new_accumulator(shape, config.top_k)
                     order = orders.get(key) if orders else None
                     module = capture.modules[key[0]]

@@ -18,7 +18,7 @@ from torch import nn
 from .accumulate import ChannelAccumulator
 from .spool import Spooled
 
-__all__ = ["OutputKind", "output_kind", "channel_count", "new_accumulator", "LayerRecord"]
+__all__ = ["OutputKind", "output_kind", "channel_count", "new_accumulator", "call_name", "LayerRecord"]
 
 OutputKind = Literal["maps", "sequence", "vector"]
 _KINDS: dict[int, OutputKind] = {3: "maps", 2: "sequence", 1: "vector"}
@@ -32,6 +32,11 @@ def output_kind(shape: Sequence[int]) -> OutputKind:
 def channel_count(shape: Sequence[int]) -> int:
     """Channels of maps; features (the last axis) of a sequence or a vector."""
     return shape[0] if output_kind(shape) == "maps" else shape[-1]
+
+
+def call_name(name: str, call: int) -> str:
+    """How a module's call is named in the report: ``conv1``, then ``conv1 (call 2)``, ..."""
+    return name if call == 0 else f"{name} (call {call + 1})"
 
 
 def new_accumulator(shape: Sequence[int], top_k: int) -> ChannelAccumulator:
