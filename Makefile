@@ -11,6 +11,9 @@ $(STAMP): requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	# dev-only: a trained face detector's weights for the feature-visualisation test (tests/trained_nets.py);
+	# --no-deps: its pins are for an old torch, and the test uses only the weights file it ships
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
 
 # axe-core for the browser tests (needs npm; without it those tests skip, except in CI where they fail)

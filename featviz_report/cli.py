@@ -162,6 +162,26 @@ def build_parser(scan: bool = False) -> argparse.ArgumentParser:
         action="store_false",
         help="leave out the graph of the model (one forward pass less)",
     )
+    parser.add_argument(
+        "--featviz",
+        metavar="GLOB",
+        nargs="+",
+        help="layers (of those captured) whose channels each get the image that excites them most, found by "
+        "optimisation and shown beside their top samples, e.g. 'layer2' or 'conv*'",
+    )
+    parser.add_argument(
+        "--featviz-steps",
+        metavar="N",
+        type=_positive,
+        default=_DEFAULTS.featviz_steps,
+        help=f"optimisation steps per image (default {_DEFAULTS.featviz_steps})",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where feature visualisations are cached, so a rebuilt report reuses them "
+        "(default: $XDG_CACHE_HOME/featviz-report, else ~/.cache/featviz-report)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument("--title", metavar="TEXT", help="page title (default: the model's name)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr (warnings still appear)")
@@ -354,6 +374,9 @@ def _shared_config(args: argparse.Namespace, loaded: LoadedModel, labels: tuple[
         "max_size": args.max_size or None,
         "quiet": args.quiet,
         "graph": args.graph,
+        "featviz": tuple(args.featviz or ()),
+        "featviz_steps": args.featviz_steps,
+        "cache_dir": args.cache_dir,
     }
 
 

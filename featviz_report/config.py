@@ -26,7 +26,8 @@ FORMATS = ("html", "dir")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CAM_METHODS = ("gradcam", "gradcam++")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-LIMITS = {"input_size": 8192, "top_k": 1000, "batch_size": 65536}  # past these, memory runs out first
+# past these, memory (or patience) runs out first
+LIMITS = {"input_size": 8192, "top_k": 1000, "batch_size": 65536, "featviz_steps": 100_000}
 DEFAULT_MAX_SIZE_MB = 64.0  # a single page this size opens in Chromium in about a second; 225 MB takes minutes
 
 
@@ -42,7 +43,9 @@ class ReportConfig:
     the class scores of a model that returns several tensors, by tuple index or dict key (default: see
     :mod:`featviz_report.logits`). ``loader_workers``: processes decoding images in a scan. ``graph``: draw
     the graph of what ran (one more forward pass, of one sample; see :mod:`featviz_report.graph`). ``max_size`` (MB)
-    is the budget of a single-file page (``None``: no limit; see :mod:`featviz_report.budget`).
+    is the budget of a single-file page (``None``: no limit; see :mod:`featviz_report.budget`). ``featviz``: layer
+    globs whose channels get an optimised image each (``featviz_steps`` steps; see :mod:`featviz_report.feature_vis`),
+    cached under ``cache_dir`` (default: ``$XDG_CACHE_HOME/featviz-report``).
     """
 
     title: str | None = None
@@ -68,6 +71,9 @@ class ReportConfig:
     workers: int | None = None
     loader_workers: int = 2
     graph: bool = True
+    featviz: tuple[str, ...] = ()
+    featviz_steps: int = 512
+    cache_dir: str | None = None
     strict: bool = False
     quiet: bool = True
 
@@ -88,7 +94,8 @@ class ReportConfig:
             raise UsageError(f"loader-workers must be at least 0, got {self.loader_workers}")
         if self.max_size is not None and not self.max_size > 0:
             raise UsageError(f"max-size must be a positive number of MB, got {self.max_size}")
-        for name in ("batch_size", "max_channels", "input_size", "max_filter_grid", "workers", "top_k"):
+        counts = ("batch_size", "max_channels", "input_size", "max_filter_grid", "workers", "top_k", "featviz_steps")
+        for name in counts:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {value}")

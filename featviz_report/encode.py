@@ -20,7 +20,7 @@ from .colormaps import palette
 from .spool import Spool, Spooled
 from .threads import allowed_cores
 
-__all__ = ["PngEncoder", "grid_shape", "tile_atlas", "png_palette", "png_rgb", "ZLIB_LEVEL"]
+__all__ = ["PngEncoder", "grid_shape", "tile_atlas", "png_palette", "png_rgb", "png_size", "ZLIB_LEVEL"]
 
 ZLIB_LEVEL = 1
 MAX_PENDING_BYTES = 24 * 2**20  # tiles waiting for an encoder: about one batch of resnet18 × 8
@@ -60,6 +60,13 @@ def png_rgb(pixels: np.ndarray) -> bytes:
     """An ``H×W×3`` (or ``H×W`` grey) uint8 array as a PNG."""
     mode = "RGB" if pixels.ndim == 3 else "L"
     return _save(Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), mode=mode))
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of PNG ``data`` from its header; ``ValueError`` when it is not a PNG."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def _save(image: Image.Image) -> bytes:

@@ -36,6 +36,7 @@ from .reduce import Reduced
 from .report_data import (
     CamView,
     DatasetScan,
+    FeatureImage,
     GraphView,
     LayerSection,
     ModelGraph,
@@ -44,11 +45,12 @@ from .report_data import (
     Report,
     Sample,
 )
-from .samples import SampleSet
+from .samples import SampleSet, preprocess
 from .sections import colorbar
 from .spool import Spool, Spooled
 from .threads import available_cores, torch_threads
 from .tree import module_tree
+from .visualise import settings_record, vis_targets, visualise_layers
 
 __all__ = [
     "Job",
@@ -64,6 +66,7 @@ __all__ = [
     "sections_and_graph",
     "graph_inputs",
     "linked",
+    "feature_images",
 ]
 
 
@@ -111,6 +114,17 @@ def assemble(
         cams=cams,
         graph=graph,
     )
+
+
+def feature_images(job: Job, run: Run) -> dict[str, tuple[FeatureImage, ...]]:
+    """The ``--featviz`` layers' images (:mod:`.visualise`), in pixel space at the samples' size."""
+    if not job.config.featviz:
+        return {}
+    targets = vis_targets(((key[1], record) for key, record in run.records.items()), job.config, job.progress)
+    prep = preprocess(job.model, job.config)
+    norm = (prep.mean, prep.std) if prep.mean is not None and prep.std is not None else None
+    c, h, w = job.sample_set.shape
+    return visualise_layers(job.model, targets, (c, h, w), norm, job.device, job.dtype, job.config, job.progress)
 
 
 def sections_and_graph(
@@ -206,6 +220,7 @@ def new_report(
         cams=cams,
         dataset=dataset,
         graph=graph,
+        featviz=settings_record(config, device, float_dtype(model)) if config.featviz else None,
     )
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "Sample",
     "FilterView",
     "LayerSection",
+    "FeatureImage",
     "ChannelChange",
     "LayerChange",
     "Comparison",
@@ -234,6 +235,16 @@ class DatasetScan:
 
 
 @dataclass(frozen=True)
+class FeatureImage:
+    """A channel's feature visualisation: the image optimised to excite it (pixel space, the model's input
+    size) and the channel's mean activation on exactly that 8-bit image."""
+
+    channel: int
+    image: Png
+    activation: float
+
+
+@dataclass(frozen=True)
 class LayerSection:
     """Everything the report shows about one captured layer (one call of one module)."""
 
@@ -253,6 +264,7 @@ class LayerSection:
     notes: tuple[str, ...]
     change: LayerChange | None = None  # set in a comparison of two checkpoints
     crops: Grid | None = None  # a dataset scan: per channel (rows) its top images, cut around the peak
+    feature_images: tuple[FeatureImage, ...] = ()  # --featviz: one per channel, in the maps' order
 
 
 @dataclass(frozen=True)
@@ -377,6 +389,7 @@ class Report:
     cams: tuple[CamView, ...] = ()
     dataset: DatasetScan | None = None  # set in a dataset scan's report (which has no samples)
     graph: GraphView | None = None
+    featviz: dict[str, object] | None = None  # the settings feature visualisations were made with (--featviz)
     location: str = ""  # where the page was written ("" when it was not)
 
     def _repr_html_(self) -> str:

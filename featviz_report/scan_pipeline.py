@@ -17,19 +17,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from .capture import select_layers
 from .config import ReportConfig
 from .crops import CROP_PX, crop_atlas
 from .dataset import ImageFiles
-from .device import float_dtype, model_device
+from .device import float_dtype, model_device, on_device
 from .encode import png_rgb
 from .errors import InputError, SampleError
 from .outputs import check_api_outputs
 from .pipeline import finish, linked, model_graph, new_report
 from .progress import Progress
-from .report_data import DatasetScan, Grid, Png, Report
+from .report_data import DatasetScan, FeatureImage, Grid, Png, Report
 from .samples import display_names, find_images, preprocess
 from .scan import ScanResult, run_scan
 from .sections import LayerRecord, layer_sections
+from .visualise import check_featviz_globs, vis_targets, visualise_layers, with_features
 
 __all__ = ["scan_dataset", "SCAN_CHANNELS"]
 
@@ -53,6 +55,7 @@ def scan_dataset(
     progress = Progress(enabled=not config.quiet)
     check_api_outputs(out, json_out, config.format, list(data))
     paths = find_images(data)
+    check_featviz_globs(config.featviz, [name for name, _ in select_layers(model, config.layers)])
     prep = preprocess(model, config)
     workers = config.loader_workers if loader_workers is None else loader_workers
     result = run_scan(model, paths, prep, config, progress, Path(state) if state else None, workers)
@@ -73,7 +76,9 @@ def _report(
     for name, accumulator in result.accumulators.items():
         order = accumulator.ranking(config.order) if config.order != "index" else None
         records.append(LayerRecord.create(name, modules[name], result.shapes[name], accumulator, limit, order))
-    sections = layer_sections(records, result.layers, config)
+    sections = with_features(
+        layer_sections(records, result.layers, config), _features(model, records, result, dataset, config)
+    )
     pixels = functools.lru_cache(maxsize=CACHED_IMAGES)(functools.partial(_pixels, dataset))
     with_crops = []
     for section, record in zip(sections, records):
@@ -103,6 +108,21 @@ def _report(
     if not config.graph:
         return report
     return dataclasses.replace(report, graph=linked(model_graph(model, _first_image(model, dataset)), report.layers))
+
+
+def _features(
+    model: nn.Module, records: list[LayerRecord], result: ScanResult, dataset: ImageFiles, config: ReportConfig
+) -> dict[str, tuple[FeatureImage, ...]]:
+    """The ``--featviz`` layers' images, made on the device the scan ran on."""
+    progress = Progress(enabled=not config.quiet)
+    targets = vis_targets(((0, record) for record in records), config, progress)
+    if not targets:
+        return {}
+    prep = dataset.prep
+    norm = (prep.mean, prep.std) if prep.mean is not None and prep.std is not None else None
+    with on_device(model, result.device):
+        shape = (prep.channels, prep.size, prep.size)
+        return visualise_layers(model, targets, shape, norm, result.device, float_dtype(model), config, progress)
 
 
 def _first_image(model: nn.Module, dataset: ImageFiles) -> Iterator[torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Report → JSON sidecar: the report's numbers, machine-readable (no images).
+"""Report → JSON sidecar: the report's numbers, machine-readable (no images, except each feature
+visualisation, which is the image itself: base64 PNG).
 
 Strict JSON: a number that is not finite (NaN, ±Inf: a diverged model's statistics, probabilities or
 weights) is written as ``null``; the layer's ``stats`` count the non-finite values it saw.
@@ -6,6 +7,7 @@ weights) is written as ``null``; the layer's ``stats`` count the non-finite valu
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from typing import Any
@@ -14,6 +16,7 @@ from .report_data import (
     ChannelStats,
     Comparison,
     DatasetScan,
+    FeatureImage,
     GraphView,
     Histogram,
     LayerChange,
@@ -143,8 +146,16 @@ def _graph_json(graph: GraphView) -> dict[str, object]:
     }
 
 
+def _features_json(images: tuple[FeatureImage, ...]) -> list[dict[str, object]]:
+    """Each channel's optimised image as the PNG the page shows (base64) and its activation on it."""
+    return [
+        {"channel": f.channel, "png": base64.b64encode(f.image.data).decode("ascii"), "activation": f.activation}
+        for f in images
+    ]
+
+
 def report_json(report: Report) -> dict[str, object]:
-    """The report's numbers, machine-readable (no images)."""
+    """The report's numbers, machine-readable (images only where they are the result: feature visualisations)."""
     return {
         "featviz_report": report.version,
         "title": report.title,
@@ -173,6 +184,7 @@ def report_json(report: Report) -> dict[str, object]:
                 "channels": _channels_json(layer.channels),
                 "weight_histogram": _histogram_json(layer.weight_histogram),
                 **({"change": _change_json(layer.change)} if layer.change else {}),
+                **({"feature_visualization": _features_json(layer.feature_images)} if layer.feature_images else {}),
             }
             for layer in report.layers
         ],
@@ -189,5 +201,6 @@ def report_json(report: Report) -> dict[str, object]:
         "skipped_samples": [{"name": name, "reason": reason} for name, reason in report.skipped_samples],
         **({"dataset": _dataset_json(report.dataset)} if report.dataset else {}),
         **({"graph": _graph_json(report.graph)} if report.graph else {}),
+        **({"feature_visualization_settings": report.featviz} if report.featviz else {}),
         "notes": list(report.notes),
     }

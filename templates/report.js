@@ -141,6 +141,19 @@
     });
   }
 
+  function showFeature(slug, channel) {  // the channel's optimised image (--featviz) first, beside its top samples
+    var tile = document.querySelector('.featviz[data-slug="' + slug + '"] li[data-channel="' + channel + '"]');
+    if (!tile) { return; }
+    var figure = document.createElement("figure"), img = tile.querySelector("img").cloneNode();
+    figure.className = "fv";
+    img.removeAttribute("loading");
+    var caption = document.createElement("figcaption");
+    caption.textContent = "optimised image · " + fmt(Number(tile.dataset.activation));
+    figure.appendChild(img); figure.appendChild(caption);
+    var box = dialog.querySelector(".tops"), title = box.querySelector("p");
+    box.insertBefore(figure, title ? title.nextSibling : null);
+  }
+
   function zoom(grid, event) {
     var img = grid.querySelector("img");
     var slug = grid.closest(".maps").dataset.slug;
@@ -174,6 +187,7 @@
     });
     canvas.setAttribute("aria-label", dialog.querySelector("h3").textContent + ", enlarged");
     if (before) { dialog.querySelector(".tops").textContent = ""; } else { showTop(layer, layer.vector ? 0 : channel); }
+    if (!before && !layer.vector) { showFeature(slug, channel); }
     dialog.showModal();
   }
 

@@ -1,0 +1,223 @@
+"""Feature visualisation (--featviz): real reports, images read back from the JSON and fed to the model."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from featviz_report import ReportConfig, build_report, visualise
+from featviz_report import feature_vis as fv
+from featviz_report.models import load_model
+from featviz_report.scan_pipeline import scan_dataset
+from featviz_report.vis_cache import VisCache
+from tests.conftest import hooks_left, read_page
+from tests.trained_nets import ONET_NORMALIZE, ONET_SIZE, natural_images, onet, onet_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "samples" / "digits"
+
+
+def _images(layer: dict) -> tuple[list[int], torch.Tensor, list[float]]:
+    """A JSON layer's feature visualisations as stored: channels, uint8 N×C×H×W pixels, activations."""
+    entries = layer["feature_visualization"]
+    pixels = []
+    for entry in entries:
+        image = np.array(Image.open(io.BytesIO(base64.b64decode(entry["png"]))))
+        pixels.append(torch.from_numpy(image[..., None] if image.ndim == 2 else image).permute(2, 0, 1))
+    return [e["channel"] for e in entries], torch.stack(pixels), [e["activation"] for e in entries]
+
+
+def _layer(report: dict, name: str) -> dict:
+    return next(layer for layer in report["layers"] if layer["name"] == name)
+
+
+def _channel_means(model: nn.Module, module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Per sample and channel, the mean of ``module``'s output (read before any inplace op that follows)."""
+    seen = []
+    handle = module.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().clone().mean((2, 3))))
+    with torch.no_grad():
+        model(inputs)
+    handle.remove()
+    return seen[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(onet_weights() is None, reason="facenet-pytorch (dev set-up) is not installed")
+def test_each_image_from_the_json_excites_its_channel_most_on_a_trained_face_detector(tmp_path: Path) -> None:
+    """MTCNN's ONet (trained by others): every conv3 channel's image, decoded from the JSON exactly as
+    stored, excites that channel more than any other channel's image and more than any natural photo."""
+    samples = tmp_path / "photos"
+    samples.mkdir()
+    natural_images(samples, ONET_SIZE)
+    model = onet()
+    config = ReportConfig(
+        featviz=("conv3",), featviz_steps=256, input_size=ONET_SIZE, normalize=ONET_NORMALIZE, output="2",
+        cache_dir=str(tmp_path / "cache"), graph=False,
+    )  # fmt: skip
+    build_report(model, samples, tmp_path / "r.html", config, json_out=tmp_path / "r.json")
+    layer = _layer(json.loads((tmp_path / "r.json").read_text()), "conv3")
+    channels, pixels, activations = _images(layer)
+    assert channels == list(range(64)) and pixels.shape == (64, 3, ONET_SIZE, ONET_SIZE)
+    norm = ((0.5,) * 3, (0.50196,) * 3)
+    reached = fv.activations_of(model, model.conv3, 0, pixels, norm, torch.device("cpu"), torch.float32)
+    np.testing.assert_allclose(reached[range(64), channels].numpy(), activations, rtol=1e-4, atol=1e-5)
+    own = reached[range(64), channels]
+    others = reached.clone()
+    others[range(64), channels] = -torch.inf
+    assert bool((own > others.amax(0)[channels]).all()), (own - others.amax(0)[channels]).min()
+    photos = torch.stack(
+        [torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1) for p in sorted(samples.iterdir())]
+    )
+    natural = _channel_means(model, model.conv3, (photos.float() / 255 - 0.5) / 0.50196)
+    assert bool((own > natural.amax(0)[channels]).all())
+
+
+def _demo_report(tmp_path: Path, name: str, cache: Path, **options: object) -> dict:
+    settings: dict[str, object] = {"featviz": ("conv2", "fc2"), "featviz_steps": 48, "input_size": 28, **options}
+    config = ReportConfig(cache_dir=str(cache), graph=False, **settings)  # type: ignore[arg-type]
+    model = load_model("demo").module
+    build_report(model, DIGITS, tmp_path / f"{name}.html", config, json_out=tmp_path / f"{name}.json")
+    return json.loads((tmp_path / f"{name}.json").read_text())
+
+
+def test_images_are_deterministic_cached_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _demo_report(tmp_path, "a", tmp_path / "cache-a")
+    again = _demo_report(tmp_path, "b", tmp_path / "cache-b")  # from nothing, in another cache: same images
+    for name in ("conv2", "fc2"):
+        assert _layer(first, name)["feature_visualization"] == _layer(again, name)["feature_visualization"]
+    assert len(list((tmp_path / "cache-a").rglob("*.json"))) == 32 + 10
+    assert first["feature_visualization_settings"]["steps"] == 48
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("optimised again although every image is cached")
+
+    monkeypatch.setattr(visualise, "optimise_channels", refuse)
+    cached = _demo_report(tmp_path, "c", tmp_path / "cache-a")
+    assert _layer(cached, "conv2")["feature_visualization"] == _layer(first, "conv2")["feature_visualization"]
+    with pytest.raises(AssertionError, match="optimised again"):  # other settings: another key
+        _demo_report(tmp_path, "d", tmp_path / "cache-a", max_channels=8, featviz_steps=49)
+
+
+def test_json_images_are_pixel_space_at_the_input_size_and_their_activation_is_measured_on_them(
+    tmp_path: Path,
+) -> None:
+    report = _demo_report(tmp_path, "a", tmp_path / "cache", max_channels=8)
+    model = load_model("demo").module
+    for name, count in (("conv2", 8), ("fc2", 8)):
+        layer = _layer(report, name)
+        channels, pixels, activations = _images(layer)
+        assert channels == list(range(count)) and pixels.shape == (count, 1, 28, 28) and pixels.dtype == torch.uint8
+        reached = fv.activations_of(model, getattr(model, name), 0, pixels, None, torch.device("cpu"), torch.float32)
+        np.testing.assert_allclose(reached[range(count), channels].numpy(), activations, rtol=1e-4, atol=1e-5)
+    page = read_page(tmp_path / "a.html")
+    shown = [img for img in page.images if "the image optimised to excite it" in img.get("alt", "")]
+    assert len(shown) == 16
+    png = base64.b64decode(_layer(report, "conv2")["feature_visualization"][3]["png"])
+    assert any(img["src"].endswith(base64.b64encode(png).decode()) and "channel 3:" in img["alt"] for img in shown)
+
+
+class StopsEarly(nn.Module):
+    """A layer after the visualised one that fails if it ever runs: the optimisation must stop before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+        self.after = nn.Conv2d(5, 2, 3, padding=1)
+        self.armed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.armed:
+            raise RuntimeError("ran past the visualised layer")
+        return self.after(x).mean((2, 3))
+
+
+def test_the_forward_pass_stops_at_the_layer_and_the_model_is_left_as_found(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = StopsEarly().train()
+    model.after.weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.armed = True
+    images = fv.optimise_channels(
+        model,
+        model.conv,
+        0,
+        [0, 1, 2, 3, 4],
+        (3, 32, 32),
+        None,
+        torch.device("cpu"),
+        torch.float32,
+        fv.VisSettings(steps=8),
+    )
+    assert [i.channel for i in images] == [0, 1, 2, 3, 4] and images[0].pixels.shape == (32, 32, 3)
+    assert model.training and model.conv.weight.requires_grad and not model.after.weight.requires_grad
+    assert all(p.grad is None for p in model.parameters()) and not hooks_left(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_interrupt_leaves_only_whole_cache_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = VisCache(tmp_path / "cache")
+    real_dump = json.dump
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cache.put("ab" * 32, {"png": "", "activation": 1.0})
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    monkeypatch.setattr(json, "dump", real_dump)
+    cache.put("ab" * 32, {"png": "", "activation": 1.0})
+    assert cache.get("ab" * 32) == {"png": "", "activation": 1.0, "key": "ab" * 32}
+    (tmp_path / "cache" / "ab" / f"{'ab' * 32}.json").write_text('{"png": "not base64!", "activation": 1')
+    assert cache.get("ab" * 32) is None  # a broken entry is ignored and made again
+
+
+def test_cli_featviz_in_reports_and_scans_and_a_glob_that_matches_nothing(tmp_path: Path) -> None:
+    env_cache = ["--cache-dir", str(tmp_path / "cache")]
+    common = [
+        sys.executable,
+        "-m",
+        "featviz_report",
+        "--featviz",
+        "conv3",
+        "--featviz-steps",
+        "16",
+        *env_cache,
+        "--quiet",
+    ]
+    done = subprocess.run([*common, "-o", str(tmp_path / "r.html")], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert 'class="featviz"' in (tmp_path / "r.html").read_text(encoding="utf-8")
+    scan = [sys.executable, "-m", "featviz_report", "scan", str(DIGITS), "--featviz", "conv3", "--featviz-steps", "16"]
+    scan += [*env_cache, "--quiet", "-o", str(tmp_path / "s.html"), "--json", str(tmp_path / "s.json")]
+    done = subprocess.run(scan, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len(_layer(json.loads((tmp_path / "s.json").read_text()), "conv3")["feature_visualization"]) == 64
+    bad = subprocess.run(
+        [*common[:3], "--featviz", "nope*", "-o", str(tmp_path / "x.html")], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--featviz 'nope*' matches none" in bad.stderr
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_scan_feature_images_match_a_reports_for_the_same_model_and_settings(tmp_path: Path) -> None:
+    config = ReportConfig(
+        featviz=("conv2",), featviz_steps=16, cache_dir=str(tmp_path / "cache"), graph=False, max_channels=4
+    )
+    model = load_model("demo").module
+    scan_dataset(model, [DIGITS], tmp_path / "s.html", replace(config, input_size=28), json_out=tmp_path / "s.json")
+    layer = _layer(json.loads((tmp_path / "s.json").read_text()), "conv2")
+    assert [e["channel"] for e in layer["feature_visualization"]] == [0, 1, 2, 3]
+    assert read_page(tmp_path / "s.html").text.count("Feature visualisation") == 1
