@@ -1,7 +1,8 @@
 """featviz-report: see what a convolutional network has learned, as one static HTML report.
 
 ``build_report(model, samples, out=...)``, ``compare_checkpoints(before, after, samples, out=...)`` and
-``scan_dataset(model, folders, out=...)`` are the Python API; ``featviz-report`` the command line.
+``scan_dataset(model, folders, out=...)`` and ``Recorder(site_dir, samples).record(model, step)`` (a static site
+of reports over a training run) are the Python API; ``featviz-report`` the command line.
 Heavy modules (torch) are imported on first use, so ``featviz-report --help`` stays instant.
 """
 
@@ -14,6 +15,7 @@ __all__ = [
     "build_report",
     "compare_checkpoints",
     "scan_dataset",
+    "Recorder",
     "Report",
     "ReportConfig",
     "FeatvizError",
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from .compare_pipeline import compare_checkpoints
     from .config import ReportConfig
     from .errors import FeatvizError
+    from .recorder import Recorder
     from .report_data import Report
     from .report_pipeline import build_report
     from .scan_pipeline import scan_dataset
@@ -32,6 +35,7 @@ _LAZY = {
     "build_report": "report_pipeline",
     "compare_checkpoints": "compare_pipeline",
     "scan_dataset": "scan_pipeline",
+    "Recorder": "recorder",
     "ReportConfig": "config",
     "FeatvizError": "errors",
     "Report": "report_data",

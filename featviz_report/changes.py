@@ -23,6 +23,7 @@ __all__ = [
     "layer_change",
     "comparison",
     "ranked_layers",
+    "relative_change",
     "CHANGED_CHANNELS",
 ]
 
@@ -57,11 +58,18 @@ def _filter_cosines(before: nn.Module, after: nn.Module) -> np.ndarray | None:
 
 def _relative_change(before: nn.Module, after: nn.Module) -> float | None:
     """‖B−A‖/‖A‖ over the module's own parameters (weight and bias together); None without any."""
-    pairs = list(zip(before.parameters(recurse=False), after.parameters(recurse=False)))
-    if not pairs:
+    return relative_change(list(before.parameters(recurse=False)), list(after.parameters(recurse=False)))
+
+
+def relative_change(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> float | None:
+    """‖B−A‖/‖A‖ over matching tensors taken together (a layer's weight and bias); None without any."""
+    if not before:
         return None
-    base = sum(float(a.detach().double().pow(2).sum()) for a, _ in pairs) ** 0.5
-    change = sum(float((b.detach().double().cpu() - a.detach().double().cpu()).pow(2).sum()) for a, b in pairs) ** 0.5
+    base = sum(float(a.detach().double().pow(2).sum()) for a in before) ** 0.5
+    change = sum(
+        float((b.detach().double().cpu() - a.detach().double().cpu()).pow(2).sum()) for a, b in zip(before, after)
+    )
+    change **= 0.5
     return change / base if base > 0 else (0.0 if change == 0 else float("inf"))
 
 

@@ -67,6 +67,11 @@ REPORT_HELP = (
     "With no --model and no --samples it builds the embedded digits demo. "
     "'featviz-report scan DATA --model SPEC' scans a whole image folder instead (see 'featviz-report scan --help')."
 )
+SITE_HELP = (
+    "Rebuild a training run's site index (index.html and index.json in DIR) from the step reports' JSON "
+    "sidecars alone: reports made separately, one per checkpoint (a folder report with its JSON inside, or "
+    "NAME.html beside NAME.json, numbered in their names), are gathered into a site this way."
+)
 SCAN_HELP = (
     "Scan an image folder of any size: per channel, statistics over every image and the images it responds to "
     "most, in fixed memory. Under 'torchrun --nproc-per-node N -m featviz_report scan ...' the processes share "
@@ -206,6 +211,12 @@ def _add_report_options(parser: argparse.ArgumentParser) -> None:
         help="compare the demo model after 5 of its 40 training epochs (A) with the trained one (B)",
     )
     parser.add_argument(
+        "--demo-site",
+        action="store_true",
+        help="the demo model's training history as a static site in -o (default 'site'): one report per shipped "
+        "checkpoint, each compared with the one before, and an index of trends and predictions over the epochs",
+    )
+    parser.add_argument(
         "--cam",
         choices=(*CAM_METHODS, "none"),
         help="class activation maps on every sample: gradcam or gradcam++ (default: none; gradcam with --compare)",
@@ -261,10 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = None
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
-        scan = bool(argv) and argv[0] == "scan"
-        args = build_parser(scan).parse_args(argv[1:] if scan else argv)
+        command = argv[0] if argv and argv[0] in ("scan", "site") else None
+        parser = site_parser() if command == "site" else build_parser(command == "scan")
+        args = parser.parse_args(argv[1:] if command else argv)
         with one_line_warnings(PROG):
-            (_scan if scan else _run)(args)
+            {"scan": _scan, "site": _site, None: _run}[command](args)
         return 0
     except SystemExit as exit_:  # --help and --version
         return int(exit_.code or 0)
@@ -290,6 +302,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def site_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"{PROG} site", description=SITE_HELP)
+    parser.add_argument("dir", metavar="DIR", help="the site folder, holding one report per step")
+    parser.add_argument("--quiet", action="store_true", help="print nothing on success")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _site(args: argparse.Namespace) -> None:
+    from .site import write_site
+
+    steps = write_site(Path(args.dir))
+    if not args.quiet:
+        print(f"wrote {Path(args.dir) / 'index.html'} ({len(steps)} steps, {steps[0].step} to {steps[-1].step})")
+
+
+def _demo_site(args: argparse.Namespace, config: ReportConfig) -> None:
+    """Every shipped checkpoint of the demo's training run, recorded into one site."""
+    from .models import load_state_dict
+    from .recorder import Recorder
+    from .resources import demo_history, demo_samples_dir
+
+    if args.model or args.weights or args.compare or args.samples:
+        raise UsageError(
+            "--demo-site uses the demo model, its checkpoints and samples; drop --model/--weights/--samples"
+        )
+    from .models import load_model
+
+    model = load_model(None).module
+    recorder = Recorder(Path(args.out or "site"), [demo_samples_dir()], config, compare=True)
+    for epoch, path in demo_history():
+        model.load_state_dict(load_state_dict(path))
+        recorder.record(model, epoch)
+        if not args.quiet:
+            print(f"recorded epoch {epoch}", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> None:
     from .compare_pipeline import compare_checkpoints
     from .models import copy_with_weights, load_model
@@ -299,10 +348,20 @@ def _run(args: argparse.Namespace) -> None:
 
     if args.model and not args.samples:
         raise UsageError("--samples is required with --model (image files or folders)")
+    if args.demo_site and args.format != "html":
+        raise UsageError("--demo-site writes a folder of folder reports; drop --format")
     if args.demo_compare and (args.model or args.weights or args.compare):
         raise UsageError("--demo-compare uses the demo model and its two checkpoints; drop --model/--weights/--compare")
+    if (args.compare or args.demo_compare) and args.featviz:
+        raise UsageError("--featviz applies to reports and scans, not comparisons; make a report of each checkpoint")
     if (args.compare or args.demo_compare) and args.order != "index":
         raise UsageError("--order does not apply with --compare: channels are ordered by how much they changed")
+    if args.demo_site:
+        loaded = load_model(None)
+        _demo_site(
+            args, ReportConfig(**_shared_config(args, loaded, loaded.labels), colormap=args.colormap, scale=args.scale)
+        )
+        return
     out = _checked_outputs(args, "--samples", args.samples or ())
     weights = demo_weights_path(early=True) if args.demo_compare else args.weights
     loaded = load_model(args.model, weights, args.trust_pickled_model)

@@ -19,6 +19,7 @@ from .changes import CHANGED_CHANNELS, channel_order, comparison, layer_change
 from .config import ReportConfig
 from .device import on_device
 from .encode import PngEncoder
+from .errors import UsageError
 from .heap import old_objects_frozen
 from .models import check_same_architecture
 from .outputs import check_api_outputs
@@ -51,6 +52,8 @@ def compare_checkpoints(
     of both are included; with one, as ``config.cam`` says.
     """
     config = config or ReportConfig(cam="gradcam")
+    if config.featviz:
+        raise UsageError("feature visualisation (featviz) applies to reports and scans, not comparisons")
     check_same_architecture(before.state_dict(), after.state_dict())
     limit = config.max_channels or CHANGED_CHANNELS
     config = dataclasses.replace(config, max_channels=limit, order="index")

@@ -14,7 +14,9 @@ one fragile pixel pattern. Normalisation is the report's, applied after, so imag
 For a layer of maps the objective, the channel's mean over positions, is estimated each step on a
 random window of the image (half its side, at least 64 px; the whole image for a vector layer or a model
 that takes no other size): every part of the image is optimised over the steps at a quarter of the
-cost per step. Convolutions run channels-last and, where the hardware computes bfloat16 natively (a
+cost per step (and a step size four times Lucid's, as each step sees a quarter of the image: at the same
+number of steps it reaches higher activations than optimising the whole image at Lucid's step size, in
+a quarter of the time). Convolutions run channels-last and, where the hardware computes bfloat16 natively (a
 CUDA GPU, or a CPU with AVX-512 BF16 or AMX), under bfloat16 autocast; the activation reported for
 each image is measured after, in the model's own precision, on the whole 8-bit image.
 
@@ -51,12 +53,13 @@ MAX_PIXELS_PER_CHUNK = 64 * 3 * 224 * 224  # rows optimised together: 64 RGB ima
 class VisSettings:
     """How the images are optimised; everything here is part of a cached image's key.
 
-    ``steps`` of Adam at ``lr`` on the spectrum; ``jitter`` (fraction of the image side), ``scale``
-    (± relative) and ``rotate`` (± degrees) bound each step's random transformation; ``window`` is the
-    side of the window a step sees, as a fraction of the image's (see :func:`window_side`)."""
+    ``steps`` of Adam at ``lr`` on the spectrum (scaled by the image's area over the window's);
+    ``jitter`` (fraction of the image side), ``scale`` (± relative) and ``rotate`` (± degrees) bound each
+    step's random transformation; ``window`` is the side of the window a step sees, as a fraction of the
+    image's (see :func:`window_side`)."""
 
-    steps: int = 256
-    lr: float = 0.05
+    steps: int = 512
+    lr: float = 0.075  # Lucid uses 0.05; 0.075 reaches higher activations in the same steps (measured: ONet, resnet18)
     seed: int = 0
     decay: float = 1.0
     jitter: float = 0.05
@@ -127,11 +130,8 @@ class _Truncated:
 
 
 def _channel_means(output: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
-    """Per row ``i``, the mean of channel ``channels[i]`` (maps: axis 1; a sequence or a vector: the last axis)."""
-    rows = torch.arange(output.shape[0], device=output.device)
-    if output.ndim == 3:  # L×D sequence: feature d over every position
-        return output[rows, :, channels].float().mean(-1)
-    picked = output[rows, channels]
+    """Per row ``i``, the mean of channel ``channels[i]`` over the positions of maps, or a vector's feature."""
+    picked = output[torch.arange(output.shape[0], device=output.device), channels]
     return picked.float().flatten(1).mean(1) if picked.ndim > 1 else picked.float()
 
 
@@ -285,7 +285,7 @@ class _Ascent:
         """The spectra after ``len(draws)`` steps, and their images as uint8 pixels (rows × C × H × W);
         with ``count`` the steps are passed to the progress ``tick``."""
         param = _Fourier(spectra, *size, self.settings.decay)
-        optimiser = torch.optim.Adam([param.spectrum], lr=self.settings.lr)
+        optimiser = torch.optim.Adam([param.spectrum], lr=self.settings.lr * size[0] * size[1] / math.prod(self.window))
         with torch.enable_grad():
             for step_draws in draws:
                 optimiser.zero_grad(set_to_none=True)
@@ -357,10 +357,8 @@ def activations_of(
 
 
 def _means(output: torch.Tensor) -> torch.Tensor:
-    """Rows × channels: maps averaged over positions, a sequence over its length, a vector as it is."""
-    if output.ndim == 4:
-        return output.mean((2, 3))
-    return output.mean(1) if output.ndim == 3 else output
+    """Rows × channels: maps averaged over their positions, a vector as it is."""
+    return output.mean((2, 3)) if output.ndim == 4 else output
 
 
 def eta_ticker(total: int, report: Callable[[int, int, float], None]) -> Callable[[int], None]:

@@ -29,7 +29,7 @@ from .render import data_uri, render_html
 from .report_data import Png, Report
 from .sidecar import json_text
 
-__all__ = ["MANIFEST", "check_output", "check_outputs", "check_api_outputs", "write_report"]
+__all__ = ["MANIFEST", "check_output", "check_outputs", "check_api_outputs", "write_report", "write_now"]
 
 MANIFEST = ".featviz-report.json"
 IMAGE_DIR = "img"
@@ -363,7 +363,7 @@ class _Folder:
             except OSError as err:
                 raise _fail(images, err) from None
             self.staging.undo.append(lambda: _remove_if_empty(images))
-        _write_now(path, data)
+        write_now(path, data)
         self.staging.undo.append(lambda: path.unlink(missing_ok=True))
 
     def commit(self) -> None:
@@ -384,10 +384,10 @@ class _Folder:
     def _write_manifest(self, files: dict[str, set[str]]) -> None:
         listed = {name: sorted(digests) for name, digests in sorted(files.items())}
         text = json.dumps({"generator": "featviz-report", "files": listed}, indent=1) + "\n"
-        _write_now(self.out / MANIFEST, text.encode("utf-8"))
+        write_now(self.out / MANIFEST, text.encode("utf-8"))
 
 
-def _write_now(path: Path, data: bytes) -> None:
+def write_now(path: Path, data: bytes) -> None:
     """``data`` at ``path`` at once, atomically (outside the staging: a folder's images and manifest)."""
     tmp, raw = _open_new(path)
     try:

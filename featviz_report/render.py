@@ -1,6 +1,6 @@
 """Report → HTML: the page as a stream of text, with images inline (one file) or as links (a folder).
 
-The only module that uses Jinja2. Where the text goes is :mod:`featviz_report.outputs`' job.
+With :mod:`.site_render`, the only module that uses Jinja2. Where the text goes is :mod:`featviz_report.outputs`' job.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .report_data import (
 from .resources import templates_dir
 from .sidecar import finite_list, strict_json
 
-__all__ = ["render_html", "html_size", "inline_size", "data_uri", "script_json"]
+__all__ = ["render_html", "html_size", "inline_size", "data_uri", "script_json", "environment", "style_hash"]
 
 
 DATA_URI_PREFIX = "data:image/png;base64,"
@@ -87,7 +87,7 @@ def _bytecode_cache() -> FileSystemBytecodeCache | None:
 
 
 @functools.cache
-def _environment() -> Environment:
+def environment() -> Environment:
     """One environment per process, so later reports reuse the compiled template; across processes,
     Jinja2's per-user bytecode cache (a private folder in the temp dir, keyed by the template's checksum)
     saves compiling it again (about 80 ms)."""
@@ -194,7 +194,8 @@ def _grid_css(report: Report) -> str:
     )
 
 
-def _sha256(text: str) -> str:
+def style_hash(text: str) -> str:
+    """The CSP source that allows exactly ``text`` as an inline style or script."""
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
 
 
@@ -247,10 +248,10 @@ def render_html(report: Report, src: Callable[[Png], Markup], folder: bool = Fal
     js = (template_dir / "report.js").read_text(encoding="utf-8")
     images = "'self'" if folder else "data:"
     csp = (
-        f"default-src 'none'; img-src {images}; style-src {_sha256(css)}; script-src {_sha256(js)}; "
+        f"default-src 'none'; img-src {images}; style-src {style_hash(css)}; script-src {style_hash(js)}; "
         "base-uri 'none'; form-action 'none'"
     )
-    template = _environment().get_template("report.html.j2")
+    template = environment().get_template("report.html.j2")
     return template.generate(
         report=report,
         src=src,

@@ -26,6 +26,7 @@ __all__ = [
     "FilterView",
     "LayerSection",
     "FeatureImage",
+    "TrainingStep",
     "ChannelChange",
     "LayerChange",
     "Comparison",
@@ -367,6 +368,16 @@ class GraphView:
 
 
 @dataclass(frozen=True)
+class TrainingStep:
+    """Where a report stands in a training run (a :class:`~featviz_report.Recorder` step): its step, the
+    step recorded before it and each layer's relative weight change since then (‖W−W₀‖/‖W₀‖)."""
+
+    step: int
+    previous: int | None
+    weight_change: dict[str, float | None]
+
+
+@dataclass(frozen=True)
 class Report:
     """A whole report: header facts, the input samples and one section per captured layer."""
 
@@ -390,6 +401,7 @@ class Report:
     dataset: DatasetScan | None = None  # set in a dataset scan's report (which has no samples)
     graph: GraphView | None = None
     featviz: dict[str, object] | None = None  # the settings feature visualisations were made with (--featviz)
+    training: TrainingStep | None = None  # set by a Recorder: this report is one step of a training run
     location: str = ""  # where the page was written ("" when it was not)
 
     def _repr_html_(self) -> str:

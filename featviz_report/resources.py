@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["templates_dir", "demo_samples_dir", "demo_weights_path"]
+__all__ = ["templates_dir", "demo_samples_dir", "demo_weights_path", "demo_history"]
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -32,3 +32,10 @@ def demo_samples_dir() -> Path:
 def demo_weights_path(early: bool = False) -> Path:
     """The demo's trained weights, or with ``early`` those after 5 of its 40 epochs."""
     return _PACKAGE / "demo" / ("digits_cnn_early.pt" if early else "digits_cnn.pt")
+
+
+def demo_history() -> list[tuple[int, Path]]:
+    """The demo's training run as shipped checkpoints: (epoch, weights), from the untrained start to the end."""
+    history = [(int(p.stem.split("-")[1]), p) for p in (_PACKAGE / "demo" / "history").glob("epoch-*.pt")]
+    history += [(5, demo_weights_path(early=True)), (40, demo_weights_path())]
+    return sorted(history)

@@ -24,6 +24,7 @@ from .report_data import (
     Report,
     Sample,
     Stats,
+    TrainingStep,
 )
 
 __all__ = ["report_json", "json_text", "strict_json", "finite_list"]
@@ -154,6 +155,10 @@ def _features_json(images: tuple[FeatureImage, ...]) -> list[dict[str, object]]:
     ]
 
 
+def _training_json(training: TrainingStep) -> dict[str, object]:
+    return {"step": training.step, "previous_step": training.previous, "weight_change": training.weight_change}
+
+
 def report_json(report: Report) -> dict[str, object]:
     """The report's numbers, machine-readable (images only where they are the result: feature visualisations)."""
     return {
@@ -202,5 +207,6 @@ def report_json(report: Report) -> dict[str, object]:
         **({"dataset": _dataset_json(report.dataset)} if report.dataset else {}),
         **({"graph": _graph_json(report.graph)} if report.graph else {}),
         **({"feature_visualization_settings": report.featviz} if report.featviz else {}),
+        **({"training": _training_json(report.training)} if report.training else {}),
         "notes": list(report.notes),
     }

@@ -18,7 +18,7 @@ from torch import nn
 
 from .config import ReportConfig
 from .encode import png_rgb, png_size
-from .errors import UsageError
+from .errors import ModelError, UsageError, first_line
 from .feature_vis import ChannelImage, VisSettings, eta_ticker, low_precision, optimise_channels
 from .progress import Progress
 from .record import LayerRecord
@@ -106,9 +106,14 @@ def visualise_layers(
         images = found[target.name]
         todo = [c for c, image in zip(target.channels, images) if image is None]
         if todo:
-            made = optimise_channels(
-                model, target.module, target.call, todo, input_shape, norm, device, dtype, settings, autocast, tick
-            )
+            try:
+                made = optimise_channels(
+                    model, target.module, target.call, todo, input_shape, norm, device, dtype, settings, autocast, tick
+                )
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:  # the user's model, run our way
+                raise ModelError(
+                    f"--featviz {target.name!r}: optimising its images failed ({type(err).__name__}: {first_line(err)})"
+                ) from err
             fresh = {image.channel: _encoded(image) for image in made}
             for i, (channel, key) in enumerate(zip(target.channels, keys[target.name])):
                 if images[i] is None:

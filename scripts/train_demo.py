@@ -5,7 +5,12 @@ one-pixel black border and are upsampled bilinearly to 28×28, white stroke on b
 stratified 20 % of them is held out: the accuracy printed is measured there, and the ten sample PNGs
 written to samples/digits/ (one per class) come from it too, so the report never shows a training
 image. A 4×4 grid of conv1's 16 filters is saved as a visual check (by default to the temp folder).
-The weights after epoch 5 (about 79 % held-out) are saved too: the "before" of ``--demo-compare``.
+The weights after epoch 5 (about 79 % held-out) are saved too: the "before" of ``--demo-compare``, and
+those before training and after epochs 1, 2, 10 and 20 in ``featviz_report/demo/history/``: with epochs
+5 and 40, the training history ``--demo-site`` shows.
+``--site DIR`` also records the run with :class:`featviz_report.Recorder` every ``--record-every`` epochs
+(and before the first), on the shipped sample digits, and prints the time training and recording took:
+recording restores torch's random number generators, so the weights come out the same with or without it.
 Run: ``.venv/bin/python scripts/train_demo.py`` (about 15 s on 2 cores; dev-only: needs scikit-learn).
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +29,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from featviz_report import Recorder, ReportConfig
 from featviz_report.demo.model import DigitsCNN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +95,10 @@ def main() -> None:
         default=ROOT / "featviz_report" / "demo" / "digits_cnn_early.pt",
         help="where the early checkpoint goes (the 'before' of featviz-report --demo-compare)",
     )
+    parser.add_argument("--history", type=Path, default=ROOT / "featviz_report" / "demo" / "history")
+    parser.add_argument("--history-epochs", default="0,1,2,10,20", help="epochs whose weights go to --history")
+    parser.add_argument("--site", type=Path, help="record the run as a featviz-report site here")
+    parser.add_argument("--record-every", type=int, default=5, help="with --site: record every N epochs")
     parser.add_argument(
         "--filters", type=Path, default=Path(tempfile.gettempdir()) / "conv1_filters.png", help="conv1 filter grid PNG"
     )
@@ -112,6 +123,24 @@ def main() -> None:
         optimizer, max_lr=3e-3, total_steps=args.epochs * ((len(x_train) + 63) // 64)
     )
     generator = torch.Generator().manual_seed(SEED)
+    history = {int(e) for e in args.history_epochs.split(",") if e}
+    args.history.mkdir(parents=True, exist_ok=True)
+    recorder = Recorder(args.site, ROOT / "samples" / "digits", ReportConfig(input_size=28)) if args.site else None
+    recording = 0.0
+
+    def checkpoint(epoch: int) -> None:
+        nonlocal recording
+        if epoch in history:
+            torch.save(
+                {k: v.detach().clone() for k, v in model.state_dict().items()}, args.history / f"epoch-{epoch:02d}.pt"
+            )
+        if recorder is not None and epoch % args.record_every == 0:
+            start = time.perf_counter()
+            recorder.record(model, epoch)
+            recording += time.perf_counter() - start
+
+    started = time.perf_counter()
+    checkpoint(0)
     for epoch in range(args.epochs):
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
@@ -129,6 +158,12 @@ def main() -> None:
             print(f"early_accuracy={accuracy(model, x_test, y_test):.4f} after epoch {epoch + 1}: {args.early_weights}")
         if (epoch + 1) % 10 == 0:
             print(f"epoch {epoch + 1}: loss {loss.item():.4f} held-out accuracy {accuracy(model, x_test, y_test):.4f}")
+        checkpoint(epoch + 1)
+    total = time.perf_counter() - started
+    if recorder is not None:
+        print(
+            f"train_s={total - recording:.2f} record_s={recording:.2f} overhead={recording / (total - recording):.1%}"
+        )
 
     model.eval()
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, args.weights)

@@ -56,12 +56,16 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     photos = Path(__file__).resolve().parents[1] / "samples" / "photos"
     model = ["--model", "torchvision:resnet18", "--samples", str(photos), "--layers", "conv1", "layer2.*", "fc"]
     built = {
-        "demo": (root / "demo.html", []),
+        "demo": (
+            root / "demo.html",
+            ["--featviz", "conv3", "--featviz-steps", "16", "--cache-dir", str(root / "cache")],
+        ),
         "demo-dir": (root / "demo-site", ["--format", "dir"]),
         "resnet": (root / "resnet.html", model),
         "resnet-dir": (root / "resnet-site", [*model, "--format", "dir"]),
         "compare": (root / "compare.html", ["--demo-compare"]),
         "scan": (root / "scan.html", ["scan", str(photos.parent / "digits"), str(photos), "--top-k", "3"]),
+        "site": (root / "training-site", ["--demo-site"]),
         "folded": (
             root / "folded.html",
             ["--model", "torchvision:resnet50", "--samples", str(photos), "--layers", "fc"],
@@ -169,6 +173,10 @@ def test_navigation_links_keys_search_picker_and_zoom(browser: object, reports: 
     page.click(f"#{target} .map.on .grid", position={"x": 5, "y": 5})
     assert page.eval_on_selector("#zoom", "d => d.open")
     assert "channel" in page.inner_text("#zoom h3") or "features" in page.inner_text("#zoom h3")
+    if name == "demo":  # --featviz conv3: channel 0's optimised image comes first, then its top samples
+        shown = page.eval_on_selector_all("#zoom .tops figure", "fs => fs.map(f => f.className)")
+        assert shown[0] == "fv" and len(shown) > 1
+        assert "channel 0:" in page.get_attribute("#zoom .tops .fv img", "alt")
     page.keyboard.press("Escape")
     reader.clean()
 
@@ -208,7 +216,7 @@ def test_no_horizontal_scrolling_and_tiles_at_their_size(browser: object, report
         reader.clean()
 
 
-@pytest.mark.parametrize("name", ["demo", "resnet", "compare", "scan", "folded"])
+@pytest.mark.parametrize("name", ["demo", "resnet", "compare", "scan", "folded", "site"])
 def test_axe_finds_no_serious_or_critical_violations(browser: object, reports: dict[str, Path], name: str) -> None:
     reader = Reader(browser, reports[name])
     page = reader.open()
@@ -250,3 +258,22 @@ def test_screenshot_of_the_demo(browser: object, reports: dict[str, Path]) -> No
     assert shot.stat().st_size > 20_000
     shutil.copy(shot, SHOTS / "latest.png")
     reader.clean()
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_training_site_index_works_offline_without_script_and_every_link_resolves(
+    browser: object, reports: dict[str, Path], width: int
+) -> None:
+    for javascript in (True, False):
+        reader = Reader(browser, reports["site"], javascript=javascript, width=width)
+        page = reader.open()
+        assert page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth") <= 0
+        hrefs = page.eval_on_selector_all("a[href]", "as => as.map(a => a.getAttribute('href'))")
+        assert len([h for h in hrefs if h.endswith("/index.html")]) == 7 + 6  # 7 epochs, 6 comparisons
+        assert all((reports["site"].parent / h).is_file() for h in hrefs)
+        assert page.eval_on_selector_all("svg[role=img]", "s => s.length") == 5 * 4
+        page.click("text=compare 10 → 20")
+        page.wait_for_load_state("load")
+        assert page.url.endswith("step-000020/compare/index.html")
+        assert page.eval_on_selector_all("section.layer", "s => s.length") == 5
+        reader.clean()

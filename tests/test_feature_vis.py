@@ -18,6 +18,7 @@ from torch import nn
 
 from featviz_report import ReportConfig, build_report, visualise
 from featviz_report import feature_vis as fv
+from featviz_report.errors import ModelError
 from featviz_report.models import load_model
 from featviz_report.scan_pipeline import scan_dataset
 from featviz_report.vis_cache import VisCache
@@ -221,3 +222,26 @@ def test_scan_feature_images_match_a_reports_for_the_same_model_and_settings(tmp
     layer = _layer(json.loads((tmp_path / "s.json").read_text()), "conv2")
     assert [e["channel"] for e in layer["feature_visualization"]] == [0, 1, 2, 3]
     assert read_page(tmp_path / "s.html").text.count("Feature visualisation") == 1
+
+
+class NoGradients(nn.Module):
+    """Runs for the report, but refuses inputs that need a gradient, as optimising an image does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            raise RuntimeError("this model is inference-only\nsecond line")
+        return self.conv(x).mean((2, 3))
+
+
+def test_a_model_that_cannot_be_optimised_through_is_a_one_line_model_error(tmp_path: Path) -> None:
+    config = ReportConfig(featviz=("conv",), featviz_steps=4, input_size=16, cache_dir=str(tmp_path / "c"), graph=False)
+    with pytest.raises(
+        ModelError,
+        match=r"^--featviz 'conv': optimising its images failed \(RuntimeError: this model is inference-only\)$",
+    ):
+        build_report(NoGradients(), DIGITS, tmp_path / "r.html", config)
+    assert not (tmp_path / "r.html").exists()

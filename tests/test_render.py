@@ -161,9 +161,9 @@ def test_an_unusable_template_cache_only_means_compiling_again(
 
     (tmp_path / f"_jinja2-cache-{os.getuid()}").write_text("not a folder")  # Jinja2 refuses such a cache
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    render._environment.cache_clear()
+    render.environment.cache_clear()
     try:
         build_report(tiny_cnn, torch.rand(2, 1, 8, 8), tmp_path / "r.html", ReportConfig())
     finally:
-        render._environment.cache_clear()
+        render.environment.cache_clear()
     assert read_page(tmp_path / "r.html").sections

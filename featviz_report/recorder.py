@@ -1,0 +1,109 @@
+"""Record a training run as a static site: one report per step and an index over them (:mod:`.site`).
+
+``Recorder(site_dir, samples).record(model, step)`` writes ``site_dir/step-000012/`` (a folder report
+with its JSON sidecar ``report.json``) and rewrites ``site_dir/index.html`` and ``index.json``. The model
+is left exactly as it was found: device, training flags, ``requires_grad``, weights, buffers, gradients,
+hooks, and torch's random number generators (recording does not change what training draws next).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .capture import select_layers
+from .changes import relative_change
+from .compare_pipeline import compare_checkpoints
+from .config import ReportConfig
+from .errors import UsageError
+from .heap import old_objects_frozen
+from .outputs import check_api_outputs
+from .pipeline import finish
+from .progress import Progress
+from .report_data import Report, TrainingStep
+from .report_pipeline import build_report
+from .samples import SamplesArg
+from .site import COMPARE_DIR, STEP_JSON, write_site
+
+__all__ = ["Recorder", "step_folder"]
+
+
+def step_folder(step: int) -> str:
+    """The folder of a step's report: ``step-000012`` (sorted by name is sorted by step)."""
+    return f"step-{step:06d}"
+
+
+class Recorder:
+    """Writes one report per recorded step into ``site_dir``, on the same ``samples``, and the index.
+
+    ``config`` is the reports' (its ``format`` is always ``dir``; default: quiet, every Conv2d and
+    Linear, no graph after the first step, as the graph does not change during training). With
+    ``compare`` each step also gets a comparison with the step before (``step-…/compare/``), which
+    costs a copy of the model and a second pass over the samples."""
+
+    def __init__(
+        self, site_dir: str | Path, samples: SamplesArg, config: ReportConfig | None = None, *, compare: bool = False
+    ) -> None:
+        self.site = Path(site_dir)
+        self.samples = samples
+        self.config = dataclasses.replace(config or ReportConfig(), format="dir")
+        self.compare = compare
+        self._previous: tuple[int, dict[str, list[torch.Tensor]], dict[str, torch.Tensor] | None] | None = None
+
+    def record(self, model: nn.Module, step: int) -> Report:
+        """Write ``model``'s report as step ``step`` and update the index; returns the report."""
+        if not isinstance(step, int) or step < 0:
+            raise UsageError(f"a step is a whole number of at least 0, got {step!r}")
+        out = self.site / step_folder(step)
+        self.site.mkdir(parents=True, exist_ok=True)
+        check_api_outputs(out, out / STEP_JSON, "dir", self.samples)
+        with untouched(model), old_objects_frozen():
+            layers = {name: module for name, module in select_layers(model, self.config.layers)}
+            weights = {
+                name: [p.detach().cpu().clone() for p in m.parameters(recurse=False)] for name, m in layers.items()
+            }
+            config = self.config if self._previous is None else dataclasses.replace(self.config, graph=False)
+            report = build_report(model, self.samples, None, config)
+            before = self._previous
+            changes = {
+                n: relative_change(before[1][n], w) if before and n in before[1] else None for n, w in weights.items()
+            }
+            training = TrainingStep(step, before[0] if before else None, changes)
+            report = finish(
+                dataclasses.replace(report, training=training), out, out / STEP_JSON, config, Progress(False)
+            )
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if self.compare else None
+            if self.compare and before is not None and before[2] is not None:
+                self._compare(model, before[2], out / COMPARE_DIR, before[0], step)
+            self._previous = (step, weights, state)
+        write_site(self.site)
+        return report
+
+    def _compare(self, model: nn.Module, state: dict[str, torch.Tensor], out: Path, a: int, b: int) -> None:
+        earlier = copy.deepcopy(model)
+        earlier.load_state_dict(state)
+        config = dataclasses.replace(self.config, graph=False, featviz=(), title=f"step {a} → step {b}")
+        compare_checkpoints(earlier, model, self.samples, out, config, names=(f"step {a}", f"step {b}"))
+
+
+@contextmanager
+def untouched(model: nn.Module) -> Iterator[None]:
+    """Whatever the block does, ``model``'s gradients and torch's random number generators are as they
+    were after (the reports restore device, modes, ``requires_grad`` and hooks themselves)."""
+    grads = [(p, p.grad) for p in model.parameters()]
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        for p, grad in grads:
+            p.grad = grad
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)

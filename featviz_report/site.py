@@ -1,0 +1,155 @@
+"""A static site of reports over a training run: ``index.json`` and ``index.html``, built from the step
+reports' JSON sidecars alone (so ``featviz-report site DIR`` can rebuild them, and reports made
+separately, one per checkpoint, can be gathered into a site).
+
+A step is a report page with its JSON sidecar under the site folder: a folder report (``step-000012/``
+with ``index.html`` and ``report.json``, as :class:`~featviz_report.Recorder` writes them) or a one-file
+page beside its JSON (``epoch-3.html`` and ``epoch-3.json``). Its step number is the JSON's
+``training.step`` (a Recorder's), else the last number in its name. A step folder's ``compare/index.html``
+is the comparison of the step with the one before (see ``Recorder(compare=True)``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import __version__
+from .errors import InputError
+from .outputs import write_now
+from .sidecar import strict_json
+
+__all__ = ["SiteStep", "SampleHistory", "read_steps", "sample_histories", "write_site", "STEP_JSON", "COMPARE_DIR"]
+
+STEP_JSON = "report.json"  # a step folder's JSON sidecar
+COMPARE_DIR = "compare"  # inside a step folder: the comparison with the step before
+INDEX_FILES = ("index.json", "index.html")
+LAYER_KEYS = ("mean", "std", "min", "max", "zero_fraction", "dead_channels", "saturated_channels", "nan", "inf")
+_NUMBER = re.compile(r"(\d+)")
+
+
+@dataclass(frozen=True)
+class SiteStep:
+    """One step of the site: where its page and JSON are (relative, POSIX), its layers' statistics (as in
+    its JSON) with the relative weight change since the step before, and each sample's top-1 label."""
+
+    step: int
+    report: str
+    json: str
+    layers: dict[str, dict[str, float | int | None]]
+    samples: list[str]
+    predictions: list[str | None]
+    compare: str | None = None  # the comparison page with the step before, when there is one
+
+
+@dataclass(frozen=True)
+class SampleHistory:
+    """One sample's top-1 label at every step; ``settled``: the first step from which it never changed."""
+
+    name: str
+    labels: list[str | None]
+    changes: int
+    settled: int | None
+
+
+def read_steps(site: Path) -> list[SiteStep]:
+    """Every step report under ``site`` (depth one), in step order. Comparison reports and files that are
+    not featviz-report sidecars are not steps; two reports with the same step are an error."""
+    steps: dict[int, SiteStep] = {}
+    candidates = sorted(p for p in site.glob("*.json") if p.name not in INDEX_FILES)
+    candidates += sorted(site.glob(f"*/{STEP_JSON}"))
+    for path in candidates:
+        data = _sidecar(path)
+        if data is None or "comparison" in data:
+            continue
+        page = path.parent / "index.html" if path.parent != site else path.with_suffix(".html")
+        if not page.is_file():
+            continue
+        step = _step_number(data, page if path.parent == site else path.parent)
+        if step is None:
+            continue
+        if step in steps:
+            raise InputError(f"two reports for step {step} in {str(site)!r}: {steps[step].json} and {_rel(path, site)}")
+        compare = path.parent / COMPARE_DIR / "index.html"
+        steps[step] = SiteStep(
+            step=step,
+            report=_rel(page, site),
+            json=_rel(path, site),
+            layers=_layers(data),
+            samples=[str(s.get("name", "")) for s in data.get("samples", [])],
+            predictions=[(s.get("prediction") or {}).get("label") for s in data.get("samples", [])],
+            compare=_rel(compare, site) if path.parent != site and compare.is_file() else None,
+        )
+    return [steps[s] for s in sorted(steps)]
+
+
+def _sidecar(path: Path) -> dict | None:  # type: ignore[type-arg]
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return (
+        data if isinstance(data, dict) and "featviz_report" in data and isinstance(data.get("layers"), list) else None
+    )
+
+
+def _step_number(data: dict, named: Path) -> int | None:  # type: ignore[type-arg]
+    training = data.get("training")
+    if isinstance(training, dict) and isinstance(training.get("step"), int):
+        return int(training["step"])
+    numbers = _NUMBER.findall(named.stem if named.is_file() else named.name)
+    return int(numbers[-1]) if numbers else None
+
+
+def _layers(data: dict) -> dict[str, dict[str, float | int | None]]:  # type: ignore[type-arg]
+    """Per layer, its JSON ``stats`` (without the histogram) and the weight change a Recorder recorded."""
+    training = data.get("training") if isinstance(data.get("training"), dict) else {}
+    changes = training.get("weight_change") or {}  # type: ignore[union-attr]
+    layers = {}
+    for layer in data["layers"]:
+        stats = layer.get("stats") or {}
+        layers[str(layer["name"])] = {
+            **{key: stats.get(key) for key in LAYER_KEYS},
+            "weight_change": changes.get(layer["name"]),
+        }
+    return layers
+
+
+def _rel(path: Path, site: Path) -> str:
+    return path.relative_to(site).as_posix()
+
+
+def sample_histories(steps: list[SiteStep]) -> list[SampleHistory]:
+    """Per sample of the first step (matched by name in later ones), its labels over the steps."""
+    if not steps:
+        return []
+    histories = []
+    for name in steps[0].samples:
+        labels = [s.predictions[s.samples.index(name)] if name in s.samples else None for s in steps]
+        changes = sum(a != b for a, b in zip(labels, labels[1:]))
+        last_change = max((i + 1 for i, (a, b) in enumerate(zip(labels, labels[1:])) if a != b), default=0)
+        settled = steps[last_change].step if labels[last_change] is not None else None
+        histories.append(SampleHistory(name, labels, changes, settled))
+    return histories
+
+
+def index_json(steps: list[SiteStep]) -> dict[str, object]:
+    """``index.json``: each step's page, JSON, layer statistics and weight change, and its predictions."""
+    return {"featviz_report": __version__, "steps": [asdict(step) for step in steps]}
+
+
+def write_site(site: Path) -> list[SiteStep]:
+    """(Re)write ``site``'s ``index.json`` and ``index.html`` from its step reports; each file is written
+    to a temporary name and renamed."""
+    from .site_render import render_site
+
+    if not site.is_dir():
+        raise InputError(f"site folder {str(site)!r} does not exist")
+    steps = read_steps(site)
+    if not steps:
+        raise InputError(f"no step reports (a page with its featviz-report JSON sidecar) in {str(site)!r}")
+    write_now(site / "index.json", strict_json(index_json(steps), indent=1).encode("utf-8"))
+    write_now(site / "index.html", render_site(steps, sample_histories(steps)).encode("utf-8"))
+    return steps

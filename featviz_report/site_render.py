@@ -1,0 +1,98 @@
+"""A training run's site index → HTML: per layer, trends over the steps as inline SVG charts; the
+samples' predictions per step; links to every step's report and comparison. No script, no images:
+the page works from ``file://`` and any static host, and every link is relative.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from markupsafe import Markup, escape
+
+from . import __version__
+from .render import environment, style_hash
+from .resources import templates_dir
+from .site import SampleHistory, SiteStep
+
+__all__ = ["render_site", "line_chart"]
+
+WIDTH, HEIGHT, PAD = 240, 64, 4
+
+
+def _fmt(value: float) -> str:
+    size = abs(value)
+    return f"{value:.2e}" if size and (size >= 1e5 or size < 1e-3) else f"{value:.4g}"
+
+
+def line_chart(
+    steps: Sequence[int], values: Sequence[float | None], label: str, band: Sequence[float | None] | None = None
+) -> Markup:
+    """``values`` over ``steps`` as an inline SVG line (with a ± ``band`` when given), its range written
+    beside it; a step without a value is a gap. Empty when no step has a value."""
+    points = [(s, v) for s, v in zip(steps, values) if v is not None and math.isfinite(v)]
+    if not points:
+        return Markup(f'<p class="none">{escape(label)}: no values</p>')
+    spreads = [b if b is not None and math.isfinite(b) else 0.0 for b in (band or [0.0] * len(values))]
+    lows = [v - b for (_, v), b in zip(points, _matching(steps, values, spreads))]
+    highs = [v + b for (_, v), b in zip(points, _matching(steps, values, spreads))]
+    lo, hi = min(lows), max(highs)
+    lo, hi = (lo - 1, hi + 1) if lo == hi else (lo, hi)
+    first, last = steps[0], steps[-1]
+
+    def x(step: int) -> float:
+        return PAD + (WIDTH - 2 * PAD) * ((step - first) / (last - first) if last != first else 0.5)
+
+    def y(value: float) -> float:
+        return HEIGHT - PAD - (HEIGHT - 2 * PAD) * (value - lo) / (hi - lo)
+
+    line = " ".join(f"{'M' if i == 0 else 'L'}{x(s):.1f},{y(v):.1f}" for i, (s, v) in enumerate(points))
+    area = ""
+    if band is not None:
+        upper = " ".join(f"{x(s):.1f},{y(h):.1f}" for (s, _), h in zip(points, highs))
+        lower = " ".join(f"{x(s):.1f},{y(low):.1f}" for (s, _), low in reversed(list(zip(points, lows))))
+        area = f'<polygon class="band" points="{upper} {lower}"/>'
+    dots = "".join(
+        f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="2"><title>step {s}: {_fmt(v)}</title></circle>' for s, v in points
+    )
+    summary = (
+        f"{label}: from {_fmt(points[0][1])} at step {points[0][0]} to {_fmt(points[-1][1])} at step {points[-1][0]}"
+    )
+    return Markup(
+        f'<figure class="chart"><svg viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(summary)}">'
+        f'{area}<path d="{line}"/>{dots}</svg>'
+        f'<figcaption><span>{escape(label)}</span><span class="range">{_fmt(lo)} … {_fmt(hi)}</span></figcaption>'
+        "</figure>"
+    )
+
+
+def _matching(steps: Sequence[int], values: Sequence[float | None], spreads: Sequence[float]) -> list[float]:
+    return [b for v, b in zip(values, spreads) if v is not None and math.isfinite(v)]
+
+
+def render_site(steps: list[SiteStep], histories: list[SampleHistory]) -> str:
+    """The index page of a site of ``steps``."""
+    css = (templates_dir() / "site.css").read_text(encoding="utf-8")
+    csp = f"default-src 'none'; style-src {style_hash(css)}; base-uri 'none'; form-action 'none'"
+    layer_names = list(dict.fromkeys(name for step in steps for name in step.layers))
+    numbers = [step.step for step in steps]
+
+    def series(layer: str, key: str) -> list[float | None]:
+        values = [step.layers.get(layer, {}).get(key) for step in steps]
+        return [float(v) if isinstance(v, (int, float)) else None for v in values]
+
+    return (
+        environment()
+        .get_template("site.html.j2")
+        .render(
+            steps=steps,
+            layers=layer_names,
+            histories=histories,
+            numbers=numbers,
+            series=series,
+            chart=line_chart,
+            css=Markup(css),
+            csp=csp,
+            version=__version__,
+        )
+    )

@@ -1,0 +1,196 @@
+"""A static site of reports over a training run: a held-out training loop recorded with the Recorder,
+the index's numbers against each step's JSON, the model left untouched, and the CLI rebuilding the index."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from html import unescape
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from featviz_report import Recorder, ReportConfig, build_report
+from featviz_report.site import read_steps
+from tests.conftest import TinyCNN, hooks_left
+
+CONFIG = ReportConfig(input_size=8, graph=False)
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _train(model: torch.nn.Module, steps: int, seed: int) -> None:
+    """A few SGD steps on random digits-sized data; leaves gradients in place, as a training loop does."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.train()
+    for _ in range(steps):
+        x = torch.rand(16, 1, 8, 8, generator=generator)
+        y = torch.randint(0, 3, (16,), generator=generator)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+@pytest.fixture
+def recorded(tmp_path: Path, image_folder: Path) -> tuple[Path, dict[int, dict[str, torch.Tensor]]]:
+    """A training loop recording steps 0, 3 and 6; returns the site and the weights at each step."""
+    torch.manual_seed(0)
+    model = TinyCNN()
+    recorder = Recorder(tmp_path / "site", image_folder, CONFIG)
+    weights = {}
+    for step in (0, 3, 6):
+        if step:
+            _train(model, 3, step)
+        weights[step] = _state(model)
+        grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+        rng = torch.get_rng_state()
+        recorder.record(model, step)
+        assert model.training and not hooks_left(model)
+        assert all(torch.equal(v, weights[step][k]) for k, v in model.state_dict().items())
+        assert all((g is None and p.grad is None) or torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+        assert torch.equal(torch.get_rng_state(), rng)
+        assert all(p.requires_grad for p in model.parameters())
+    return tmp_path / "site", weights
+
+
+def test_index_lists_every_step_with_its_own_numbers_and_weight_change(
+    recorded: tuple[Path, dict[int, dict[str, torch.Tensor]]],
+) -> None:
+    site, weights = recorded
+    index = json.loads((site / "index.json").read_text())
+    assert [s["step"] for s in index["steps"]] == [0, 3, 6]
+    for entry in index["steps"]:
+        page, sidecar = site / entry["report"], site / entry["json"]
+        assert page.is_file() and sidecar.is_file() and entry["report"] == f"step-{entry['step']:06d}/index.html"
+        report = json.loads(sidecar.read_text())
+        assert report["training"]["step"] == entry["step"]
+        for layer in report["layers"]:
+            numbers = entry["layers"][layer["name"]]
+            for key in ("mean", "std", "min", "max", "zero_fraction", "dead_channels"):
+                assert numbers[key] == layer["stats"][key]
+        assert entry["predictions"] == [s["prediction"]["label"] for s in report["samples"]]
+    for before, after in ((0, 3), (3, 6)):
+        step = next(s for s in index["steps"] if s["step"] == after)
+        a = torch.cat([weights[before]["conv1.weight"].flatten(), weights[before]["conv1.bias"]])
+        b = torch.cat([weights[after]["conv1.weight"].flatten(), weights[after]["conv1.bias"]])
+        expected = float((b - a).double().norm() / a.double().norm())
+        assert step["layers"]["conv1"]["weight_change"] == pytest.approx(expected, rel=1e-9)
+        assert expected > 0.01
+    assert index["steps"][0]["layers"]["conv1"]["weight_change"] is None
+
+
+def test_index_page_links_are_relative_and_it_needs_no_script(
+    recorded: tuple[Path, dict[int, dict[str, torch.Tensor]]],
+) -> None:
+    site, _ = recorded
+    html = (site / "index.html").read_text(encoding="utf-8")
+    links = re.findall(r'(?:href|src)="([^"]*)"', html)
+    assert links and all(not re.match(r"^([a-z]+:|/|\\)", link) for link in links)
+    assert {"step-000000/index.html", "step-000003/index.html", "step-000006/index.html", "index.json"} <= set(links)
+    assert str(site) not in html and str(site) not in (site / "index.json").read_text()
+    assert "<script" not in html and "default-src 'none'" in unescape(html)  # attribute text is entity-escaped
+    assert html.count("<span>mean ± std</span>") == 3  # one chart per layer: conv1, conv2, head
+    step_page = (site / "step-000003" / "index.html").read_text(encoding="utf-8")
+    assert 'href="../index.html"' in step_page and "(after 0)" in step_page
+
+
+def test_cli_rebuilds_a_deleted_index_from_the_reports_alone(
+    recorded: tuple[Path, dict[int, dict[str, torch.Tensor]]],
+) -> None:
+    site, _ = recorded
+    before = {name: (site / name).read_bytes() for name in ("index.json", "index.html")}
+    for name in before:
+        (site / name).unlink()
+    done = subprocess.run([sys.executable, "-m", "featviz_report", "site", str(site)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "3 steps, 0 to 6" in done.stdout
+    assert {name: (site / name).read_bytes() for name in before} == before
+    empty = site.parent / "empty"
+    empty.mkdir()
+    failed = subprocess.run(
+        [sys.executable, "-m", "featviz_report", "site", str(empty)], capture_output=True, text=True
+    )
+    assert failed.returncode == 2 and failed.stderr.count("\n") == 1 and "no step reports" in failed.stderr
+
+
+def test_reports_made_separately_are_gathered_by_the_number_in_their_names(tmp_path: Path, image_folder: Path) -> None:
+    site = tmp_path / "gathered"
+    site.mkdir()
+    torch.manual_seed(0)
+    model = TinyCNN()
+    for epoch in (10, 2):
+        _train(model, 2, epoch)
+        build_report(model, image_folder, site / f"epoch-{epoch}.html", CONFIG, json_out=site / f"epoch-{epoch}.json")
+    steps = read_steps(site)
+    assert [(s.step, s.report, s.json) for s in steps] == [
+        (2, "epoch-2.html", "epoch-2.json"),
+        (10, "epoch-10.html", "epoch-10.json"),
+    ]
+    assert all(layer["weight_change"] is None for layer in steps[0].layers.values())
+    html = subprocess.run([sys.executable, "-m", "featviz_report", "site", str(site), "--quiet"], capture_output=True)
+    assert html.returncode == 0 and html.stdout == b""
+    assert "--compare CHECKPOINT_10" in (site / "index.html").read_text(encoding="utf-8")
+
+
+def test_recording_does_not_change_what_training_computes(tmp_path: Path, image_folder: Path) -> None:
+    """Two identical runs with dropout, one recorded every step: the final weights are bit-identical."""
+
+    def run(recorder: Recorder | None) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(TinyCNN(), torch.nn.Dropout(0.5))
+        for step in range(3):
+            x = torch.rand(8, 1, 8, 8)
+            model.train()
+            loss = model(x).square().mean()
+            loss.backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.1 * p.grad
+            if recorder is not None:
+                recorder.record(model, step)
+        return _state(model)
+
+    plain, watched = run(None), run(Recorder(tmp_path / "site", image_folder, CONFIG))
+    assert all(torch.equal(plain[k], watched[k]) for k in plain)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="lightning (dev set-up) is not installed")
+def test_lightning_callback_records_every_n_epochs(tmp_path: Path, image_folder: Path) -> None:
+    import lightning as L
+
+    from featviz_report.lightning import FeatvizCallback
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = TinyCNN()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _index: int) -> torch.Tensor:
+            return F.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.rand(32, 1, 8, 8), torch.randint(0, 3, (32,)))
+    callback = FeatvizCallback(tmp_path / "site", image_folder, every_n_epochs=2, config=CONFIG)
+    trainer = L.Trainer(
+        max_epochs=4, callbacks=[callback], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", devices=1,
+    )  # fmt: skip
+    trainer.fit(Module(), torch.utils.data.DataLoader(data, batch_size=8))
+    index = json.loads((tmp_path / "site" / "index.json").read_text())
+    assert [s["step"] for s in index["steps"]] == [2, 4]
+    assert np.isfinite(index["steps"][1]["layers"]["net.conv1"]["weight_change"])
