@@ -37,6 +37,7 @@ def line_chart(
     lows = [v - b for (_, v), b in zip(points, _matching(steps, values, spreads))]
     highs = [v + b for (_, v), b in zip(points, _matching(steps, values, spreads))]
     lo, hi = min(lows), max(highs)
+    shown = f"{_fmt(lo)} … {_fmt(hi)}" if lo != hi else f"{_fmt(lo)} throughout"
     lo, hi = (lo - 1, hi + 1) if lo == hi else (lo, hi)
     first, last = steps[0], steps[-1]
 
@@ -61,7 +62,7 @@ def line_chart(
     return Markup(
         f'<figure class="chart"><svg viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(summary)}">'
         f'{area}<path d="{line}"/>{dots}</svg>'
-        f'<figcaption><span>{escape(label)}</span><span class="range">{_fmt(lo)} … {_fmt(hi)}</span></figcaption>'
+        f'<figcaption><span>{escape(label)}</span><span class="range">{shown}</span></figcaption>'
         "</figure>"
     )
 
