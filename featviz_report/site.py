@@ -26,6 +26,7 @@ __all__ = ["SiteStep", "SampleHistory", "read_steps", "sample_histories", "write
 STEP_JSON = "report.json"  # a step folder's JSON sidecar
 COMPARE_DIR = "compare"  # inside a step folder: the comparison with the step before
 INDEX_FILES = ("index.json", "index.html")
+SITE_MARK = '<meta name="featviz-report-site" content="1">'  # in every index.html a site writes
 LAYER_KEYS = ("mean", "std", "min", "max", "zero_fraction", "dead_channels", "saturated_channels", "nan", "inf")
 _NUMBER = re.compile(r"(\d+)")
 
@@ -135,6 +136,25 @@ def sample_histories(steps: list[SiteStep]) -> list[SampleHistory]:
     return histories
 
 
+def _site_index(path: Path) -> bool:
+    """Whether ``path`` may be (over)written as a site index: absent, or a plain file a site wrote before."""
+    if not path.exists() and not path.is_symlink():
+        return True
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    if path.suffix == ".html":
+        return SITE_MARK in text
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "featviz_report" in data and isinstance(data.get("steps"), list)
+
+
 def index_json(steps: list[SiteStep]) -> dict[str, object]:
     """``index.json``: each step's page, JSON, layer statistics and weight change, and its predictions."""
     return {"featviz_report": __version__, "steps": [asdict(step) for step in steps]}
@@ -150,6 +170,9 @@ def write_site(site: Path) -> list[SiteStep]:
     steps = read_steps(site)
     if not steps:
         raise InputError(f"no step reports (a page with its featviz-report JSON sidecar) in {str(site)!r}")
+    for name in INDEX_FILES:
+        if not _site_index(site / name):
+            raise InputError(f"{str(site / name)!r} is not a featviz-report site index; move it away first")
     write_now(site / "index.json", strict_json(index_json(steps), indent=1).encode("utf-8"))
     write_now(site / "index.html", render_site(steps, sample_histories(steps)).encode("utf-8"))
     return steps

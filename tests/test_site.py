@@ -194,3 +194,13 @@ def test_lightning_callback_records_every_n_epochs(tmp_path: Path, image_folder:
     index = json.loads((tmp_path / "site" / "index.json").read_text())
     assert [s["step"] for s in index["steps"]] == [2, 4]
     assert np.isfinite(index["steps"][1]["layers"]["net.conv1"]["weight_change"])
+
+
+def test_site_never_overwrites_an_index_it_did_not_write(
+    recorded: tuple[Path, dict[int, dict[str, torch.Tensor]]],
+) -> None:
+    site, _ = recorded
+    (site / "index.html").write_text("<html>my own landing page</html>", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "featviz_report", "site", str(site)], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "is not a featviz-report site index" in done.stderr
+    assert (site / "index.html").read_text(encoding="utf-8") == "<html>my own landing page</html>"
