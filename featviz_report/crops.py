@@ -1,9 +1,10 @@
 """Dataset-wide top-k crops: each channel's best images, cut around where the channel peaked.
 
-For a map layer (C×H×W), the crop is centred on the peak's position scaled to the input and three map
-cells wide (at least an eighth of the input, so early layers still show context); for feature vectors
-and sequences there is no position and the whole image is shown. Crops are resized to ``CROP_PX``
-squares and laid out as one atlas per layer: a row per channel, best image first.
+For a map layer (C×H×W), each crop shows the peak's receptive field (computed from the model, see
+:mod:`featviz_report.receptive`) outlined in red, with context around it: a square twice the field's
+larger side and at least 32 px of the input, or the whole image where that is smaller. For feature
+vectors and sequences there is no position and the whole image is shown. Crops are resized to
+``CROP_PX`` squares and laid out as one atlas per layer: a row per channel, best image first.
 """
 
 from __future__ import annotations
@@ -15,57 +16,62 @@ from PIL import Image
 
 from .accumulate import ChannelAccumulator
 from .encode import tile_atlas
-from .record import output_kind
 
-__all__ = ["CROP_PX", "crop_box", "crop_atlas"]
+__all__ = ["CROP_PX", "CONTEXT", "MIN_CONTEXT_PX", "context_box", "crop_atlas"]
 
-CROP_PX = 48
+CROP_PX = 64
+CONTEXT = 2  # a crop is at least this many times the receptive field's larger side ...
+MIN_CONTEXT_PX = 32  # ... and at least this many input pixels
+OUTLINE = np.array([255, 59, 48], dtype=np.uint8)
 
 
-def crop_box(row: int, col: int, map_shape: tuple[int, int], size: int) -> tuple[int, int, int]:
-    """(top, left, side) of the square of a ``size``² input around map cell (``row``, ``col``)."""
-    height, width = map_shape
-    side = min(size, max(size // 8, round(3 * size / max(height, width))))
-    centre_y, centre_x = (row + 0.5) * size / height, (col + 0.5) * size / width
-    top = int(min(max(0, round(centre_y - side / 2)), size - side))
-    left = int(min(max(0, round(centre_x - side / 2)), size - side))
+def context_box(field: Sequence[int], size: int) -> tuple[int, int, int]:
+    """(top, left, side) of the square crop of a ``size``² input around the receptive ``field`` (x0, y0,
+    x1, y1): ``CONTEXT`` times its larger side, at least ``MIN_CONTEXT_PX``, inside the image."""
+    x0, y0, x1, y1 = field
+    side = min(size, max(MIN_CONTEXT_PX, CONTEXT * max(x1 - x0, y1 - y0)))
+    top = int(min(max(0, round((y0 + y1) / 2 - side / 2)), size - side))
+    left = int(min(max(0, round((x0 + x1) / 2 - side / 2)), size - side))
     return top, left, side
 
 
-def _tile(pixels: np.ndarray, box: tuple[int, int, int] | None) -> np.ndarray:
-    if box is not None:
-        top, left, side = box
-        pixels = pixels[top : top + side, left : left + side]
-    image = Image.fromarray(np.ascontiguousarray(pixels)).resize((CROP_PX, CROP_PX), Image.Resampling.BILINEAR)
-    return np.asarray(image)
+def _tile(pixels: np.ndarray, field: Sequence[int] | None) -> np.ndarray:
+    """The crop around ``field`` (the whole image without one), resized, RGB, the field outlined."""
+    rgb = np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
+    if field is None:
+        return np.asarray(
+            Image.fromarray(np.ascontiguousarray(rgb)).resize((CROP_PX, CROP_PX), Image.Resampling.BILINEAR)
+        )
+    top, left, side = context_box(field, pixels.shape[0])
+    crop = rgb[top : top + side, left : left + side]
+    tile = np.array(Image.fromarray(np.ascontiguousarray(crop)).resize((CROP_PX, CROP_PX), Image.Resampling.BILINEAR))
+    scale = CROP_PX / side
+    x0, x1 = (round((v - left) * scale) for v in (field[0], field[2]))
+    y0, y1 = (round((v - top) * scale) for v in (field[1], field[3]))
+    x0, y0 = max(0, min(x0, CROP_PX - 1)), max(0, min(y0, CROP_PX - 1))
+    x1, y1 = max(x0 + 1, min(x1, CROP_PX)), max(y0 + 1, min(y1, CROP_PX))
+    tile[y0:y1, [x0, x1 - 1]] = OUTLINE
+    tile[[y0, y1 - 1], x0:x1] = OUTLINE
+    return tile
 
 
 def crop_atlas(
     accumulator: ChannelAccumulator,
-    shape: tuple[int, ...],
+    boxes: np.ndarray | None,
     channels: Sequence[int],
     pixels: Callable[[int], np.ndarray | None],
-    size: int,
 ) -> np.ndarray:
-    """``len(channels)`` rows × k columns of crops (blank where a slot is empty or its file unreadable)."""
+    """``len(channels)`` rows × k columns of crops (blank where a slot is empty or its file unreadable);
+    ``boxes`` (k×C×4) are the peaks' receptive fields of a map layer, ``None`` for other layers."""
     top = accumulator.top
     k = top.value.shape[0]
     tiles: list[np.ndarray | None] = []
-    blank: np.ndarray | None = None
     for channel in channels:
         for rank in range(k):
             sample = int(top.sample[rank, channel])
             image = pixels(sample) if sample >= 0 and np.isfinite(top.value[rank, channel]) else None
-            if image is None:
-                tiles.append(None)
-                continue
-            box = None
-            if output_kind(shape) == "maps":
-                row, col = divmod(int(top.position[rank, channel]), shape[2])
-                box = crop_box(row, col, (shape[1], shape[2]), size)
-            tiles.append(_tile(image, box))
-            blank = np.zeros_like(tiles[-1]) if blank is None else blank
-    if blank is None:
-        blank = np.zeros((CROP_PX, CROP_PX), np.uint8)
+            field = None if boxes is None else boxes[rank, channel]
+            tiles.append(None if image is None else _tile(image, field))
+    blank = np.zeros((CROP_PX, CROP_PX, 3), np.uint8)
     filled = np.stack([blank if t is None else t for t in tiles]) if tiles else blank[None]
     return tile_atlas(filled, k)

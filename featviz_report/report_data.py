@@ -92,12 +92,14 @@ class Peak(NamedTuple):
 @dataclass(frozen=True, eq=False)
 class Peaks:
     """The top samples of every channel as ``k×C`` arrays, best first: ``sample`` (-1 for an empty
-    slot), peak ``value``, and the peak's ``row`` and ``col`` in the channel's map."""
+    slot), peak ``value``, and the peak's ``row`` and ``col`` in the channel's map; in a dataset scan
+    also the peak's receptive field ``box`` (:mod:`featviz_report.receptive`)."""
 
     sample: np.ndarray
     value: np.ndarray
     row: np.ndarray
     col: np.ndarray
+    box: np.ndarray | None = None  # k×C×4 receptive fields of the peaks, x0 y0 x1 y1 (set in a dataset scan)
 
     def channel(self, index: int) -> list[Peak]:
         keep = self.sample[:, index] >= 0
@@ -108,6 +110,19 @@ class Peaks:
         """Per channel, ``[sample, value, row, col]`` per kept peak (for JSON)."""
         columns = (self.sample.T.tolist(), np.round(self.value, 6).T.tolist(), self.row.T.tolist(), self.col.T.tolist())
         return [[[s, v, r, c] for s, v, r, c in zip(*channel) if s >= 0] for channel in zip(*columns)]
+
+    def boxes(self) -> list[list[list[int]]] | None:
+        """Per channel, each kept peak's receptive field ``[x0, y0, x1, y1]`` in input pixels (scans)."""
+        if self.box is None:
+            return None
+        return [
+            [
+                self.box[rank, channel].tolist()
+                for rank in range(self.sample.shape[0])
+                if self.sample[rank, channel] >= 0
+            ]
+            for channel in range(self.sample.shape[1])
+        ]
 
 
 @dataclass(frozen=True)

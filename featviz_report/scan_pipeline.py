@@ -27,7 +27,8 @@ from .errors import InputError, SampleError
 from .outputs import check_api_outputs
 from .pipeline import finish, linked, model_graph, new_report
 from .progress import Progress
-from .report_data import DatasetScan, FeatureImage, Grid, Png, Report
+from .receptive import receptive_boxes
+from .report_data import DatasetScan, FeatureImage, Grid, Peaks, Png, Report
 from .samples import display_names, find_images, preprocess
 from .scan import ScanResult, run_scan
 from .sections import LayerRecord, layer_sections
@@ -81,12 +82,16 @@ def _report(
     )
     pixels = functools.lru_cache(maxsize=CACHED_IMAGES)(functools.partial(_pixels, dataset))
     with_crops = []
+    shape = (dataset.prep.channels, dataset.prep.size, dataset.prep.size)
     for section, record in zip(sections, records):
         channels = list(record.channel_ids) if record.kind == "maps" else list(range(min(limit, record.stats.channels)))
-        atlas = crop_atlas(record.stats, record.shape, channels, pixels, dataset.prep.size)
+        boxes = _fields(model, record, section.channels.top, shape) if record.kind == "maps" else None
+        atlas = crop_atlas(record.stats, boxes, channels, pixels)
         rows, cols = len(channels), record.stats.top_k
         crops = Grid(Png(png_rgb(atlas), atlas.shape[1], atlas.shape[0]), rows, cols, CROP_PX, CROP_PX, rows * cols, 1)
-        with_crops.append(dataclasses.replace(section, crops=crops))
+        top = dataclasses.replace(section.channels.top, box=boxes)
+        channel_stats = dataclasses.replace(section.channels, top=top)
+        with_crops.append(dataclasses.replace(section, crops=crops, channels=channel_stats))
     referenced = sorted({int(i) for acc in result.accumulators.values() for i in acc.top.sample.flat if i >= 0})
     scan = DatasetScan(
         source=", ".join(str(d) for d in data),
@@ -123,6 +128,17 @@ def _features(
     with on_device(model, result.device):
         shape = (prep.channels, prep.size, prep.size)
         return visualise_layers(model, targets, shape, norm, result.device, float_dtype(model), config, progress)
+
+
+def _fields(model: nn.Module, record: LayerRecord, top: Peaks, shape: tuple[int, int, int]) -> np.ndarray:
+    """k×C×4: the receptive field of every channel's top peaks (-1 for an empty slot)."""
+    kept = top.sample >= 0
+    positions = {(int(r), int(c)) for r, c in zip(top.row[kept], top.col[kept])}
+    fields = receptive_boxes(model, record.module, 0, shape, positions)
+    boxes = np.full((*top.sample.shape, 4), -1, dtype=np.int64)
+    for rank, channel in zip(*np.nonzero(kept)):
+        boxes[rank, channel] = fields[(int(top.row[rank, channel]), int(top.col[rank, channel]))]
+    return boxes
 
 
 def _first_image(model: nn.Module, dataset: ImageFiles) -> Iterator[torch.Tensor]:

@@ -71,14 +71,25 @@ def _stats_json(stats: Stats) -> dict[str, object]:
     return {**numbers, "histogram": _histogram_json(stats.histogram)}
 
 
-def _top_json(channels: ChannelStats) -> list[list[dict[str, object]]]:
+def _top_json(channels: ChannelStats, files: dict[int, str] | None) -> list[list[dict[str, object]]]:
+    """Each channel's top samples; in a scan also each one's ``file`` and receptive-field ``box``."""
     keys = ("sample", "value", "row", "col")
-    return [[dict(zip(keys, peak)) for peak in channel] for channel in channels.top.lists()]
+    tops: list[list[dict[str, object]]] = [
+        [dict(zip(keys, peak)) for peak in channel] for channel in channels.top.lists()
+    ]
+    boxes = channels.top.boxes()
+    for c, channel in enumerate(tops):
+        for rank, entry in enumerate(channel):
+            if files is not None:
+                entry["file"] = files.get(int(entry["sample"]))  # type: ignore[call-overload]
+            if boxes is not None:
+                entry["box"] = boxes[c][rank]
+    return tops
 
 
-def _channels_json(channels: ChannelStats) -> dict[str, object]:
+def _channels_json(channels: ChannelStats, files: dict[int, str] | None = None) -> dict[str, object]:
     numbers: dict[str, object] = {k: finite_list(v) for k, v in vars(channels).items() if k != "top"}
-    return {**numbers, "top": _top_json(channels)}
+    return {**numbers, "top": _top_json(channels, files)}
 
 
 def _prediction_json(prediction: Prediction | None) -> dict[str, object] | None:
@@ -186,7 +197,7 @@ def report_json(report: Report) -> dict[str, object]:
                 "kind": layer.kind,
                 "params": layer.params,
                 "stats": _stats_json(layer.stats),
-                "channels": _channels_json(layer.channels),
+                "channels": _channels_json(layer.channels, report.dataset.files if report.dataset else None),
                 "weight_histogram": _histogram_json(layer.weight_histogram),
                 **({"change": _change_json(layer.change)} if layer.change else {}),
                 **({"feature_visualization": _features_json(layer.feature_images)} if layer.feature_images else {}),

@@ -1,0 +1,128 @@
+"""Receptive fields from the model itself: which input pixels an output position of a layer depends on.
+
+The field of a position is the support of the gradient of that position's outputs (every channel) with
+respect to the input, on a structural copy of the model in which nothing can hide a path: every
+convolution and linear layer averages its inputs with positive weights and no bias, max pooling becomes
+average pooling of the same geometry, normalisation, dropout and activation modules become identities,
+and the input is all ones. Every path then carries a positive gradient,
+so the support is exactly the set of pixels the position can depend on, clipped to the image.
+
+Computed once per layer: boxes for a few probe positions (centre, its neighbours, corners); when the
+centre's field lies inside the image and the others are its shifts (a translation-equivariant layer, as
+convolutions and pooling are), every position's box follows by shifting; otherwise the box of every
+position asked for is computed directly, a batch of positions at a time. Operations done with
+``torch.nn.functional`` inside ``forward`` are not replaced (a functional max pool sends the gradient to
+one pixel of its window, so such a field can come out smaller than the true one).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .device import evaluating
+from .feature_vis import _Truncated
+
+__all__ = ["receptive_boxes", "Box"]
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in input pixels, x1/y1 exclusive
+CHUNK = 16  # positions per backward pass when computed one by one
+_IDENTITY = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
+    nn.Hardsigmoid, nn.Mish, nn.Softplus, nn.Dropout, nn.Dropout2d, nn.BatchNorm2d, nn.GroupNorm,
+    nn.InstanceNorm2d, nn.LayerNorm, nn.LocalResponseNorm,
+)  # fmt: skip
+
+
+def _structural(model: nn.Module) -> tuple[nn.Module, dict[int, nn.Module]]:
+    """The structural copy (float32, CPU) and a map from the original modules' ids to their copies."""
+    probe = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
+    originals = dict(zip((id(m) for m in probe.modules()), model.modules()))
+    for parent in list(probe.modules()):
+        for name, child in list(parent.named_children()):
+            replacement = _replacement(child)
+            if replacement is not None:
+                originals[id(replacement)] = originals[id(child)]
+                setattr(parent, name, replacement)
+    for module in probe.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose2d)):
+            with torch.no_grad():
+                module.weight.fill_(1.0 / max(1, module.weight[0].numel()))
+                if module.bias is not None:
+                    module.bias.zero_()
+    return probe, {id(original): copied for copied in probe.modules() for original in [originals[id(copied)]]}
+
+
+def _replacement(module: nn.Module) -> nn.Module | None:
+    if isinstance(module, nn.MaxPool2d) and module.dilation in (1, (1, 1)):
+        return nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode, True)  # type: ignore[arg-type]
+    if isinstance(module, nn.AdaptiveMaxPool2d):
+        return nn.AdaptiveAvgPool2d(module.output_size)
+    if isinstance(module, _IDENTITY):
+        return nn.Identity()
+    return None
+
+
+def _support(truncated: _Truncated, shape: tuple[int, int, int], positions: Sequence[tuple[int, int]]) -> list[Box]:
+    """The bounding box of the gradient's support for each (row, col) of the layer's maps."""
+    boxes: list[Box] = []
+    for start in range(0, len(positions), CHUNK):
+        chunk = positions[start : start + CHUNK]
+        x = torch.ones((len(chunk), *shape), requires_grad=True)
+        with torch.enable_grad():
+            out = truncated(x)
+            rows = torch.arange(len(chunk))
+            picked = out[rows, :, torch.tensor([r for r, _ in chunk]), torch.tensor([c for _, c in chunk])]
+            picked.sum().backward()
+        grad = x.grad.abs().sum(1)  # type: ignore[union-attr]
+        for g in grad:
+            ys, xs = torch.nonzero(g, as_tuple=True)
+            boxes.append(
+                (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(ys) else (0, 0, 0, 0)
+            )
+    return boxes
+
+
+def receptive_boxes(
+    model: nn.Module, module: nn.Module, call: int, shape: tuple[int, int, int], positions: Iterable[tuple[int, int]]
+) -> dict[tuple[int, int], Box]:
+    """Each (row, col) of ``module``'s ``call``-th output maps → its receptive field in the input of
+    C×H×W ``shape``, clipped to the image. ``model`` itself is not changed (a copy is probed)."""
+    wanted = sorted(set(positions))
+    if not wanted:
+        return {}
+    with evaluating(model):
+        probe, copies = _structural(model)
+    probe.eval()
+    with _Truncated(probe, copies[id(module)], call) as truncated:
+        with torch.no_grad():
+            h, w = truncated(torch.ones((1, *shape))).shape[-2:]
+        centre = (h // 2, w // 2)
+        probes = [centre, (min(h - 1, centre[0] + 1), centre[1]), (centre[0], min(w - 1, centre[1] + 1))]
+        probes += [(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)]
+        found = dict(zip(probes, _support(truncated, shape, probes)))
+        shifted = _shifted(found, centre, shape, (h, w))
+        if shifted is not None:
+            return {p: shifted(p) for p in wanted}
+        return dict(zip(wanted, _support(truncated, shape, wanted)))
+
+
+def _shifted(
+    found: dict[tuple[int, int], Box], centre: tuple[int, int], shape: tuple[int, int, int], size: tuple[int, int]
+):  # type: ignore[no-untyped-def]
+    """A function giving any position's box by shifting the centre's, when the probes agree with it."""
+    x0, y0, x1, y1 = found[centre]
+    height, width = shape[1], shape[2]
+    if x0 == 0 or y0 == 0 or x1 == width or y1 == height or size[0] < 2 or size[1] < 2:
+        return None  # the centre's field reaches the border: its true extent is not known
+    sy = found[(centre[0] + 1, centre[1])][1] - y0 if centre[0] + 1 < size[0] else 0
+    sx = found[(centre[0], centre[1] + 1)][0] - x0 if centre[1] + 1 < size[1] else 0
+
+    def box(position: tuple[int, int]) -> Box:
+        dy, dx = (position[0] - centre[0]) * sy, (position[1] - centre[1]) * sx
+        return (max(0, x0 + dx), max(0, y0 + dy), min(width, x1 + dx), min(height, y1 + dy))
+
+    return box if all(box(p) == b for p, b in found.items()) else None

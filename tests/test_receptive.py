@@ -1,0 +1,111 @@
+"""Receptive fields from the model: against the textbook recurrence on a conv/pool stack, and in a scan of
+a generated dataset where the answer is known (where the bright square is)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from featviz_report import ReportConfig
+from featviz_report.crops import context_box
+from featviz_report.receptive import receptive_boxes
+from featviz_report.scan_pipeline import scan_dataset
+
+# (kernel, stride, padding, dilation) of each layer of Stack, in order
+GEOMETRY = [(3, 1, 1, 1), (2, 2, 0, 1), (5, 2, 2, 1), (3, 1, 2, 2)]
+
+
+class Stack(nn.Module):
+    """conv 3×3 → ReLU → max pool 2 → conv 5×5 stride 2 → BatchNorm → conv 3×3 dilation 2, then a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 6, 5, stride=2, padding=2)
+        self.norm = nn.BatchNorm2d(6)
+        self.conv3 = nn.Conv2d(6, 3, 3, padding=2, dilation=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.norm(self.conv2(self.pool(self.act(self.conv1(x))))))
+
+
+def textbook(position: int, layers: list[tuple[int, int, int, int]], size: int) -> tuple[int, int]:
+    """[start, end) of a position's field by the usual recurrence (jump, size, start), clipped."""
+    jump, field, start = 1, 1, 0.0
+    for kernel, stride, padding, dilation in layers:
+        effective = dilation * (kernel - 1) + 1
+        start += ((effective - 1) / 2 - padding) * jump
+        field += (effective - 1) * jump
+        jump *= stride
+    centre = start + position * jump
+    return max(0, int(centre - (field - 1) / 2)), min(size, int(centre + (field - 1) / 2) + 1)
+
+
+@pytest.mark.parametrize(("layer", "depth"), [("conv1", 1), ("pool", 2), ("conv2", 3), ("conv3", 4)])
+def test_every_positions_field_matches_the_textbook_recurrence(layer: str, depth: int) -> None:
+    torch.manual_seed(0)
+    model = Stack().eval()
+    size = 40
+    with torch.no_grad():
+        h = model.conv1(torch.zeros(1, 1, size, size))
+        for name in ("act", "pool", "conv2", "norm", "conv3")[: [1, 3, 4, 6][depth - 1] - 1]:
+            h = getattr(model, name)(h)
+    positions = [(r, c) for r in range(h.shape[2]) for c in range(h.shape[3])]
+    boxes = receptive_boxes(model, getattr(model, layer), 0, (1, size, size), positions)
+    for (r, c), (x0, y0, x1, y1) in boxes.items():
+        assert (x0, x1) == textbook(c, GEOMETRY[:depth], size), (layer, r, c)
+        assert (y0, y1) == textbook(r, GEOMETRY[:depth], size), (layer, r, c)
+    assert not any(m.training for m in model.modules())  # the model itself is untouched (a copy is probed)
+
+
+class BlobFinder(nn.Module):
+    """conv1: one 3×3 all-ones filter (a bright 3×3 square excites it most), then a 5×5 one on top."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(1, 1, 5, padding=2, bias=False)
+        with torch.no_grad():
+            self.conv1.weight.fill_(1.0)
+            self.conv2.weight.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x)).mean((2, 3))
+
+
+def test_scan_boxes_are_the_true_field_of_the_peak_and_land_on_the_pattern(tmp_path: Path) -> None:
+    """Black images with one bright 3×3 square each: every top image's box is the field of its peak by
+    the recurrence, and it covers the square; the crop around it shows at least twice the field."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "squares"
+    folder.mkdir()
+    squares = {}
+    for i in range(12):
+        y, x = (int(v) for v in rng.integers(4, 44, 2))
+        pixels = np.zeros((48, 48), np.uint8)
+        pixels[y : y + 3, x : x + 3] = 255 - 10 * i  # distinct brightness: a strict ranking
+        Image.fromarray(pixels).save(folder / f"square-{i:02d}.png")
+        squares[f"square-{i:02d}.png"] = (x, y)
+    config = ReportConfig(input_size=48, normalize="none", top_k=3, graph=False, loader_workers=0)
+    scan_dataset(BlobFinder(), [folder], tmp_path / "s.html", config, json_out=tmp_path / "s.json")
+    layers = {layer["name"]: layer for layer in json.loads((tmp_path / "s.json").read_text())["layers"]}
+    for name, geometry in (("conv1", [(3, 1, 1, 1)]), ("conv2", [(3, 1, 1, 1), (5, 1, 2, 1)])):
+        top = layers[name]["channels"]["top"][0]
+        assert [entry["file"] for entry in top] == ["square-00.png", "square-01.png", "square-02.png"]
+        for entry in top:
+            x0, y0, x1, y1 = entry["box"]
+            assert (x0, x1) == textbook(entry["col"], geometry, 48) and (y0, y1) == textbook(entry["row"], geometry, 48)
+            x, y = squares[entry["file"]]
+            assert x0 <= x + 1 < x1 and y0 <= y + 1 < y1  # the peak's field covers the square's centre
+            top_, left, side = context_box(entry["box"], 48)
+            assert side >= max(32, 2 * max(x1 - x0, y1 - y0)) or side == 48
+            assert left <= x0 and x1 <= left + side and top_ <= y0 and y1 <= top_ + side
+    assert "receptive field (from the model) outlined" in (tmp_path / "s.html").read_text(encoding="utf-8")
