@@ -4,7 +4,7 @@ For a map layer (C×H×W), each crop shows the peak's receptive field (computed 
 :mod:`featviz_report.receptive`) outlined in red, with context around it: a square twice the field's
 larger side and at least 32 px of the input, or the whole image where that is smaller. For feature
 vectors and sequences there is no position and the whole image is shown. Crops are resized to
-``CROP_PX`` squares and laid out as one atlas per layer: a row per channel, best image first.
+``CROP_PX`` squares, one per top image of every shown channel.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import numpy as np
 from PIL import Image
 
 from .accumulate import ChannelAccumulator
-from .encode import tile_atlas
 
-__all__ = ["CROP_PX", "CONTEXT", "MIN_CONTEXT_PX", "context_box", "crop_atlas"]
+__all__ = ["CROP_PX", "CONTEXT", "MIN_CONTEXT_PX", "context_box", "channel_crops"]
 
 CROP_PX = 64
 CONTEXT = 2  # a crop is at least this many times the receptive field's larger side ...
@@ -55,23 +54,19 @@ def _tile(pixels: np.ndarray, field: Sequence[int] | None) -> np.ndarray:
     return tile
 
 
-def crop_atlas(
+def channel_crops(
     accumulator: ChannelAccumulator,
     boxes: np.ndarray | None,
-    channels: Sequence[int],
+    channel: int,
     pixels: Callable[[int], np.ndarray | None],
-) -> np.ndarray:
-    """``len(channels)`` rows × k columns of crops (blank where a slot is empty or its file unreadable);
+) -> list[tuple[int, np.ndarray]]:
+    """(rank, crop) of each of ``channel``'s top images that is there and readable, best first;
     ``boxes`` (k×C×4) are the peaks' receptive fields of a map layer, ``None`` for other layers."""
     top = accumulator.top
-    k = top.value.shape[0]
-    tiles: list[np.ndarray | None] = []
-    for channel in channels:
-        for rank in range(k):
-            sample = int(top.sample[rank, channel])
-            image = pixels(sample) if sample >= 0 and np.isfinite(top.value[rank, channel]) else None
-            field = None if boxes is None else boxes[rank, channel]
-            tiles.append(None if image is None else _tile(image, field))
-    blank = np.zeros((CROP_PX, CROP_PX, 3), np.uint8)
-    filled = np.stack([blank if t is None else t for t in tiles]) if tiles else blank[None]
-    return tile_atlas(filled, k)
+    crops = []
+    for rank in range(top.value.shape[0]):
+        sample = int(top.sample[rank, channel])
+        image = pixels(sample) if sample >= 0 and np.isfinite(top.value[rank, channel]) else None
+        if image is not None:
+            crops.append((rank, _tile(image, None if boxes is None else boxes[rank, channel])))
+    return crops

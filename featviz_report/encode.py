@@ -1,4 +1,5 @@
-"""Arrays → PNG bytes: tile atlases, palette images and thumbnails, encoded in a thread pool.
+"""Arrays → PNG bytes (and back, for cached images): tile atlases, palette images and thumbnails, encoded
+in a thread pool.
 
 The only module that encodes with Pillow. Settings are fixed (no metadata, one zlib level) so the same
 array always gives the same bytes. Pillow releases the GIL while compressing, so a thread pool keeps
@@ -20,7 +21,7 @@ from .colormaps import palette
 from .spool import Spool, Spooled
 from .threads import allowed_cores
 
-__all__ = ["PngEncoder", "grid_shape", "tile_atlas", "png_palette", "png_rgb", "png_size", "ZLIB_LEVEL"]
+__all__ = ["PngEncoder", "grid_shape", "tile_atlas", "png_palette", "png_rgb", "png_size", "png_pixels", "ZLIB_LEVEL"]
 
 ZLIB_LEVEL = 1
 MAX_PENDING_BYTES = 24 * 2**20  # tiles waiting for an encoder: about one batch of resnet18 × 8
@@ -67,6 +68,12 @@ def png_size(data: bytes) -> tuple[int, int]:
     if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
         raise ValueError("not a PNG")
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def png_pixels(data: bytes) -> np.ndarray:
+    """PNG ``data`` decoded to uint8 H×W (grey) or H×W×3 (colour) pixels."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.array(image.convert("L" if image.mode in ("L", "1", "I;16") else "RGB"))
 
 
 def _save(image: Image.Image) -> bytes:

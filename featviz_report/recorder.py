@@ -21,7 +21,7 @@ from .capture import select_layers
 from .changes import relative_change
 from .compare_pipeline import compare_checkpoints
 from .config import ReportConfig
-from .errors import UsageError
+from .errors import OutputError, UsageError
 from .heap import old_objects_frozen
 from .outputs import check_api_outputs
 from .pipeline import finish
@@ -29,7 +29,7 @@ from .progress import Progress
 from .report_data import Report, TrainingStep
 from .report_pipeline import build_report
 from .samples import SamplesArg
-from .site import COMPARE_DIR, STEP_JSON, write_site
+from .site import COMPARE_DIR, STEP_JSON, check_site, write_site
 
 __all__ = ["Recorder", "step_folder"]
 
@@ -58,10 +58,14 @@ class Recorder:
 
     def record(self, model: nn.Module, step: int) -> Report:
         """Write ``model``'s report as step ``step`` and update the index; returns the report."""
-        if not isinstance(step, int) or step < 0:
+        if type(step) is not int or step < 0:
             raise UsageError(f"a step is a whole number of at least 0, got {step!r}")
         out = self.site / step_folder(step)
-        self.site.mkdir(parents=True, exist_ok=True)
+        try:
+            self.site.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"cannot make the site folder {str(self.site)!r}: {err.strerror or err}") from None
+        check_site(self.site)
         check_api_outputs(out, out / STEP_JSON, "dir", self.samples)
         with untouched(model), old_objects_frozen():
             layers = {name: module for name, module in select_layers(model, self.config.layers)}

@@ -26,6 +26,8 @@ __all__ = [
     "FilterView",
     "LayerSection",
     "FeatureImage",
+    "ChannelCard",
+    "CardImage",
     "TrainingStep",
     "ChannelChange",
     "LayerChange",
@@ -261,6 +263,32 @@ class FeatureImage:
 
 
 @dataclass(frozen=True)
+class CardImage:
+    """One of a channel's top dataset images in a scan: the crop around its peak (the receptive field
+    outlined), the peak's value and the file's name."""
+
+    image: Png
+    value: float
+    file: str
+
+
+@dataclass(frozen=True)
+class ChannelCard:
+    """One channel of a dataset scan: its statistics over the dataset, flags, and top images, best first.
+    ``selectivity``: how far its top images stand out, (mean of their peaks − channel mean) / channel std."""
+
+    channel: int
+    mean: float
+    max: float
+    std: float
+    zero_fraction: float
+    selectivity: float
+    flags: tuple[str, ...]  # "dead" (never positive), "constant" (one non-zero value everywhere)
+    tops: tuple[CardImage, ...]
+    feature: FeatureImage | None = None  # --featviz: the image optimised to excite the channel
+
+
+@dataclass(frozen=True)
 class LayerSection:
     """Everything the report shows about one captured layer (one call of one module)."""
 
@@ -279,7 +307,7 @@ class LayerSection:
     weight_histogram: Histogram | None
     notes: tuple[str, ...]
     change: LayerChange | None = None  # set in a comparison of two checkpoints
-    crops: Grid | None = None  # a dataset scan: per channel (rows) its top images, cut around the peak
+    cards: tuple[ChannelCard, ...] = ()  # a dataset scan: one per shown channel, its top images cut around the peak
     feature_images: tuple[FeatureImage, ...] = ()  # --featviz: one per channel, in the maps' order
 
 

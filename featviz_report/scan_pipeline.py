@@ -1,7 +1,8 @@
-"""A dataset scan as a report: per layer the dataset-wide statistics, filters and top-k crops.
+"""A dataset scan as a report: per layer the dataset-wide statistics, filters and a card per channel.
 
 The scan (:mod:`featviz_report.scan`) runs on every rank; only rank 0 decodes the top images again, cuts
-the crops (:mod:`featviz_report.crops`) and writes the page and the JSON, like any other report (size
+the crops (:mod:`featviz_report.crops`) around each peak's receptive field (:mod:`featviz_report.receptive`)
+into one card per shown channel, and writes the page and the JSON, like any other report (size
 budget, atomic writes). Channels shown per layer: ``config.max_channels`` (default 64), in
 ``config.order``.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from torch import nn
 
 from .capture import select_layers
 from .config import ReportConfig
-from .crops import CROP_PX, crop_atlas
+from .crops import channel_crops
 from .dataset import ImageFiles
 from .device import float_dtype, model_device, on_device
 from .encode import png_rgb
@@ -28,7 +29,7 @@ from .outputs import check_api_outputs
 from .pipeline import finish, linked, model_graph, new_report
 from .progress import Progress
 from .receptive import receptive_boxes
-from .report_data import DatasetScan, FeatureImage, Grid, Peaks, Png, Report
+from .report_data import CardImage, ChannelCard, DatasetScan, FeatureImage, LayerSection, Peaks, Png, Report
 from .samples import display_names, find_images, preprocess
 from .scan import ScanResult, run_scan
 from .sections import LayerRecord, layer_sections
@@ -81,17 +82,16 @@ def _report(
         layer_sections(records, result.layers, config), _features(model, records, result, dataset, config)
     )
     pixels = functools.lru_cache(maxsize=CACHED_IMAGES)(functools.partial(_pixels, dataset))
-    with_crops = []
+    with_cards = []
     shape = (dataset.prep.channels, dataset.prep.size, dataset.prep.size)
+    names = dict(zip(range(len(dataset.paths)), display_names(dataset.paths)))
     for section, record in zip(sections, records):
         channels = list(record.channel_ids) if record.kind == "maps" else list(range(min(limit, record.stats.channels)))
         boxes = _fields(model, record, section.channels.top, shape) if record.kind == "maps" else None
-        atlas = crop_atlas(record.stats, boxes, channels, pixels)
-        rows, cols = len(channels), record.stats.top_k
-        crops = Grid(Png(png_rgb(atlas), atlas.shape[1], atlas.shape[0]), rows, cols, CROP_PX, CROP_PX, rows * cols, 1)
+        cards = tuple(_card(record, section, channel, boxes, pixels, names) for channel in channels)
         top = dataclasses.replace(section.channels.top, box=boxes)
         channel_stats = dataclasses.replace(section.channels, top=top)
-        with_crops.append(dataclasses.replace(section, crops=crops, channels=channel_stats))
+        with_cards.append(dataclasses.replace(section, cards=cards, channels=channel_stats))
     referenced = sorted({int(i) for acc in result.accumulators.values() for i in acc.top.sample.flat if i >= 0})
     scan = DatasetScan(
         source=", ".join(str(d) for d in data),
@@ -106,7 +106,7 @@ def _report(
         config,
         result.device,
         (dataset.prep.channels, dataset.prep.size, dataset.prep.size),
-        tuple(with_crops),
+        tuple(with_cards),
         result.shapes,
         dataset=scan,
     )
@@ -128,6 +128,47 @@ def _features(
     with on_device(model, result.device):
         shape = (prep.channels, prep.size, prep.size)
         return visualise_layers(model, targets, shape, norm, result.device, float_dtype(model), config, progress)
+
+
+def _card(
+    record: LayerRecord,
+    section: LayerSection,
+    channel: int,
+    boxes: np.ndarray | None,
+    pixels: Callable[[int], np.ndarray | None],
+    names: dict[int, str],
+) -> ChannelCard:
+    """One channel's card: its dataset statistics, flags and top images (cut around the peak)."""
+    stats, top = section.channels, record.stats.top
+    crops = channel_crops(record.stats, boxes, channel, pixels)
+    tops = tuple(
+        CardImage(
+            Png(png_rgb(crop), crop.shape[1], crop.shape[0]),
+            float(top.value[rank, channel]),
+            names[int(top.sample[rank, channel])],
+        )
+        for rank, crop in crops
+    )
+    values = [t.value for t in tops]
+    std = stats.std[channel]
+    selectivity = (float(np.mean(values)) - stats.mean[channel]) / std if values and std > 0 else 0.0
+    flags = tuple(
+        name
+        for name, on in (("dead", stats.max[channel] <= 0), ("constant", stats.min[channel] == stats.max[channel] != 0))
+        if on
+    )
+    feature = next((f for f in section.feature_images if f.channel == channel), None)
+    return ChannelCard(
+        channel,
+        stats.mean[channel],
+        stats.max[channel],
+        std,
+        stats.zero_fraction[channel],
+        selectivity,
+        flags,
+        tops,
+        feature,
+    )
 
 
 def _fields(model: nn.Module, record: LayerRecord, top: Peaks, shape: tuple[int, int, int]) -> np.ndarray:

@@ -12,16 +12,27 @@ is the comparison of the step with the one before (see ``Recorder(compare=True)`
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from . import __version__
 from .errors import InputError
 from .outputs import write_now
 from .sidecar import strict_json
 
-__all__ = ["SiteStep", "SampleHistory", "read_steps", "sample_histories", "write_site", "STEP_JSON", "COMPARE_DIR"]
+__all__ = [
+    "SiteStep",
+    "SampleHistory",
+    "read_steps",
+    "sample_histories",
+    "write_site",
+    "check_site",
+    "STEP_JSON",
+    "COMPARE_DIR",
+]
 
 STEP_JSON = "report.json"  # a step folder's JSON sidecar
 COMPARE_DIR = "compare"  # inside a step folder: the comparison with the step before
@@ -80,46 +91,69 @@ def read_steps(site: Path) -> list[SiteStep]:
             json=_rel(path, site),
             layers=_layers(data),
             samples=[str(s.get("name", "")) for s in data.get("samples", [])],
-            predictions=[(s.get("prediction") or {}).get("label") for s in data.get("samples", [])],
+            predictions=[_label(s) for s in data.get("samples", [])],
             compare=_rel(compare, site) if path.parent != site and compare.is_file() else None,
         )
     return [steps[s] for s in sorted(steps)]
 
 
 def _sidecar(path: Path) -> dict | None:  # type: ignore[type-arg]
+    """A featviz-report sidecar's JSON, or ``None`` when ``path`` is not one (or is malformed)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return None
-    return (
-        data if isinstance(data, dict) and "featviz_report" in data and isinstance(data.get("layers"), list) else None
-    )
+    if not isinstance(data, dict) or "featviz_report" not in data:
+        return None
+    layers, samples = data.get("layers"), data.get("samples", [])
+    if not isinstance(layers, list) or not all(isinstance(x, dict) and isinstance(x.get("name"), str) for x in layers):
+        return None
+    if not isinstance(samples, list) or not all(isinstance(x, dict) for x in samples):
+        return None
+    return data
 
 
 def _step_number(data: dict, named: Path) -> int | None:  # type: ignore[type-arg]
     training = data.get("training")
-    if isinstance(training, dict) and isinstance(training.get("step"), int):
+    if isinstance(training, dict) and type(training.get("step")) is int and 0 <= training["step"] < 10**15:
         return int(training["step"])
     numbers = _NUMBER.findall(named.stem if named.is_file() else named.name)
-    return int(numbers[-1]) if numbers else None
+    return int(numbers[-1]) if numbers and len(numbers[-1]) <= 15 else None
 
 
 def _layers(data: dict) -> dict[str, dict[str, float | int | None]]:  # type: ignore[type-arg]
-    """Per layer, its JSON ``stats`` (without the histogram) and the weight change a Recorder recorded."""
+    """Per layer, its JSON ``stats`` (without the histogram) and the weight change a Recorder recorded;
+    anything that is not a finite number is ``None``."""
     training = data.get("training") if isinstance(data.get("training"), dict) else {}
-    changes = training.get("weight_change") or {}  # type: ignore[union-attr]
+    changes = training.get("weight_change") if isinstance(training.get("weight_change"), dict) else {}  # type: ignore[union-attr]
     layers = {}
     for layer in data["layers"]:
-        stats = layer.get("stats") or {}
-        layers[str(layer["name"])] = {
-            **{key: stats.get(key) for key in LAYER_KEYS},
-            "weight_change": changes.get(layer["name"]),
-        }
+        stats = layer.get("stats") if isinstance(layer.get("stats"), dict) else {}
+        values = {key: stats.get(key) for key in LAYER_KEYS}  # type: ignore[union-attr]
+        values["weight_change"] = changes.get(layer["name"])  # type: ignore[union-attr]
+        layers[layer["name"]] = {key: _number(value) for key, value in values.items()}
     return layers
 
 
+def _number(value: object) -> float | int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return value if math.isfinite(value) and abs(value) < 1e300 else None
+    except OverflowError:
+        return None
+
+
+def _label(sample: dict) -> str | None:  # type: ignore[type-arg]
+    prediction = sample.get("prediction")
+    label = prediction.get("label") if isinstance(prediction, dict) else None
+    return str(label) if label is not None else None
+
+
 def _rel(path: Path, site: Path) -> str:
-    return path.relative_to(site).as_posix()
+    """``path`` as a link relative to ``site``: ``./`` and percent-encoded, so no name can read as a
+    scheme (``https:…``), a query or a fragment."""
+    return "./" + quote(path.relative_to(site).as_posix())
 
 
 def sample_histories(steps: list[SiteStep]) -> list[SampleHistory]:
@@ -165,14 +199,22 @@ def write_site(site: Path) -> list[SiteStep]:
     to a temporary name and renamed."""
     from .site_render import render_site
 
-    if not site.is_dir():
-        raise InputError(f"site folder {str(site)!r} does not exist")
+    check_site(site)
     steps = read_steps(site)
     if not steps:
         raise InputError(f"no step reports (a page with its featviz-report JSON sidecar) in {str(site)!r}")
+    text = strict_json(index_json(steps), indent=1).encode("utf-8")
+    page = render_site(steps, sample_histories(steps)).encode("utf-8")  # both made before either is written
+    write_now(site / "index.json", text)
+    write_now(site / "index.html", page)
+    return steps
+
+
+def check_site(site: Path) -> None:
+    """``site`` must be a folder whose index files, if any, a site wrote (checked before any work)."""
+    if not site.is_dir():
+        what = "is not a folder" if site.exists() else "does not exist"
+        raise InputError(f"site folder {str(site)!r} {what}")
     for name in INDEX_FILES:
         if not _site_index(site / name):
             raise InputError(f"{str(site / name)!r} is not a featviz-report site index; move it away first")
-    write_now(site / "index.json", strict_json(index_json(steps), indent=1).encode("utf-8"))
-    write_now(site / "index.html", render_site(steps, sample_histories(steps)).encode("utf-8"))
-    return steps

@@ -30,7 +30,7 @@ def line_chart(
 ) -> Markup:
     """``values`` over ``steps`` as an inline SVG line (with a ± ``band`` when given), its range written
     beside it; a step without a value is a gap. Empty when no step has a value."""
-    points = [(s, v) for s, v in zip(steps, values) if v is not None and math.isfinite(v)]
+    points = [(s, v) for s, v in zip(steps, values) if v is not None and math.isfinite(v) and abs(v) < 1e300]
     if not points:
         return Markup(f'<p class="none">{escape(label)}: no values</p>')
     spreads = [b if b is not None and math.isfinite(b) else 0.0 for b in (band or [0.0] * len(values))]
@@ -80,7 +80,7 @@ def render_site(steps: list[SiteStep], histories: list[SampleHistory]) -> str:
 
     def series(layer: str, key: str) -> list[float | None]:
         values = [step.layers.get(layer, {}).get(key) for step in steps]
-        return [float(v) if isinstance(v, (int, float)) else None for v in values]
+        return [float(v) if isinstance(v, (int, float)) and abs(v) < 1e300 else None for v in values]
 
     return (
         environment()

@@ -1,10 +1,10 @@
 """The disk cache of feature visualisations: one file per channel image, so a rebuilt report reuses them.
 
-An entry's key is the SHA-256 of the model's weights (every state_dict tensor, with its name, dtype and
-shape), the layer's name and call, the channel, the input shape and normalisation, the precision the
-steps ran in and every optimisation setting. An entry is written to a temporary name and renamed, so an
-interrupted run leaves whole entries or none; an entry that cannot be read back as what it claims is
-ignored (and recomputed).
+An entry's key is the SHA-256 of the model's weights (every state_dict tensor, with its name, dtype and shape)
+and classes (the model's and every module's), the layer's name and call, the channel, the input shape and
+normalisation, the precision the steps ran in and every optimisation setting. An entry is written to a
+temporary name and renamed, so an interrupted run leaves whole entries or none; an entry that cannot be read
+back as what it claims is ignored (and recomputed).
 """
 
 from __future__ import annotations
@@ -33,11 +33,16 @@ def default_cache_dir() -> Path:
 
 
 def weights_digest(model: nn.Module) -> str:
-    """SHA-256 of every parameter and buffer: a different checkpoint never reuses another's images."""
+    """SHA-256 of every parameter and buffer and of every module's class: a different checkpoint or
+    architecture never reuses another's images (a changed ``forward`` is caught by :mod:`.visualise`,
+    which measures every cached image again)."""
     digest = hashlib.sha256()
+    digest.update(
+        "|".join(f"{name}:{type(m).__module__}.{type(m).__qualname__}" for name, m in model.named_modules()).encode()
+    )
     for name, tensor in model.state_dict().items():
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -62,7 +67,7 @@ class VisCache:
         """The entry stored under ``key``, or ``None`` (absent, unreadable or not for this key)."""
         try:
             entry = json.loads(self._path(key).read_text("utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
         return entry if isinstance(entry, dict) and entry.get("key") == key else None
 

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from .config import ReportConfig
-from .encode import png_rgb, png_size
+from .encode import png_pixels, png_rgb, png_size
 from .errors import ModelError, UsageError, first_line
-from .feature_vis import ChannelImage, VisSettings, eta_ticker, low_precision, optimise_channels
+from .feature_vis import ChannelImage, VisSettings, activations_of, eta_ticker, low_precision, optimise_channels
 from .progress import Progress
 from .record import LayerRecord
 from .report_data import FeatureImage, LayerSection, Png
@@ -57,8 +57,9 @@ def vis_targets(
         module_name = record.name if call == 0 else record.name.rsplit(" (call ", 1)[0]
         if not any(fnmatch.fnmatchcase(module_name, pattern) for pattern in config.featviz):
             continue
-        if record.kind == "sequence":
-            progress.warn(f"--featviz: {record.name!r} outputs a sequence; only maps and vectors are visualised")
+        if record.kind == "sequence" or isinstance(record.module, nn.MultiheadAttention):
+            what = "attention weights" if record.kind == "maps" else "a sequence"
+            progress.warn(f"--featviz: {record.name!r} outputs {what}; only maps and vectors are visualised")
             continue
         features = min(config.max_channels or record.shape[0], record.shape[0])
         channels = record.channel_ids if record.kind == "maps" else tuple(range(features))
@@ -96,7 +97,17 @@ def visualise_layers(
     weights = weights_digest(model)
     context = {"input": list(input_shape), "norm": norm, "precision": str(autocast or dtype)}
     keys = {t.name: [entry_key(weights, t.name, t.call, c, context, settings) for c in t.channels] for t in targets}
-    found = {t.name: [_from_cache(cache, k) for k in keys[t.name]] for t in targets}
+    found = {
+        t.name: _verified(
+            model,
+            t,
+            [_from_cache(cache, k, c, input_shape) for k, c in zip(keys[t.name], t.channels)],
+            norm,
+            device,
+            dtype,
+        )
+        for t in targets
+    }
     missing = sum(image is None for images in found.values() for image in images)
     tick = eta_ticker(
         missing * settings.steps, lambda done, total, elapsed: progress.rate("featviz", done, total, elapsed)
@@ -110,7 +121,7 @@ def visualise_layers(
                 made = optimise_channels(
                     model, target.module, target.call, todo, input_shape, norm, device, dtype, settings, autocast, tick
                 )
-            except (RuntimeError, ValueError, TypeError, IndexError) as err:  # the user's model, run our way
+            except Exception as err:  # noqa: BLE001 - the user's model, run our way: name the layer
                 raise ModelError(
                     f"--featviz {target.name!r}: optimising its images failed ({type(err).__name__}: {first_line(err)})"
                 ) from err
@@ -135,8 +146,8 @@ def _entry(image: FeatureImage) -> dict[str, object]:
     return {"channel": image.channel, "activation": image.activation, "png": base64.b64encode(data).decode("ascii")}
 
 
-def _from_cache(cache: VisCache, key: str) -> FeatureImage | None:
-    """The cached image under ``key``, or ``None`` when there is none or it is not a well-formed entry."""
+def _from_cache(cache: VisCache, key: str, channel: int, shape: tuple[int, int, int]) -> FeatureImage | None:
+    """The cached image under ``key`` when it is a well-formed entry for ``channel`` at the input's size."""
     entry = cache.get(key)
     if entry is None:
         return None
@@ -144,10 +155,37 @@ def _from_cache(cache: VisCache, key: str) -> FeatureImage | None:
         data = base64.b64decode(str(entry["png"]), validate=True)
         width, height = png_size(data)
         activation = float(entry["activation"])  # type: ignore[arg-type]
-        channel = int(entry["channel"])  # type: ignore[call-overload]
-    except (KeyError, ValueError, TypeError):
+        same = entry["channel"] == channel and (height, width) == shape[1:]
+    except (KeyError, ValueError, TypeError, OverflowError):
         return None
-    return FeatureImage(channel, Png(data, width, height), activation) if math.isfinite(activation) else None
+    return FeatureImage(channel, Png(data, width, height), activation) if same and math.isfinite(activation) else None
+
+
+def _verified(
+    model: nn.Module,
+    target: VisTarget,
+    images: list[FeatureImage | None],
+    norm: tuple[Sequence[float], Sequence[float]] | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> list[FeatureImage | None]:
+    """The cached images whose channel the model, as it is now, still brings to the stored activation
+    (one batched forward pass): an edited ``forward`` or a hand-made entry is made again instead."""
+    cached = [(i, image) for i, image in enumerate(images) if image is not None]
+    if not cached:
+        return images
+    try:
+        arrays = [png_pixels(image.image.data) for _, image in cached]
+        pixels = torch.stack([torch.from_numpy(a if a.ndim == 3 else a[..., None]).permute(2, 0, 1) for a in arrays])
+        reached = activations_of(model, target.module, target.call, pixels, norm, device, dtype)
+    except Exception:  # noqa: BLE001 - an entry that does not even decode or fit: make them all again
+        return [None] * len(images)
+    checked = list(images)
+    for row, (i, image) in enumerate(cached):
+        now = float(reached[row, image.channel])
+        if not math.isclose(now, image.activation, rel_tol=1e-3, abs_tol=1e-4):
+            checked[i] = None
+    return checked
 
 
 def settings_record(config: ReportConfig, device: torch.device, dtype: torch.dtype) -> dict[str, object]:

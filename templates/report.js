@@ -101,6 +101,30 @@
   }
   window.addEventListener("hashchange", revealInTree);
 
+  function openChannelLink() {  // #layer-<id>-channel-<c>: in a report, that channel's enlarged view
+    var match = /^#layer-(.+)-channel-(\d+)$/.exec(location.hash);
+    if (!match || !data.layers[match[1]] || dialog.open) { return; }
+    var grid = document.querySelector('.maps[data-slug="' + match[1] + '"] .map.on .grid:not([data-before])');
+    var cell = data.layers[match[1]].ids.indexOf(Number(match[2]));
+    if (grid && cell >= 0) { showCell(grid, cell); }
+  }
+  window.addEventListener("hashchange", openChannelLink);
+
+  each(".cards", function (cards) {  // a scan's channel cards: order and find
+    var list = cards.querySelector(".card-list");
+    var all = Array.prototype.slice.call(list.children);
+    cards.querySelector(".card-order").addEventListener("change", function (event) {
+      var key = event.target.value;
+      all.slice().sort(function (a, b) {
+        return key === "index" ? a.dataset.channel - b.dataset.channel : Number(b.dataset[key]) - Number(a.dataset[key]);
+      }).forEach(function (card) { list.appendChild(card); });
+    });
+    cards.querySelector(".card-find").addEventListener("input", function (event) {
+      var wanted = event.target.value.trim();
+      all.forEach(function (card) { card.hidden = wanted !== "" && card.dataset.channel !== String(Number(wanted)); });
+    });
+  });
+
   var dialog = document.getElementById("zoom");
   var canvas = dialog.querySelector("canvas");
   dialog.querySelector(".close").addEventListener("click", function () { dialog.close(); });
@@ -156,13 +180,19 @@
 
   function zoom(grid, event) {
     var img = grid.querySelector("img");
-    var slug = grid.closest(".maps").dataset.slug;
-    var layer = data.layers[slug];
     var cols = Number(grid.dataset.cols), rows = Number(grid.dataset.rows);
     var rect = img.getBoundingClientRect();
     var col = Math.min(cols - 1, Math.floor((event.clientX - rect.left) / rect.width * cols));
     var row = Math.min(rows - 1, Math.floor((event.clientY - rect.top) / rect.height * rows));
-    var cell = row * cols + col;
+    showCell(grid, row * cols + col);
+  }
+
+  function showCell(grid, cell) {  // the enlarged view of one tile of an atlas
+    var img = grid.querySelector("img");
+    var slug = grid.closest(".maps").dataset.slug;
+    var layer = data.layers[slug];
+    var cols = Number(grid.dataset.cols), rows = Number(grid.dataset.rows);
+    var col = cell % cols, row = Math.floor(cell / cols);
     if (cell >= Number(grid.dataset.count)) { return; }
     var channel = layer.ids.length ? layer.ids[cell] : cell;
     var tileW = img.naturalWidth / cols, tileH = img.naturalHeight / rows;
@@ -188,6 +218,9 @@
     canvas.setAttribute("aria-label", dialog.querySelector("h3").textContent + ", enlarged");
     if (before) { dialog.querySelector(".tops").textContent = ""; } else { showTop(layer, layer.vector ? 0 : channel); }
     if (!before && !layer.vector) { showFeature(slug, channel); }
+    var link = dialog.querySelector(".channel-link");
+    link.hidden = layer.vector;
+    link.setAttribute("href", "#layer-" + slug + "-channel-" + channel);
     dialog.showModal();
   }
 
@@ -263,4 +296,5 @@
   showSample(0);
   markCurrent();
   revealInTree();
+  openChannelLink();
 }());

@@ -137,9 +137,9 @@ def test_opens_offline_with_no_requests_errors_or_csp_violations(
     assert images and all(i["w"] > 0 for i in images), [i["alt"] for i in images if not i["w"]][:5]
     assert all(str(i["alt"]).strip() for i in images)
     layers = reader.page.eval_on_selector_all("section.layer", "s => s.map(x => x.dataset.layer)")
-    if name == "scan":  # no samples: per layer, the crops of its channels' top images
-        crops = [str(i["alt"]) for i in images if "dataset images where it peaked" in str(i["alt"])]
-        assert {alt.split(":")[0] for alt in crops} == set(layers)
+    if name == "scan":  # no samples: per layer, a card per channel with its top images
+        crops = [str(i["alt"]) for i in images if ": top image " in str(i["alt"])]
+        assert {alt.split(",")[0] for alt in crops} == set(layers)
     else:
         maps = [str(i["alt"]) for i in images if ", sample " in str(i["alt"])]
         assert {alt.split(", sample ")[0] for alt in maps} == set(layers)  # every map names its layer and sample
@@ -276,4 +276,35 @@ def test_training_site_index_works_offline_without_script_and_every_link_resolve
         page.wait_for_load_state("load")
         assert page.url.endswith("step-000020/compare/index.html")
         assert page.eval_on_selector_all("section.layer", "s => s.length") == 5
+        reader.clean()
+
+
+def test_channel_links_open_the_card_or_the_enlarged_view_with_and_without_javascript(
+    browser: object, reports: dict[str, Path]
+) -> None:
+    for javascript in (True, False):
+        reader = Reader(browser, reports["scan"], javascript=javascript)
+        page = reader.open("#layer-conv2-channel-3")
+        top = page.eval_on_selector("#layer-conv2-channel-3", "c => c.getBoundingClientRect().top")
+        assert -2 <= top <= 40, (javascript, top)
+        files = page.eval_on_selector_all("#layer-conv2-channel-3 figcaption .file", "fs => fs.map(f => f.textContent)")
+        assert len(files) == 3 and all(f.endswith(".png") or f.endswith(".jpg") for f in files)
+        if javascript:
+            page.select_option("#layer-conv2 .card-order", "max")
+            maxima = page.eval_on_selector_all("#layer-conv2 .card", "cs => cs.map(c => Number(c.dataset.max))")
+            assert maxima == sorted(maxima, reverse=True)
+            page.fill("#layer-conv2 .card-find", "7")
+            assert page.eval_on_selector_all("#layer-conv2 .card:not([hidden])", "cs => cs.map(c => c.id)") == [
+                "layer-conv2-channel-7"
+            ]
+        reader.clean()
+        reader = Reader(browser, reports["demo"], javascript=javascript)
+        page = reader.open("#layer-conv2-channel-5")
+        if javascript:
+            assert page.eval_on_selector("#zoom", "d => d.open")
+            assert "conv2 · channel 5 ·" in page.inner_text("#zoom h3")
+            assert page.get_attribute("#zoom .channel-link", "href") == "#layer-conv2-channel-5"
+        else:
+            top = page.eval_on_selector("#layer-conv2-channel-5", "a => a.getBoundingClientRect().top")
+            assert -2 <= top <= 800, top  # the layer's maps are in view
         reader.clean()

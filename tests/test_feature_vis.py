@@ -106,7 +106,7 @@ def test_images_are_deterministic_cached_and_reused(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(visualise, "optimise_channels", refuse)
     cached = _demo_report(tmp_path, "c", tmp_path / "cache-a")
     assert _layer(cached, "conv2")["feature_visualization"] == _layer(first, "conv2")["feature_visualization"]
-    with pytest.raises(AssertionError, match="optimised again"):  # other settings: another key
+    with pytest.raises(ModelError, match="optimised again"):  # other settings: another key
         _demo_report(tmp_path, "d", tmp_path / "cache-a", max_channels=8, featviz_steps=49)
 
 
@@ -221,7 +221,10 @@ def test_scan_feature_images_match_a_reports_for_the_same_model_and_settings(tmp
     scan_dataset(model, [DIGITS], tmp_path / "s.html", replace(config, input_size=28), json_out=tmp_path / "s.json")
     layer = _layer(json.loads((tmp_path / "s.json").read_text()), "conv2")
     assert [e["channel"] for e in layer["feature_visualization"]] == [0, 1, 2, 3]
-    assert read_page(tmp_path / "s.html").text.count("Feature visualisation") == 1
+    html = (tmp_path / "s.html").read_text(encoding="utf-8")
+    for channel in range(4):  # each card shows the channel's optimised image first, then its top images
+        card = html.split(f'id="layer-conv2-channel-{channel}"')[1].split("</article>")[0]
+        assert card.index('class="fv"') < card.index("top image 1")
 
 
 class NoGradients(nn.Module):
@@ -245,3 +248,47 @@ def test_a_model_that_cannot_be_optimised_through_is_a_one_line_model_error(tmp_
     ):
         build_report(NoGradients(), DIGITS, tmp_path / "r.html", config)
     assert not (tmp_path / "r.html").exists()
+
+
+class Normed(nn.Module):
+    """A convolution with BatchNorm (a 0-d buffer, num_batches_tracked), then a head."""
+
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.norm = nn.BatchNorm2d(3)
+        self.act = act
+        self.out = nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.norm(self.conv(x)))).mean((2, 3))
+
+
+def test_cached_images_are_checked_against_the_model_as_it_is_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A BatchNorm model works; the same weights in another architecture, or a hand-edited entry, are
+    not served from the cache: they are made again."""
+    config = ReportConfig(featviz=("out",), featviz_steps=8, input_size=16, cache_dir=str(tmp_path / "c"), graph=False)
+    torch.manual_seed(0)
+    relu = Normed(nn.ReLU())
+    build_report(relu, DIGITS, None, config)
+    calls = []
+    real = visualise.optimise_channels
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(args[3])
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(visualise, "optimise_channels", counted)
+    build_report(relu, DIGITS, None, config)
+    assert calls == []  # all cached
+    tanh = Normed(nn.Tanh())
+    tanh.load_state_dict(relu.state_dict())
+    build_report(tanh, DIGITS, None, config)
+    assert calls == [[0, 1]]  # another architecture: made again
+    entry = next((tmp_path / "c").rglob("*.json"))
+    forged = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**forged, "activation": forged["activation"] + 1.0}), encoding="utf-8")
+    build_report(tanh, DIGITS, None, config)
+    assert len(calls) == 2 and len(calls[1]) == 1  # the edited entry's channel only

@@ -108,4 +108,9 @@ def test_scan_boxes_are_the_true_field_of_the_peak_and_land_on_the_pattern(tmp_p
             top_, left, side = context_box(entry["box"], 48)
             assert side >= max(32, 2 * max(x1 - x0, y1 - y0)) or side == 48
             assert left <= x0 and x1 <= left + side and top_ <= y0 and y1 <= top_ + side
-    assert "receptive field (from the model) outlined" in (tmp_path / "s.html").read_text(encoding="utf-8")
+    html = (tmp_path / "s.html").read_text(encoding="utf-8")
+    assert "receptive field (from the model) outlined" in html
+    for name in ("conv1", "conv2"):  # every shown channel has its card, its link and its top files
+        card = html.split(f'id="layer-{name}-channel-0"')[1].split("</article>")[0]
+        assert f'href="#layer-{name}-channel-0"' in card
+        assert all(f">{entry['file']}<" in card for entry in layers[name]["channels"]["top"][0])

@@ -124,4 +124,4 @@ def test_torchrun_two_ranks_with_gloo_equal_one_process(digits: Path, tmp_path: 
         assert tops == [[(p["sample"], p["row"], p["col"]) for p in channel] for channel in b["channels"]["top"]]
         np.testing.assert_allclose(a["channels"]["mean"], b["channels"]["mean"], rtol=1e-4, atol=1e-6)
         assert a["stats"]["dead_channels"] == b["stats"]["dead_channels"]
-    assert "Top 3 images per channel" in (tmp_path / "two.html").read_text(encoding="utf-8")
+    assert "the 3 images where it peaked highest" in (tmp_path / "two.html").read_text(encoding="utf-8")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from featviz_report import Recorder, ReportConfig, build_report
+from featviz_report.errors import InputError, OutputError, UsageError
 from featviz_report.site import read_steps
 from tests.conftest import TinyCNN, hooks_left
 
@@ -70,7 +71,7 @@ def test_index_lists_every_step_with_its_own_numbers_and_weight_change(
     assert [s["step"] for s in index["steps"]] == [0, 3, 6]
     for entry in index["steps"]:
         page, sidecar = site / entry["report"], site / entry["json"]
-        assert page.is_file() and sidecar.is_file() and entry["report"] == f"step-{entry['step']:06d}/index.html"
+        assert page.is_file() and sidecar.is_file() and entry["report"] == f"./step-{entry['step']:06d}/index.html"
         report = json.loads(sidecar.read_text())
         assert report["training"]["step"] == entry["step"]
         for layer in report["layers"]:
@@ -95,7 +96,9 @@ def test_index_page_links_are_relative_and_it_needs_no_script(
     html = (site / "index.html").read_text(encoding="utf-8")
     links = re.findall(r'(?:href|src)="([^"]*)"', html)
     assert links and all(not re.match(r"^([a-z]+:|/|\\)", link) for link in links)
-    assert {"step-000000/index.html", "step-000003/index.html", "step-000006/index.html", "index.json"} <= set(links)
+    assert {"./step-000000/index.html", "./step-000003/index.html", "./step-000006/index.html", "index.json"} <= set(
+        links
+    )
     assert str(site) not in html and str(site) not in (site / "index.json").read_text()
     assert "<script" not in html and "default-src 'none'" in unescape(html)  # attribute text is entity-escaped
     assert html.count("<span>mean ± std</span>") == 3  # one chart per layer: conv1, conv2, head
@@ -132,8 +135,8 @@ def test_reports_made_separately_are_gathered_by_the_number_in_their_names(tmp_p
         build_report(model, image_folder, site / f"epoch-{epoch}.html", CONFIG, json_out=site / f"epoch-{epoch}.json")
     steps = read_steps(site)
     assert [(s.step, s.report, s.json) for s in steps] == [
-        (2, "epoch-2.html", "epoch-2.json"),
-        (10, "epoch-10.html", "epoch-10.json"),
+        (2, "./epoch-2.html", "./epoch-2.json"),
+        (10, "./epoch-10.html", "./epoch-10.json"),
     ]
     assert all(layer["weight_change"] is None for layer in steps[0].layers.values())
     html = subprocess.run([sys.executable, "-m", "featviz_report", "site", str(site), "--quiet"], capture_output=True)
@@ -204,3 +207,45 @@ def test_site_never_overwrites_an_index_it_did_not_write(
     done = subprocess.run([sys.executable, "-m", "featviz_report", "site", str(site)], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "is not a featviz-report site index" in done.stderr
     assert (site / "index.html").read_text(encoding="utf-8") == "<html>my own landing page</html>"
+
+
+def test_hostile_names_and_malformed_sidecars_cannot_break_the_index(
+    recorded: tuple[Path, dict[int, dict[str, torch.Tensor]]],
+) -> None:
+    site, _ = recorded
+    page = (site / "step-000003" / "index.html").read_bytes()
+    report = json.loads((site / "step-000003" / "report.json").read_text())
+    for name in ("https:evil.example-88", "javascript:alert(1)-77", "a?b#c-99"):
+        (site / f"{name}.html").write_bytes(page)
+        (site / f"{name}.json").write_text(json.dumps({**report, "training": None}), encoding="utf-8")
+    broken = {**report, "layers": ["not a layer"], "samples": 5}
+    (site / "broken-55.html").write_bytes(page)
+    (site / "broken-55.json").write_text(json.dumps(broken), encoding="utf-8")
+    huge = json.loads(json.dumps(report))
+    huge["training"] = None
+    huge["layers"][0]["stats"]["mean"] = 10**400
+    (site / "huge-66.html").write_bytes(page)
+    (site / "huge-66.json").write_text(json.dumps(huge), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "featviz_report", "site", str(site)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    html = (site / "index.html").read_text(encoding="utf-8")
+    links = re.findall(r'href="([^"]*)"', html)
+    assert all(link.startswith("./") or link == "index.json" for link in links), links
+    assert "./https%3Aevil.example-88.html" in links and "./a%3Fb%23c-99.html" in links
+    index = json.loads((site / "index.json").read_text())
+    assert 55 not in [s["step"] for s in index["steps"]]  # malformed: not a step
+    assert next(s for s in index["steps"] if s["step"] == 66)["layers"]["conv1"]["mean"] is None
+
+
+def test_a_users_index_is_refused_before_any_work(tmp_path: Path, image_folder: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("mine", encoding="utf-8")
+    with pytest.raises(InputError, match="is not a featviz-report site index"):
+        Recorder(site, image_folder, CONFIG).record(TinyCNN(), 1)
+    assert sorted(p.name for p in site.iterdir()) == ["index.html"]
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    with pytest.raises(OutputError, match="cannot make the site folder"):
+        Recorder(tmp_path / "file" / "sub", image_folder, CONFIG).record(TinyCNN(), 1)
+    with pytest.raises(UsageError, match="whole number"):
+        Recorder(site, image_folder, CONFIG).record(TinyCNN(), True)  # type: ignore[arg-type]
