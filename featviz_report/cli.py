@@ -311,7 +311,7 @@ def site_parser() -> argparse.ArgumentParser:
 
 
 def _site(args: argparse.Namespace) -> None:
-    from .site import write_site
+    from .site_render import write_site
 
     steps = write_site(Path(args.dir))
     if not args.quiet:

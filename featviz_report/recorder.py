@@ -29,7 +29,8 @@ from .progress import Progress
 from .report_data import Report, TrainingStep
 from .report_pipeline import build_report
 from .samples import SamplesArg
-from .site import COMPARE_DIR, STEP_JSON, check_site, write_site
+from .site import COMPARE_DIR, STEP_JSON, check_site
+from .site_render import write_site
 
 __all__ = ["Recorder", "step_folder"]
 

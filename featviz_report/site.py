@@ -1,12 +1,12 @@
-"""A static site of reports over a training run: ``index.json`` and ``index.html``, built from the step
-reports' JSON sidecars alone (so ``featviz-report site DIR`` can rebuild them, and reports made
-separately, one per checkpoint, can be gathered into a site).
+"""A static site of reports over a training run: what ``index.json`` and ``index.html`` hold, read from the step
+reports' JSON sidecars alone so ``featviz-report site DIR`` can rebuild them and gather reports made
+separately (one per checkpoint) into a site; :mod:`.site_render` draws and writes them.
 
-A step is a report page with its JSON sidecar under the site folder: a folder report (``step-000012/``
-with ``index.html`` and ``report.json``, as :class:`~featviz_report.Recorder` writes them) or a one-file
-page beside its JSON (``epoch-3.html`` and ``epoch-3.json``). Its step number is the JSON's
-``training.step`` (a Recorder's), else the last number in its name. A step folder's ``compare/index.html``
-is the comparison of the step with the one before (see ``Recorder(compare=True)``).
+A step is a report page with its JSON sidecar under the site folder: a folder report (``step-000012/`` with
+``index.html`` and ``report.json``, as :class:`~featviz_report.Recorder` writes them) or a one-file page
+beside its JSON (``epoch-3.html`` and ``epoch-3.json``). Its step number is the JSON's ``training.step`` (a
+Recorder's), else the last number in its name. A step folder's ``compare/index.html`` is the comparison of the
+step with the one before (see ``Recorder(compare=True)``).
 """
 
 from __future__ import annotations
@@ -20,15 +20,13 @@ from urllib.parse import quote
 
 from . import __version__
 from .errors import InputError
-from .outputs import write_now
-from .sidecar import strict_json
 
 __all__ = [
     "SiteStep",
     "SampleHistory",
     "read_steps",
     "sample_histories",
-    "write_site",
+    "index_json",
     "check_site",
     "STEP_JSON",
     "COMPARE_DIR",
@@ -192,22 +190,6 @@ def _site_index(path: Path) -> bool:
 def index_json(steps: list[SiteStep]) -> dict[str, object]:
     """``index.json``: each step's page, JSON, layer statistics and weight change, and its predictions."""
     return {"featviz_report": __version__, "steps": [asdict(step) for step in steps]}
-
-
-def write_site(site: Path) -> list[SiteStep]:
-    """(Re)write ``site``'s ``index.json`` and ``index.html`` from its step reports; each file is written
-    to a temporary name and renamed."""
-    from .site_render import render_site
-
-    check_site(site)
-    steps = read_steps(site)
-    if not steps:
-        raise InputError(f"no step reports (a page with its featviz-report JSON sidecar) in {str(site)!r}")
-    text = strict_json(index_json(steps), indent=1).encode("utf-8")
-    page = render_site(steps, sample_histories(steps)).encode("utf-8")  # both made before either is written
-    write_now(site / "index.json", text)
-    write_now(site / "index.html", page)
-    return steps
 
 
 def check_site(site: Path) -> None:

@@ -1,21 +1,26 @@
-"""A training run's site index → HTML: per layer, trends over the steps as inline SVG charts; the
-samples' predictions per step; links to every step's report and comparison. No script, no images:
-the page works from ``file://`` and any static host, and every link is relative.
+"""A training run's site index → HTML, and both index files written (:func:`write_site`): per layer, trends over
+the steps as inline SVG charts; the samples' predictions per step; links to every step's report and
+comparison. No script, no images: the page works from ``file://`` and any static host, and every link is
+relative.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 from markupsafe import Markup, escape
 
 from . import __version__
+from .errors import InputError
+from .outputs import write_now
 from .render import environment, style_hash
 from .resources import templates_dir
-from .site import SampleHistory, SiteStep
+from .sidecar import strict_json
+from .site import SampleHistory, SiteStep, check_site, index_json, read_steps, sample_histories
 
-__all__ = ["render_site", "line_chart"]
+__all__ = ["render_site", "line_chart", "write_site"]
 
 WIDTH, HEIGHT, PAD = 240, 64, 4
 
@@ -97,3 +102,17 @@ def render_site(steps: list[SiteStep], histories: list[SampleHistory]) -> str:
             version=__version__,
         )
     )
+
+
+def write_site(site: Path) -> list[SiteStep]:
+    """(Re)write ``site``'s ``index.json`` and ``index.html`` from its step reports; each file is written
+    to a temporary name and renamed."""
+    check_site(site)
+    steps = read_steps(site)
+    if not steps:
+        raise InputError(f"no step reports (a page with its featviz-report JSON sidecar) in {str(site)!r}")
+    text = strict_json(index_json(steps), indent=1).encode("utf-8")
+    page = render_site(steps, sample_histories(steps)).encode("utf-8")  # both made before either is written
+    write_now(site / "index.json", text)
+    write_now(site / "index.html", page)
+    return steps
