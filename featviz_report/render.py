@@ -22,6 +22,7 @@ from .report_data import (
     GraphPicture,
     Grid,
     Histogram,
+    LayerSection,
     Png,
     Report,
 )
@@ -262,7 +263,15 @@ def render_html(report: Report, src: Callable[[Png], Markup], folder: bool = Fal
         grid_class=_grid_class,
         histogram=_histogram_svg,
         graph_svg=_graph_svg,
+        channel_anchors=_channel_anchors,
     )
+
+
+def _channel_anchors(layer: LayerSection) -> Markup:
+    """An empty element per shown channel with its address (``#layer-<id>-channel-<c>``), as one string:
+    a loop in the template would cost a chunk and an escape per channel."""
+    slug = escape(layer.slug)
+    return Markup("".join(f'<span id="layer-{slug}-channel-{c}"></span>' for c in layer.channel_ids))
 
 
 def _grid_class(grid: Grid) -> str:
