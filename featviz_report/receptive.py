@@ -41,6 +41,9 @@ def _structural(model: nn.Module) -> tuple[nn.Module, dict[int, nn.Module]]:
     """The structural copy (float32, CPU) and a map from the original modules' ids to their copies."""
     probe = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
     originals = dict(zip((id(m) for m in probe.modules()), model.modules()))
+    for module in probe.modules():  # the user's hooks are not run on the probe's made-up values
+        for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            getattr(module, hooks).clear()
     for parent in list(probe.modules()):
         for name, child in list(parent.named_children()):
             replacement = _replacement(child)
@@ -99,7 +102,10 @@ def receptive_boxes(
     probe.eval()
     with _Truncated(probe, copies[id(module)], call) as truncated:
         with torch.no_grad():
-            h, w = truncated(torch.ones((1, *shape))).shape[-2:]
+            output = truncated(torch.ones((1, *shape)))
+        if output.ndim != 4:
+            raise ValueError(f"the layer's output is {output.ndim}-D, not maps")
+        h, w = output.shape[-2:]
         centre = (h // 2, w // 2)
         probes = [centre, (min(h - 1, centre[0] + 1), centre[1]), (centre[0], min(w - 1, centre[1] + 1))]
         probes += [(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)]

@@ -24,7 +24,7 @@ from .crops import channel_crops
 from .dataset import ImageFiles
 from .device import float_dtype, model_device, on_device
 from .encode import png_rgb
-from .errors import InputError, SampleError
+from .errors import InputError, SampleError, first_line
 from .outputs import check_api_outputs
 from .pipeline import finish, linked, model_graph, new_report
 from .progress import Progress
@@ -65,12 +65,17 @@ def scan_dataset(
         return None
     if not result.images:
         raise InputError(f"none of the {len(paths)} image files could be read")
-    report = _report(model, result, ImageFiles(paths, prep), config, data)
+    report = _report(model, result, ImageFiles(paths, prep), config, data, progress)
     return finish(report, out, json_out, config, progress)
 
 
 def _report(
-    model: nn.Module, result: ScanResult, dataset: ImageFiles, config: ReportConfig, data: Sequence[str | Path]
+    model: nn.Module,
+    result: ScanResult,
+    dataset: ImageFiles,
+    config: ReportConfig,
+    data: Sequence[str | Path],
+    progress: Progress,
 ) -> Report:
     limit = config.max_channels or SCAN_CHANNELS
     modules = dict(result.layers)
@@ -79,7 +84,7 @@ def _report(
         order = accumulator.ranking(config.order) if config.order != "index" else None
         records.append(LayerRecord.create(name, modules[name], result.shapes[name], accumulator, limit, order))
     sections = with_features(
-        layer_sections(records, result.layers, config), _features(model, records, result, dataset, config)
+        layer_sections(records, result.layers, config), _features(model, records, result, dataset, config, progress)
     )
     pixels = functools.lru_cache(maxsize=CACHED_IMAGES)(functools.partial(_pixels, dataset))
     with_cards = []
@@ -87,7 +92,7 @@ def _report(
     names = dict(zip(range(len(dataset.paths)), display_names(dataset.paths)))
     for section, record in zip(sections, records):
         channels = list(record.channel_ids) if record.kind == "maps" else list(range(min(limit, record.stats.channels)))
-        boxes = _fields(model, record, section.channels.top, shape) if record.kind == "maps" else None
+        boxes = _fields(model, record, section.channels.top, shape, progress) if record.kind == "maps" else None
         cards = tuple(_card(record, section, channel, boxes, pixels, names) for channel in channels)
         top = dataclasses.replace(section.channels.top, box=boxes)
         channel_stats = dataclasses.replace(section.channels, top=top)
@@ -116,10 +121,14 @@ def _report(
 
 
 def _features(
-    model: nn.Module, records: list[LayerRecord], result: ScanResult, dataset: ImageFiles, config: ReportConfig
+    model: nn.Module,
+    records: list[LayerRecord],
+    result: ScanResult,
+    dataset: ImageFiles,
+    config: ReportConfig,
+    progress: Progress,
 ) -> dict[str, tuple[FeatureImage, ...]]:
     """The ``--featviz`` layers' images, made on the device the scan ran on."""
-    progress = Progress(enabled=not config.quiet)
     targets = vis_targets(((0, record) for record in records), config, progress)
     if not targets:
         return {}
@@ -171,11 +180,23 @@ def _card(
     )
 
 
-def _fields(model: nn.Module, record: LayerRecord, top: Peaks, shape: tuple[int, int, int]) -> np.ndarray:
-    """k×C×4: the receptive field of every channel's top peaks (-1 for an empty slot)."""
+def _fields(
+    model: nn.Module, record: LayerRecord, top: Peaks, shape: tuple[int, int, int], progress: Progress
+) -> np.ndarray | None:
+    """k×C×4: the receptive field of every channel's top peaks (-1 for an empty slot); ``None``, with a
+    warning, where the model does not allow them (its crops then show the whole image)."""
     kept = top.sample >= 0
     positions = {(int(r), int(c)) for r, c in zip(top.row[kept], top.col[kept])}
-    fields = receptive_boxes(model, record.module, 0, shape, positions)
+    if isinstance(record.module, nn.MultiheadAttention):
+        return None  # its maps are attention weights, query × key: no place in the image
+    try:
+        fields = receptive_boxes(model, record.module, 0, shape, positions)
+    except Exception as err:  # noqa: BLE001 - the user's model, probed our way: the scan stands without them
+        progress.warn(
+            f"no receptive fields for {record.name!r} ({type(err).__name__}: {first_line(err)}); "
+            "its crops show whole images"
+        )
+        return None
     boxes = np.full((*top.sample.shape, 4), -1, dtype=np.int64)
     for rank, channel in zip(*np.nonzero(kept)):
         boxes[rank, channel] = fields[(int(top.row[rank, channel]), int(top.col[rank, channel]))]

@@ -122,6 +122,7 @@
     cards.querySelector(".card-find").addEventListener("input", function (event) {
       var wanted = event.target.value.trim();
       all.forEach(function (card) { card.hidden = wanted !== "" && card.dataset.channel !== String(Number(wanted)); });
+      cards.querySelector(".card-none").hidden = all.some(function (card) { return !card.hidden; });
     });
   });
 

@@ -4,6 +4,7 @@ a generated dataset where the answer is known (where the bright square is)."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,41 @@ def test_scan_boxes_are_the_true_field_of_the_peak_and_land_on_the_pattern(tmp_p
         card = html.split(f'id="layer-{name}-channel-0"')[1].split("</article>")[0]
         assert f'href="#layer-{name}-channel-0"' in card
         assert all(f">{entry['file']}<" in card for entry in layers[name]["channels"]["top"][0])
+
+
+class Locked(nn.Module):
+    """A model that cannot be deep-copied (it holds a lock), with an attention layer after a convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = self.conv(x).flatten(2).transpose(1, 2)
+        return self.attn(seq, seq, seq)[0].mean(1)
+
+
+def test_a_scan_stands_when_fields_cannot_be_computed_and_user_hooks_never_see_the_probe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / f"{i}.png")
+    config = ReportConfig(input_size=16, layers=("conv", "attn"), graph=False, loader_workers=0, quiet=False)
+    scan_dataset(Locked(), [folder], tmp_path / "s.html", config, json_out=tmp_path / "s.json")
+    layers = {layer["name"]: layer for layer in json.loads((tmp_path / "s.json").read_text())["layers"]}
+    assert all("box" not in entry for channel in layers["conv"]["channels"]["top"] for entry in channel)
+    assert all("box" not in entry for channel in layers["attn"]["channels"]["top"] for entry in channel)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "receptive fields" in line]
+    reason = "TypeError: cannot pickle '_thread.lock' object"
+    assert warnings == [
+        f"featviz-report: warning: no receptive fields for 'conv' ({reason}); its crops show whole images"
+    ]
+    torch.manual_seed(0)
+    model, calls = Stack().eval(), []
+    model.conv1.register_forward_hook(lambda *args: calls.append(1))
+    receptive_boxes(model, model.conv2, 0, (1, 40, 40), [(0, 0), (4, 4)])
+    assert calls == [] and len(model.conv1._forward_hooks) == 1
