@@ -37,13 +37,11 @@ def context_box(field: Sequence[int], size: int) -> tuple[int, int, int]:
 def _tile(pixels: np.ndarray, field: Sequence[int] | None) -> np.ndarray:
     """The crop around ``field`` (the whole image without one), resized, RGB, the field outlined."""
     rgb = np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
+    top, left, side = (0, 0, pixels.shape[0]) if field is None else context_box(field, pixels.shape[0])
+    crop = np.ascontiguousarray(rgb[top : top + side, left : left + side])  # the input is square
+    tile = np.array(Image.fromarray(crop).resize((CROP_PX, CROP_PX), Image.Resampling.BILINEAR))
     if field is None:
-        return np.asarray(
-            Image.fromarray(np.ascontiguousarray(rgb)).resize((CROP_PX, CROP_PX), Image.Resampling.BILINEAR)
-        )
-    top, left, side = context_box(field, pixels.shape[0])
-    crop = rgb[top : top + side, left : left + side]
-    tile = np.array(Image.fromarray(np.ascontiguousarray(crop)).resize((CROP_PX, CROP_PX), Image.Resampling.BILINEAR))
+        return tile
     scale = CROP_PX / side
     x0, x1 = (round((v - left) * scale) for v in (field[0], field[2]))
     y0, y1 = (round((v - top) * scale) for v in (field[1], field[3]))

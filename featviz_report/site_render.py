@@ -35,12 +35,13 @@ def line_chart(
 ) -> Markup:
     """``values`` over ``steps`` as an inline SVG line (with a ± ``band`` when given), its range written
     beside it; a step without a value is a gap. Empty when no step has a value."""
-    points = [(s, v) for s, v in zip(steps, values) if v is not None and math.isfinite(v) and abs(v) < 1e300]
-    if not points:
+    spreads = band or [0.0] * len(values)
+    kept = [(s, v, b or 0.0) for s, v, b in zip(steps, values, spreads) if v is not None and math.isfinite(v)]
+    if not kept:
         return Markup(f'<p class="none">{escape(label)}: no values</p>')
-    spreads = [b if b is not None and math.isfinite(b) else 0.0 for b in (band or [0.0] * len(values))]
-    lows = [v - b for (_, v), b in zip(points, _matching(steps, values, spreads))]
-    highs = [v + b for (_, v), b in zip(points, _matching(steps, values, spreads))]
+    points = [(s, v) for s, v, _ in kept]
+    lows = [v - b for _, v, b in kept]
+    highs = [v + b for _, v, b in kept]
     lo, hi = min(lows), max(highs)
     shown = f"{_fmt(lo)} … {_fmt(hi)}" if lo != hi else f"{_fmt(lo)} throughout"
     lo, hi = (lo - 1, hi + 1) if lo == hi else (lo, hi)
@@ -72,10 +73,6 @@ def line_chart(
     )
 
 
-def _matching(steps: Sequence[int], values: Sequence[float | None], spreads: Sequence[float]) -> list[float]:
-    return [b for v, b in zip(values, spreads) if v is not None and math.isfinite(v)]
-
-
 def render_site(steps: list[SiteStep], histories: list[SampleHistory]) -> str:
     """The index page of a site of ``steps``."""
     css = (templates_dir() / "site.css").read_text(encoding="utf-8")
@@ -84,8 +81,8 @@ def render_site(steps: list[SiteStep], histories: list[SampleHistory]) -> str:
     numbers = [step.step for step in steps]
 
     def series(layer: str, key: str) -> list[float | None]:
-        values = [step.layers.get(layer, {}).get(key) for step in steps]
-        return [float(v) if isinstance(v, (int, float)) and abs(v) < 1e300 else None for v in values]
+        values = [step.layers.get(layer, {}).get(key) for step in steps]  # finite numbers or None (site._number)
+        return [None if v is None else float(v) for v in values]
 
     return (
         environment()
