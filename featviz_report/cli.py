@@ -19,6 +19,8 @@ from .errors import FeatvizError, UsageError
 from .warning_lines import one_line_warnings
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from .models import LoadedModel
 
 __all__ = ["build_parser", "main"]
@@ -318,19 +320,12 @@ def _site(args: argparse.Namespace) -> None:
         print(f"wrote {Path(args.dir) / 'index.html'} ({len(steps)} steps, {steps[0].step} to {steps[-1].step})")
 
 
-def _demo_site(args: argparse.Namespace, config: ReportConfig) -> None:
+def _demo_site(args: argparse.Namespace, model: nn.Module, config: ReportConfig) -> None:
     """Every shipped checkpoint of the demo's training run, recorded into one site."""
     from .models import load_state_dict
     from .recorder import Recorder
     from .resources import demo_history, demo_samples_dir
 
-    if args.model or args.weights or args.compare or args.samples:
-        raise UsageError(
-            "--demo-site uses the demo model, its checkpoints and samples; drop --model/--weights/--samples"
-        )
-    from .models import load_model
-
-    model = load_model(None).module
     recorder = Recorder(Path(args.out or "site"), [demo_samples_dir()], config, compare=True)
     for epoch, path in demo_history():
         model.load_state_dict(load_state_dict(path))
@@ -350,6 +345,10 @@ def _run(args: argparse.Namespace) -> None:
         raise UsageError("--samples is required with --model (image files or folders)")
     if args.demo_site and args.format != "html":
         raise UsageError("--demo-site writes a folder of folder reports; drop --format")
+    if args.demo_site and (args.model or args.weights or args.compare or args.samples):
+        raise UsageError(
+            "--demo-site uses the demo model, its checkpoints and samples; drop --model/--weights/--samples"
+        )
     if args.demo_compare and (args.model or args.weights or args.compare):
         raise UsageError("--demo-compare uses the demo model and its two checkpoints; drop --model/--weights/--compare")
     if (args.compare or args.demo_compare) and args.featviz:
@@ -358,9 +357,8 @@ def _run(args: argparse.Namespace) -> None:
         raise UsageError("--order does not apply with --compare: channels are ordered by how much they changed")
     if args.demo_site:
         loaded = load_model(None)
-        _demo_site(
-            args, ReportConfig(**_shared_config(args, loaded, loaded.labels), colormap=args.colormap, scale=args.scale)
-        )
+        config = ReportConfig(**_shared_config(args, loaded, loaded.labels), colormap=args.colormap, scale=args.scale)
+        _demo_site(args, loaded.module, config)
         return
     out = _checked_outputs(args, "--samples", args.samples or ())
     weights = demo_weights_path(early=True) if args.demo_compare else args.weights

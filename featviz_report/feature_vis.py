@@ -40,7 +40,7 @@ from torch import nn
 from .capture import first_tensor
 from .device import evaluating
 
-__all__ = ["VisSettings", "ChannelImage", "optimise_channels", "activations_of", "frozen_parameters"]
+__all__ = ["VisSettings", "ChannelImage", "Truncated", "optimise_channels", "activations_of", "frozen_parameters"]
 
 # ImageNet's colour correlation, square root of its covariance (Lucid's ``color_correlation_svd_sqrt``)
 _COLOUR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
@@ -99,7 +99,7 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-class _Truncated:
+class Truncated:
     """``model`` run only up to ``module``'s ``call``-th call, whose output it returns; use as a context
     manager (the hook is removed after, also on error)."""
 
@@ -113,7 +113,7 @@ class _Truncated:
             if tensor is not None:
                 raise _Reached(tensor)
 
-    def __enter__(self) -> _Truncated:
+    def __enter__(self) -> Truncated:
         self.handle = self.module.register_forward_hook(self._hook)
         return self
 
@@ -227,7 +227,7 @@ def optimise_channels(
     per_chunk = max(1, MAX_PIXELS_PER_CHUNK // (c * h * w))
     scaler = _Normaliser(norm, device, dtype)
     results: list[ChannelImage] = []
-    with evaluating(model), frozen_parameters(model), _Truncated(model, module, call) as truncated:
+    with evaluating(model), frozen_parameters(model), Truncated(model, module, call) as truncated:
         ascent = _Ascent(truncated, scaler, _window(truncated, scaler, input_shape, settings, device), settings, tick)
         for start in range(0, len(channels), per_chunk):
             chunk = list(channels[start : start + per_chunk])
@@ -266,7 +266,7 @@ class _Ascent:
 
     def __init__(
         self,
-        truncated: _Truncated,
+        truncated: Truncated,
         scaler: _Normaliser,
         window: tuple[int, int],
         settings: VisSettings,
@@ -321,7 +321,7 @@ class _Normaliser:
 
 
 def _window(
-    truncated: _Truncated,
+    truncated: Truncated,
     scaler: _Normaliser,
     input_shape: tuple[int, int, int],
     settings: VisSettings,
@@ -352,7 +352,7 @@ def activations_of(
     """Every channel's mean activation (rows × channels) of ``module``'s ``call``-th output on uint8
     ``pixels`` (rows × C × H × W), normalised as the model expects: what an 8-bit image really reaches."""
     images = _Normaliser(norm, device, dtype)(pixels.to(device) / 255)
-    with evaluating(model), torch.no_grad(), _Truncated(model, module, call) as truncated:
+    with evaluating(model), torch.no_grad(), Truncated(model, module, call) as truncated:
         return _means(truncated(images).float())
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
 import importlib
 import os
 import sys
@@ -25,6 +26,7 @@ from torch import nn
 from .errors import ModelError, first_few, first_line
 
 __all__ = [
+    "weights_digest",
     "LoadedModel",
     "load_model",
     "load_state_dict",
@@ -289,6 +291,20 @@ def check_same_architecture(
     problems = state_dict_differences(before, after, names)
     if problems:
         raise ModelError(f"{names[0]} and {names[1]} are not the same architecture: " + "; ".join(problems))
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (name, dtype, shape and bytes, bfloat16 included) and of every
+    module's class: what identifies a model for the feature-visualisation cache and a scan's saved state
+    (a changed ``forward`` is not seen here; :mod:`.visualise` measures every cached image again)."""
+    digest = hashlib.sha256()
+    digest.update(
+        "|".join(f"{name}:{type(m).__module__}.{type(m).__qualname__}" for name, m in model.named_modules()).encode()
+    )
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def state_dict_differences(

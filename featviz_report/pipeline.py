@@ -122,9 +122,8 @@ def feature_images(job: Job, run: Run) -> dict[str, tuple[FeatureImage, ...]]:
         return {}
     targets = vis_targets(((key[1], record) for key, record in run.records.items()), job.config, job.progress)
     prep = preprocess(job.model, job.config)
-    norm = (prep.mean, prep.std) if prep.mean is not None and prep.std is not None else None
     c, h, w = job.sample_set.shape
-    return visualise_layers(job.model, targets, (c, h, w), norm, job.device, job.dtype, job.config, job.progress)
+    return visualise_layers(job.model, targets, (c, h, w), prep.norm, job.device, job.dtype, job.config, job.progress)
 
 
 def sections_and_graph(

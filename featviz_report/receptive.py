@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .device import evaluating
-from .feature_vis import _Truncated
+from .feature_vis import Truncated
 
 __all__ = ["receptive_boxes", "Box"]
 
@@ -69,7 +69,7 @@ def _replacement(module: nn.Module) -> nn.Module | None:
     return None
 
 
-def _support(truncated: _Truncated, shape: tuple[int, int, int], positions: Sequence[tuple[int, int]]) -> list[Box]:
+def _support(truncated: Truncated, shape: tuple[int, int, int], positions: Sequence[tuple[int, int]]) -> list[Box]:
     """The bounding box of the gradient's support for each (row, col) of the layer's maps."""
     boxes: list[Box] = []
     for start in range(0, len(positions), CHUNK):
@@ -100,7 +100,7 @@ def receptive_boxes(
     with evaluating(model):
         probe, copies = _structural(model)
     probe.eval()
-    with _Truncated(probe, copies[id(module)], call) as truncated:
+    with Truncated(probe, copies[id(module)], call) as truncated:
         with torch.no_grad():
             output = truncated(torch.ones((1, *shape)))
         if output.ndim != 4:

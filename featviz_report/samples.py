@@ -59,6 +59,11 @@ class Preprocess:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
+    @property
+    def norm(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """(mean, std) when the model expects normalised inputs, else ``None``."""
+        return (self.mean, self.std) if self.mean is not None and self.std is not None else None
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -272,9 +277,8 @@ def to_inputs(pixels: np.ndarray, prep: Preprocess) -> torch.Tensor:
     """``N×H×W`` or ``N×H×W×3`` uint8 pixels → the model's ``N×C×H×W`` float input."""
     stacked = torch.from_numpy(pixels).float().div_(255)
     inputs = stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)
-    if prep.mean is not None and prep.std is not None:
-        mean = torch.tensor(prep.mean).view(1, -1, 1, 1)
-        std = torch.tensor(prep.std).view(1, -1, 1, 1)
+    if prep.norm is not None:
+        mean, std = (torch.tensor(values).view(1, -1, 1, 1) for values in prep.norm)
         inputs = (inputs - mean) / std
     return inputs.contiguous()
 

@@ -41,6 +41,7 @@ from .dataset import ImageFiles, ShardSampler
 from .device import float_dtype, on_device, pick_device
 from .errors import InputError, OutputError
 from .heap import release_freed_memory
+from .models import weights_digest
 from .progress import Progress
 from .record import new_accumulator
 from .samples import Preprocess
@@ -97,11 +98,9 @@ def _distributed(device: torch.device) -> Iterator[tuple[int, int, torch.device]
 
 
 def _fingerprint(model: nn.Module, paths: Sequence[Path], prep: Preprocess, config: ReportConfig) -> str:
-    """What makes two scans the same scan: weights, files (names and sizes), preprocessing, options."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    """What makes two scans the same scan: weights and architecture, files (names and sizes), preprocessing,
+    options."""
+    digest = hashlib.sha256(weights_digest(model).encode())
     for path in paths:
         digest.update(os.fsencode(path) + f"\0{path.stat().st_size}\0".encode())
     digest.update(json.dumps([repr(prep), config.layers, config.top_k, config.batch_size]).encode())

@@ -133,10 +133,9 @@ def _features(
     if not targets:
         return {}
     prep = dataset.prep
-    norm = (prep.mean, prep.std) if prep.mean is not None and prep.std is not None else None
     with on_device(model, result.device):
         shape = (prep.channels, prep.size, prep.size)
-        return visualise_layers(model, targets, shape, norm, result.device, float_dtype(model), config, progress)
+        return visualise_layers(model, targets, shape, prep.norm, result.device, float_dtype(model), config, progress)
 
 
 def _card(

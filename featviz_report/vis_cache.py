@@ -18,32 +18,15 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from .feature_vis import VisSettings
 
-__all__ = ["default_cache_dir", "weights_digest", "entry_key", "VisCache"]
+__all__ = ["default_cache_dir", "entry_key", "VisCache"]
 
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/featviz-report`` (``~/.cache/featviz-report`` without it)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "featviz-report"
-
-
-def weights_digest(model: nn.Module) -> str:
-    """SHA-256 of every parameter and buffer and of every module's class: a different checkpoint or
-    architecture never reuses another's images (a changed ``forward`` is caught by :mod:`.visualise`,
-    which measures every cached image again)."""
-    digest = hashlib.sha256()
-    digest.update(
-        "|".join(f"{name}:{type(m).__module__}.{type(m).__qualname__}" for name, m in model.named_modules()).encode()
-    )
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def entry_key(

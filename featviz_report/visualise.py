@@ -20,10 +20,11 @@ from .config import ReportConfig
 from .encode import png_pixels, png_rgb, png_size
 from .errors import ModelError, UsageError, first_line
 from .feature_vis import ChannelImage, VisSettings, activations_of, eta_ticker, low_precision, optimise_channels
+from .models import weights_digest
 from .progress import Progress
 from .record import LayerRecord
 from .report_data import FeatureImage, LayerSection, Png
-from .vis_cache import VisCache, default_cache_dir, entry_key, weights_digest
+from .vis_cache import VisCache, default_cache_dir, entry_key
 
 __all__ = ["VisTarget", "check_featviz_globs", "vis_targets", "visualise_layers", "settings_record", "with_features"]
 
