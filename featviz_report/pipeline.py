@@ -120,7 +120,7 @@ def feature_images(job: Job, run: Run) -> dict[str, tuple[FeatureImage, ...]]:
     """The ``--featviz`` layers' images (:mod:`.visualise`), in pixel space at the samples' size."""
     if not job.config.featviz:
         return {}
-    targets = vis_targets(((key[1], record) for key, record in run.records.items()), job.config, job.progress)
+    targets = vis_targets(run.records.items(), job.config, job.progress)
     prep = preprocess(job.model, job.config)
     c, h, w = job.sample_set.shape
     return visualise_layers(job.model, targets, (c, h, w), prep.norm, job.device, job.dtype, job.config, job.progress)

@@ -129,7 +129,7 @@ def _features(
     progress: Progress,
 ) -> dict[str, tuple[FeatureImage, ...]]:
     """The ``--featviz`` layers' images, made on the device the scan ran on."""
-    targets = vis_targets(((0, record) for record in records), config, progress)
+    targets = vis_targets((((record.name, 0), record) for record in records), config, progress)  # first calls
     if not targets:
         return {}
     prep = dataset.prep

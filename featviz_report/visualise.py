@@ -48,14 +48,13 @@ def check_featviz_globs(globs: Sequence[str], layers: Sequence[str]) -> None:
 
 
 def vis_targets(
-    records: Iterable[tuple[int, LayerRecord]], config: ReportConfig, progress: Progress
+    records: Iterable[tuple[tuple[str, int], LayerRecord]], config: ReportConfig, progress: Progress
 ) -> list[VisTarget]:
-    """The (call, record) pairs whose module name a ``--featviz`` glob matches, with the channels to make
-    images for: the channels the maps show, in their order; a vector's first ``max_channels`` features
-    (all by default). A sequence has no channels to optimise: a warning says so."""
+    """The records, keyed by (module name, call), whose module name a ``--featviz`` glob matches, with the
+    channels to make images for: the channels the maps show, in their order; a vector's first
+    ``max_channels`` features (all by default). A sequence has no channels to optimise: a warning says so."""
     targets = []
-    for call, record in records:
-        module_name = record.name if call == 0 else record.name.rsplit(" (call ", 1)[0]
+    for (module_name, call), record in records:
         if not any(fnmatch.fnmatchcase(module_name, pattern) for pattern in config.featviz):
             continue
         if record.kind == "sequence" or isinstance(record.module, nn.MultiheadAttention):
