@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -40,6 +41,15 @@ def step_folder(step: int) -> str:
     return f"step-{step:06d}"
 
 
+class _Recorded(NamedTuple):
+    """What a Recorder keeps of the step it recorded last: its number, the captured layers' own
+    parameters (for the weight change) and, with ``compare``, the whole state_dict (for the comparison)."""
+
+    step: int
+    weights: dict[str, list[torch.Tensor]]
+    state: dict[str, torch.Tensor] | None
+
+
 class Recorder:
     """Writes one report per recorded step into ``site_dir``, on the same ``samples``, and the index.
 
@@ -55,7 +65,7 @@ class Recorder:
         self.samples = samples
         self.config = dataclasses.replace(config or ReportConfig(), format="dir")
         self.compare = compare
-        self._previous: tuple[int, dict[str, list[torch.Tensor]], dict[str, torch.Tensor] | None] | None = None
+        self._previous: _Recorded | None = None
 
     def record(self, model: nn.Module, step: int) -> Report:
         """Write ``model``'s report as step ``step`` and update the index; returns the report."""
@@ -77,16 +87,17 @@ class Recorder:
             report = build_report(model, self.samples, None, config)
             before = self._previous
             changes = {
-                n: relative_change(before[1][n], w) if before and n in before[1] else None for n, w in weights.items()
+                n: relative_change(before.weights[n], w) if before and n in before.weights else None
+                for n, w in weights.items()
             }
-            training = TrainingStep(step, before[0] if before else None, changes)
+            training = TrainingStep(step, before.step if before else None, changes)
             report = finish(
                 dataclasses.replace(report, training=training), out, out / STEP_JSON, config, Progress(False)
             )
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if self.compare else None
-            if self.compare and before is not None and before[2] is not None:
-                self._compare(model, before[2], out / COMPARE_DIR, before[0], step)
-            self._previous = (step, weights, state)
+            if before is not None and before.state is not None:
+                self._compare(model, before.state, out / COMPARE_DIR, before.step, step)
+            self._previous = _Recorded(step, weights, state)
         write_site(self.site)
         return report
 
