@@ -25,6 +25,7 @@ from .models import check_same_architecture
 from .outputs import check_api_outputs
 from .pipeline import assemble, cam_view, capture_pass, finish, graph_inputs, linked, model_graph, open_job
 from .progress import Progress
+from .receptive import receptive_fields, with_fields
 from .report_data import Report
 from .samples import SamplesArg, open_samples, preprocess
 from .sections import layer_sections
@@ -75,6 +76,10 @@ def compare_checkpoints(
             cams = (cam_view(job_a, "A"), cam_view(job_b, "B")) if config.cam else ()
         sections_a = {s.name: s for s in layer_sections(list(run_a.records.values()), job_a.layers, config, RANKING)}
         sections_b = layer_sections(list(run_b.records.values()), job_b.layers, config, RANKING)
+        with on_device(after, job_b.device):
+            fields = receptive_fields(after, graph_inputs(job_b))
+        keys = [(record.module, call) for (_, call), record in run_b.records.items()]
+        sections_b = with_fields(sections_b, keys, fields, progress.warn)
         modules_a = dict(before.named_modules())
         changed = []
         for (key, record), section in zip(run_b.records.items(), sections_b):

@@ -31,6 +31,7 @@ from .heap import release_freed_memory
 from .logits import class_scores
 from .outputs import write_report
 from .progress import Progress
+from .receptive import receptive_fields, with_fields
 from .record import LayerRecord, call_name, new_accumulator
 from .reduce import Reduced
 from .report_data import (
@@ -127,17 +128,18 @@ def feature_images(job: Job, run: Run) -> dict[str, tuple[FeatureImage, ...]]:
 
 
 def sections_and_graph(
-    job: Job, make_sections: Callable[[], tuple[LayerSection, ...]]
+    job: Job, run: Run, make_sections: Callable[[], tuple[LayerSection, ...]]
 ) -> tuple[tuple[LayerSection, ...], GraphView | None]:
-    """The sections, and (unless ``config.graph`` is off) the graph of what ran, linked to them. The graph
-    is recorded and laid out on a second thread while the sections are made: its forward pass and
-    ``dot``'s process run beside the sections' numpy and Pillow work instead of after it."""
-    if not job.config.graph:
-        return make_sections(), None
+    """The sections with their peaks' receptive fields (:mod:`.receptive`) and (unless ``config.graph``
+    is off) the graph of what ran, linked to them. The fields are traced, and the graph recorded and laid
+    out, on a second thread while the sections are made: their forward passes and ``dot``'s process run
+    beside the sections' numpy and Pillow work instead of after it."""
     with ThreadPoolExecutor(1, thread_name_prefix="graph") as pool:
-        drawing = pool.submit(model_graph, job.model, graph_inputs(job))
-        sections = make_sections()
-        return sections, linked(drawing.result(), sections)
+        fields = pool.submit(receptive_fields, job.model, graph_inputs(job))
+        drawing = pool.submit(model_graph, job.model, graph_inputs(job)) if job.config.graph else None
+        keys = [(record.module, call) for (_, call), record in run.records.items()]
+        sections = with_fields(make_sections(), keys, fields.result(), job.progress.warn)
+        return sections, None if drawing is None else linked(drawing.result(), sections)
 
 
 def graph_inputs(job: Job) -> Iterator[torch.Tensor]:

@@ -1,6 +1,10 @@
 """Receptive fields from the model itself: which input pixels an output position of a layer depends on.
 
-The field of a position is the support of the gradient of that position's outputs (every channel) with
+:class:`ReceptiveFields` composes them exactly along one forward pass where every operation is understood
+(:mod:`featviz_report.field_trace`: milliseconds for a whole model) and otherwise takes the gradient's
+support, below (seconds per layer of a large model).
+
+By the gradient, the field of a position is the support of the gradient of that position's outputs (every channel) with
 respect to the input, on a structural copy of the model in which nothing can hide a path: every
 convolution and linear layer averages its inputs with positive weights and no bias, max pooling becomes
 average pooling of the same geometry, normalisation, dropout and activation modules become identities,
@@ -9,8 +13,9 @@ so the support is exactly the set of pixels the position can depend on, clipped 
 
 Computed once per layer: boxes for a few probe positions (centre, its neighbours, corners); when the
 centre's field lies inside the image and the others are its shifts (a translation-equivariant layer, as
-convolutions and pooling are), every position's box follows by shifting; otherwise the box of every
-position asked for is computed directly, a batch of positions at a time. Operations done with
+convolutions and pooling are), the box of every position whose shifted field stays inside the image
+follows by shifting; the others' (a field the border clips, which dilation or strides can make other than
+the shifted one clipped) are computed directly, a batch of positions at a time. Operations done with
 ``torch.nn.functional`` inside ``forward`` are not replaced (a functional max pool sends the gradient to
 one pixel of its window, so such a field can come out smaller than the true one).
 """
@@ -18,15 +23,21 @@ one pixel of its window, so such a field can come out smaller than the true one)
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+import dataclasses
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from .device import evaluating
+from .errors import first_line
 from .feature_vis import Truncated
+from .field_trace import TracedField, trace_fields
+from .report_data import LayerSection, Peaks
 
-__all__ = ["receptive_boxes", "Box"]
+__all__ = ["ReceptiveFields", "receptive_fields", "with_fields", "gradient_boxes", "Box"]
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in input pixels, x1/y1 exclusive
 CHUNK = 16  # positions per backward pass when computed one by one
@@ -89,11 +100,77 @@ def _support(truncated: Truncated, shape: tuple[int, int, int], positions: Seque
     return boxes
 
 
-def receptive_boxes(
+class ReceptiveFields:
+    """The receptive fields of ``model``'s layers for inputs shaped like ``inputs`` (N×C×H×W, on the
+    model's device), traced once on them; the model's modes are restored after."""
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor) -> None:
+        self.model, self.shape = model, (inputs.shape[1], inputs.shape[2], inputs.shape[3])
+        with evaluating(model):
+            self.traced: dict[tuple[nn.Module, int], TracedField | None] = trace_fields(model, inputs)
+
+    def boxes(self, module: nn.Module, call: int, positions: Iterable[tuple[int, int]]) -> dict[tuple[int, int], Box]:
+        """Each (row, col) of ``module``'s ``call``-th output maps → its field in input pixels."""
+        field = self.traced.get((module, call))
+        if field is None:
+            return gradient_boxes(self.model, module, call, self.shape, positions)
+        return {p: field.box(*p) for p in set(positions)}
+
+    def peak_boxes(self, module: nn.Module, call: int, top: Peaks) -> np.ndarray:
+        """k×C×4: the field of every channel's top peaks, -1 for an empty slot."""
+        kept = top.sample >= 0
+        found = self.boxes(module, call, {(int(r), int(c)) for r, c in zip(top.row[kept], top.col[kept])})
+        boxes = np.full((*top.sample.shape, 4), -1, dtype=np.int64)
+        for rank, channel in zip(*np.nonzero(kept)):
+            boxes[rank, channel] = found[(int(top.row[rank, channel]), int(top.col[rank, channel]))]
+        return boxes
+
+
+def receptive_fields(model: nn.Module, candidates: Iterable[torch.Tensor]) -> ReceptiveFields | None:
+    """The fields traced on the first of ``candidates`` the model runs on (None when it runs on none)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the model's own warnings were shown when it ran for the report
+        for inputs in candidates:
+            try:
+                return ReceptiveFields(model, inputs)
+            except Exception:  # noqa: BLE001 - the model ran for the report; one sample may not
+                continue
+    return None
+
+
+def with_fields(
+    sections: Sequence[LayerSection],
+    keys: Sequence[tuple[nn.Module, int]],
+    fields: ReceptiveFields | None,
+    warn: Callable[[str], None],
+) -> tuple[LayerSection, ...]:
+    """``sections`` (each made for the (module, call) in ``keys``) with every map layer's top peaks given
+    their receptive fields; a layer the model does not allow them for gets none, and one warning."""
+    done = []
+    for section, (module, call) in zip(sections, keys):
+        if section.kind != "maps" or isinstance(module, nn.MultiheadAttention):  # attention maps: query × key
+            done.append(section)
+            continue
+        try:
+            if fields is None:
+                raise RuntimeError("the model ran on no single sample")
+            boxes = fields.peak_boxes(module, call, section.channels.top)
+        except Exception as err:  # noqa: BLE001 - the user's model, probed our way: the page stands without them
+            warn(f"no receptive fields for {section.name!r} ({type(err).__name__}: {first_line(err)}); "
+                 "its top images are shown whole")  # fmt: skip
+            done.append(section)
+            continue
+        top = dataclasses.replace(section.channels.top, box=boxes)
+        done.append(dataclasses.replace(section, channels=dataclasses.replace(section.channels, top=top)))
+    return tuple(done)
+
+
+def gradient_boxes(
     model: nn.Module, module: nn.Module, call: int, shape: tuple[int, int, int], positions: Iterable[tuple[int, int]]
 ) -> dict[tuple[int, int], Box]:
     """Each (row, col) of ``module``'s ``call``-th output maps → its receptive field in the input of
-    C×H×W ``shape``, clipped to the image. ``model`` itself is not changed (a copy is probed)."""
+    C×H×W ``shape`` from the gradient's support, clipped to the image. ``model`` itself is not changed
+    (a copy is probed)."""
     wanted = sorted(set(positions))
     if not wanted:
         return {}
@@ -111,24 +188,30 @@ def receptive_boxes(
         probes += [(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)]
         found = dict(zip(probes, _support(truncated, shape, probes)))
         shifted = _shifted(found, centre, shape, (h, w))
-        if shifted is not None:
-            return {p: shifted(p) for p in wanted}
-        return dict(zip(wanted, _support(truncated, shape, wanted)))
+        inside = {p: shifted(p) for p in wanted if shifted is not None and _inside(shifted(p), shape)}
+        border = [p for p in wanted if p not in inside]  # a clipped field may not be the shifted one clipped
+        return {**inside, **dict(zip(border, _support(truncated, shape, border)))}
+
+
+def _inside(box: Box, shape: tuple[int, int, int]) -> bool:
+    return box[0] > 0 and box[1] > 0 and box[2] < shape[2] and box[3] < shape[1]
 
 
 def _shifted(
     found: dict[tuple[int, int], Box], centre: tuple[int, int], shape: tuple[int, int, int], size: tuple[int, int]
 ):  # type: ignore[no-untyped-def]
-    """A function giving any position's box by shifting the centre's, when the probes agree with it."""
+    """A function giving any position's box, unclipped, by shifting the centre's, when the probes agree."""
     x0, y0, x1, y1 = found[centre]
-    height, width = shape[1], shape[2]
-    if x0 == 0 or y0 == 0 or x1 == width or y1 == height or size[0] < 2 or size[1] < 2:
+    if not _inside(found[centre], shape) or size[0] < 2 or size[1] < 2:
         return None  # the centre's field reaches the border: its true extent is not known
     sy = found[(centre[0] + 1, centre[1])][1] - y0 if centre[0] + 1 < size[0] else 0
     sx = found[(centre[0], centre[1] + 1)][0] - x0 if centre[1] + 1 < size[1] else 0
 
     def box(position: tuple[int, int]) -> Box:
         dy, dx = (position[0] - centre[0]) * sy, (position[1] - centre[1]) * sx
-        return (max(0, x0 + dx), max(0, y0 + dy), min(width, x1 + dx), min(height, y1 + dy))
+        return (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
 
-    return box if all(box(p) == b for p, b in found.items()) else None
+    clipped = {
+        p: (max(0, b[0]), max(0, b[1]), min(shape[2], b[2]), min(shape[1], b[3])) for p in found for b in [box(p)]
+    }
+    return box if clipped == found else None

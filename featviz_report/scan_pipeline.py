@@ -24,12 +24,12 @@ from .crops import channel_crops
 from .dataset import ImageFiles
 from .device import float_dtype, model_device, on_device
 from .encode import png_rgb
-from .errors import InputError, SampleError, first_line
+from .errors import InputError, SampleError
 from .outputs import check_api_outputs
 from .pipeline import finish, linked, model_graph, new_report
 from .progress import Progress
-from .receptive import receptive_boxes
-from .report_data import CardImage, ChannelCard, DatasetScan, FeatureImage, LayerSection, Peaks, Png, Report
+from .receptive import receptive_fields, with_fields
+from .report_data import CardImage, ChannelCard, DatasetScan, FeatureImage, LayerSection, Png, Report
 from .samples import display_names, find_images, preprocess
 from .scan import ScanResult, run_scan
 from .sections import LayerRecord, layer_sections
@@ -86,17 +86,16 @@ def _report(
     sections = with_features(
         layer_sections(records, result.layers, config), _features(model, records, result, dataset, config, progress)
     )
+    with on_device(model, result.device):
+        fields = receptive_fields(model, _first_image(model, dataset))
+    sections = with_fields(sections, [(record.module, 0) for record in records], fields, progress.warn)
     pixels = functools.lru_cache(maxsize=CACHED_IMAGES)(functools.partial(_pixels, dataset))
     with_cards = []
-    shape = (dataset.prep.channels, dataset.prep.size, dataset.prep.size)
     names = dict(zip(range(len(dataset.paths)), display_names(dataset.paths)))
     for section, record in zip(sections, records):
         channels = list(record.channel_ids) if record.kind == "maps" else list(range(min(limit, record.stats.channels)))
-        boxes = _fields(model, record, section.channels.top, shape, progress) if record.kind == "maps" else None
-        cards = tuple(_card(record, section, channel, boxes, pixels, names) for channel in channels)
-        top = dataclasses.replace(section.channels.top, box=boxes)
-        channel_stats = dataclasses.replace(section.channels, top=top)
-        with_cards.append(dataclasses.replace(section, cards=cards, channels=channel_stats))
+        cards = tuple(_card(record, section, channel, pixels, names) for channel in channels)
+        with_cards.append(dataclasses.replace(section, cards=cards))
     referenced = sorted({int(i) for acc in result.accumulators.values() for i in acc.top.sample.flat if i >= 0})
     scan = DatasetScan(
         source=", ".join(str(d) for d in data),
@@ -142,13 +141,12 @@ def _card(
     record: LayerRecord,
     section: LayerSection,
     channel: int,
-    boxes: np.ndarray | None,
     pixels: Callable[[int], np.ndarray | None],
     names: dict[int, str],
 ) -> ChannelCard:
     """One channel's card: its dataset statistics, flags and top images (cut around the peak)."""
     stats, top = section.channels, record.stats.top
-    crops = channel_crops(record.stats, boxes, channel, pixels)
+    crops = channel_crops(record.stats, section.channels.top.box, channel, pixels)
     tops = tuple(
         CardImage(
             Png(png_rgb(crop), crop.shape[1], crop.shape[0]),
@@ -177,29 +175,6 @@ def _card(
         tops,
         feature,
     )
-
-
-def _fields(
-    model: nn.Module, record: LayerRecord, top: Peaks, shape: tuple[int, int, int], progress: Progress
-) -> np.ndarray | None:
-    """k×C×4: the receptive field of every channel's top peaks (-1 for an empty slot); ``None``, with a
-    warning, where the model does not allow them (its crops then show the whole image)."""
-    kept = top.sample >= 0
-    positions = {(int(r), int(c)) for r, c in zip(top.row[kept], top.col[kept])}
-    if isinstance(record.module, nn.MultiheadAttention):
-        return None  # its maps are attention weights, query × key: no place in the image
-    try:
-        fields = receptive_boxes(model, record.module, 0, shape, positions)
-    except Exception as err:  # noqa: BLE001 - the user's model, probed our way: the scan stands without them
-        progress.warn(
-            f"no receptive fields for {record.name!r} ({type(err).__name__}: {first_line(err)}); "
-            "its crops show whole images"
-        )
-        return None
-    boxes = np.full((*top.sample.shape, 4), -1, dtype=np.int64)
-    for rank, channel in zip(*np.nonzero(kept)):
-        boxes[rank, channel] = fields[(int(top.row[rank, channel]), int(top.col[rank, channel]))]
-    return boxes
 
 
 def _first_image(model: nn.Module, dataset: ImageFiles) -> Iterator[torch.Tensor]:

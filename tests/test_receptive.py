@@ -15,7 +15,7 @@ from torch import nn
 
 from featviz_report import ReportConfig
 from featviz_report.crops import context_box
-from featviz_report.receptive import receptive_boxes
+from featviz_report.receptive import ReceptiveFields, gradient_boxes
 from featviz_report.scan_pipeline import scan_dataset
 
 # (kernel, stride, padding, dilation) of each layer of Stack, in order
@@ -39,19 +39,20 @@ class Stack(nn.Module):
 
 
 def textbook(position: int, layers: list[tuple[int, int, int, int]], size: int) -> tuple[int, int]:
-    """[start, end) of a position's field by the usual recurrence (jump, size, start), clipped."""
-    jump, field, start = 1, 1, 0.0
+    """[start, end) of a position's field: each layer's window (kernel, stride, padding, dilation) followed
+    back from the position as a set of pixels, keeping only real ones (padding reads nothing)."""
+    sizes = [size]
     for kernel, stride, padding, dilation in layers:
-        effective = dilation * (kernel - 1) + 1
-        start += ((effective - 1) / 2 - padding) * jump
-        field += (effective - 1) * jump
-        jump *= stride
-    centre = start + position * jump
-    return max(0, int(centre - (field - 1) / 2)), min(size, int(centre + (field - 1) / 2) + 1)
+        sizes.append((sizes[-1] + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1)
+    reads = {position}
+    for (kernel, stride, padding, dilation), below in zip(reversed(layers), reversed(sizes[:-1])):
+        reads = {i * stride - padding + dilation * t for i in reads for t in range(kernel)} & set(range(below))
+    return min(reads), max(reads) + 1
 
 
+@pytest.mark.parametrize("method", ["traced", "gradient"])
 @pytest.mark.parametrize(("layer", "depth"), [("conv1", 1), ("pool", 2), ("conv2", 3), ("conv3", 4)])
-def test_every_positions_field_matches_the_textbook_recurrence(layer: str, depth: int) -> None:
+def test_every_positions_field_matches_the_textbook_recurrence(layer: str, depth: int, method: str) -> None:
     torch.manual_seed(0)
     model = Stack().eval()
     size = 40
@@ -60,7 +61,12 @@ def test_every_positions_field_matches_the_textbook_recurrence(layer: str, depth
         for name in ("act", "pool", "conv2", "norm", "conv3")[: [1, 3, 4, 6][depth - 1] - 1]:
             h = getattr(model, name)(h)
     positions = [(r, c) for r in range(h.shape[2]) for c in range(h.shape[3])]
-    boxes = receptive_boxes(model, getattr(model, layer), 0, (1, size, size), positions)
+    if method == "gradient":
+        boxes = gradient_boxes(model, getattr(model, layer), 0, (1, size, size), positions)
+    else:
+        fields = ReceptiveFields(model, torch.zeros(1, 1, size, size))
+        assert fields.traced[(getattr(model, layer), 0)] is not None
+        boxes = fields.boxes(getattr(model, layer), 0, positions)
     for (r, c), (x0, y0, x1, y1) in boxes.items():
         assert (x0, x1) == textbook(c, GEOMETRY[:depth], size), (layer, r, c)
         assert (y0, y1) == textbook(r, GEOMETRY[:depth], size), (layer, r, c)
@@ -118,7 +124,8 @@ def test_scan_boxes_are_the_true_field_of_the_peak_and_land_on_the_pattern(tmp_p
 
 
 class Locked(nn.Module):
-    """A model that cannot be deep-copied (it holds a lock), with an attention layer after a convolution."""
+    """A model that cannot be deep-copied (it holds a lock) and whose first step the tracer does not know
+    (a roll), with an attention layer after a convolution: its fields can come only from the gradient."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -127,7 +134,7 @@ class Locked(nn.Module):
         self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        seq = self.conv(x).flatten(2).transpose(1, 2)
+        seq = self.conv(torch.roll(x, 1, dims=-1)).flatten(2).transpose(1, 2)
         return self.attn(seq, seq, seq)[0].mean(1)
 
 
@@ -146,10 +153,10 @@ def test_a_scan_stands_when_fields_cannot_be_computed_and_user_hooks_never_see_t
     warnings = [line for line in capsys.readouterr().err.splitlines() if "receptive fields" in line]
     reason = "TypeError: cannot pickle '_thread.lock' object"
     assert warnings == [
-        f"featviz-report: warning: no receptive fields for 'conv' ({reason}); its crops show whole images"
+        f"featviz-report: warning: no receptive fields for 'conv' ({reason}); its top images are shown whole"
     ]
     torch.manual_seed(0)
     model, calls = Stack().eval(), []
     model.conv1.register_forward_hook(lambda *args: calls.append(1))
-    receptive_boxes(model, model.conv2, 0, (1, 40, 40), [(0, 0), (4, 4)])
+    gradient_boxes(model, model.conv2, 0, (1, 40, 40), [(0, 0), (4, 4)])
     assert calls == [] and len(model.conv1._forward_hooks) == 1

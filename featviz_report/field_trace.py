@@ -1,0 +1,327 @@
+"""Receptive fields composed exactly along one forward pass, operation by operation.
+
+A ``TorchFunctionMode`` follows every tensor that depends on the input and keeps, for each of its two
+spatial axes, the first and last input row (or column) each position reads. The input's own positions
+read themselves; each operation maps its inputs' ranges to its output's:
+
+- convolutions and max/average pooling (kernel, stride, padding, dilation, ceil mode), adaptive
+  pooling and constant padding read a window of positions, clipped to the real ones;
+- spatially pointwise operations (activations, normalisation, dropout, arithmetic, linear layers and
+  softmax over channels, concatenation and splits over channels, reshapes and permutations that keep
+  the spatial axes) take the union of their inputs' ranges, a broadcast axis of size 1 reading for all;
+- a mean, sum or max over a spatial axis (keeping it) reads the whole axis.
+
+Every other operation on a followed tensor makes its outputs unknown, as does anything unknown flowing
+into a union, so a layer gets a field only when every step to it was understood; the caller then falls
+back to the gradient (:mod:`featviz_report.receptive`). Normalisation counts as pointwise: its statistics
+are not part of the field, as in the gradient method. Fields are bounding boxes in input pixels.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from .capture import first_tensor
+
+__all__ = ["TracedField", "trace_fields"]
+
+_NONE = np.iinfo(np.int64).max  # the low end of a range that reads nothing (its high end is -1)
+_POINTWISE = frozenset(
+    "add sub mul div true_divide truediv floor_divide floordiv neg abs exp log sqrt rsqrt pow square clamp clip "
+    "clamp_min clamp_max maximum minimum where relu relu6 hardtanh leaky_relu gelu silu sigmoid tanh hardswish "
+    "hardsigmoid mish softplus elu selu celu prelu rrelu softsign tanhshrink dropout dropout2d alpha_dropout "
+    "feature_alpha_dropout batch_norm instance_norm group_norm layer_norm local_response_norm clone "
+    "contiguous to float half double bfloat16 type type_as detach".split()
+)  # fmt: skip
+_DIM_ARG = {  # operations along one dimension: where their dim argument is, and its default
+    "softmax": (1, None), "log_softmax": (1, None), "normalize": (2, 1), "cat": (1, 0), "concat": (1, 0),
+    "concatenate": (1, 0), "chunk": (2, 0), "split": (2, 0), "split_with_sizes": (2, 0), "unbind": (1, 0),
+}  # fmt: skip
+_RESHAPE = frozenset("view reshape flatten unflatten squeeze unsqueeze expand view_as reshape_as".split())
+_REDUCE = frozenset("mean sum amax amin max min".split())
+_UNRELATED = frozenset("zeros_like ones_like empty_like full_like rand_like randn_like new_zeros new_ones new_empty "
+                       "new_full new_tensor".split())  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One spatial axis: its index counted from the end, and the first/last input position each reads."""
+
+    dim: int
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def window(self, starts: np.ndarray, width: int, step: int = 1) -> np.ndarray:
+        """Positions ``starts[i] + step * t`` (t < width) as an index matrix, ``-1`` where outside."""
+        index = starts[:, None] + step * np.arange(width)[None, :]
+        return np.where((index >= 0) & (index < len(self.lo)), index, -1)
+
+    def gather(self, index: np.ndarray, dim: int | None = None) -> _Axis:
+        """The union of the positions in each row of ``index`` (``-1``: none)."""
+        real = index >= 0
+        lo = np.where(real, self.lo[index.clip(0)], _NONE).min(1)
+        hi = np.where(real, self.hi[index.clip(0)], -1).max(1)
+        return _Axis(self.dim if dim is None else dim, lo, hi)
+
+
+@dataclass(frozen=True)
+class TracedField:
+    """A layer output's receptive field: (x0, y0, x1, y1) for any (row, col), x1/y1 exclusive."""
+
+    rows: _Axis
+    cols: _Axis
+
+    def box(self, row: int, col: int) -> tuple[int, int, int, int]:
+        y0, y1, x0, x1 = self.rows.lo[row], self.rows.hi[row], self.cols.lo[col], self.cols.hi[col]
+        if y1 < y0 or x1 < x0:
+            return (0, 0, 0, 0)
+        return (int(x0), int(y0), int(x1) + 1, int(y1) + 1)
+
+
+_Field = tuple[_Axis, _Axis]
+_Args = tuple[Any, ...]
+_Kwargs = dict[str, Any]
+
+
+def _name(func: Any) -> str:
+    name = getattr(func, "__name__", "")
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+        name = name[1:] if name[:1] in ("r", "i") and name[1:] in _POINTWISE else name
+    return name[:-1] if name.endswith("_") and not name.endswith("__") else name
+
+
+def _arg(args: Sequence[Any], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else default
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        return (int(value[0]), int(value[-1])) if value else (0, 0)
+    return (int(value), int(value))
+
+
+def _dims(value: Any, ndim: int) -> set[int] | None:
+    if value is None:
+        return None
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return {int(v) % ndim - ndim for v in values}
+
+
+class _Tracer(TorchFunctionMode):
+    """Follows tensors that depend on the input, by identity (weak references guard against reuse)."""
+
+    def __init__(self, constants: set[int]) -> None:
+        super().__init__()
+        self.known: dict[int, tuple[weakref.ref[torch.Tensor], _Field | None]] = {}
+        self.constants = constants  # ids of the model's parameters and buffers
+
+    def set(self, tensor: torch.Tensor, field: _Field | None) -> None:
+        self.known[id(tensor)] = (weakref.ref(tensor), field)
+
+    def state(self, tensor: torch.Tensor) -> tuple[bool, _Field | None]:
+        """(followed, field): a followed tensor with field None is unknown."""
+        entry = self.known.get(id(tensor))
+        if entry is None or entry[0]() is not tensor:
+            return False, None
+        return True, entry[1]
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        followed = [(t, self.state(t)) for t in inputs]
+        if not any(f for _, (f, _) in followed):
+            return result
+        outputs = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
+        name = _name(func)
+        if name == "setitem":  # written in place: what it depends on now is not followed
+            self.set(inputs[0], None)
+            return result
+        if not outputs or name in _UNRELATED:
+            return result
+        field = self._rule(name, args, kwargs, followed, outputs[0])
+        for output in outputs:
+            self.set(output, field if field is not None and output.ndim == outputs[0].ndim else None)
+        return result
+
+    def _rule(self, name: str, args: _Args, kwargs: _Kwargs, followed: list[Any], out: torch.Tensor) -> _Field | None:
+        first, (is_followed, field) = followed[0]
+        if name == "max_pool2d_with_indices":
+            name = "max_pool2d"
+        if name in ("conv2d", "max_pool2d", "avg_pool2d"):
+            alone = not any(f for _, (f, _) in followed[1:])  # weights computed from the input: not a window
+            return _window(name, args, kwargs, field, out) if is_followed and field and alone else None
+        if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
+            return _adaptive(field, out) if is_followed and field and field[0].dim == -2 else None
+        if name == "pad":
+            return _pad(args, kwargs, field, out) if is_followed and field else None
+        if name in _REDUCE and len(args) > 1 and isinstance(args[1], torch.Tensor):
+            return self._union(followed, out)  # torch.max(a, b): elementwise
+        if name in _REDUCE and is_followed and field:
+            return _reduce(args, kwargs, first, field, out)
+        if name in _RESHAPE or name in ("permute", "transpose", "getitem"):
+            return _moved(name, args, kwargs, first, field, out) if is_followed and field else None
+        if name in _DIM_ARG:
+            fields = [f for _, (_, f) in followed if f is not None]
+            return None if _touches(name, args, kwargs, fields) else self._union(followed, out)
+        if name in _POINTWISE or (name == "linear" and field is not None and -1 not in (field[0].dim, field[1].dim)):
+            return self._union(followed, out)
+        return None
+
+    def _union(self, followed: list[Any], out: torch.Tensor) -> _Field | None:
+        fields = []
+        for tensor, (is_followed, field) in followed:
+            if is_followed and field is None:
+                return None
+            if field is not None:
+                fields.append(field)
+            elif id(tensor) not in self.constants and tensor.ndim >= 2 and tensor.shape[-2:].numel() > 1:
+                return None  # a map from somewhere not followed (an opaque operation): cannot vouch for it
+        if len({(f[0].dim, f[1].dim) for f in fields}) != 1 or out.ndim < -min(fields[0][0].dim, fields[0][1].dim):
+            return None
+        return tuple(_merged([f[i] for f in fields], out.shape[fields[0][i].dim]) for i in (0, 1))  # type: ignore[return-value]
+
+
+def _merged(axes: list[_Axis], size: int) -> _Axis:
+    los = [np.broadcast_to(a.lo if len(a.lo) == size else a.lo.min(keepdims=True), size) for a in axes]
+    his = [np.broadcast_to(a.hi if len(a.hi) == size else a.hi.max(keepdims=True), size) for a in axes]
+    return _Axis(axes[0].dim, np.minimum.reduce(los), np.maximum.reduce(his))
+
+
+def _touches(name: str, args: _Args, kwargs: _Kwargs, fields: list[_Field]) -> bool:
+    """Whether an operation along a dimension (cat, split, softmax) runs along a spatial axis."""
+    position, default = _DIM_ARG[name]
+    dim = _arg(args, kwargs, position, "dim", default)
+    tensor = args[0][0] if isinstance(args[0], (list, tuple)) else args[0]
+    if not isinstance(dim, int) or not fields:
+        return True
+    return int(dim) % tensor.ndim - tensor.ndim in {fields[0][0].dim, fields[0][1].dim}
+
+
+def _window(name: str, args: _Args, kwargs: _Kwargs, field: _Field, out: torch.Tensor) -> _Field | None:
+    if (field[0].dim, field[1].dim) != (-2, -1):
+        return None
+    if name == "conv2d":
+        weight = _arg(args, kwargs, 1, "weight", None)
+        kernel = tuple(weight.shape[-2:])
+        stride, dilation = _pair(_arg(args, kwargs, 3, "stride", 1)), _pair(_arg(args, kwargs, 5, "dilation", 1))
+        padding: Any = _arg(args, kwargs, 4, "padding", 0)
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same":
+            padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))
+    else:
+        kernel = _pair(_arg(args, kwargs, 1, "kernel_size", 1))
+        stride = _pair(_arg(args, kwargs, 2, "stride", None) or kernel)
+        dilation = _pair(_arg(args, kwargs, 4, "dilation", 1)) if name == "max_pool2d" else (1, 1)
+    pad = _pair(padding if name == "conv2d" else _arg(args, kwargs, 3, "padding", 0))
+    axes = []
+    for i, axis in enumerate(field):
+        starts = stride[i] * np.arange(out.shape[axis.dim]) - pad[i]
+        axes.append(axis.gather(axis.window(starts, kernel[i], dilation[i])))
+    return (axes[0], axes[1])
+
+
+def _adaptive(field: _Field, out: torch.Tensor) -> _Field:
+    axes = []
+    for axis in field:
+        size, n = len(axis.lo), out.shape[axis.dim]
+        starts = (np.arange(n) * size) // n
+        ends = -((-(np.arange(n) + 1) * size) // n)
+        index = axis.window(starts, int((ends - starts).max()))
+        index = np.where(index < ends[:, None], index, -1)
+        axes.append(axis.gather(index))
+    return (axes[0], axes[1])
+
+
+def _pad(args: _Args, kwargs: _Kwargs, field: _Field, out: torch.Tensor) -> _Field | None:
+    widths = list(_arg(args, kwargs, 1, "pad", ()))
+    if _arg(args, kwargs, 2, "mode", "constant") != "constant" or len(widths) % 2:
+        return None
+    before = {-1 - i: widths[2 * i] for i in range(len(widths) // 2)}  # F.pad starts from the last axis
+    return tuple(  # type: ignore[return-value]
+        axis.gather(axis.window(np.arange(out.shape[axis.dim]) - before.get(axis.dim, 0), 1)) for axis in field
+    )
+
+
+def _reduce(args: _Args, kwargs: _Kwargs, first: torch.Tensor, field: _Field, out: torch.Tensor) -> _Field | None:
+    dims = _dims(_arg(args, kwargs, 1, "dim", None), first.ndim)
+    if dims is None:
+        return None
+    if not bool(_arg(args, kwargs, 2, "keepdim", False)):
+        return field if not dims & {field[0].dim, field[1].dim} and out.ndim == first.ndim - len(dims) else None
+    return tuple(  # type: ignore[return-value]
+        _Axis(a.dim, a.lo.min(keepdims=True), a.hi.max(keepdims=True)) if a.dim in dims else a for a in field
+    )
+
+
+def _moved(
+    name: str, args: _Args, kwargs: _Kwargs, first: torch.Tensor, field: _Field, out: torch.Tensor
+) -> _Field | None:
+    """Reshapes, permutations and indexing that keep both spatial axes whole: where they end up."""
+    ndim = first.ndim
+    if name in ("permute", "transpose"):
+        if name == "permute":
+            given = kwargs.get("dims", args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:])
+            order = [int(d) % ndim for d in given]
+        else:
+            a, b = (int(d) % ndim for d in (_arg(args, kwargs, 1, "dim0", 0), _arg(args, kwargs, 2, "dim1", 1)))
+            order = list(range(ndim))
+            order[a], order[b] = order[b], order[a]
+        rows, cols = (_Axis(order.index(a.dim % ndim) - ndim, a.lo, a.hi) for a in field)
+        return (rows, cols)
+    keep = -min(field[0].dim, field[1].dim)  # the trailing axes that must come through unchanged
+    if out.ndim < keep or tuple(out.shape[-keep:]) != tuple(first.shape[-keep:]):
+        return None
+    if name == "getitem":
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        if any(i is None or i is Ellipsis or isinstance(i, torch.Tensor) for i in index) or len(index) > ndim - keep:
+            return None
+    return field
+
+
+def _follow_input(tracer: _Tracer, inputs: torch.Tensor) -> None:
+    h, w = inputs.shape[-2:]
+    tracer.set(inputs, (_Axis(-2, np.arange(h), np.arange(h)), _Axis(-1, np.arange(w), np.arange(w))))
+
+
+@contextmanager
+def _calls(model: nn.Module, tracer: _Tracer, found: dict[tuple[nn.Module, int], TracedField | None]) -> Iterator[None]:
+    counts: dict[nn.Module, int] = {}
+
+    def hook(module: nn.Module, _inputs: object, output: object) -> None:
+        call = counts.get(module, 0)
+        counts[module] = call + 1
+        tensor = first_tensor(output)
+        field = tracer.state(tensor)[1] if tensor is not None and tensor.ndim == 4 else None
+        found[(module, call)] = TracedField(*field) if field is not None and field[0].dim == -2 else None
+
+    with ExitStack() as stack:
+        for module in model.modules():
+            stack.callback(module.register_forward_hook(hook).remove)
+        yield
+
+
+def trace_fields(model: nn.Module, inputs: torch.Tensor) -> dict[tuple[nn.Module, int], TracedField | None]:
+    """Run ``model`` once on ``inputs`` (N×C×H×W, gradients off; the caller sets mode and device) and
+    return each (module, call)'s field, or None where its output is not maps or not understood."""
+    constants = {id(t) for t in (*model.parameters(), *model.buffers())}
+    tracer = _Tracer(constants)
+    found: dict[tuple[nn.Module, int], TracedField | None] = {}
+    _follow_input(tracer, inputs)
+    with torch.no_grad(), _calls(model, tracer, found), tracer:
+        model(inputs)
+    return found
