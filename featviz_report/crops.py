@@ -24,20 +24,21 @@ MIN_CONTEXT_PX = 32  # ... and at least this many input pixels
 OUTLINE = np.array([255, 59, 48], dtype=np.uint8)
 
 
-def context_box(field: Sequence[int], size: int) -> tuple[int, int, int]:
-    """(top, left, side) of the square crop of a ``size``² input around the receptive ``field`` (x0, y0,
-    x1, y1): ``CONTEXT`` times its larger side, at least ``MIN_CONTEXT_PX``, inside the image."""
-    x0, y0, x1, y1 = field
-    side = min(size, max(MIN_CONTEXT_PX, CONTEXT * max(x1 - x0, y1 - y0)))
-    top = int(min(max(0, round((y0 + y1) / 2 - side / 2)), size - side))
-    left = int(min(max(0, round((x0 + x1) / 2 - side / 2)), size - side))
+def context_box(field: Sequence[int], height: int, width: int) -> tuple[int, int, int]:
+    """(top, left, side) of the square crop of a ``height``×``width`` input around the receptive ``field``
+    (x0, y0, x1, y1): ``CONTEXT`` times its larger side, at least ``MIN_CONTEXT_PX``, inside the image."""
+    x0, y0, x1, y1 = (int(v) for v in field)
+    side = min(height, width, max(MIN_CONTEXT_PX, CONTEXT * max(x1 - x0, y1 - y0)))
+    top = min(max(0, round((y0 + y1) / 2 - side / 2)), height - side)
+    left = min(max(0, round((x0 + x1) / 2 - side / 2)), width - side)
     return top, left, side
 
 
 def _tile(pixels: np.ndarray, field: Sequence[int] | None) -> np.ndarray:
     """The crop around ``field`` (the whole image without one), resized, RGB, the field outlined."""
     rgb = np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
-    top, left, side = (0, 0, pixels.shape[0]) if field is None else context_box(field, pixels.shape[0])
+    height, width = pixels.shape[:2]
+    top, left, side = (0, 0, height) if field is None else context_box(field, height, width)
     crop = np.ascontiguousarray(rgb[top : top + side, left : left + side])  # the input is square
     tile = np.array(Image.fromarray(crop).resize((CROP_PX, CROP_PX), Image.Resampling.BILINEAR))
     if field is None:

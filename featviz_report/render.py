@@ -16,6 +16,7 @@ from jinja2 import Environment, FileSystemBytecodeCache, FileSystemLoader, Stric
 from jinja2.bccache import Bucket
 from markupsafe import Markup, escape
 
+from .crops import context_box
 from .report_data import (
     ChannelStats,
     GraphBox,
@@ -220,10 +221,24 @@ def _before_data(channels: ChannelStats) -> dict[str, object]:
     return {key: finite_list(getattr(channels, key)) for key in ("min", "max", "mean", "std")}
 
 
+def _top_data(channels: ChannelStats, height: int, width: int) -> list[list[list[float]]]:
+    """Per channel, each top sample as ``[sample, value, row, col]``, with its receptive field ``x0, y0, x1,
+    y1`` and the square around it that the enlarged view shows (``top, left, side``) where it is known."""
+    peaks, boxes = channels.top.lists(), channels.top.boxes()
+    if boxes is None:
+        return peaks
+    return [
+        [[*peak, *box, *context_box(box, height, width)] for peak, box in zip(channel, channel_boxes)]
+        for channel, channel_boxes in zip(peaks, boxes)
+    ]
+
+
 def _page_data(report: Report) -> dict[str, object]:
     """What the page's script needs for the enlarged tile view: geometry and channel statistics."""
+    height, width = report.input_shape[-2:]
     return {
         "samples": [s.name for s in report.samples],
+        "input": [height, width],
         "layers": {
             layer.slug: {
                 "name": layer.name,
@@ -233,8 +248,10 @@ def _page_data(report: Report) -> dict[str, object]:
                 "max": finite_list(layer.channels.max),
                 "mean": finite_list(layer.channels.mean),
                 "std": finite_list(layer.channels.std),
-                "map": list(layer.output_shape[1:]) if layer.kind == "maps" else None,
-                "top": layer.channels.top.lists(),
+                "zeros": finite_list(layer.channels.zero_fraction),
+                "selectivity": [round(layer.channels.selectivity(c), 3) for c in range(len(layer.channels.mean))],
+                "flags": {c: flags for c in range(len(layer.channels.mean)) if (flags := layer.channels.flags(c))},
+                "top": _top_data(layer.channels, height, width),
                 "before": _before_data(layer.change.channels_before) if layer.change else None,
             }
             for layer in report.layers

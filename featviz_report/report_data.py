@@ -154,6 +154,17 @@ class ChannelStats:
     zero_fraction: tuple[float, ...]
     top: Peaks
 
+    def selectivity(self, channel: int) -> float:
+        """How far the channel's top peaks stand above its mean, in standard deviations (0 without spread)."""
+        values = self.top.value[self.top.sample[:, channel] >= 0, channel]
+        std = self.std[channel]
+        return float((values.mean() - self.mean[channel]) / std) if len(values) and std > 0 else 0.0
+
+    def flags(self, channel: int) -> tuple[str, ...]:
+        """``dead`` (never above zero) and ``constant`` (one value other than zero everywhere)."""
+        low, high = self.min[channel], self.max[channel]
+        return tuple(name for name, on in (("dead", high <= 0), ("constant", low == high != 0)) if on)
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -250,6 +261,7 @@ class DatasetScan:
     ranks: int
     seconds: float
     files: dict[int, str]  # image index → name, for the images among the channels' top-k
+    wholes: dict[int, Png]  # image index → the whole input as the model saw it (a thumbnail), for the same
 
 
 @dataclass(frozen=True)
@@ -265,11 +277,14 @@ class FeatureImage:
 @dataclass(frozen=True)
 class CardImage:
     """One of a channel's top dataset images in a scan: the crop around its peak (the receptive field
-    outlined), the peak's value and the file's name."""
+    outlined), the peak's value, the file's name, the image's index and the field ``box`` (x0, y0, x1, y1
+    in input pixels; None where the layer has none)."""
 
     image: Png
     value: float
     file: str
+    sample: int
+    box: tuple[int, ...] | None
 
 
 @dataclass(frozen=True)

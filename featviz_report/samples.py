@@ -38,6 +38,7 @@ __all__ = [
     "open_samples",
     "decode_image",
     "to_inputs",
+    "thumbnail",
     "display_names",
     "readable_name",
 ]
@@ -230,7 +231,7 @@ def _resize_crop(image: Image.Image, size: int) -> Image.Image:
     return resized.crop((left, top, left + size, top + size))
 
 
-def _thumbnail(pixels: np.ndarray) -> np.ndarray:
+def thumbnail(pixels: np.ndarray) -> np.ndarray:
     """At most ``THUMBNAIL_SIZE`` pixels on a side; small inputs stay as they are (shown pixelated)."""
     height, width = pixels.shape[:2]
     if max(height, width) <= THUMBNAIL_SIZE:
@@ -270,7 +271,7 @@ class FileSamples(SampleSet):
                 names.append(name)
             if not pixels:
                 continue
-            yield Batch(to_inputs(np.stack(pixels), self.prep), [_thumbnail(p) for p in pixels], names)
+            yield Batch(to_inputs(np.stack(pixels), self.prep), [thumbnail(p) for p in pixels], names)
 
 
 def to_inputs(pixels: np.ndarray, prep: Preprocess) -> torch.Tensor:
@@ -312,7 +313,7 @@ class TensorSamples(SampleSet):
             pixels = ((inputs.float() - lo) / (hi - lo).clamp_min(1e-12) * 255).round().to(torch.uint8).cpu()
             thumbs = [p.permute(1, 2, 0).numpy() if p.shape[0] == 3 else p[0].numpy() for p in pixels]
             names = self.names[start : start + batch_size]
-            yield Batch(inputs, [_thumbnail(np.ascontiguousarray(t)) for t in thumbs], names)
+            yield Batch(inputs, [thumbnail(np.ascontiguousarray(t)) for t in thumbs], names)
 
 
 def open_samples(samples: SamplesArg, prep: Preprocess, strict: bool = False) -> SampleSet:

@@ -30,7 +30,7 @@ from .pipeline import finish, linked, model_graph, new_report
 from .progress import Progress
 from .receptive import receptive_fields, with_fields
 from .report_data import CardImage, ChannelCard, DatasetScan, FeatureImage, LayerSection, Png, Report
-from .samples import display_names, find_images, preprocess
+from .samples import display_names, find_images, preprocess, thumbnail
 from .scan import ScanResult, run_scan
 from .sections import LayerRecord, layer_sections
 from .visualise import check_featviz_globs, vis_targets, visualise_layers, with_features
@@ -104,6 +104,7 @@ def _report(
         ranks=result.ranks,
         seconds=result.seconds,
         files=dict(zip(referenced, display_names([dataset.paths[i] for i in referenced]))),
+        wholes={i: _whole(image) for i in referenced if (image := pixels(i)) is not None},
     )
     report = new_report(
         model,
@@ -147,34 +148,34 @@ def _card(
     """One channel's card: its dataset statistics, flags and top images (cut around the peak)."""
     stats, top = section.channels, record.stats.top
     crops = channel_crops(record.stats, section.channels.top.box, channel, pixels)
+    boxes = section.channels.top.box
     tops = tuple(
         CardImage(
             Png(png_rgb(crop), crop.shape[1], crop.shape[0]),
             float(top.value[rank, channel]),
             names[int(top.sample[rank, channel])],
+            int(top.sample[rank, channel]),
+            None if boxes is None else tuple(int(v) for v in boxes[rank, channel]),
         )
         for rank, crop in crops
-    )
-    values = [t.value for t in tops]
-    std = stats.std[channel]
-    selectivity = (float(np.mean(values)) - stats.mean[channel]) / std if values and std > 0 else 0.0
-    flags = tuple(
-        name
-        for name, on in (("dead", stats.max[channel] <= 0), ("constant", stats.min[channel] == stats.max[channel] != 0))
-        if on
     )
     feature = next((f for f in section.feature_images if f.channel == channel), None)
     return ChannelCard(
         channel,
         stats.mean[channel],
         stats.max[channel],
-        std,
+        stats.std[channel],
         stats.zero_fraction[channel],
-        selectivity,
-        flags,
+        stats.selectivity(channel),
+        stats.flags(channel),
         tops,
         feature,
     )
+
+
+def _whole(pixels: np.ndarray) -> Png:
+    small = thumbnail(pixels)
+    return Png(png_rgb(small), small.shape[1], small.shape[0])
 
 
 def _first_image(model: nn.Module, dataset: ImageFiles) -> Iterator[torch.Tensor]:

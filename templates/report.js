@@ -136,34 +136,80 @@
     return size !== 0 && (size >= 1e5 || size < 1e-3) ? value.toExponential(2) : String(Number(value.toPrecision(4)));
   }
 
-  function showTop(layer, channel) {
+  function outline(context, box, left, top, scale) {  // a receptive field, in input pixels, on a drawn crop
+    context.strokeStyle = "#ff3b30";
+    context.lineWidth = 2;
+    context.strokeRect((box[0] - left) * scale + 1, (box[1] - top) * scale + 1,
+      Math.max(2, (box[2] - box[0]) * scale - 2), Math.max(2, (box[3] - box[1]) * scale - 2));
+  }
+
+  function showTop(layer, channel) {  // each top sample cut around its peak's receptive field (when known)
     var box = dialog.querySelector(".tops");
     box.textContent = "";
     var peaks = layer.top[channel] || [];
     if (!peaks.length) { return; }
     var title = document.createElement("p");
-    title.textContent = "Top samples for this channel (peak value; box: where it peaked)";
+    title.textContent = peaks[0].length > 4
+      ? "Top samples for this channel (peak value): each cut around the peak, its receptive field outlined; click for the whole image"
+      : "Top samples for this channel (peak value)";
     box.appendChild(title);
     peaks.forEach(function (peak) {
       var thumb = document.querySelector('.sample[data-sample="' + peak[0] + '"] img');
       if (!thumb) { return; }
-      var figure = document.createElement("figure"), small = document.createElement("canvas");
+      var figure = document.createElement("figure"), button = document.createElement("button");
+      var small = document.createElement("canvas");
       small.width = 72; small.height = 72;
-      var context = small.getContext("2d");
+      var context = small.getContext("2d"), ratio = thumb.naturalWidth / data.input[1];
       context.imageSmoothingEnabled = false;
-      context.drawImage(thumb, 0, 0, 72, 72);
-      if (layer.map) {
-        var h = layer.map[0], w = layer.map[1];
-        context.strokeStyle = "#ff3b30";
-        context.lineWidth = 2;
-        context.strokeRect(peak[3] * 72 / w, peak[2] * 72 / h, Math.max(4, 72 / w), Math.max(4, 72 / h));
+      if (peak.length > 4) {  // sample, value, row, col, box (x0 y0 x1 y1), crop (top left side)
+        var top = peak[8], left = peak[9], side = peak[10];
+        context.drawImage(thumb, left * ratio, top * ratio, side * ratio, side * ratio, 0, 0, 72, 72);
+        outline(context, peak.slice(4, 8), left, top, 72 / side);
+      } else {
+        context.drawImage(thumb, 0, 0, 72, 72);
       }
-      small.setAttribute("role", "img");
-      small.setAttribute("aria-label", "sample " + peak[0] + " (" + data.samples[peak[0]] + "), peak " + fmt(peak[1]));
-      var caption = document.createElement("figcaption");
-      caption.textContent = "#" + peak[0] + " · " + fmt(peak[1]);
-      figure.appendChild(small); figure.appendChild(caption); box.appendChild(figure);
+      var name = data.samples[peak[0]];
+      button.type = "button";
+      button.className = "whole";
+      button.setAttribute("aria-label", "sample " + peak[0] + " (" + name + "), peak " + fmt(peak[1]) + ": show the whole image");
+      button.addEventListener("click", function () {
+        showWhole(layer.name + " · channel " + channel + " · sample " + peak[0] + " (" + name + "), whole · peak " + fmt(peak[1]),
+          thumb, peak.length > 4 ? peak.slice(4, 8) : null);
+      });
+      var caption = document.createElement("figcaption"), file = document.createElement("span");
+      file.className = "file";
+      file.title = name;
+      file.textContent = name;
+      caption.textContent = "#" + peak[0] + " · " + fmt(peak[1]) + " ";
+      caption.appendChild(file);
+      button.appendChild(small); figure.appendChild(button); figure.appendChild(caption); box.appendChild(figure);
     });
+  }
+
+  function showWhole(title, image, box) {  // an image whole, in the large canvas, a receptive field outlined
+    var fit = 256 / Math.max(image.naturalWidth, image.naturalHeight);
+    canvas.width = Math.round(image.naturalWidth * fit);
+    canvas.height = Math.round(image.naturalHeight * fit);
+    var context = canvas.getContext("2d");
+    context.imageSmoothingEnabled = false;
+    context.drawImage(image, 0, 0, canvas.width, canvas.height);
+    if (box) { outline(context, box, 0, 0, canvas.width / data.input[1]); }
+    dialog.querySelector("h3").textContent = title;
+    canvas.setAttribute("aria-label", title + (box ? ", the peak's receptive field outlined" : ""));
+  }
+
+  function showCardImage(button) {  // a scan card's top image, whole, with its peak's receptive field
+    var card = button.closest(".card"), layer = data.layers[button.closest(".cards").dataset.slug];
+    var image = document.querySelector('.wholes img[data-sample="' + button.dataset.sample + '"]');
+    if (!image) { return; }
+    var box = button.dataset.box ? button.dataset.box.split(",").map(Number) : null;
+    showWhole(layer.name + " · " + (layer.vector ? "feature " : "channel ") + card.dataset.channel + " · " + image.alt + ", whole · peak " + button.dataset.value, image, box);
+    dialog.querySelector(".stats").textContent = "";
+    dialog.querySelector(".tops").textContent = "";
+    var link = dialog.querySelector(".channel-link");
+    link.hidden = false;
+    link.setAttribute("href", "#" + card.id);
+    dialog.showModal();
   }
 
   function showFeature(slug, channel) {  // the channel's optimised image (--featviz) first, beside its top samples
@@ -195,6 +241,10 @@
     var cols = Number(grid.dataset.cols), rows = Number(grid.dataset.rows);
     var col = cell % cols, row = Math.floor(cell / cols);
     if (cell >= Number(grid.dataset.count)) { return; }
+    if (!img.complete || !img.naturalWidth) {  // a lazy atlas not loaded yet (a deep link): draw once it is
+      img.loading = "eager";
+      img.addEventListener("load", function () { if (dialog.open) { showCell(grid, cell); } }, { once: true });
+    }
     var channel = layer.ids.length ? layer.ids[cell] : cell;
     var tileW = img.naturalWidth / cols, tileH = img.naturalHeight / rows;
     var fit = 256 / Math.max(tileW, tileH);
@@ -210,12 +260,21 @@
     dialog.querySelector("h3").textContent = layer.name + " · " + what + " · sample " + sample + " (" + data.samples[sample] + ")" + (layer.before ? (before ? " · A" : " · B") : "");
     var stats = dialog.querySelector(".stats");
     stats.textContent = "";
-    ["min", "mean", "std", "max"].forEach(function (key) {
+    var keys = before ? ["min", "mean", "std", "max"] : ["min", "mean", "std", "max", "zeros", "selectivity"];
+    keys.forEach(function (key) {
       var box = document.createElement("div"), dt = document.createElement("dt"), dd = document.createElement("dd");
       dt.textContent = (layer.vector ? "layer " : "channel ") + key;
-      dd.textContent = fmt(layer.vector ? null : source[key][channel]);
+      var value = layer.vector ? null : source[key][channel];
+      dd.textContent = key === "zeros" && value !== null ? Math.round(value * 100) + "%" : fmt(value);
       box.appendChild(dt); box.appendChild(dd); stats.appendChild(box);
     });
+    var flags = !before && !layer.vector && layer.flags[channel];
+    if (flags) {
+      var flag = document.createElement("div"), dt = document.createElement("dt"), dd = document.createElement("dd");
+      dt.textContent = "flags";
+      dd.textContent = flags.join(", ");
+      flag.appendChild(dt); flag.appendChild(dd); stats.appendChild(flag);
+    }
     canvas.setAttribute("aria-label", dialog.querySelector("h3").textContent + ", enlarged");
     if (before) { dialog.querySelector(".tops").textContent = ""; } else { showTop(layer, layer.vector ? 0 : channel); }
     if (!before && !layer.vector) { showFeature(slug, channel); }
@@ -233,6 +292,8 @@
     if (sample) { showSample(Number(sample.dataset.sample)); return; }
     if (target.closest(".picker .prev")) { showSample(shown - 1); return; }
     if (target.closest(".picker .next")) { showSample(shown + 1); return; }
+    var whole = target.closest(".card .whole");
+    if (whole) { showCardImage(whole); return; }
     var grid = target.closest(".maps .grid");
     if (grid) { zoom(grid, event); }
   });

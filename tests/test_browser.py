@@ -308,3 +308,49 @@ def test_channel_links_open_the_card_or_the_enlarged_view_with_and_without_javas
             top = page.eval_on_selector("#layer-conv2-channel-5", "a => a.getBoundingClientRect().top")
             assert -2 <= top <= 800, top  # the layer's maps are in view
         reader.clean()
+
+
+RED_BOX = """c => {  // the bounding box of the outline's red pixels on a canvas, in canvas pixels
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  let x0 = c.width, y0 = c.height, x1 = -1, y1 = -1;
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i] === 255 && d[i + 1] === 59 && d[i + 2] === 48) {
+      const x = (i / 4) % c.width, y = Math.floor(i / 4 / c.width);
+      x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x); y1 = Math.max(y1, y);
+    }
+  }
+  return x1 < 0 ? null : [x0, y0, x1 + 1, y1 + 1, c.width];
+}"""
+
+
+def _outlined(page: object, box: list[int], size: int) -> None:
+    """The large canvas shows the whole image with exactly ``box`` (input pixels of a ``size`` input) outlined."""
+    found = page.eval_on_selector("#zoom canvas", RED_BOX)  # type: ignore[attr-defined]
+    assert found is not None
+    scale = found[4] / size
+    assert all(abs(f - b * scale) <= 2 for f, b in zip(found[:4], box)), (found, box)
+
+
+def test_top_images_show_their_exact_receptive_field_whole_on_click(browser: object, reports: dict[str, Path]) -> None:
+    reader = Reader(browser, reports["scan"])
+    page = reader.open("#layer-conv2-channel-3")
+    first = page.query_selector("#layer-conv2-channel-3 .whole")
+    box = [int(v) for v in first.get_attribute("data-box").split(",")]
+    first.click()
+    assert page.eval_on_selector("#zoom", "d => d.open")
+    name = page.inner_text("#layer-conv2-channel-3 figcaption .file")
+    assert f"conv2 · channel 3 · {name}, whole" in page.inner_text("#zoom h3")
+    _outlined(page, box, page.evaluate("JSON.parse(document.getElementById('fv-data').textContent).input[1]"))
+    reader.clean()
+    reader = Reader(browser, reports["demo"])
+    page = reader.open("#layer-conv2-channel-5")
+    data = page.evaluate("JSON.parse(document.getElementById('fv-data').textContent)")
+    peaks = data["layers"]["conv2"]["top"][5]
+    captions = page.eval_on_selector_all("#zoom .tops figcaption .file", "fs => fs.map(f => f.textContent)")
+    assert captions == [data["samples"][p[0]] for p in peaks]
+    crops = page.eval_on_selector_all("#zoom .tops canvas", f"cs => cs.map({RED_BOX})")
+    assert len(crops) == len(peaks) and all(c is not None for c in crops)  # each crop outlines its field
+    page.click("#zoom .tops .whole")
+    assert "whole" in page.inner_text("#zoom h3")
+    _outlined(page, peaks[0][4:8], data["input"][1])
+    reader.clean()

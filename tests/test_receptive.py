@@ -112,7 +112,7 @@ def test_scan_boxes_are_the_true_field_of_the_peak_and_land_on_the_pattern(tmp_p
             assert (x0, x1) == textbook(entry["col"], geometry, 48) and (y0, y1) == textbook(entry["row"], geometry, 48)
             x, y = squares[entry["file"]]
             assert x0 <= x + 1 < x1 and y0 <= y + 1 < y1  # the peak's field covers the square's centre
-            top_, left, side = context_box(entry["box"], 48)
+            top_, left, side = context_box(entry["box"], 48, 48)
             assert side >= max(32, 2 * max(x1 - x0, y1 - y0)) or side == 48
             assert left <= x0 and x1 <= left + side and top_ <= y0 and y1 <= top_ + side
     html = (tmp_path / "s.html").read_text(encoding="utf-8")

@@ -127,7 +127,7 @@ def test_dead_channels_are_flagged_and_top_samples_found_in_order(tmp_path: Path
     assert histogram.lo == pytest.approx(-1.0) and histogram.hi == pytest.approx(1.8)
     data = json.loads((tmp_path / "d.json").read_text())
     top_entry = data["layers"][0]["channels"]["top"][0][0]
-    assert top_entry == {"sample": 1, "value": pytest.approx(0.9), "row": 1, "col": 2, "box": [2, 1, 3, 2]}  # a 1×1 conv
+    assert top_entry == {"sample": 1, "value": pytest.approx(0.9), "row": 1, "col": 2, "box": [2, 1, 3, 2]}
     assert model.conv.weight.requires_grad
 
 
