@@ -16,7 +16,7 @@ from PIL import Image
 
 from .accumulate import ChannelAccumulator
 
-__all__ = ["CROP_PX", "CONTEXT", "MIN_CONTEXT_PX", "context_box", "channel_crops"]
+__all__ = ["CROP_PX", "CONTEXT", "MIN_CONTEXT_PX", "context_boxes", "context_box", "channel_crops"]
 
 CROP_PX = 64
 CONTEXT = 2  # a crop is at least this many times the receptive field's larger side ...
@@ -24,13 +24,20 @@ MIN_CONTEXT_PX = 32  # ... and at least this many input pixels
 OUTLINE = np.array([255, 59, 48], dtype=np.uint8)
 
 
+def context_boxes(fields: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(top, left, side) of the square crop of a ``height``×``width`` input around each receptive field
+    (x0, y0, x1, y1 on the last axis): ``CONTEXT`` times its larger side, at least ``MIN_CONTEXT_PX``,
+    inside the image."""
+    x0, y0, x1, y1 = np.moveaxis(np.asarray(fields, dtype=np.int64), -1, 0)
+    side = np.minimum(min(height, width), np.maximum(MIN_CONTEXT_PX, CONTEXT * np.maximum(x1 - x0, y1 - y0)))
+    top = np.clip(np.round((y0 + y1) / 2 - side / 2), 0, height - side).astype(np.int64)
+    left = np.clip(np.round((x0 + x1) / 2 - side / 2), 0, width - side).astype(np.int64)
+    return np.stack([top, left, side], axis=-1)
+
+
 def context_box(field: Sequence[int], height: int, width: int) -> tuple[int, int, int]:
-    """(top, left, side) of the square crop of a ``height``×``width`` input around the receptive ``field``
-    (x0, y0, x1, y1): ``CONTEXT`` times its larger side, at least ``MIN_CONTEXT_PX``, inside the image."""
-    x0, y0, x1, y1 = (int(v) for v in field)
-    side = min(height, width, max(MIN_CONTEXT_PX, CONTEXT * max(x1 - x0, y1 - y0)))
-    top = min(max(0, round((y0 + y1) / 2 - side / 2)), height - side)
-    left = min(max(0, round((x0 + x1) / 2 - side / 2)), width - side)
+    """:func:`context_boxes` of one field."""
+    top, left, side = context_boxes(np.asarray(field), height, width).tolist()
     return top, left, side
 
 

@@ -33,7 +33,7 @@ from torch.utils._pytree import tree_flatten
 
 from .capture import first_tensor
 
-__all__ = ["TracedField", "trace_fields"]
+__all__ = ["TracedField", "tracing_fields", "trace_fields"]
 
 _NONE = np.iinfo(np.int64).max  # the low end of a range that reads nothing (its high end is -1)
 _POINTWISE = frozenset(
@@ -81,11 +81,16 @@ class TracedField:
     rows: _Axis
     cols: _Axis
 
+    def boxes(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The boxes of positions ``rows``, ``cols`` (arrays of one shape), on a last axis of 4; a position
+        that reads nothing has (0, 0, 0, 0)."""
+        y0, y1, x0, x1 = self.rows.lo[rows], self.rows.hi[rows], self.cols.lo[cols], self.cols.hi[cols]
+        boxes = np.stack([x0, y0, x1 + 1, y1 + 1], -1)
+        return np.where(((y1 < y0) | (x1 < x0))[..., None], 0, boxes)
+
     def box(self, row: int, col: int) -> tuple[int, int, int, int]:
-        y0, y1, x0, x1 = self.rows.lo[row], self.rows.hi[row], self.cols.lo[col], self.cols.hi[col]
-        if y1 < y0 or x1 < x0:
-            return (0, 0, 0, 0)
-        return (int(x0), int(y0), int(x1) + 1, int(y1) + 1)
+        x0, y0, x1, y1 = self.boxes(np.asarray(row), np.asarray(col)).tolist()
+        return x0, y0, x1, y1
 
 
 _Field = tuple[_Axis, _Axis]
@@ -152,7 +157,10 @@ class _Tracer(TorchFunctionMode):
             return result
         if not outputs or name in _UNRELATED:
             return result
-        field = self._rule(name, args, kwargs, followed, outputs[0])
+        try:
+            field = self._rule(name, args, kwargs, followed, outputs[0])
+        except Exception:  # noqa: BLE001 - arguments this rule did not expect: not understood, never a failure
+            field = None
         for output in outputs:
             self.set(output, field if field is not None and output.ndim == outputs[0].ndim else None)
         return result
@@ -315,13 +323,23 @@ def _calls(model: nn.Module, tracer: _Tracer, found: dict[tuple[nn.Module, int],
         yield
 
 
-def trace_fields(model: nn.Module, inputs: torch.Tensor) -> dict[tuple[nn.Module, int], TracedField | None]:
-    """Run ``model`` once on ``inputs`` (N×C×H×W, gradients off; the caller sets mode and device) and
-    return each (module, call)'s field, or None where its output is not maps or not understood."""
-    constants = {id(t) for t in (*model.parameters(), *model.buffers())}
-    tracer = _Tracer(constants)
-    found: dict[tuple[nn.Module, int], TracedField | None] = {}
+@contextmanager
+def tracing_fields(
+    model: nn.Module, inputs: torch.Tensor, found: dict[tuple[nn.Module, int], TracedField | None]
+) -> Iterator[None]:
+    """While inside, a forward pass of ``model`` on ``inputs`` (N×C×H×W) puts each (module, call)'s field
+    in ``found``: None where its output is not maps or not understood. Enter it inside any other
+    ``TorchFunctionMode`` that should see the same pass (the graph's recording)."""
+    tracer = _Tracer({id(t) for t in (*model.parameters(), *model.buffers())})
     _follow_input(tracer, inputs)
-    with torch.no_grad(), _calls(model, tracer, found), tracer:
+    with _calls(model, tracer, found), tracer:
+        yield
+
+
+def trace_fields(model: nn.Module, inputs: torch.Tensor) -> dict[tuple[nn.Module, int], TracedField | None]:
+    """Run ``model`` once on ``inputs`` (gradients off; the caller sets mode and device) and return each
+    (module, call)'s field, as :func:`tracing_fields` finds them."""
+    found: dict[tuple[nn.Module, int], TracedField | None] = {}
+    with torch.no_grad(), tracing_fields(model, inputs, found):
         model(inputs)
     return found

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,13 +125,16 @@ def _hooked(model: nn.Module, recorder: _Recorder) -> Iterator[None]:
         yield
 
 
-def record_graph(model: nn.Module, inputs: torch.Tensor) -> ModelGraph:
+def record_graph(
+    model: nn.Module, inputs: torch.Tensor, beside: AbstractContextManager[object] | None = None
+) -> ModelGraph:
     """Run ``model`` once on ``inputs`` (gradients off) and return the graph of what ran. The caller sets
-    the model's mode and device; hooks are removed even when the forward pass raises."""
+    the model's mode and device; hooks are removed even when the forward pass raises. ``beside`` is
+    entered innermost for the same pass (another recording that wants to see it)."""
     names = {module: name for name, module in model.named_modules() if name}
     recorder = _Recorder(names, {module for module in names if _is_leaf(module)})
     recorder.add("input", "input", "input", inputs, [])
-    with torch.no_grad(), _hooked(model, recorder), _Operations(recorder):
+    with torch.no_grad(), _hooked(model, recorder), _Operations(recorder), beside or nullcontext():
         output = model(inputs)
     truncated = recorder.full
     recorder.add("output", "output", "output", output, recorder.sources(output))

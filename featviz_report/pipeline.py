@@ -10,6 +10,7 @@ import dataclasses
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .config import ReportConfig
 from .device import evaluating, float_dtype, pick_device
 from .encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import InputError, ModelError, first_few, first_line
+from .field_trace import TracedField, tracing_fields
 from .gradcam import class_activation_maps, default_cam_layer, overlay
 from .graph import record_graph
 from .graph_layout import layout_graph, link_graph
@@ -31,7 +33,7 @@ from .heap import release_freed_memory
 from .logits import class_scores
 from .outputs import write_report
 from .progress import Progress
-from .receptive import receptive_fields, with_fields
+from .receptive import ReceptiveFields, receptive_fields, with_fields
 from .record import LayerRecord, call_name, new_accumulator
 from .reduce import Reduced
 from .report_data import (
@@ -135,11 +137,32 @@ def sections_and_graph(
     out, on a second thread while the sections are made: their forward passes and ``dot``'s process run
     beside the sections' numpy and Pillow work instead of after it."""
     with ThreadPoolExecutor(1, thread_name_prefix="graph") as pool:
-        fields = pool.submit(receptive_fields, job.model, graph_inputs(job))
-        drawing = pool.submit(model_graph, job.model, graph_inputs(job)) if job.config.graph else None
+        side = pool.submit(_side_pass, job)
         keys = [(record.module, call) for (_, call), record in run.records.items()]
-        sections = with_fields(make_sections(), keys, fields.result(), job.progress.warn)
-        return sections, None if drawing is None else linked(drawing.result(), sections)
+        sections = make_sections()
+        drawing, fields = side.result()
+        sections = with_fields(sections, keys, fields, job.progress.warn)
+        return sections, None if drawing is None else linked(drawing, sections)
+
+
+def _side_pass(job: Job) -> tuple[GraphView | None, ReceptiveFields | None]:
+    if not job.config.graph:
+        return None, receptive_fields(job.model, graph_inputs(job))
+    return _graph_and_fields(job.model, graph_inputs(job))
+
+
+def _graph_and_fields(model: nn.Module, candidates: Iterable[torch.Tensor]) -> tuple[GraphView, ReceptiveFields | None]:
+    """The graph (:func:`model_graph`) and the receptive fields traced in its recording pass."""
+    found: dict[tuple[nn.Module, int], TracedField | None] = {}
+    shapes: list[tuple[int, int, int]] = []
+
+    def tracing(inputs: torch.Tensor) -> AbstractContextManager[None]:
+        found.clear()
+        shapes.append((inputs.shape[1], inputs.shape[2], inputs.shape[3]))
+        return tracing_fields(model, inputs, found)
+
+    drawing = model_graph(model, candidates, tracing)
+    return drawing, ReceptiveFields(model, shapes[-1], found) if found else None
 
 
 def graph_inputs(job: Job) -> Iterator[torch.Tensor]:
@@ -153,15 +176,20 @@ def graph_inputs(job: Job) -> Iterator[torch.Tensor]:
             yield batch.inputs.to(device=job.device, dtype=job.dtype)
 
 
-def model_graph(model: nn.Module, candidates: Iterable[torch.Tensor]) -> GraphView:
+def model_graph(
+    model: nn.Module,
+    candidates: Iterable[torch.Tensor],
+    beside: Callable[[torch.Tensor], AbstractContextManager[None]] | None = None,
+) -> GraphView:
     """The graph of ``model`` recorded on the first of ``candidates`` it runs on, in eval mode (its modes
-    restored after), and laid out (not yet linked: see :func:`linked`)."""
+    restored after), and laid out (not yet linked: see :func:`linked`); ``beside(inputs)``, when given,
+    also sees the recording pass (:func:`.graph.record_graph`)."""
     graph, failure = None, "no sample could be used"
     with evaluating(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the model's own warnings were shown when it ran for the report
         for inputs in candidates:
             try:
-                graph = record_graph(model, inputs)
+                graph = record_graph(model, inputs, None if beside is None else beside(inputs))
                 break
             except Exception as err:  # noqa: BLE001 - the model ran for the report; one sample may not
                 failure = f"the recording pass failed ({type(err).__name__})"

@@ -101,13 +101,19 @@ def _support(truncated: Truncated, shape: tuple[int, int, int], positions: Seque
 
 
 class ReceptiveFields:
-    """The receptive fields of ``model``'s layers for inputs shaped like ``inputs`` (N×C×H×W, on the
-    model's device), traced once on them; the model's modes are restored after."""
+    """The receptive fields of ``model``'s layers for C×H×W inputs of ``shape``: those ``traced`` along a
+    forward pass (:mod:`.field_trace`), else from the gradient."""
 
-    def __init__(self, model: nn.Module, inputs: torch.Tensor) -> None:
-        self.model, self.shape = model, (inputs.shape[1], inputs.shape[2], inputs.shape[3])
+    def __init__(
+        self, model: nn.Module, shape: tuple[int, int, int], traced: dict[tuple[nn.Module, int], TracedField | None]
+    ) -> None:
+        self.model, self.shape, self.traced = model, shape, traced
+
+    @classmethod
+    def traced_on(cls, model: nn.Module, inputs: torch.Tensor) -> ReceptiveFields:
+        """Traced on ``inputs`` (N×C×H×W, on the model's device), in eval mode (the modes restored after)."""
         with evaluating(model):
-            self.traced: dict[tuple[nn.Module, int], TracedField | None] = trace_fields(model, inputs)
+            return cls(model, (inputs.shape[1], inputs.shape[2], inputs.shape[3]), trace_fields(model, inputs))
 
     def boxes(self, module: nn.Module, call: int, positions: Iterable[tuple[int, int]]) -> dict[tuple[int, int], Box]:
         """Each (row, col) of ``module``'s ``call``-th output maps → its field in input pixels."""
@@ -119,6 +125,9 @@ class ReceptiveFields:
     def peak_boxes(self, module: nn.Module, call: int, top: Peaks) -> np.ndarray:
         """k×C×4: the field of every channel's top peaks, -1 for an empty slot."""
         kept = top.sample >= 0
+        field = self.traced.get((module, call))
+        if field is not None:
+            return np.where(kept[..., None], field.boxes(np.where(kept, top.row, 0), np.where(kept, top.col, 0)), -1)
         found = self.boxes(module, call, {(int(r), int(c)) for r, c in zip(top.row[kept], top.col[kept])})
         boxes = np.full((*top.sample.shape, 4), -1, dtype=np.int64)
         for rank, channel in zip(*np.nonzero(kept)):
@@ -132,7 +141,7 @@ def receptive_fields(model: nn.Module, candidates: Iterable[torch.Tensor]) -> Re
         warnings.simplefilter("ignore")  # the model's own warnings were shown when it ran for the report
         for inputs in candidates:
             try:
-                return ReceptiveFields(model, inputs)
+                return ReceptiveFields.traced_on(model, inputs)
             except Exception:  # noqa: BLE001 - the model ran for the report; one sample may not
                 continue
     return None

@@ -12,11 +12,12 @@ import hashlib
 import math
 from collections.abc import Callable, Iterator
 
+import numpy as np
 from jinja2 import Environment, FileSystemBytecodeCache, FileSystemLoader, StrictUndefined
 from jinja2.bccache import Bucket
 from markupsafe import Markup, escape
 
-from .crops import context_box
+from .crops import context_boxes
 from .report_data import (
     ChannelStats,
     GraphBox,
@@ -224,12 +225,16 @@ def _before_data(channels: ChannelStats) -> dict[str, object]:
 def _top_data(channels: ChannelStats, height: int, width: int) -> list[list[list[float]]]:
     """Per channel, each top sample as ``[sample, value, row, col]``, with its receptive field ``x0, y0, x1,
     y1`` and the square around it that the enlarged view shows (``top, left, side``) where it is known."""
-    peaks, boxes = channels.top.lists(), channels.top.boxes()
-    if boxes is None:
-        return peaks
+    top = channels.top
+    if top.box is None:
+        return top.lists()
+    numbers = np.concatenate(
+        [np.stack([top.sample, top.row, top.col], -1), top.box, context_boxes(top.box, height, width)], -1
+    ).transpose(1, 0, 2)  # channel × rank × 10
+    values = np.round(top.value, 6).T.tolist()
     return [
-        [[*peak, *box, *context_box(box, height, width)] for peak, box in zip(channel, channel_boxes)]
-        for channel, channel_boxes in zip(peaks, boxes)
+        [[n[0], v, *n[1:]] for n, v in zip(channel, channel_values) if n[0] >= 0]
+        for channel, channel_values in zip(numbers.tolist(), values)
     ]
 
 
@@ -249,7 +254,7 @@ def _page_data(report: Report) -> dict[str, object]:
                 "mean": finite_list(layer.channels.mean),
                 "std": finite_list(layer.channels.std),
                 "zeros": finite_list(layer.channels.zero_fraction),
-                "selectivity": [round(layer.channels.selectivity(c), 3) for c in range(len(layer.channels.mean))],
+                "selectivity": np.round(layer.channels.selectivity, 3).tolist(),
                 "flags": {c: flags for c in range(len(layer.channels.mean)) if (flags := layer.channels.flags(c))},
                 "top": _top_data(layer.channels, height, width),
                 "before": _before_data(layer.change.channels_before) if layer.change else None,

@@ -6,6 +6,7 @@ sidecar show, nothing more.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -154,11 +155,16 @@ class ChannelStats:
     zero_fraction: tuple[float, ...]
     top: Peaks
 
-    def selectivity(self, channel: int) -> float:
-        """How far the channel's top peaks stand above its mean, in standard deviations (0 without spread)."""
-        values = self.top.value[self.top.sample[:, channel] >= 0, channel]
-        std = self.std[channel]
-        return float((values.mean() - self.mean[channel]) / std) if len(values) and std > 0 else 0.0
+    @functools.cached_property
+    def selectivity(self) -> np.ndarray:
+        """Per channel, how far its top peaks stand above its mean, in standard deviations (0 without spread)."""
+        kept = self.top.sample >= 0
+        count = kept.sum(0)
+        peaks = np.where(kept, self.top.value, 0.0).sum(0) / np.maximum(count, 1)
+        std = np.asarray(self.std, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            spread = (peaks - np.asarray(self.mean, dtype=np.float64)) / std
+        return np.where((count > 0) & (std > 0), spread, 0.0)
 
     def flags(self, channel: int) -> tuple[str, ...]:
         """``dead`` (never above zero) and ``constant`` (one value other than zero everywhere)."""

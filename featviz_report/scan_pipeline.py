@@ -166,7 +166,7 @@ def _card(
         stats.max[channel],
         stats.std[channel],
         stats.zero_fraction[channel],
-        stats.selectivity(channel),
+        float(stats.selectivity[channel]),
         stats.flags(channel),
         tops,
         feature,

@@ -64,7 +64,7 @@ def test_every_positions_field_matches_the_textbook_recurrence(layer: str, depth
     if method == "gradient":
         boxes = gradient_boxes(model, getattr(model, layer), 0, (1, size, size), positions)
     else:
-        fields = ReceptiveFields(model, torch.zeros(1, 1, size, size))
+        fields = ReceptiveFields.traced_on(model, torch.zeros(1, 1, size, size))
         assert fields.traced[(getattr(model, layer), 0)] is not None
         boxes = fields.boxes(getattr(model, layer), 0, positions)
     for (r, c), (x0, y0, x1, y1) in boxes.items():
