@@ -143,10 +143,31 @@
       Math.max(2, (box[2] - box[0]) * scale - 2), Math.max(2, (box[3] - box[1]) * scale - 2));
   }
 
+  function typed(text, Type) {  // a base64 little-endian typed array of the page data
+    var bytes = Uint8Array.from(atob(text), function (c) { return c.charCodeAt(0); });
+    return new Type(bytes.buffer);
+  }
+
+  function peaksOf(layer, channel) {  // [sample, value, row, col, (x0, y0, x1, y1, top, left, side)] per rank
+    var top = layer.top;
+    if (!top.decoded) {
+      top.decoded = { ints: typed(top.ints, top.bytes === 2 ? Int16Array : Int32Array), values: typed(top.values, Float32Array) };
+    }
+    var ints = top.decoded.ints, values = top.decoded.values, peaks = [];
+    for (var rank = 0; rank < top.k; rank++) {
+      var at = (channel * top.k + rank) * top.n;
+      if (at >= ints.length || ints[at] < 0) { continue; }
+      var peak = [ints[at], values[channel * top.k + rank]];
+      for (var j = 1; j < top.n; j++) { peak.push(ints[at + j]); }
+      peaks.push(peak);
+    }
+    return peaks;
+  }
+
   function showTop(layer, channel) {  // each top sample cut around its peak's receptive field (when known)
     var box = dialog.querySelector(".tops");
     box.textContent = "";
-    var peaks = layer.top[channel] || [];
+    var peaks = peaksOf(layer, channel);
     if (!peaks.length) { return; }
     var title = document.createElement("p");
     title.textContent = peaks[0].length > 4

@@ -5,12 +5,14 @@ Outside CI the suite skips when Chromium, Playwright or axe-core is missing; wit
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 import pytest
 
 from featviz_report.cli import main
@@ -345,7 +347,9 @@ def test_top_images_show_their_exact_receptive_field_whole_on_click(browser: obj
     reader = Reader(browser, reports["demo"])
     page = reader.open("#layer-conv2-channel-5")
     data = page.evaluate("JSON.parse(document.getElementById('fv-data').textContent)")
-    peaks = data["layers"]["conv2"]["top"][5]
+    top = data["layers"]["conv2"]["top"]
+    ints = np.frombuffer(base64.b64decode(top["ints"]), f"<i{top['bytes']}").reshape(-1, top["k"], top["n"])[5]
+    peaks = [[p[0], None, *p[1:]] for p in ints.tolist() if p[0] >= 0]  # sample, (value), row, col, box, square
     captions = page.eval_on_selector_all("#zoom .tops figcaption .file", "fs => fs.map(f => f.textContent)")
     assert captions == [data["samples"][p[0]] for p in peaks]
     crops = page.eval_on_selector_all("#zoom .tops canvas", f"cs => cs.map({RED_BOX})")

@@ -167,7 +167,8 @@ def test_a_scan_over_its_budget_leaves_out_the_whole_images_first_and_keeps_the_
     folder = tmp_path / "noise"
     folder.mkdir()
     for i in range(6):  # noise compresses badly: the whole images weigh
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        noise = np.random.default_rng(i).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(folder / f"{i}.png")
     config = ReportConfig(input_size=48, normalize="none", top_k=3, graph=False, loader_workers=0, max_size=None)
     scan_dataset(BlobFinder(), [folder], tmp_path / "full.html", config)
     full = (tmp_path / "full.html").read_text(encoding="utf-8")

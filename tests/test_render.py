@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TinyCNN, decode_png, read_page
@@ -19,7 +20,8 @@ from torch import nn
 
 from featviz_report import ReportConfig, build_report
 from featviz_report.errors import ModelError, OutputError
-from featviz_report.render import script_json
+from featviz_report.render import _top_data, script_json
+from featviz_report.report_data import ChannelStats, Peaks
 
 CHECKER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_report.py"
 
@@ -167,3 +169,15 @@ def test_an_unusable_template_cache_only_means_compiling_again(
     finally:
         render.environment.cache_clear()
     assert read_page(tmp_path / "r.html").sections
+
+
+@pytest.mark.parametrize(("sample", "size"), [(7, 2), (40_000, 4)])
+def test_the_enlarged_views_top_samples_travel_as_typed_arrays_wide_enough_for_them(sample: int, size: int) -> None:
+    box = np.array([[[3, 4, 9, 12]], [[-1, -1, -1, -1]]])  # rank × channel × 4: one peak, one empty slot
+    peaks = Peaks(np.array([[sample], [-1]]), np.array([[2.5], [0.0]]), np.array([[1], [0]]), np.array([[2], [0]]), box)
+    stats = ChannelStats((0.0,), (2.5,), (1.0,), (0.5,), (0.0,), peaks)
+    top = _top_data(stats, 32, 48)
+    assert (top["k"], top["n"], top["bytes"]) == (2, 10, size)
+    ints = np.frombuffer(base64.b64decode(top["ints"]), f"<i{size}").reshape(1, 2, 10)  # type: ignore[arg-type]
+    assert ints[0, 0].tolist() == [sample, 1, 2, 3, 4, 9, 12, 0, 0, 32] and ints[0, 1, 0] == -1
+    assert np.frombuffer(base64.b64decode(top["values"]), "<f4").tolist() == [2.5, 0.0]  # type: ignore[arg-type]

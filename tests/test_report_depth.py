@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from html import unescape
@@ -155,6 +156,15 @@ def test_json_sidecar_matches_the_page(tmp_path: Path) -> None:
             f"{100 * stats['zero_fraction']:.1f}%",
         ]
     assert len(report.layers) == len(data["layers"])
+    script = json.loads(unescape(page.text.split('id="fv-data">', 1)[1].split("</script>", 1)[0]))
+    for layer in data["layers"]:  # the enlarged view's top samples (typed arrays) are the sidecar's
+        top = script["layers"][layer["id"].removeprefix("layer-")]["top"]
+        ints = np.frombuffer(base64.b64decode(top["ints"]), f"<i{top['bytes']}").reshape(-1, top["k"], top["n"])
+        values = np.frombuffer(base64.b64decode(top["values"]), "<f4").reshape(-1, top["k"])
+        for channel, entries in enumerate(layer["channels"]["top"]):
+            kept = ints[channel][ints[channel][:, 0] >= 0]
+            assert [[e["sample"], e["row"], e["col"], *e.get("box", [])] for e in entries] == kept[:, :7].tolist()
+            assert values[channel][: len(entries)] == pytest.approx([e["value"] for e in entries], rel=1e-5, abs=1e-6)
 
 
 def _atlas(path: Path, section: str, sample: int) -> np.ndarray:
