@@ -5,14 +5,17 @@ spatial axes, the first and last input row (or column) each position reads. The 
 read themselves; each operation maps its inputs' ranges to its output's:
 
 - convolutions and max/average pooling (kernel, stride, padding, dilation, ceil mode), adaptive
-  pooling and constant padding read a window of positions, clipped to the real ones;
+  pooling and padding (constant, reflect, replicate, circular) read a window of positions, clipped to
+  the real ones;
 - spatially pointwise operations (activations, normalisation, dropout, arithmetic, linear layers and
   softmax over channels, concatenation and splits over channels, reshapes and permutations that keep
   the spatial axes) take the union of their inputs' ranges, a broadcast axis of size 1 reading for all;
 - a mean, sum or max over a spatial axis (keeping it) reads the whole axis.
 
-Every other operation on a followed tensor makes its outputs unknown, as does anything unknown flowing
-into a union, so a layer gets a field only when every step to it was understood; the caller then falls
+Every other operation on a followed tensor makes its outputs unknown, as do anything unknown flowing
+into a union, a write through a view (every view of that memory becomes unknown), a module whose output
+did not come through the mode (a compiled extension) and any TorchScript module in the model (the
+tracer then stays out), so a layer gets a field only when every step to it was understood; the caller then falls
 back to the gradient (:mod:`featviz_report.receptive`). Normalisation counts as pointwise: its statistics
 are not part of the field, as in the gradient method. Fields are bounding boxes in input pixels.
 """
@@ -41,14 +44,20 @@ _POINTWISE = frozenset(
     "clamp_min clamp_max maximum minimum where relu relu6 hardtanh leaky_relu gelu silu sigmoid tanh hardswish "
     "hardsigmoid mish softplus elu selu celu prelu rrelu softsign tanhshrink dropout dropout2d alpha_dropout "
     "feature_alpha_dropout batch_norm instance_norm group_norm layer_norm local_response_norm clone "
-    "contiguous to float half double bfloat16 type type_as detach".split()
+    "contiguous to float half double bfloat16 type type_as detach threshold logsigmoid hardshrink softshrink "
+    "erf sin cos gt lt ge le eq ne logical_not bool long int".split()
 )  # fmt: skip
 _DIM_ARG = {  # operations along one dimension: where their dim argument is, and its default
     "softmax": (1, None), "log_softmax": (1, None), "normalize": (2, 1), "cat": (1, 0), "concat": (1, 0),
     "concatenate": (1, 0), "chunk": (2, 0), "split": (2, 0), "split_with_sizes": (2, 0), "unbind": (1, 0),
+    "glu": (1, -1),
 }  # fmt: skip
 _RESHAPE = frozenset("view reshape flatten unflatten squeeze unsqueeze expand view_as reshape_as".split())
 _REDUCE = frozenset("mean sum amax amin max min".split())
+_SAME_AS = {
+    "max_pool2d_with_indices": "max_pool2d", "adaptive_max_pool2d_with_indices": "adaptive_max_pool2d",
+    "swapaxes": "transpose", "swapdims": "transpose",
+}  # fmt: skip
 _UNRELATED = frozenset("zeros_like ones_like empty_like full_like rand_like randn_like new_zeros new_ones new_empty "
                        "new_full new_tensor".split())  # fmt: skip
 
@@ -106,9 +115,13 @@ def _name(func: Any) -> str:
     return name[:-1] if name.endswith("_") and not name.endswith("__") else name
 
 
+_ALIASES = {"dim": ("dim", "axis"), "keepdim": ("keepdim", "keepdims")}  # torch takes numpy's names too
+
+
 def _arg(args: Sequence[Any], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
-    if name in kwargs:
-        return kwargs[name]
+    for key in _ALIASES.get(name, (name,)):
+        if key in kwargs:
+            return kwargs[key]
     return args[index] if len(args) > index else default
 
 
@@ -122,7 +135,7 @@ def _dims(value: Any, ndim: int) -> set[int] | None:
     if value is None:
         return None
     values = value if isinstance(value, (list, tuple)) else [value]
-    return {int(v) % ndim - ndim for v in values}
+    return {int(v) % ndim - ndim for v in values} or None  # dim=[]: every dimension
 
 
 class _Tracer(TorchFunctionMode):
@@ -134,7 +147,17 @@ class _Tracer(TorchFunctionMode):
         self.constants = constants  # ids of the model's parameters and buffers
 
     def set(self, tensor: torch.Tensor, field: _Field | None) -> None:
+        if field is not None and any(  # each axis must still be where it says, at its length
+            -axis.dim > tensor.ndim or len(axis.lo) != tensor.shape[axis.dim] for axis in field
+        ):
+            field = None
         self.known[id(tensor)] = (weakref.ref(tensor), field)
+
+    def sharing(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Followed tensors other than ``tensor`` that are views of its memory (or it of theirs)."""
+        memory = tensor.untyped_storage().data_ptr()
+        alive = (entry[0]() for entry in self.known.values())
+        return [t for t in alive if t is not None and t is not tensor and t.untyped_storage().data_ptr() == memory]
 
     def state(self, tensor: torch.Tensor) -> tuple[bool, _Field | None]:
         """(followed, field): a followed tensor with field None is unknown."""
@@ -146,14 +169,17 @@ class _Tracer(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
-        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        inputs = _tensors((args, kwargs))
         followed = [(t, self.state(t)) for t in inputs]
         if not any(f for _, (f, _) in followed):
             return result
-        outputs = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
-        name = _name(func)
-        if name == "setitem":  # written in place: what it depends on now is not followed
-            self.set(inputs[0], None)
+        outputs = _tensors(result)
+        name, raw = _name(func), getattr(func, "__name__", "")
+        in_place = name == "setitem" or raw.startswith("__i") or raw.endswith("_") and not raw.endswith("__")
+        target = kwargs.get("out", inputs[0] if in_place else None)
+        if isinstance(target, torch.Tensor) and (name == "setitem" or self.sharing(target)):
+            for tensor in (target, *self.sharing(target)):  # written through a view: not followed any more
+                self.set(tensor, None)
             return result
         if not outputs or name in _UNRELATED:
             return result
@@ -167,8 +193,7 @@ class _Tracer(TorchFunctionMode):
 
     def _rule(self, name: str, args: _Args, kwargs: _Kwargs, followed: list[Any], out: torch.Tensor) -> _Field | None:
         first, (is_followed, field) = followed[0]
-        if name == "max_pool2d_with_indices":
-            name = "max_pool2d"
+        name = _SAME_AS.get(name, name)
         if name in ("conv2d", "max_pool2d", "avg_pool2d"):
             alone = not any(f for _, (f, _) in followed[1:])  # weights computed from the input: not a window
             return _window(name, args, kwargs, field, out) if is_followed and field and alone else None
@@ -184,7 +209,12 @@ class _Tracer(TorchFunctionMode):
             return _moved(name, args, kwargs, first, field, out) if is_followed and field else None
         if name in _DIM_ARG:
             fields = [f for _, (_, f) in followed if f is not None]
-            return None if _touches(name, args, kwargs, fields) else self._union(followed, out)
+            if _touches(name, args, kwargs, fields):
+                return None
+            union = self._union(followed, out)
+            if name != "unbind" or union is None:
+                return union
+            return _without(union, {int(_arg(args, kwargs, 1, "dim", 0)) % first.ndim - first.ndim})
         if name in _POINTWISE or (name == "linear" and field is not None and -1 not in (field[0].dim, field[1].dim)):
             return self._union(followed, out)
         return None
@@ -256,13 +286,26 @@ def _adaptive(field: _Field, out: torch.Tensor) -> _Field:
 
 
 def _pad(args: _Args, kwargs: _Kwargs, field: _Field, out: torch.Tensor) -> _Field | None:
+    """``F.pad``: constant padding reads nothing, reflect/replicate/circular read the mirrored, nearest or
+    wrapped-around position (negative widths crop)."""
     widths = list(_arg(args, kwargs, 1, "pad", ()))
-    if _arg(args, kwargs, 2, "mode", "constant") != "constant" or len(widths) % 2:
+    mode = _arg(args, kwargs, 2, "mode", "constant")
+    if mode not in ("constant", "reflect", "replicate", "circular") or len(widths) % 2:
         return None
     before = {-1 - i: widths[2 * i] for i in range(len(widths) // 2)}  # F.pad starts from the last axis
-    return tuple(  # type: ignore[return-value]
-        axis.gather(axis.window(np.arange(out.shape[axis.dim]) - before.get(axis.dim, 0), 1)) for axis in field
-    )
+    axes = []
+    for axis in field:
+        last = len(axis.lo) - 1
+        read = np.arange(out.shape[axis.dim]) - before.get(axis.dim, 0)
+        if mode == "reflect":
+            read = np.abs(read)
+            read = np.where(read > last, 2 * last - read, read)
+        elif mode == "replicate":
+            read = read.clip(0, last)
+        elif mode == "circular":
+            read = read % (last + 1)
+        axes.append(axis.gather(axis.window(read, 1)))
+    return (axes[0], axes[1])
 
 
 def _reduce(args: _Args, kwargs: _Kwargs, first: torch.Tensor, field: _Field, out: torch.Tensor) -> _Field | None:
@@ -270,10 +313,18 @@ def _reduce(args: _Args, kwargs: _Kwargs, first: torch.Tensor, field: _Field, ou
     if dims is None:
         return None
     if not bool(_arg(args, kwargs, 2, "keepdim", False)):
-        return field if not dims & {field[0].dim, field[1].dim} and out.ndim == first.ndim - len(dims) else None
+        if dims & {field[0].dim, field[1].dim} or out.ndim != first.ndim - len(dims):
+            return None
+        return _without(field, dims)
     return tuple(  # type: ignore[return-value]
         _Axis(a.dim, a.lo.min(keepdims=True), a.hi.max(keepdims=True)) if a.dim in dims else a for a in field
     )
+
+
+def _without(field: _Field, removed: set[int]) -> _Field:
+    """``field`` once the dimensions ``removed`` (negative indices, none of them spatial) are gone."""
+    rows, cols = (_Axis(a.dim + sum(1 for d in removed if d > a.dim), a.lo, a.hi) for a in field)
+    return (rows, cols)
 
 
 def _moved(
@@ -296,7 +347,11 @@ def _moved(
         return None
     if name == "getitem":
         index = args[1] if isinstance(args[1], tuple) else (args[1],)
-        if any(i is None or i is Ellipsis or isinstance(i, torch.Tensor) for i in index) or len(index) > ndim - keep:
+        if isinstance(args[1], list) and not all(isinstance(i, int) for i in args[1]):
+            return None  # a list holding slices is read as a tuple of them
+        if any(i is None or i is Ellipsis or isinstance(i, torch.Tensor) for i in index) or len(index) > ndim:
+            return None
+        if any(i != slice(None) for i in index[ndim - keep :]):  # a spatial axis sliced: not the same positions
             return None
     return field
 
@@ -310,17 +365,26 @@ def _follow_input(tracer: _Tracer, inputs: torch.Tensor) -> None:
 def _calls(model: nn.Module, tracer: _Tracer, found: dict[tuple[nn.Module, int], TracedField | None]) -> Iterator[None]:
     counts: dict[nn.Module, int] = {}
 
-    def hook(module: nn.Module, _inputs: object, output: object) -> None:
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: object) -> None:
         call = counts.get(module, 0)
         counts[module] = call + 1
+        if any(tracer.state(t)[0] for t in _tensors((args, kwargs))):
+            for made in _tensors(output):  # made where the mode could not see: not vouched for
+                if not tracer.state(made)[0]:
+                    tracer.set(made, None)
         tensor = first_tensor(output)
         field = tracer.state(tensor)[1] if tensor is not None and tensor.ndim == 4 else None
-        found[(module, call)] = TracedField(*field) if field is not None and field[0].dim == -2 else None
+        maps = field is not None and (field[0].dim, field[1].dim) == (-2, -1)
+        found[(module, call)] = TracedField(*field) if field is not None and maps else None
 
     with ExitStack() as stack:
         for module in model.modules():
-            stack.callback(module.register_forward_hook(hook).remove)
+            stack.callback(module.register_forward_hook(hook, with_kwargs=True).remove)
         yield
+
+
+def _tensors(value: object) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
 
 
 @contextmanager
@@ -330,6 +394,9 @@ def tracing_fields(
     """While inside, a forward pass of ``model`` on ``inputs`` (N×C×H×W) puts each (module, call)'s field
     in ``found``: None where its output is not maps or not understood. Enter it inside any other
     ``TorchFunctionMode`` that should see the same pass (the graph's recording)."""
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        yield  # its insides never reach the mode and it takes no hooks: no field can be vouched for
+        return
     tracer = _Tracer({id(t) for t in (*model.parameters(), *model.buffers())})
     _follow_input(tracer, inputs)
     with _calls(model, tracer, found), tracer:

@@ -162,7 +162,7 @@ def _graph_and_fields(model: nn.Module, candidates: Iterable[torch.Tensor]) -> t
         return tracing_fields(model, inputs, found)
 
     drawing = model_graph(model, candidates, tracing)
-    return drawing, ReceptiveFields(model, shapes[-1], found) if found else None
+    return drawing, ReceptiveFields(model, shapes[-1], found) if shapes else None
 
 
 def graph_inputs(job: Job) -> Iterator[torch.Tensor]:

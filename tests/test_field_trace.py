@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from featviz_report.feature_vis import Truncated
 from featviz_report.field_trace import trace_fields
 from featviz_report.receptive import gradient_boxes
 
@@ -98,3 +99,124 @@ def test_what_the_tracer_does_not_know_is_unknown_and_so_is_all_it_feeds() -> No
     traced = trace_fields(rolled.eval(), torch.randn(1, 3, 16, 16))
     assert traced[(rolled[0], 0)] is not None
     assert traced[(rolled[1], 0)] is None and traced[(rolled[3], 0)] is None  # through a flat vector: not vouched
+
+
+class Lambda(nn.Module):
+    """A model whose forward is ``fn(self, x)``, with the given submodules."""
+
+    def __init__(self, fn: object, **modules: nn.Module) -> None:
+        super().__init__()
+        self.fn = fn
+        for name, module in modules.items():
+            setattr(self, name, module)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self, x)  # type: ignore[operator]
+
+
+def _true_box(model: nn.Module, module: nn.Module, position: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The bounding box of the input pixels the position really depends on: autograd on the real model in
+    float64, the union over three random inputs."""
+    support = torch.zeros(16, 16, dtype=torch.float64)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        x = torch.randn(1, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+        with Truncated(model, module, 0) as truncated:
+            out = truncated(x)
+        support += torch.autograd.grad(out[:, :, position[0], position[1]].sum(), x)[0].abs().sum((0, 1))
+    ys, xs = torch.nonzero(support, as_tuple=True)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _conv(k: int = 3, out: int = 4) -> nn.Conv2d:
+    return nn.Conv2d(3, out, k, padding=k // 2)
+
+
+def _head() -> nn.Conv2d:
+    return nn.Conv2d(4, 4, 1)
+
+
+class _Gate(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x.mean((2, 3), keepdim=True))
+
+
+def _slice_add(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    y = s.c(x)
+    y[:, :2].add_(s.b(x))  # written through a view: the base's field grows
+    return s.h(y)
+
+
+def _old_view(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    y = s.c(x)
+    v = y.view(y.shape)
+    y.add_(s.b(x))
+    return s.h(v)
+
+
+def _w_not_last(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    return s.h(s.c(x).transpose(1, 3))
+
+
+def _scripted_gate(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    return s.h(s.c(x) * s.g(s.c(x)))
+
+
+def _sum_all(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    return s.h(s.c(x) * s.c(x).sum(dim=[], keepdim=True))
+
+
+def _channels_last_mean(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    return s.h(s.c(x).permute(0, 2, 3, 1).mean(-1).unsqueeze(1).permute(0, 3, 1, 2))
+
+
+def _list_of_slices(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    return s.h(s.c(x)[[slice(None)] * 3 + [list(range(15, -1, -1))]])  # flips W
+
+
+def _cat_axis(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    return s.h(torch.cat([s.c(x), s.c(x)], axis=2))
+
+
+def _reflect(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    return s.h(F.pad(s.c(x), (2, 1, 3, 0), mode="reflect"))
+
+
+def _replicate(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    return s.h(F.pad(s.c(x), (2, 2, 2, 2), mode="replicate"))
+
+
+def _channel_slice(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    return s.h(s.c(x)[:, :2, :, :])
+
+
+CASES = {  # a red-team pass's cases, each a wrong box once (now exact or refused), then newly understood ones
+    "W not last": (_w_not_last, lambda: {"c": _conv(), "h": nn.LayerNorm(4)}, (5, 0), False),
+    "add_ through a slice": (_slice_add, lambda: {"c": _conv(), "b": _conv(7, 2), "h": _head()}, (0, 0), False),
+    "a view of a base added to": (_old_view, lambda: {"c": _conv(), "b": _conv(7), "h": _head()}, (0, 0), False),
+    "a traced TorchScript gate": (
+        _scripted_gate,
+        lambda: {"c": _conv(), "g": torch.jit.trace(_Gate(), torch.randn(1, 4, 16, 16)), "h": _head()},
+        (0, 0),
+        False,
+    ),
+    "sum over dim=[]": (_sum_all, lambda: {"c": _conv(), "h": _head()}, (0, 0), False),
+    "channels-last mean(-1)": (_channels_last_mean, lambda: {"c": _conv(), "h": nn.Identity()}, (0, 0), False),
+    "a list of slices": (_list_of_slices, lambda: {"c": _conv(), "h": nn.Identity()}, (0, 0), False),
+    "cat with axis=": (_cat_axis, lambda: {"c": _conv(), "h": _head()}, (0, 0), False),
+    "reflect padding": (_reflect, lambda: {"c": _conv(), "h": nn.Conv2d(4, 4, 3)}, (0, 14), True),
+    "replicate padding": (_replicate, lambda: {"c": _conv(), "h": nn.Conv2d(4, 4, 5)}, (15, 0), True),
+    "full spatial slices": (_channel_slice, lambda: {"c": _conv(5), "h": nn.Conv2d(2, 2, 3, padding=1)}, (7, 7), True),
+}
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")  # jit.trace, a list as an index
+@pytest.mark.parametrize("name", list(CASES))
+def test_traced_boxes_are_exact_or_refused(name: str) -> None:
+    forward, modules, position, understood = CASES[name]
+    torch.manual_seed(0)
+    model = Lambda(forward, **modules()).double().eval()
+    field = trace_fields(model, torch.randn(1, 3, 16, 16, dtype=torch.float64)).get((model.h, 0))
+    assert field is not None or not understood, name
+    if field is not None:  # else refused: the gradient answers
+        assert field.box(*position) == _true_box(model, model.h, position), name
