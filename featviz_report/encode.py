@@ -125,5 +125,6 @@ class PngEncoder:
     def __enter__(self) -> PngEncoder:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        """Waits for every job; after an error, only for those already running (the rest are cancelled)."""
+        self._pool.shutdown(wait=True, cancel_futures=kind is not None)

@@ -50,7 +50,7 @@ from .report_data import (
 )
 from .samples import SampleSet, preprocess
 from .sections import colorbar
-from .spool import Spool, Spooled
+from .spool import Spooled
 from .threads import available_cores, torch_threads
 from .tree import module_tree
 from .visualise import settings_record, vis_targets, visualise_layers
@@ -312,15 +312,16 @@ class Job:
     progress: Progress
 
 
-def run_passes(job: Job) -> Run:
-    """All samples through the model. Ordering channels by a statistic takes a first pass that only
-    ranks them: atlases are encoded as batches go, so the order must be known before."""
+def run_passes(job: Job, encoder: PngEncoder) -> Run:
+    """All samples through the model, their atlases and thumbnails given to ``encoder`` (still being
+    encoded when this returns: the sections and the page wait for each one only where they need it).
+    Ordering channels by a statistic takes a first pass that only ranks them: atlases are encoded as
+    batches go, so the order must be known before."""
     orders = None
     if job.config.order != "index":
         ranking = capture_pass(job, None, None)
         orders = {key: record.stats.ranking(job.config.order) for key, record in ranking.records.items()}
-    with PngEncoder(job.config.workers, Spool()) as encoder:
-        return capture_pass(job, encoder, orders)
+    return capture_pass(job, encoder, orders)
 
 
 def capture_pass(
@@ -375,12 +376,9 @@ def capture_pass(
                 progress.warn(note)
         _require_usable(sample_set)
         samples = tuple(
-            Sample(i, name, Png(future.result(), *size), pred[0] if pred else None, pred)
+            Sample(i, name, Png(future, *size), pred[0] if pred else None, pred)
             for i, ((name, future, size), pred) in enumerate(zip(thumbs, predictions))
         )
-        for record in records.values():
-            for future in record.maps:
-                future.result()
     return Run(samples, records, [*notes, *_skipped_note(capture.skipped)], capture.shapes)
 
 

@@ -7,6 +7,7 @@ sidecar show, nothing more.
 from __future__ import annotations
 
 import functools
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -15,6 +16,7 @@ import numpy as np
 from .spool import Spooled
 
 __all__ = [
+    "PngSource",
     "Png",
     "Grid",
     "Histogram",
@@ -40,22 +42,32 @@ __all__ = [
 ]
 
 
+PngSource = bytes | Spooled | Future[bytes | Spooled]
+
+
 @dataclass(frozen=True)
 class Png:
-    """One encoded PNG image and its pixel size; the bytes are in memory or in a spool file."""
+    """One encoded PNG image and its pixel size; the bytes are in memory or in a spool file, or still
+    being encoded (a future: asking for the bytes waits for them)."""
 
-    source: bytes | Spooled
+    source: PngSource
     width: int
     height: int
 
     @property
     def data(self) -> bytes:
-        return self.source if isinstance(self.source, bytes) else self.source.read()
+        source = self._encoded
+        return source if isinstance(source, bytes) else source.read()
 
     @property
     def size(self) -> int:
         """Length of the PNG in bytes."""
-        return len(self.source) if isinstance(self.source, bytes) else self.source.length
+        source = self._encoded
+        return len(source) if isinstance(source, bytes) else source.length
+
+    @property
+    def _encoded(self) -> bytes | Spooled:
+        return self.source.result() if isinstance(self.source, Future) else self.source
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from torch import nn
 
 from .config import ReportConfig
 from .device import on_device
+from .encode import PngEncoder
 from .heap import old_objects_frozen
 from .outputs import check_api_outputs
 from .pipeline import assemble, cam_view, feature_images, finish, open_job, run_passes, sections_and_graph
@@ -18,6 +19,7 @@ from .progress import Progress
 from .report_data import Report
 from .samples import SamplesArg, open_samples, preprocess
 from .sections import layer_sections
+from .spool import Spool
 from .visualise import check_featviz_globs, with_features
 
 __all__ = ["build_report"]
@@ -50,11 +52,12 @@ def _build(
     check_api_outputs(out, json_out, config.format, samples)
     job = open_job(model, open_samples(samples, preprocess(model, config), config.strict), config, progress)
     check_featviz_globs(config.featviz, [name for name, _ in job.layers])
-    with on_device(job.model, job.device):
-        run = run_passes(job)
-        images = feature_images(job, run)
-        cams = (cam_view(job),) if config.cam else ()
-        sections, graph = sections_and_graph(
-            job, run, lambda: with_features(layer_sections(list(run.records.values()), job.layers, config), images)
-        )
-    return finish(assemble(job, run, sections, cams, graph), out, json_out, config, progress)
+    with PngEncoder(config.workers, Spool()) as encoder:  # still encoding while the sections and page are made
+        with on_device(job.model, job.device):
+            run = run_passes(job, encoder)
+            images = feature_images(job, run)
+            cams = (cam_view(job),) if config.cam else ()
+            sections, graph = sections_and_graph(
+                job, run, lambda: with_features(layer_sections(list(run.records.values()), job.layers, config), images)
+            )
+        return finish(assemble(job, run, sections, cams, graph), out, json_out, config, progress)

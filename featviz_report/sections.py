@@ -18,8 +18,7 @@ from .encode import grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import ModelError
 from .record import LayerRecord, output_kind
 from .reduce import histogram_counts, vector_shape
-from .report_data import ChannelStats, FilterView, Grid, Histogram, LayerSection, Peaks, Png, Stats
-from .spool import Spooled
+from .report_data import ChannelStats, FilterView, Grid, Histogram, LayerSection, Peaks, Png, PngSource, Stats
 from .weights import FilterTiles, filter_tiles
 
 __all__ = ["layer_sections", "colorbar", "slugs"]
@@ -42,7 +41,7 @@ def colorbar(colormap: str) -> Png:
     return Png(png_palette(ramp, colormap), 256, 1)
 
 
-def _grid(png: bytes | Spooled, tile_h: int, tile_w: int, count: int, cols: int, target_px: int) -> Grid:
+def _grid(png: PngSource, tile_h: int, tile_w: int, count: int, cols: int, target_px: int) -> Grid:
     rows = -(-count // cols)
     width, height = cols * tile_w, rows * tile_h
     zoom = max(1, min(-(-target_px // tile_w), MAX_WIDTH_PX // width))
@@ -165,7 +164,7 @@ def layer_sections(
         shown = len(record.channel_ids)
         tile_h, tile_w = _tile_size(record.shape)
         cols = grid_shape(shown)[1]
-        maps = tuple(_grid(f.result(), tile_h, tile_w, shown, cols, TARGET_TILE_PX["maps"]) for f in record.maps)
+        maps = tuple(_grid(f, tile_h, tile_w, shown, cols, TARGET_TILE_PX["maps"]) for f in record.maps)
         tiles = filter_tiles(record.module, record.name == first_conv, config.max_filter_grid)
         notes = []
         ranked_by = ranking or (None if config.order == "index" else config.order)
