@@ -1,6 +1,7 @@
 """Screenshot a report in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
 
-Run: ``.venv/bin/python scripts/screenshot.py report.html docs/screenshot.png [--anchor layer-conv1]``.
+Run: ``.venv/bin/python scripts/screenshot.py report.html docs/screenshot.png [--anchor layer-conv1]
+[--click SELECTOR]``.
 Makes the README's screenshot: the demo report at 1280×800. ``launch`` is also how the browser tests
 and ``bench/reader_speed.py`` start Chromium, so all three see the page the same way.
 """
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--anchor", default="", help="section id to scroll to, e.g. layer-conv1")
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=800)
+    parser.add_argument("--click", default="", help="an element to click first, e.g. '.card .whole'")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -42,6 +44,8 @@ def main() -> None:
         page = browser.new_page(viewport={"width": args.width, "height": args.height})
         page.goto(args.page.resolve().as_uri() + (f"#{args.anchor}" if args.anchor else ""))
         page.wait_for_load_state("load")
+        if args.click:
+            page.click(args.click)
         page.screenshot(path=str(args.out))
         browser.close()
 
