@@ -169,8 +169,11 @@ def layer_sections(
         notes = []
         ranked_by = ranking or (None if config.order == "index" else config.order)
         if record.kind == "maps" and shown < record.shape[0]:
-            which = f"0–{shown - 1}" if ranked_by is None else f"with the highest {ranked_by}"
-            notes.append(f"showing {shown} of {record.shape[0]} channels, {which} (--max-channels {shown})")
+            if ranked_by is None:
+                which = f"0–{shown - 1} (--max-channels {shown}; --order keeps the highest by a statistic instead)"
+            else:
+                which = f"with the highest {ranked_by} (--max-channels {shown})"
+            notes.append(f"showing {shown} of {record.shape[0]} channels, {which}")
         elif record.kind == "maps" and ranked_by:
             notes.append(f"channels ordered by {ranked_by}, highest first")
         if stats.nan or stats.inf:

@@ -73,7 +73,7 @@ def test_torchvision_model_through_the_cli(tmp_path: Path, image_folder: Path) -
     assert code == 0
     page = read_page(out)
     assert [s["data-layer"] for s in page.sections] == ["conv1", "layer4.0.conv2", "layer4.1.conv2", "fc"]
-    assert "showing 32 of 512 channels, 0–31 (--max-channels 32)" in page.text
+    assert "showing 32 of 512 channels, 0–31 (--max-channels 32; --order keeps the highest by" in page.text
 
 
 @pytest.mark.parametrize(
