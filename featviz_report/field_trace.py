@@ -10,7 +10,9 @@ read themselves; each operation maps its inputs' ranges to its output's:
 - spatially pointwise operations (activations, normalisation, dropout, arithmetic, linear layers and
   softmax over channels, concatenation and splits over channels, reshapes and permutations that keep
   the spatial axes) take the union of their inputs' ranges, a broadcast axis of size 1 reading for all;
-- a mean, sum or max over a spatial axis (keeping it) reads the whole axis.
+- a mean, sum or max over a spatial axis (keeping it) reads the whole axis;
+- resampling (``F.interpolate``, ``nn.Upsample``: any mode, size, scale or antialias) reads what the
+  same call reads when run on one-hot inputs, one axis at a time.
 
 Every other operation on a followed tensor makes its outputs unknown, as do anything unknown flowing
 into a union, a write through a view (every view of that memory becomes unknown), a module whose output
@@ -184,7 +186,10 @@ class _Tracer(TorchFunctionMode):
         if not outputs or name in _UNRELATED:
             return result
         try:
-            field = self._rule(name, args, kwargs, followed, outputs[0])
+            if name == "interpolate":  # nn.Upsample too
+                field = _resampled(func, args, kwargs, followed)
+            else:
+                field = self._rule(name, args, kwargs, followed, outputs[0])
         except Exception:  # noqa: BLE001 - arguments this rule did not expect: not understood, never a failure
             field = None
         for output in outputs:
@@ -270,6 +275,42 @@ def _window(name: str, args: _Args, kwargs: _Kwargs, field: _Field, out: torch.T
     for i, axis in enumerate(field):
         starts = stride[i] * np.arange(out.shape[axis.dim]) - pad[i]
         axes.append(axis.gather(axis.window(starts, kernel[i], dilation[i])))
+    return (axes[0], axes[1])
+
+
+PROBES = 2**24  # one-hot probe values per resampling pass (64 MB of float32)
+
+
+def _resampled(func: Any, args: _Args, kwargs: _Kwargs, followed: list[Any]) -> _Field | None:
+    """``F.interpolate`` (any mode, size or scale, antialias): which positions each output reads, found
+    exactly by running the same call on one-hot inputs, one axis at a time."""
+    first, (is_followed, field) = followed[0]
+    if not is_followed or field is None or (field[0].dim, field[1].dim) != (-2, -1) or first.ndim != 4:
+        return None
+    if any(f for _, (f, _) in followed[1:]):
+        return None
+    h, w = first.shape[-2:]
+    dtype = first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32  # the same kernel
+    axes = []
+    for axis in field:
+        n = len(axis.lo)
+        reads = []
+        for start in range(0, n, max(1, PROBES // (h * w))):
+            hot = torch.arange(start, min(n, start + max(1, PROBES // (h * w))))
+            probe = torch.zeros((len(hot), 1, h, w), dtype=dtype, device=first.device)
+            if axis.dim == -2:
+                probe[torch.arange(len(hot)), 0, hot, :] = 1.0
+            else:
+                probe[torch.arange(len(hot)), 0, :, hot] = 1.0
+            result = func(probe, *args[1:], **kwargs)[:, 0].abs()
+            reads.append(result.amax(-1 if axis.dim == -2 else -2) > 0)  # probes × outputs along the axis
+        read = torch.cat(reads).T.cpu().numpy()  # outputs × inputs
+        width = max(1, int(read.sum(1).max()))
+        index = np.full((read.shape[0], width), -1, dtype=np.int64)
+        for position, row in enumerate(read):
+            found = np.flatnonzero(row)
+            index[position, : len(found)] = found
+        axes.append(axis.gather(index))
     return (axes[0], axes[1])
 
 

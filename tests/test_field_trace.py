@@ -76,29 +76,29 @@ def test_traced_fields_equal_the_gradients_on_torchvision_models(name: str) -> N
 
 
 class Unknown(nn.Module):
-    """An upsampled branch (the tracer does not know interpolation) added back onto a known path."""
+    """A rolled branch (the tracer does not know roll) added back onto a known path."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.down = nn.Conv2d(4, 4, 3, stride=2, padding=1)
-        self.up = nn.Upsample(scale_factor=2.0)
+        self.down = nn.Conv2d(4, 4, 3, padding=1)
+        self.roll = nn.Identity()
         self.head = nn.Conv2d(4, 4, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
-        return self.head(x + self.up(self.down(x)))
+        return self.head(x + self.roll(torch.roll(self.down(x), 3, dims=-1)))
 
 
 def test_what_the_tracer_does_not_know_is_unknown_and_so_is_all_it_feeds() -> None:
     model = Unknown().eval()
     traced = trace_fields(model, torch.randn(1, 3, 16, 16))
     assert traced[(model.conv, 0)] is not None and traced[(model.down, 0)] is not None
-    assert traced[(model.up, 0)] is None and traced[(model.head, 0)] is None
-    rolled = nn.Sequential(nn.Conv2d(3, 3, 3), nn.Flatten(), nn.Unflatten(1, (3, 14, 14)), nn.Conv2d(3, 3, 3))
-    traced = trace_fields(rolled.eval(), torch.randn(1, 3, 16, 16))
-    assert traced[(rolled[0], 0)] is not None
-    assert traced[(rolled[1], 0)] is None and traced[(rolled[3], 0)] is None  # through a flat vector: not vouched
+    assert traced[(model.roll, 0)] is None and traced[(model.head, 0)] is None
+    flat = nn.Sequential(nn.Conv2d(3, 3, 3), nn.Flatten(), nn.Unflatten(1, (3, 14, 14)), nn.Conv2d(3, 3, 3))
+    traced = trace_fields(flat.eval(), torch.randn(1, 3, 16, 16))
+    assert traced[(flat[0], 0)] is not None
+    assert traced[(flat[1], 0)] is None and traced[(flat[3], 0)] is None  # through a flat vector: not vouched
 
 
 class Lambda(nn.Module):
@@ -190,6 +190,19 @@ def _channel_slice(s: Lambda, x: torch.Tensor) -> torch.Tensor:
     return s.h(s.c(x)[:, :2, :, :])
 
 
+def _zoomed(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    return s.h(F.interpolate(s.c(x), scale_factor=1.7, mode="bilinear"))
+
+
+def _shrunk(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    return s.h(F.interpolate(s.c(x), scale_factor=0.6, mode="bilinear", antialias=True))
+
+
+def _decoder(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # a UNet's way up: down, resample, add the skip
+    skip = s.c(x)
+    return s.h(skip + s.up(s.down(skip)))
+
+
 CASES = {  # a red-team pass's cases, each a wrong box once (now exact or refused), then newly understood ones
     "W not last": (_w_not_last, lambda: {"c": _conv(), "h": nn.LayerNorm(4)}, (5, 0), False),
     "add_ through a slice": (_slice_add, lambda: {"c": _conv(), "b": _conv(7, 2), "h": _head()}, (0, 0), False),
@@ -207,6 +220,28 @@ CASES = {  # a red-team pass's cases, each a wrong box once (now exact or refuse
     "reflect padding": (_reflect, lambda: {"c": _conv(), "h": nn.Conv2d(4, 4, 3)}, (0, 14), True),
     "replicate padding": (_replicate, lambda: {"c": _conv(), "h": nn.Conv2d(4, 4, 5)}, (15, 0), True),
     "full spatial slices": (_channel_slice, lambda: {"c": _conv(5), "h": nn.Conv2d(2, 2, 3, padding=1)}, (7, 7), True),
+    "scaled by 1.7": (_zoomed, lambda: {"c": _conv(), "h": nn.Conv2d(4, 4, 3)}, (20, 3), True),
+    "shrunk, antialiased": (_shrunk, lambda: {"c": _conv(), "h": nn.Conv2d(4, 4, 3)}, (4, 2), True),
+    **{
+        f"upsampled, {mode}": (
+            _decoder,
+            lambda kw=kw: {
+                "c": _conv(),
+                "down": nn.Conv2d(4, 4, 3, stride=2, padding=1),
+                "up": nn.Upsample(size=(16, 16), **kw),
+                "h": nn.Conv2d(4, 4, 3, padding=1),
+            },
+            position,
+            True,
+        )
+        for mode, kw, position in (
+            ("nearest", {"mode": "nearest"}, (5, 9)),
+            ("nearest-exact", {"mode": "nearest-exact"}, (15, 0)),
+            ("bilinear", {"mode": "bilinear", "align_corners": False}, (0, 7)),
+            ("bilinear, corners aligned", {"mode": "bilinear", "align_corners": True}, (11, 15)),
+            ("bicubic", {"mode": "bicubic", "align_corners": False}, (8, 3)),
+        )
+    },
 }
 
 
