@@ -12,14 +12,17 @@ read themselves; each operation maps its inputs' ranges to its output's:
   the spatial axes) take the union of their inputs' ranges, a broadcast axis of size 1 reading for all;
 - a mean, sum or max over a spatial axis (keeping it) reads the whole axis;
 - resampling (``F.interpolate``, ``nn.Upsample``: any mode, size, scale or antialias) reads what the
-  same call reads when run on one-hot inputs, one axis at a time.
+  same call reads when run on one-hot inputs, one axis at a time; transposed convolutions and pixel
+  (un)shuffles read the positions their geometry sends to each output.
 
 Every other operation on a followed tensor makes its outputs unknown, as do anything unknown flowing
 into a union, a write through a view (every view of that memory becomes unknown), a module whose output
 did not come through the mode (a compiled extension) and any TorchScript module in the model (the
 tracer then stays out), so a layer gets a field only when every step to it was understood; the caller then falls
 back to the gradient (:mod:`featviz_report.receptive`). Normalisation counts as pointwise: its statistics
-are not part of the field, as in the gradient method. Fields are bounding boxes in input pixels.
+are not part of the field, as in the gradient method. Channels are merged: after a pixel unshuffle
+(space to depth) and a shuffle back, a field can be larger than the exact one. Fields are bounding
+boxes in input pixels.
 """
 
 from __future__ import annotations
@@ -202,6 +205,10 @@ class _Tracer(TorchFunctionMode):
         if name in ("conv2d", "max_pool2d", "avg_pool2d"):
             alone = not any(f for _, (f, _) in followed[1:])  # weights computed from the input: not a window
             return _window(name, args, kwargs, field, out) if is_followed and field and alone else None
+        if name in ("conv_transpose2d", "pixel_shuffle", "pixel_unshuffle"):
+            alone = not any(f for _, (f, _) in followed[1:])
+            maps = is_followed and field is not None and (field[0].dim, field[1].dim) == (-2, -1)
+            return _spread(name, args, kwargs, field, out) if maps and alone and field else None
         if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
             return _adaptive(field, out) if is_followed and field and field[0].dim == -2 else None
         if name == "pad":
@@ -310,6 +317,30 @@ def _resampled(func: Any, args: _Args, kwargs: _Kwargs, followed: list[Any]) -> 
         for position, row in enumerate(read):
             found = np.flatnonzero(row)
             index[position, : len(found)] = found
+        axes.append(axis.gather(index))
+    return (axes[0], axes[1])
+
+
+def _spread(name: str, args: _Args, kwargs: _Kwargs, field: _Field, out: torch.Tensor) -> _Field:
+    """A transposed convolution (output ``o`` reads each input ``i`` with ``o = i·stride − padding +
+    dilation·t``) and pixel (un)shuffles (``o`` reads ``o // r``, or ``o·r … o·r + r − 1``)."""
+    if name == "conv_transpose2d":
+        kernel = tuple(_arg(args, kwargs, 1, "weight", None).shape[-2:])
+        stride, padding = _pair(_arg(args, kwargs, 3, "stride", 1)), _pair(_arg(args, kwargs, 4, "padding", 0))
+        dilation = _pair(_arg(args, kwargs, 7, "dilation", 1))
+    else:
+        factor = int(_arg(args, kwargs, 1, "upscale_factor" if name == "pixel_shuffle" else "downscale_factor", 1))
+    axes = []
+    for i, axis in enumerate(field):
+        positions = np.arange(out.shape[axis.dim])
+        if name == "conv_transpose2d":
+            reached = positions[:, None] + padding[i] - dilation[i] * np.arange(kernel[i])[None, :]
+            index = np.where(reached % stride[i] == 0, reached // stride[i], -1)
+            index = np.where((index >= 0) & (index < len(axis.lo)), index, -1)
+        elif name == "pixel_shuffle":
+            index = (positions // factor)[:, None]
+        else:
+            index = axis.window(positions * factor, factor)
         axes.append(axis.gather(index))
     return (axes[0], axes[1])
 

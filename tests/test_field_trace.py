@@ -198,6 +198,18 @@ def _shrunk(s: Lambda, x: torch.Tensor) -> torch.Tensor:
     return s.h(F.interpolate(s.c(x), scale_factor=0.6, mode="bilinear", antialias=True))
 
 
+def _transposed(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    return s.h(s.up(s.down(s.c(x))))
+
+
+def _shuffled(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    return s.h(F.pixel_shuffle(s.c(x), 2))
+
+
+def _unshuffled(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    return s.h(F.pixel_unshuffle(s.c(x), 2))
+
+
 def _decoder(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # a UNet's way up: down, resample, add the skip
     skip = s.c(x)
     return s.h(skip + s.up(s.down(skip)))
@@ -220,6 +232,30 @@ CASES = {  # a red-team pass's cases, each a wrong box once (now exact or refuse
     "reflect padding": (_reflect, lambda: {"c": _conv(), "h": nn.Conv2d(4, 4, 3)}, (0, 14), True),
     "replicate padding": (_replicate, lambda: {"c": _conv(), "h": nn.Conv2d(4, 4, 5)}, (15, 0), True),
     "full spatial slices": (_channel_slice, lambda: {"c": _conv(5), "h": nn.Conv2d(2, 2, 3, padding=1)}, (7, 7), True),
+    "transposed convolution": (
+        _transposed,
+        lambda: {
+            "c": _conv(),
+            "down": nn.Conv2d(4, 4, 3, stride=2, padding=1),
+            "up": nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1, dilation=1),
+            "h": nn.Conv2d(4, 4, 3, padding=1),
+        },
+        (9, 0),
+        True,
+    ),
+    "dilated transposed convolution": (
+        _transposed,
+        lambda: {
+            "c": _conv(),
+            "down": nn.Conv2d(4, 4, 2, stride=2),
+            "up": nn.ConvTranspose2d(4, 4, 3, stride=3, padding=2, dilation=2),
+            "h": nn.Conv2d(4, 4, 1),
+        },
+        (12, 5),
+        True,
+    ),
+    "pixel shuffle": (_shuffled, lambda: {"c": _conv(3, 8), "h": nn.Conv2d(2, 2, 3)}, (6, 27), True),
+    "pixel unshuffle": (_unshuffled, lambda: {"c": _conv(), "h": nn.Conv2d(16, 2, 3)}, (5, 1), True),
     "scaled by 1.7": (_zoomed, lambda: {"c": _conv(), "h": nn.Conv2d(4, 4, 3)}, (20, 3), True),
     "shrunk, antialiased": (_shrunk, lambda: {"c": _conv(), "h": nn.Conv2d(4, 4, 3)}, (4, 2), True),
     **{
