@@ -23,7 +23,7 @@ from .device import evaluating
 from .errors import UsageError
 from .reduce import Reduced, reduce_output
 
-__all__ = ["Capture", "capturing", "select_layers", "first_tensor", "DEFAULT_TYPES"]
+__all__ = ["Capture", "capturing", "select_layers", "first_tensor", "tensors_in", "DEFAULT_TYPES"]
 
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
 
@@ -42,6 +42,18 @@ def select_layers(model: nn.Module, globs: Sequence[str] = ()) -> list[tuple[str
             examples = ", ".join(n for n, _ in named[:6])
             raise UsageError(f"--layers {pattern!r} matches no layer of the model (layers are named like: {examples})")
     return [(n, m) for n, m in named if any(fnmatch.fnmatchcase(n, p) for p in globs)]
+
+
+def tensors_in(value: object) -> list[torch.Tensor]:
+    """Every tensor in ``value``, through (named) tuples, lists and dicts: a hot path of the graph's and
+    the fields' recording, several times faster than ``torch.utils._pytree``."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in tensors_in(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in tensors_in(item)]
+    return []
 
 
 def first_tensor(output: object) -> torch.Tensor | None:

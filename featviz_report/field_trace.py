@@ -37,9 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
 
-from .capture import first_tensor
+from .capture import first_tensor, tensors_in
 
 __all__ = ["TracedField", "tracing_fields", "trace_fields"]
 
@@ -174,11 +173,11 @@ class _Tracer(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
-        inputs = _tensors((args, kwargs))
+        inputs = tensors_in((args, kwargs))
         followed = [(t, self.state(t)) for t in inputs]
         if not any(f for _, (f, _) in followed):
             return result
-        outputs = _tensors(result)
+        outputs = tensors_in(result)
         name, raw = _name(func), getattr(func, "__name__", "")
         in_place = name == "setitem" or raw.startswith("__i") or raw.endswith("_") and not raw.endswith("__")
         target = kwargs.get("out", inputs[0] if in_place else None)
@@ -440,8 +439,8 @@ def _calls(model: nn.Module, tracer: _Tracer, found: dict[tuple[nn.Module, int],
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: object) -> None:
         call = counts.get(module, 0)
         counts[module] = call + 1
-        if any(tracer.state(t)[0] for t in _tensors((args, kwargs))):
-            for made in _tensors(output):  # made where the mode could not see: not vouched for
+        if any(tracer.state(t)[0] for t in tensors_in((args, kwargs))):
+            for made in tensors_in(output):  # made where the mode could not see: not vouched for
                 if not tracer.state(made)[0]:
                     tracer.set(made, None)
         tensor = first_tensor(output)
@@ -453,10 +452,6 @@ def _calls(model: nn.Module, tracer: _Tracer, found: dict[tuple[nn.Module, int],
         for module in model.modules():
             stack.callback(module.register_forward_hook(hook, with_kwargs=True).remove)
         yield
-
-
-def _tensors(value: object) -> list[torch.Tensor]:
-    return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
 
 
 @contextmanager

@@ -20,9 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
 
-from .capture import DEFAULT_TYPES
+from .capture import DEFAULT_TYPES, tensors_in
 from .report_data import GraphNode, ModelGraph
 
 __all__ = ["record_graph"]
@@ -47,7 +46,7 @@ class _Recorder:
         return len(self.nodes) >= MAX_NODES
 
     def add(self, kind: str, name: str, type_: str, output: object, sources: list[int], call: int = 0) -> int:
-        tensors = _tensors(output)
+        tensors = tensors_in(output)
         shape = tuple(tensors[0].shape[1:]) if tensors else ()
         node = GraphNode(len(self.nodes), kind, name, type_, shape, self.scopes[-1] if self.scopes else "", call)
         self.nodes.append(node)
@@ -58,7 +57,7 @@ class _Recorder:
 
     def sources(self, *values: object) -> list[int]:
         found = []
-        for tensor in _tensors(values):
+        for tensor in tensors_in(values):
             entry = self.producers.get(id(tensor))
             if entry is not None and entry[0]() is tensor:
                 found.append(entry[1])
@@ -95,7 +94,7 @@ class _Operations(TorchFunctionMode):
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
         recorder = self.recorder
-        if recorder.inside_leaf or recorder.full or not _tensors(result):
+        if recorder.inside_leaf or recorder.full or not tensors_in(result):
             return result
         sources = recorder.sources(args, kwargs)
         if sources:
@@ -105,11 +104,6 @@ class _Operations(TorchFunctionMode):
             name = name.strip("_") or "op"
             recorder.add("op", name, name, result, sources)
         return result
-
-
-def _tensors(value: object) -> list[torch.Tensor]:
-    leaves, _ = tree_flatten(value)
-    return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
 
 
 def _is_leaf(module: nn.Module) -> bool:
