@@ -16,7 +16,7 @@ import torch
 __all__ = ["Reduced", "reduce_output", "histogram_counts", "vector_shape", "HISTOGRAM_BINS", "HISTOGRAM_VALUES"]
 
 HISTOGRAM_BINS = 64
-HISTOGRAM_VALUES = 1 << 18  # a batch's histogram counts at most this many values, evenly strided, scaled up
+HISTOGRAM_VALUES = 1 << 16  # a batch's histogram counts at most this many values, evenly strided, scaled up
 PERCENTILE = 0.01  # ``percentile`` clips each tile to its 1st–99th percentile
 
 
