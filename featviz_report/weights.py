@@ -52,9 +52,9 @@ def _block_mean(matrix: np.ndarray, limit: int) -> np.ndarray:
 def _finite_weights(module: nn.Linear | nn.Conv2d | nn.ConvTranspose2d) -> tuple[np.ndarray, str | None]:
     """The weights as float32 with NaN/Inf drawn as 0, and a note that says how many there were."""
     weights = module.weight.detach().float().cpu().numpy()
-    bad = int(weights.size - np.count_nonzero(np.isfinite(weights)))
-    if not bad:
+    if not weights.size or np.isfinite(weights.min()) and np.isfinite(weights.max()):  # NaN and ±Inf reach these
         return weights, None
+    bad = int(weights.size - np.count_nonzero(np.isfinite(weights)))
     return np.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0), f"{bad:,} non-finite weights (NaN/Inf) drawn as 0"
 
 
@@ -91,7 +91,7 @@ def filter_tiles(module: nn.Module, is_first: bool, cap: int) -> FilterTiles | N
     if isinstance(module, nn.ConvTranspose2d):
         weights = weights.transpose(1, 0, 2, 3)  # stored in×out; shown out×in like Conv2d
     out_ch, in_ch, kh, kw = weights.shape
-    bound = float(np.abs(weights).max()) if weights.size else 0.0
+    bound = float(max(-weights.min(), weights.max())) if weights.size else 0.0  # max |w| without a copy
     if is_first and in_ch == 3:
         flat = weights.reshape(out_ch, -1)
         lo = flat.min(1).reshape(-1, 1, 1, 1)
