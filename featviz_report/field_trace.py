@@ -58,6 +58,9 @@ _DIM_ARG = {  # operations along one dimension: where their dim argument is, and
 }  # fmt: skip
 _RESHAPE = frozenset("view reshape flatten unflatten squeeze unsqueeze expand view_as reshape_as".split())
 _REDUCE = frozenset("mean sum amax amin max min".split())
+_IN_PLACE_DUNDERS = frozenset(
+    f"__i{op}__" for op in "add sub mul truediv floordiv mod pow matmul and or xor lshift rshift".split()
+)  # x += y; not __int__, __invert__ or __index__
 _SAME_AS = {
     "max_pool2d_with_indices": "max_pool2d", "adaptive_max_pool2d_with_indices": "adaptive_max_pool2d",
     "swapaxes": "transpose", "swapdims": "transpose",
@@ -179,10 +182,11 @@ class _Tracer(TorchFunctionMode):
             return result
         outputs = tensors_in(result)
         name, raw = _name(func), getattr(func, "__name__", "")
-        in_place = name == "setitem" or raw.startswith("__i") or raw.endswith("_") and not raw.endswith("__")
+        in_place = name == "setitem" or raw in _IN_PLACE_DUNDERS or raw.endswith("_") and not raw.endswith("__")
         target = kwargs.get("out", inputs[0] if in_place else None)
-        if isinstance(target, torch.Tensor) and (name == "setitem" or self.sharing(target)):
-            for tensor in (target, *self.sharing(target)):  # written through a view: not followed any more
+        views = self.sharing(target) if isinstance(target, torch.Tensor) else []
+        if isinstance(target, torch.Tensor) and (name == "setitem" or views):
+            for tensor in (target, *views):  # written through a view: not followed any more
                 self.set(tensor, None)
             return result
         if not outputs or name in _UNRELATED:
