@@ -1,9 +1,15 @@
 """Arrays → PNG bytes (and back, for cached images): tile atlases, palette images and thumbnails, encoded
 in a thread pool.
 
-The only module that encodes with Pillow. Settings are fixed (no metadata, one zlib level) so the same
-array always gives the same bytes. Pillow releases the GIL while compressing, so a thread pool keeps
+The only module that encodes with Pillow. Settings are fixed (no metadata, one zlib level and strategy) so
+the same array always gives the same bytes. Pillow releases the GIL while compressing, so a thread pool keeps
 every core busy while the model runs.
+
+zlib's run-length strategy (``Z_RLE``: matches of one repeated byte only) instead of its default string
+matching: on resnet18's 160 palette atlases (20 MB of pixels) it encodes in 0.18 s instead of 0.37 s on one
+core, and the PNGs come out no larger: 18.5 vs 18.6 MB for random inputs, 1.24 vs 1.37 MB for maps of a
+photo with ReLU's zeros, 2.66 vs 2.73 MB for ten RGB photos. Longer string matches, which image rows
+seldom repeat, were what the default strategy spent its time looking for.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import threading
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -21,9 +28,10 @@ from .colormaps import palette
 from .spool import Spool, Spooled
 from .threads import allowed_cores
 
-__all__ = ["PngEncoder", "grid_shape", "tile_atlas", "png_palette", "png_rgb", "png_size", "png_pixels", "ZLIB_LEVEL"]
+__all__ = ["PngEncoder", "grid_shape", "tile_atlas", "png_palette", "png_rgb", "png_size", "png_pixels"]
 
 ZLIB_LEVEL = 1
+ZLIB_STRATEGY = zlib.Z_RLE
 MAX_PENDING_BYTES = 24 * 2**20  # tiles waiting for an encoder: about one batch of resnet18 × 8
 
 
@@ -78,7 +86,7 @@ def png_pixels(data: bytes) -> np.ndarray:
 
 def _save(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=ZLIB_LEVEL)
+    image.save(buffer, format="PNG", compress_level=ZLIB_LEVEL, compress_type=ZLIB_STRATEGY)
     return buffer.getvalue()
 
 
