@@ -11,6 +11,10 @@ read themselves; each operation maps its inputs' ranges to its output's:
   softmax over channels, concatenation and splits over channels, reshapes and permutations that keep
   the spatial axes) take the union of their inputs' ranges, a broadcast axis of size 1 reading for all;
 - a mean, sum or max over a spatial axis (keeping it) reads the whole axis;
+- once every position of a tensor reads the same box (maps pooled to 1×1), so does every element of
+  anything computed from it alone, by any operation: a squeeze-excitation gate written as
+  ``view(b, c)``, linear layers, ``view(b, c, 1, 1)`` keeps its box, which a product with the maps then
+  adds to every position;
 - resampling (``F.interpolate``, ``nn.Upsample``: any mode, size, scale or antialias) reads what the
   same call reads when run on one-hot inputs, one axis at a time; transposed convolutions and pixel
   (un)shuffles read the positions their geometry sends to each output.
@@ -65,6 +69,7 @@ _SAME_AS = {
     "max_pool2d_with_indices": "max_pool2d", "adaptive_max_pool2d_with_indices": "adaptive_max_pool2d",
     "swapaxes": "transpose", "swapdims": "transpose",
 }  # fmt: skip
+_SHAPE_OF_OTHER = frozenset("expand_as view_as reshape_as type_as".split())
 _UNRELATED = frozenset("zeros_like ones_like empty_like full_like rand_like randn_like new_zeros new_ones new_empty "
                        "new_full new_tensor".split())  # fmt: skip
 
@@ -109,7 +114,23 @@ class TracedField:
         return x0, y0, x1, y1
 
 
+@dataclass(frozen=True)
+class _Whole:
+    """What every element of a tensor reads: one box, (first, last) input row and column, whatever its shape."""
+
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+
+    def axes(self, dims: tuple[int, int], shape: Sequence[int]) -> tuple[_Axis, _Axis]:
+        """The box as the spatial axes ``dims`` of a tensor of ``shape``, every position reading it."""
+        return (
+            _Axis(dims[0], np.full(shape[dims[0]], self.rows[0]), np.full(shape[dims[0]], self.rows[1])),
+            _Axis(dims[1], np.full(shape[dims[1]], self.cols[0]), np.full(shape[dims[1]], self.cols[1])),
+        )
+
+
 _Field = tuple[_Axis, _Axis]
+_Known = _Field | _Whole  # per spatial position, or one box for every element
 _Args = tuple[Any, ...]
 _Kwargs = dict[str, Any]
 
@@ -150,11 +171,11 @@ class _Tracer(TorchFunctionMode):
 
     def __init__(self, constants: set[int]) -> None:
         super().__init__()
-        self.known: dict[int, tuple[weakref.ref[torch.Tensor], _Field | None]] = {}
+        self.known: dict[int, tuple[weakref.ref[torch.Tensor], _Known | None]] = {}
         self.constants = constants  # ids of the model's parameters and buffers
 
-    def set(self, tensor: torch.Tensor, field: _Field | None) -> None:
-        if field is not None and any(  # each axis must still be where it says, at its length
+    def set(self, tensor: torch.Tensor, field: _Known | None) -> None:
+        if isinstance(field, tuple) and any(  # each axis must still be where it says, at its length
             -axis.dim > tensor.ndim or len(axis.lo) != tensor.shape[axis.dim] for axis in field
         ):
             field = None
@@ -166,7 +187,7 @@ class _Tracer(TorchFunctionMode):
         alive = (entry[0]() for entry in self.known.values())
         return [t for t in alive if t is not None and t is not tensor and t.untyped_storage().data_ptr() == memory]
 
-    def state(self, tensor: torch.Tensor) -> tuple[bool, _Field | None]:
+    def state(self, tensor: torch.Tensor) -> tuple[bool, _Known | None]:
         """(followed, field): a followed tensor with field None is unknown."""
         entry = self.known.get(id(tensor))
         if entry is None or entry[0]() is not tensor:
@@ -182,6 +203,10 @@ class _Tracer(TorchFunctionMode):
             return result
         outputs = tensors_in(result)
         name, raw = _name(func), getattr(func, "__name__", "")
+        if name in _SHAPE_OF_OTHER:  # x.expand_as(y): y's values are not read
+            followed = followed[:1]
+            if not followed[0][1][0]:
+                return result
         in_place = name == "setitem" or raw in _IN_PLACE_DUNDERS or raw.endswith("_") and not raw.endswith("__")
         target = kwargs.get("out", inputs[0] if in_place else None)
         views = self.sharing(target) if isinstance(target, torch.Tensor) else []
@@ -191,19 +216,26 @@ class _Tracer(TorchFunctionMode):
             return result
         if not outputs or name in _UNRELATED:
             return result
+        field: _Known | None = None
         try:
-            if name == "interpolate":  # nn.Upsample too
+            if any(isinstance(f, _Whole) for _, (_, f) in followed):
+                field = self._union(followed, outputs[0]) if name in _POINTWISE else None  # a gate on maps
+            elif name == "interpolate":  # nn.Upsample too
                 field = _resampled(func, args, kwargs, followed)
             else:
                 field = self._rule(name, args, kwargs, followed, outputs[0])
         except Exception:  # noqa: BLE001 - arguments this rule did not expect: not understood, never a failure
             field = None
+        if field is None:
+            field = self._whole(followed)
         for output in outputs:
-            self.set(output, field if field is not None and output.ndim == outputs[0].ndim else None)
+            same = isinstance(field, _Whole) or output.ndim == outputs[0].ndim
+            self.set(output, field if field is not None and same else None)
         return result
 
-    def _rule(self, name: str, args: _Args, kwargs: _Kwargs, followed: list[Any], out: torch.Tensor) -> _Field | None:
-        first, (is_followed, field) = followed[0]
+    def _rule(self, name: str, args: _Args, kwargs: _Kwargs, followed: list[Any], out: torch.Tensor) -> _Known | None:
+        first, (is_followed, known) = followed[0]
+        field = known if isinstance(known, tuple) else None  # no _Whole reaches here
         name = _SAME_AS.get(name, name)
         if name in ("conv2d", "max_pool2d", "avg_pool2d"):
             alone = not any(f for _, (f, _) in followed[1:])  # weights computed from the input: not a window
@@ -223,18 +255,42 @@ class _Tracer(TorchFunctionMode):
         if name in _RESHAPE or name in ("permute", "transpose", "getitem"):
             return _moved(name, args, kwargs, first, field, out) if is_followed and field else None
         if name in _DIM_ARG:
-            fields = [f for _, (_, f) in followed if f is not None]
+            fields = [f for _, (_, f) in followed if isinstance(f, tuple)]
             if _touches(name, args, kwargs, fields):
                 return None
             union = self._union(followed, out)
-            if name != "unbind" or union is None:
+            if name != "unbind" or not isinstance(union, tuple):
                 return union
             return _without(union, {int(_arg(args, kwargs, 1, "dim", 0)) % first.ndim - first.ndim})
         if name in _POINTWISE or (name == "linear" and field is not None and -1 not in (field[0].dim, field[1].dim)):
             return self._union(followed, out)
         return None
 
-    def _union(self, followed: list[Any], out: torch.Tensor) -> _Field | None:
+    def _union(self, followed: list[Any], out: torch.Tensor) -> _Known | None:
+        """Each output position reads what the inputs' positions it lines up with read (broadcasting)."""
+        known = self._fields(followed)
+        if known is None:
+            return None
+        fields = [f for f in known if isinstance(f, tuple)]
+        boxes = [f for f in known if isinstance(f, _Whole)]
+        if not fields:
+            return _joined(boxes)
+        dims = {(f[0].dim, f[1].dim) for f in fields}
+        if len(dims) != 1 or out.ndim < -min(*next(iter(dims))):
+            return None
+        fields += [box.axes(next(iter(dims)), [1] * 2) for box in boxes]
+        return tuple(_merged([f[i] for f in fields], out.shape[fields[0][i].dim]) for i in (0, 1))  # type: ignore[return-value]
+
+    def _whole(self, followed: list[Any]) -> _Whole | None:
+        """One box for every element of anything computed, by whatever operation, from inputs each of whose
+        elements reads one box (maps of 1×1 count): the union of those boxes."""
+        known = self._fields(followed)
+        boxes = [_as_whole(f) for f in known or ()]
+        return _joined(boxes) if boxes and all(box is not None for box in boxes) else None  # type: ignore[arg-type]
+
+    def _fields(self, followed: list[Any]) -> list[_Known] | None:
+        """The followed inputs' fields; None when one is unknown or an input is a map this mode did not see
+        made (an opaque operation's output): nothing can be vouched for then."""
         fields = []
         for tensor, (is_followed, field) in followed:
             if is_followed and field is None:
@@ -242,10 +298,25 @@ class _Tracer(TorchFunctionMode):
             if field is not None:
                 fields.append(field)
             elif id(tensor) not in self.constants and tensor.ndim >= 2 and tensor.shape[-2:].numel() > 1:
-                return None  # a map from somewhere not followed (an opaque operation): cannot vouch for it
-        if len({(f[0].dim, f[1].dim) for f in fields}) != 1 or out.ndim < -min(fields[0][0].dim, fields[0][1].dim):
-            return None
-        return tuple(_merged([f[i] for f in fields], out.shape[fields[0][i].dim]) for i in (0, 1))  # type: ignore[return-value]
+                return None
+        return fields
+
+
+def _as_whole(field: _Known) -> _Whole | None:
+    """``field`` as one box every element reads, when it is one: a :class:`_Whole`, or maps of 1×1."""
+    if isinstance(field, _Whole):
+        return field
+    rows, cols = field
+    if len(rows.lo) != 1 or len(cols.lo) != 1:
+        return None
+    return _Whole((int(rows.lo[0]), int(rows.hi[0])), (int(cols.lo[0]), int(cols.hi[0])))
+
+
+def _joined(boxes: list[_Whole]) -> _Whole:
+    return _Whole(
+        (min(b.rows[0] for b in boxes), max(b.rows[1] for b in boxes)),
+        (min(b.cols[0] for b in boxes), max(b.cols[1] for b in boxes)),
+    )
 
 
 def _merged(axes: list[_Axis], size: int) -> _Axis:
@@ -447,15 +518,22 @@ def _calls(model: nn.Module, tracer: _Tracer, found: dict[tuple[nn.Module, int],
             for made in tensors_in(output):  # made where the mode could not see: not vouched for
                 if not tracer.state(made)[0]:
                     tracer.set(made, None)
-        tensor = first_tensor(output)
-        field = tracer.state(tensor)[1] if tensor is not None and tensor.ndim == 4 else None
-        maps = field is not None and (field[0].dim, field[1].dim) == (-2, -1)
-        found[(module, call)] = TracedField(*field) if field is not None and maps else None
+        found[(module, call)] = _maps_field(tracer, first_tensor(output))
 
     with ExitStack() as stack:
         for module in model.modules():
             stack.callback(module.register_forward_hook(hook, with_kwargs=True).remove)
         yield
+
+
+def _maps_field(tracer: _Tracer, tensor: torch.Tensor | None) -> TracedField | None:
+    """A module output's field, when the output is N×C×H×W maps and its field is known."""
+    if tensor is None or tensor.ndim != 4:
+        return None
+    known = tracer.state(tensor)[1]
+    if isinstance(known, _Whole):
+        return TracedField(*known.axes((-2, -1), tensor.shape))
+    return TracedField(*known) if known is not None and (known[0].dim, known[1].dim) == (-2, -1) else None
 
 
 @contextmanager

@@ -75,6 +75,34 @@ def test_traced_fields_equal_the_gradients_on_torchvision_models(name: str) -> N
     _compare(model, 32, convs[:: max(1, len(convs) // 6)] + convs[-1:])
 
 
+class ClassicSE(nn.Module):
+    """Two squeeze-excitation blocks as SENet's code writes them: pooled, ``view(b, c)``, linear layers,
+    then ``view(b, c, 1, 1)`` and ``expand_as``. The first pools every 4th row and column of its maps, so
+    what follows reads less than the whole image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.fc = nn.Sequential(nn.Linear(8, 4), nn.GELU(), nn.Linear(4, 8), nn.Sigmoid())
+        self.mid = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc2 = nn.Sequential(nn.Linear(8, 4), nn.GELU(), nn.Linear(4, 8), nn.Sigmoid())
+        self.head = nn.Conv2d(8, 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        b, c = x.shape[:2]
+        x = x * self.fc(F.adaptive_avg_pool2d(F.max_pool2d(x, 1, 4), 1).view(b, c)).view(b, c, 1, 1)
+        x = self.mid(F.avg_pool2d(x, 2))  # a functional max pool would send the gradient to one pixel
+        y = self.fc2(torch.flatten(F.adaptive_avg_pool2d(F.avg_pool2d(x, 1, 3), 1), 1)).view(b, c, 1, 1)
+        return self.head(x * y.expand_as(x))
+
+
+def test_traced_fields_equal_the_gradients_after_classic_squeeze_excitation_blocks() -> None:
+    torch.manual_seed(0)
+    model = ClassicSE()
+    _compare(model, 30, [model.stem, model.mid, model.head])
+
+
 class Unknown(nn.Module):
     """A rolled branch (the tracer does not know roll) added back onto a known path."""
 
@@ -210,6 +238,34 @@ def _unshuffled(s: Lambda, x: torch.Tensor) -> torch.Tensor:
     return s.h(F.pixel_unshuffle(s.c(x), 2))
 
 
+def _se_vector(s: Lambda, y: torch.Tensor) -> torch.Tensor:
+    """A classic squeeze-excitation vector: pooled over every 4th row and column of ``y`` (so its box is
+    not the whole image), as ``view(b, c)``, two linear layers (SiLU between: a ReLU can be dead for all three
+    test inputs, and then the gradient this is checked against sees no gate)."""
+    b, c = y.shape[:2]
+    return torch.sigmoid(s.fc2(F.silu(s.fc1(F.adaptive_avg_pool2d(F.max_pool2d(y, 1, 4), 1).view(b, c)))))
+
+
+def _classic_se(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    y = s.c(x)
+    return s.h(y * _se_vector(s, y).view(*y.shape[:2], 1, 1))
+
+
+def _se_unknown_ops(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # sort and cumsum: any op keeps the box
+    y = s.c(x)
+    g = torch.cumsum(torch.sort(_se_vector(s, y), dim=1).values, 1)
+    return s.h(y * g.view(*y.shape[:2], 1, 1))
+
+
+def _se_expanded(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # the gate alone, as maps
+    y = s.c(x)
+    return s.h(_se_vector(s, y).view(*y.shape[:2], 1, 1).expand_as(y))  # as classic SENet code writes it
+
+
+def _se(h: nn.Module) -> dict[str, nn.Module]:
+    return {"c": _conv(), "fc1": nn.Linear(4, 3), "fc2": nn.Linear(3, 4), "h": h}
+
+
 def _decoder(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # a UNet's way up: down, resample, add the skip
     skip = s.c(x)
     return s.h(skip + s.up(s.down(skip)))
@@ -256,6 +312,9 @@ CASES = {  # a red-team pass's cases, each a wrong box once (now exact or refuse
     ),
     "pixel shuffle": (_shuffled, lambda: {"c": _conv(3, 8), "h": nn.Conv2d(2, 2, 3)}, (6, 27), True),
     "pixel unshuffle": (_unshuffled, lambda: {"c": _conv(), "h": nn.Conv2d(16, 2, 3)}, (5, 1), True),
+    "squeeze-excitation with view(b, c)": (_classic_se, lambda: _se(nn.Conv2d(4, 4, 3, padding=1)), (0, 0), True),
+    "its vector through unknown ops": (_se_unknown_ops, lambda: _se(nn.Conv2d(4, 4, 3, padding=1)), (1, 0), True),
+    "its gate expanded to maps": (_se_expanded, lambda: _se(nn.Identity()), (15, 15), True),
     "scaled by 1.7": (_zoomed, lambda: {"c": _conv(), "h": nn.Conv2d(4, 4, 3)}, (20, 3), True),
     "shrunk, antialiased": (_shrunk, lambda: {"c": _conv(), "h": nn.Conv2d(4, 4, 3)}, (4, 2), True),
     **{
