@@ -20,13 +20,18 @@ read themselves; each operation maps its inputs' ranges to its output's:
   (un)shuffles read the positions their geometry sends to each output.
 
 Every other operation on a followed tensor makes its outputs unknown, as do anything unknown flowing
-into a union, a write through a view (every view of that memory becomes unknown), a module whose output
-did not come through the mode (a compiled extension) and any TorchScript module in the model (the
-tracer then stays out), so a layer gets a field only when every step to it was understood; the caller then falls
-back to the gradient (:mod:`featviz_report.receptive`). Normalisation counts as pointwise: its statistics
-are not part of the field, as in the gradient method. Channels are merged: after a pixel unshuffle
-(space to depth) and a shuffle back, a field can be larger than the exact one. Fields are bounding
-boxes in input pixels.
+into a union, a write through a view (every view of that memory, and its base, becomes unknown), a module
+whose output did not come through the mode (a compiled extension), a tensor this bookkeeping cannot read
+(sparse) and any TorchScript module in the model (the tracer then stays out). So a layer gets a field
+only when every step to it was understood; the caller then falls back to the gradient
+(:mod:`featviz_report.receptive`). Normalisation counts as pointwise (local response norm runs along
+dim 1): its statistics are not part of the field, as in the gradient method. Channels are merged: after
+a pixel unshuffle (space to depth) and a shuffle back, a field can be larger than the exact one. Fields
+are bounding boxes in input pixels.
+
+Not seen: values that leave torch and come back (``.item()``, ``.tolist()``, numpy), or that come out of a
+scripted function (not module) or ``torch.vmap``, as a scalar, a vector or 1×1 maps, are taken for
+constants, so what they carry from the input is missing from the field.
 """
 
 from __future__ import annotations
@@ -51,14 +56,15 @@ _POINTWISE = frozenset(
     "add sub mul div true_divide truediv floor_divide floordiv neg abs exp log sqrt rsqrt pow square clamp clip "
     "clamp_min clamp_max maximum minimum where relu relu6 hardtanh leaky_relu gelu silu sigmoid tanh hardswish "
     "hardsigmoid mish softplus elu selu celu prelu rrelu softsign tanhshrink dropout dropout2d alpha_dropout "
-    "feature_alpha_dropout batch_norm instance_norm group_norm layer_norm local_response_norm clone "
+    "feature_alpha_dropout batch_norm instance_norm group_norm layer_norm clone "
     "contiguous to float half double bfloat16 type type_as detach threshold logsigmoid hardshrink softshrink "
     "erf sin cos gt lt ge le eq ne logical_not bool long int".split()
 )  # fmt: skip
-_DIM_ARG = {  # operations along one dimension: where their dim argument is, and its default
+_DIM_ARG: dict[str, tuple[int | None, int | None]] = {  # operations along one dimension: where their dim
+    # argument is, and its default
     "softmax": (1, None), "log_softmax": (1, None), "normalize": (2, 1), "cat": (1, 0), "concat": (1, 0),
     "concatenate": (1, 0), "chunk": (2, 0), "split": (2, 0), "split_with_sizes": (2, 0), "unbind": (1, 0),
-    "glu": (1, -1),
+    "glu": (1, -1), "local_response_norm": (None, 1),  # None: no dim argument, always along dim 1
 }  # fmt: skip
 _RESHAPE = frozenset("view reshape flatten unflatten squeeze unsqueeze expand view_as reshape_as".split())
 _REDUCE = frozenset("mean sum amax amin max min".split())
@@ -71,7 +77,7 @@ _SAME_AS = {
 }  # fmt: skip
 _SHAPE_OF_OTHER = frozenset("expand_as view_as reshape_as type_as".split())
 _UNRELATED = frozenset("zeros_like ones_like empty_like full_like rand_like randn_like new_zeros new_ones new_empty "
-                       "new_full new_tensor".split())  # fmt: skip
+                       "new_full".split())  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -183,9 +189,9 @@ class _Tracer(TorchFunctionMode):
 
     def sharing(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Followed tensors other than ``tensor`` that are views of its memory (or it of theirs)."""
-        memory = tensor.untyped_storage().data_ptr()
+        memory = _memory(tensor)
         alive = (entry[0]() for entry in self.known.values())
-        return [t for t in alive if t is not None and t is not tensor and t.untyped_storage().data_ptr() == memory]
+        return [t for t in alive if t is not None and t is not tensor and _memory(t) == memory]
 
     def state(self, tensor: torch.Tensor) -> tuple[bool, _Known | None]:
         """(followed, field): a followed tensor with field None is unknown."""
@@ -197,25 +203,38 @@ class _Tracer(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
+        try:
+            self._follow(func, args, kwargs, result)
+        except Exception:  # noqa: BLE001 - tensors this bookkeeping cannot read (sparse, ...): the pass goes on
+            for output in tensors_in(result):
+                self.set(output, None)
+        return result
+
+    def _follow(self, func: Any, args: _Args, kwargs: _Kwargs, result: Any) -> None:
+        """Give ``func``'s outputs their fields (and forget whatever it wrote into)."""
         inputs = tensors_in((args, kwargs))
         followed = [(t, self.state(t)) for t in inputs]
         if not any(f for _, (f, _) in followed):
-            return result
+            return
         outputs = tensors_in(result)
         name, raw = _name(func), getattr(func, "__name__", "")
         if name in _SHAPE_OF_OTHER:  # x.expand_as(y): y's values are not read
             followed = followed[:1]
             if not followed[0][1][0]:
-                return result
+                return
+        if name == "new_tensor":  # y.new_tensor(g): a copy of g
+            followed, name = followed[1:], "clone"
         in_place = name == "setitem" or raw in _IN_PLACE_DUNDERS or raw.endswith("_") and not raw.endswith("__")
         target = kwargs.get("out", inputs[0] if in_place else None)
-        views = self.sharing(target) if isinstance(target, torch.Tensor) else []
-        if isinstance(target, torch.Tensor) and (name == "setitem" or views):
-            for tensor in (target, *views):  # written through a view: not followed any more
-                self.set(tensor, None)
-            return result
+        if isinstance(target, torch.Tensor):
+            views = self.sharing(target)
+            base = target._base  # written through a view of it: its base changes too, followed or not
+            if name == "setitem" or views or base is not None:
+                for tensor in (target, *views, *([] if base is None else [base])):  # not followed any more
+                    self.set(tensor, None)
+                return
         if not outputs or name in _UNRELATED:
-            return result
+            return
         field: _Known | None = None
         try:
             if any(isinstance(f, _Whole) for _, (_, f) in followed):
@@ -231,7 +250,6 @@ class _Tracer(TorchFunctionMode):
         for output in outputs:
             same = isinstance(field, _Whole) or output.ndim == outputs[0].ndim
             self.set(output, field if field is not None and same else None)
-        return result
 
     def _rule(self, name: str, args: _Args, kwargs: _Kwargs, followed: list[Any], out: torch.Tensor) -> _Known | None:
         first, (is_followed, known) = followed[0]
@@ -302,6 +320,11 @@ class _Tracer(TorchFunctionMode):
         return fields
 
 
+def _memory(tensor: torch.Tensor) -> int | None:
+    """Where a strided tensor's memory starts; None for layouts without storage (sparse)."""
+    return tensor.untyped_storage().data_ptr() if tensor.layout == torch.strided else None
+
+
 def _as_whole(field: _Known) -> _Whole | None:
     """``field`` as one box every element reads, when it is one: a :class:`_Whole`, or maps of 1×1."""
     if isinstance(field, _Whole):
@@ -328,7 +351,7 @@ def _merged(axes: list[_Axis], size: int) -> _Axis:
 def _touches(name: str, args: _Args, kwargs: _Kwargs, fields: list[_Field]) -> bool:
     """Whether an operation along a dimension (cat, split, softmax) runs along a spatial axis."""
     position, default = _DIM_ARG[name]
-    dim = _arg(args, kwargs, position, "dim", default)
+    dim = default if position is None else _arg(args, kwargs, position, "dim", default)
     tensor = args[0][0] if isinstance(args[0], (list, tuple)) else args[0]
     if not isinstance(dim, int) or not fields:
         return True

@@ -262,6 +262,31 @@ def _se_expanded(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # the gate alone,
     return s.h(_se_vector(s, y).view(*y.shape[:2], 1, 1).expand_as(y))  # as classic SENet code writes it
 
 
+def _buffer_view(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # the gate written into a buffer through a view
+    y = s.c(x)
+    b, c = y.shape[:2]
+    buf = torch.zeros(b, c, 1, 1, dtype=y.dtype)
+    buf.view(b, c).copy_(F.adaptive_avg_pool2d(y, 1).view(b, c))
+    return s.h(y * buf)
+
+
+def _new_tensor(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # a copy of the pooled values
+    y = s.c(x)
+    return s.h(y * y.new_tensor(F.adaptive_avg_pool2d(y, 1)))
+
+
+def _lrn_channels_last(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # its window then runs along H
+    return s.h(F.local_response_norm(s.c(x).permute(0, 2, 3, 1), 5).permute(0, 3, 1, 2))
+
+
+def _sparse_alive(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # a sparse tensor has no storage to compare
+    y = s.c(x)
+    sparse = y.to_sparse()
+    z = y.clone()
+    z.add_(1)
+    return s.h(z + 0 * sparse.to_dense())
+
+
 def _se(h: nn.Module) -> dict[str, nn.Module]:
     return {"c": _conv(), "fc1": nn.Linear(4, 3), "fc2": nn.Linear(3, 4), "h": h}
 
@@ -312,6 +337,14 @@ CASES = {  # a red-team pass's cases, each a wrong box once (now exact or refuse
     ),
     "pixel shuffle": (_shuffled, lambda: {"c": _conv(3, 8), "h": nn.Conv2d(2, 2, 3)}, (6, 27), True),
     "pixel unshuffle": (_unshuffled, lambda: {"c": _conv(), "h": nn.Conv2d(16, 2, 3)}, (5, 1), True),
+    "a gate written into a view of a buffer": (_buffer_view, lambda: {"c": _conv(), "h": nn.Identity()}, (8, 8), False),
+    "channels-last local response norm": (
+        _lrn_channels_last,
+        lambda: {"c": _conv(), "h": nn.Identity()},
+        (8, 8),
+        False,
+    ),  # noqa: E501
+    "a sparse tensor alive": (_sparse_alive, lambda: {"c": _conv(), "h": nn.Identity()}, (8, 8), False),
     "squeeze-excitation with view(b, c)": (_classic_se, lambda: _se(nn.Conv2d(4, 4, 3, padding=1)), (0, 0), True),
     "its vector through unknown ops": (_se_unknown_ops, lambda: _se(nn.Conv2d(4, 4, 3, padding=1)), (1, 0), True),
     "its gate expanded to maps": (_se_expanded, lambda: _se(nn.Identity()), (15, 15), True),
@@ -350,3 +383,18 @@ def test_traced_boxes_are_exact_or_refused(name: str) -> None:
     assert field is not None or not understood, name
     if field is not None:  # else refused: the gradient answers
         assert field.box(*position) == _true_box(model, model.h, position), name
+
+
+@pytest.mark.filterwarnings("ignore:To copy construct")  # torch's advice about new_tensor: the case itself
+def test_a_copy_made_by_new_tensor_reads_what_it_copies() -> None:
+    """``new_tensor`` copies values without a gradient, so autograd cannot be the judge: a pixel far from
+    the position's own window changes the output there, and the traced box holds it."""
+    torch.manual_seed(0)
+    model = Lambda(_new_tensor, c=_conv(), h=nn.Identity()).double().eval()
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    moved = x.clone()
+    moved[..., 0, 0] += 1.0
+    with torch.no_grad():
+        assert not torch.equal(model(x)[..., 8, 8], model(moved)[..., 8, 8])
+    field = trace_fields(model, x)[(model.h, 0)]
+    assert field is not None and field.box(8, 8) == (0, 0, 16, 16)
