@@ -8,9 +8,11 @@ read themselves; each operation maps its inputs' ranges to its output's:
   pooling and padding (constant, reflect, replicate, circular) read a window of positions, clipped to
   the real ones;
 - spatially pointwise operations (activations, normalisation, dropout, arithmetic, linear layers and
-  softmax over channels, concatenation and splits over channels, reshapes and permutations that keep
-  the spatial axes) take the union of their inputs' ranges, a broadcast axis of size 1 reading for all;
-- a mean, sum or max over a spatial axis (keeping it) reads the whole axis;
+  softmax over channels, concatenation, stacking and splits over channels, reshapes and permutations
+  that keep the spatial axes) take the union of their inputs' ranges, a broadcast axis of size 1
+  reading for all;
+- a mean, sum or max over a spatial axis (keeping it) reads the whole axis; over both (or everything)
+  without keeping them, every element reads everything the positions read;
 - once every position of a tensor reads the same box (maps pooled to 1×1), so does every element of
   anything computed from it alone, by any operation: a squeeze-excitation gate written as
   ``view(b, c)``, linear layers, ``view(b, c, 1, 1)`` keeps its box, which a product with the maps then
@@ -20,7 +22,8 @@ read themselves; each operation maps its inputs' ranges to its output's:
   (un)shuffles read the positions their geometry sends to each output.
 
 Every other operation on a followed tensor makes its outputs unknown, as do anything unknown flowing
-into a union, a write through a view (every view of that memory, and its base, becomes unknown), a module
+into a union, a write (every other name for the memory written into becomes unknown: its views, its base,
+tensors made where the mode did not see; an indexed assignment makes the written tensor unknown too), a module
 whose output did not come through the mode (a compiled extension), a tensor this bookkeeping cannot read
 (sparse) and any TorchScript module in the model (the tracer then stays out). So a layer gets a field
 only when every step to it was understood; the caller then falls back to the gradient
@@ -179,6 +182,7 @@ class _Tracer(TorchFunctionMode):
         super().__init__()
         self.known: dict[int, tuple[weakref.ref[torch.Tensor], _Known | None]] = {}
         self.constants = constants  # ids of the model's parameters and buffers
+        self.written: dict[int | None, weakref.ref[torch.Tensor]] = {}  # memory written into → its base tensor
 
     def set(self, tensor: torch.Tensor, field: _Known | None) -> None:
         if isinstance(field, tuple) and any(  # each axis must still be where it says, at its length
@@ -196,9 +200,13 @@ class _Tracer(TorchFunctionMode):
     def state(self, tensor: torch.Tensor) -> tuple[bool, _Known | None]:
         """(followed, field): a followed tensor with field None is unknown."""
         entry = self.known.get(id(tensor))
-        if entry is None or entry[0]() is not tensor:
-            return False, None
-        return True, entry[1]
+        if entry is not None and entry[0]() is tensor:
+            return True, entry[1]
+        if self.written:  # another name for memory an operation wrote into: what it holds is not known
+            base = self.written.get(_memory(tensor))
+            if base is not None and base() is not None:
+                return True, None
+        return False, None
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -226,12 +234,13 @@ class _Tracer(TorchFunctionMode):
             followed, name = followed[1:], "clone"
         in_place = name == "setitem" or raw in _IN_PLACE_DUNDERS or raw.endswith("_") and not raw.endswith("__")
         target = kwargs.get("out", inputs[0] if in_place else None)
-        if isinstance(target, torch.Tensor):
-            views = self.sharing(target)
-            base = target._base  # written through a view of it: its base changes too, followed or not
-            if name == "setitem" or views or base is not None:
-                for tensor in (target, *views, *([] if base is None else [base])):  # not followed any more
-                    self.set(tensor, None)
+        if isinstance(target, torch.Tensor):  # written into: its other names (views, base) are not known
+            base = target if target._base is None else target._base  # any other name keeps it alive
+            self.written[_memory(base)] = weakref.ref(base)
+            for tensor in self.sharing(target):
+                self.set(tensor, None)
+            if name == "setitem":  # part of it written: the parts' positions are not followed
+                self.set(target, None)
                 return
         if not outputs or name in _UNRELATED:
             return
@@ -272,6 +281,12 @@ class _Tracer(TorchFunctionMode):
             return _reduce(args, kwargs, first, field, out)
         if name in _RESHAPE or name in ("permute", "transpose", "getitem"):
             return _moved(name, args, kwargs, first, field, out) if is_followed and field else None
+        if name == "stack":  # a new axis: the spatial ones stay where they are if it comes before them
+            n = first.ndim + 1
+            spatial = [f for _, (_, f) in followed if isinstance(f, tuple)]
+            if not spatial or int(_arg(args, kwargs, 1, "dim", 0)) % n - n >= min(spatial[0][0].dim, spatial[0][1].dim):
+                return None
+            return self._union(followed, out)
         if name in _DIM_ARG:
             fields = [f for _, (_, f) in followed if isinstance(f, tuple)]
             if _touches(name, args, kwargs, fields):
@@ -322,17 +337,25 @@ class _Tracer(TorchFunctionMode):
 
 def _memory(tensor: torch.Tensor) -> int | None:
     """Where a strided tensor's memory starts; None for layouts without storage (sparse)."""
-    return tensor.untyped_storage().data_ptr() if tensor.layout == torch.strided else None
+    if tensor.layout != torch.strided:
+        return None
+    try:
+        return tensor.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # no storage to ask (a functorch wrapper, ...)
+        return None
 
 
 def _as_whole(field: _Known) -> _Whole | None:
     """``field`` as one box every element reads, when it is one: a :class:`_Whole`, or maps of 1×1."""
     if isinstance(field, _Whole):
         return field
+    return _spanned(field) if len(field[0].lo) == 1 and len(field[1].lo) == 1 else None
+
+
+def _spanned(field: _Field) -> _Whole:
+    """The box of everything ``field``'s positions read."""
     rows, cols = field
-    if len(rows.lo) != 1 or len(cols.lo) != 1:
-        return None
-    return _Whole((int(rows.lo[0]), int(rows.hi[0])), (int(cols.lo[0]), int(cols.hi[0])))
+    return _Whole((int(rows.lo.min()), int(rows.hi.max())), (int(cols.lo.min()), int(cols.hi.max())))
 
 
 def _joined(boxes: list[_Whole]) -> _Whole:
@@ -477,12 +500,14 @@ def _pad(args: _Args, kwargs: _Kwargs, field: _Field, out: torch.Tensor) -> _Fie
     return (axes[0], axes[1])
 
 
-def _reduce(args: _Args, kwargs: _Kwargs, first: torch.Tensor, field: _Field, out: torch.Tensor) -> _Field | None:
+def _reduce(args: _Args, kwargs: _Kwargs, first: torch.Tensor, field: _Field, out: torch.Tensor) -> _Known | None:
     dims = _dims(_arg(args, kwargs, 1, "dim", None), first.ndim)
-    if dims is None:
-        return None
-    if not bool(_arg(args, kwargs, 2, "keepdim", False)):
-        if dims & {field[0].dim, field[1].dim} or out.ndim != first.ndim - len(dims):
+    keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
+    spatial = {field[0].dim, field[1].dim}
+    if dims is None or spatial <= dims and not keepdim:  # x.mean((2, 3)): every element reads every position
+        return _spanned(field)
+    if not keepdim:
+        if dims & spatial or out.ndim != first.ndim - len(dims):
             return None
         return _without(field, dims)
     return tuple(  # type: ignore[return-value]

@@ -287,6 +287,35 @@ def _sparse_alive(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # a sparse tenso
     return s.h(z + 0 * sparse.to_dense())
 
 
+def _mean_gate(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # timm's way: mean((2, 3)), then [..., None, None]
+    y = s.c(x)
+    return s.h(y * torch.sigmoid(s.fc2(s.fc1(F.max_pool2d(y, 1, 4).mean((2, 3)))))[:, :, None, None])
+
+
+def _whole_mean(s: Lambda, x: torch.Tensor) -> torch.Tensor:
+    y = s.c(x)
+    return s.h(y - F.max_pool2d(y, 1, 4).mean())
+
+
+def _alias_then_write(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # the alias was taken before the write
+    y = s.c(x)
+    b, c = y.shape[:2]
+    buf = torch.zeros(b, c, dtype=y.dtype)
+    alias = buf.view(b, c, 1, 1)
+    buf.copy_(F.adaptive_avg_pool2d(y, 1).view(b, c))
+    return s.h(y * alias)
+
+
+def _ghost(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # GhostNet: a channel slice of a concatenation, added to
+    out = torch.cat([s.c(x), s.b(s.c(x))], 1)[:, :4]
+    out += s.d(x)
+    return s.h(out)
+
+
+def _stacked(s: Lambda, x: torch.Tensor, dim: int = 1) -> torch.Tensor:  # SK: branches stacked, then summed
+    return s.h(torch.stack([s.c(x), s.b(x)], dim).sum(dim))
+
+
 def _se(h: nn.Module) -> dict[str, nn.Module]:
     return {"c": _conv(), "fc1": nn.Linear(4, 3), "fc2": nn.Linear(3, 4), "h": h}
 
@@ -343,10 +372,36 @@ CASES = {  # a red-team pass's cases, each a wrong box once (now exact or refuse
         lambda: {"c": _conv(), "h": nn.Identity()},
         (8, 8),
         False,
-    ),  # noqa: E501
+    ),
     "a sparse tensor alive": (_sparse_alive, lambda: {"c": _conv(), "h": nn.Identity()}, (8, 8), False),
+    "an alias of a buffer, then written": (
+        _alias_then_write,
+        lambda: {"c": _conv(), "h": nn.Identity()},
+        (8, 8),
+        False,
+    ),
+    "added into a slice of a concatenation": (
+        _ghost,
+        lambda: {"c": _conv(), "b": nn.Conv2d(4, 4, 3, padding=1), "d": _conv(7), "h": _head()},
+        (2, 13),
+        True,
+    ),
+    "branches stacked": (_stacked, lambda: {"c": _conv(), "b": _conv(5), "h": _head()}, (15, 3), True),
+    "stacked after the spatial axes": (
+        lambda s, x: _stacked(s, x, -1),
+        lambda: {"c": _conv(), "b": _conv(5), "h": _head()},
+        (15, 3),
+        False,
+    ),
     "squeeze-excitation with view(b, c)": (_classic_se, lambda: _se(nn.Conv2d(4, 4, 3, padding=1)), (0, 0), True),
     "its vector through unknown ops": (_se_unknown_ops, lambda: _se(nn.Conv2d(4, 4, 3, padding=1)), (1, 0), True),
+    "a gate from mean((2, 3)) and [..., None, None]": (
+        _mean_gate,
+        lambda: _se(nn.Conv2d(4, 4, 3, padding=1)),
+        (0, 0),
+        True,
+    ),
+    "less the mean of everything": (_whole_mean, lambda: {"c": _conv(), "h": nn.Conv2d(4, 4, 3)}, (0, 0), True),
     "its gate expanded to maps": (_se_expanded, lambda: _se(nn.Identity()), (15, 15), True),
     "scaled by 1.7": (_zoomed, lambda: {"c": _conv(), "h": nn.Conv2d(4, 4, 3)}, (20, 3), True),
     "shrunk, antialiased": (_shrunk, lambda: {"c": _conv(), "h": nn.Conv2d(4, 4, 3)}, (4, 2), True),
