@@ -34,7 +34,8 @@ are bounding boxes in input pixels.
 
 Not seen: values that leave torch and come back (``.item()``, ``.tolist()``, numpy), or that come out of a
 scripted function (not module) or ``torch.vmap``, as a scalar, a vector or 1×1 maps, are taken for
-constants, so what they carry from the input is missing from the field.
+constants, so what they carry from the input is missing from the field; nor ``Tensor.set_`` or an
+assignment to ``.data`` that keeps the shape.
 """
 
 from __future__ import annotations
@@ -182,12 +183,11 @@ class _Tracer(TorchFunctionMode):
         super().__init__()
         self.known: dict[int, tuple[weakref.ref[torch.Tensor], _Known | None]] = {}
         self.constants = constants  # ids of the model's parameters and buffers
-        self.written: dict[int | None, weakref.ref[torch.Tensor]] = {}  # memory written into → its base tensor
+        self.written: dict[int | None, weakref.ref[Any]] = {}  # memory written into → its storage (alive while
+        # any tensor uses it: its address cannot be reused before)
 
     def set(self, tensor: torch.Tensor, field: _Known | None) -> None:
-        if isinstance(field, tuple) and any(  # each axis must still be where it says, at its length
-            -axis.dim > tensor.ndim or len(axis.lo) != tensor.shape[axis.dim] for axis in field
-        ):
+        if isinstance(field, tuple) and not _fits(field, tensor):
             field = None
         self.known[id(tensor)] = (weakref.ref(tensor), field)
 
@@ -201,10 +201,13 @@ class _Tracer(TorchFunctionMode):
         """(followed, field): a followed tensor with field None is unknown."""
         entry = self.known.get(id(tensor))
         if entry is not None and entry[0]() is tensor:
-            return True, entry[1]
+            field = entry[1]
+            if isinstance(field, tuple) and not _fits(field, tensor):
+                return True, None  # reshaped where the mode did not see (set_, .data =): not known any more
+            return True, field
         if self.written:  # another name for memory an operation wrote into: what it holds is not known
-            base = self.written.get(_memory(tensor))
-            if base is not None and base() is not None:
+            storage = self.written.get(_memory(tensor))
+            if storage is not None and storage() is not None:
                 return True, None
         return False, None
 
@@ -233,10 +236,9 @@ class _Tracer(TorchFunctionMode):
         if name == "new_tensor":  # y.new_tensor(g): a copy of g
             followed, name = followed[1:], "clone"
         in_place = name == "setitem" or raw in _IN_PLACE_DUNDERS or raw.endswith("_") and not raw.endswith("__")
-        target = kwargs.get("out", inputs[0] if in_place else None)
-        if isinstance(target, torch.Tensor):  # written into: its other names (views, base) are not known
-            base = target if target._base is None else target._base  # any other name keeps it alive
-            self.written[_memory(base)] = weakref.ref(base)
+        targets = tensors_in(kwargs["out"]) if "out" in kwargs else inputs[:1] if in_place else []
+        for target in targets:  # written into: its other names (views, base, ...) are not known any more
+            self.written[_memory(target)] = weakref.ref(target.untyped_storage())
             for tensor in self.sharing(target):
                 self.set(tensor, None)
             if name == "setitem":  # part of it written: the parts' positions are not followed
@@ -275,7 +277,7 @@ class _Tracer(TorchFunctionMode):
             return _adaptive(field, out) if is_followed and field and field[0].dim == -2 else None
         if name == "pad":
             return _pad(args, kwargs, field, out) if is_followed and field else None
-        if name in _REDUCE and len(args) > 1 and isinstance(args[1], torch.Tensor):
+        if name in _REDUCE and isinstance(_arg(args, kwargs, 1, "other", None), torch.Tensor):
             return self._union(followed, out)  # torch.max(a, b): elementwise
         if name in _REDUCE and is_followed and field:
             return _reduce(args, kwargs, first, field, out)
@@ -333,6 +335,11 @@ class _Tracer(TorchFunctionMode):
             elif id(tensor) not in self.constants and tensor.ndim >= 2 and tensor.shape[-2:].numel() > 1:
                 return None
         return fields
+
+
+def _fits(field: _Field, tensor: torch.Tensor) -> bool:
+    """Whether each axis of ``field`` is still where it says in ``tensor``, at its length."""
+    return all(-axis.dim <= tensor.ndim and len(axis.lo) == tensor.shape[axis.dim] for axis in field)
 
 
 def _memory(tensor: torch.Tensor) -> int | None:

@@ -316,6 +316,31 @@ def _stacked(s: Lambda, x: torch.Tensor, dim: int = 1) -> torch.Tensor:  # SK: b
     return s.h(torch.stack([s.c(x), s.b(x)], dim).sum(dim))
 
 
+def _max_other(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # elementwise, the second tensor by keyword
+    return s.h(torch.max(F.avg_pool2d(x, 1, 2), other=F.max_pool2d(x, 2, 2)))
+
+
+def _detached_write(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # written through an alias with no _base
+    y = s.c(x)
+    buf = torch.zeros(1, 4, 1, 1, dtype=y.dtype)
+    buf.detach().copy_(y.mean((2, 3), keepdim=True))
+    return s.h(y * buf)
+
+
+def _out_tuple(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # out= as a tuple, into a view of a followed tensor
+    y = s.c(x)
+    base = y.clone()
+    torch.max(F.avg_pool2d(y, 7, 1, 3), 1, keepdim=True, out=(base[:, :1], torch.empty(0, dtype=torch.long)))
+    return s.h(base)
+
+
+def _set_bigger(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # set_ is not seen, and changes the shape
+    y = s.c(x)
+    g = F.avg_pool2d(y, 1, 16)
+    g.set_(F.avg_pool2d(y, 7, 1, 3))
+    return s.h(g)
+
+
 def _se(h: nn.Module) -> dict[str, nn.Module]:
     return {"c": _conv(), "fc1": nn.Linear(4, 3), "fc2": nn.Linear(3, 4), "h": h}
 
@@ -393,6 +418,9 @@ CASES = {  # a red-team pass's cases, each a wrong box once (now exact or refuse
         (15, 3),
         False,
     ),
+    "max with other=": (_max_other, lambda: {"h": nn.Identity()}, (7, 7), True),
+    "out= a tuple": (_out_tuple, lambda: {"c": _conv(), "h": nn.Identity()}, (15, 15), False),
+    "set_ to a larger tensor": (_set_bigger, lambda: {"c": _conv(), "h": nn.Identity()}, (8, 8), False),
     "squeeze-excitation with view(b, c)": (_classic_se, lambda: _se(nn.Conv2d(4, 4, 3, padding=1)), (0, 0), True),
     "its vector through unknown ops": (_se_unknown_ops, lambda: _se(nn.Conv2d(4, 4, 3, padding=1)), (1, 0), True),
     "a gate from mean((2, 3)) and [..., None, None]": (
@@ -441,15 +469,17 @@ def test_traced_boxes_are_exact_or_refused(name: str) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:To copy construct")  # torch's advice about new_tensor: the case itself
-def test_a_copy_made_by_new_tensor_reads_what_it_copies() -> None:
-    """``new_tensor`` copies values without a gradient, so autograd cannot be the judge: a pixel far from
-    the position's own window changes the output there, and the traced box holds it."""
+@pytest.mark.parametrize("forward", [_new_tensor, _detached_write])
+def test_copies_without_a_gradient_are_followed_or_refused(forward: object) -> None:
+    """``new_tensor`` and a write through ``detach()`` copy values without a gradient, so autograd cannot be
+    the judge: a pixel far from the position's own window changes the output there, and the traced box
+    holds it (or there is none)."""
     torch.manual_seed(0)
-    model = Lambda(_new_tensor, c=_conv(), h=nn.Identity()).double().eval()
+    model = Lambda(forward, c=_conv(), h=nn.Identity()).double().eval()
     x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
     moved = x.clone()
     moved[..., 0, 0] += 1.0
     with torch.no_grad():
         assert not torch.equal(model(x)[..., 8, 8], model(moved)[..., 8, 8])
     field = trace_fields(model, x)[(model.h, 0)]
-    assert field is not None and field.box(8, 8) == (0, 0, 16, 16)
+    assert field is None or field.box(8, 8) == (0, 0, 16, 16)
