@@ -183,33 +183,38 @@ class _Tracer(TorchFunctionMode):
         super().__init__()
         self.known: dict[int, tuple[weakref.ref[torch.Tensor], _Known | None]] = {}
         self.constants = constants  # ids of the model's parameters and buffers
+        self.by_memory: dict[int | None, dict[int, weakref.ref[torch.Tensor]]] = {}  # followed, by memory
         self.written: dict[int | None, weakref.ref[Any]] = {}  # memory written into → its storage (alive while
         # any tensor uses it: its address cannot be reused before)
 
     def set(self, tensor: torch.Tensor, field: _Known | None) -> None:
         if isinstance(field, tuple) and not _fits(field, tensor):
             field = None
-        self.known[id(tensor)] = (weakref.ref(tensor), field)
+        ref = weakref.ref(tensor)
+        self.known[id(tensor)] = (ref, field)
+        self.by_memory.setdefault(_memory(tensor), {})[id(tensor)] = ref
 
     def sharing(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Followed tensors other than ``tensor`` that are views of its memory (or it of theirs)."""
-        memory = _memory(tensor)
-        alive = (entry[0]() for entry in self.known.values())
-        return [t for t in alive if t is not None and t is not tensor and _memory(t) == memory]
+        same = (ref() for ref in self.by_memory.get(_memory(tensor), {}).values())
+        return [t for t in same if t is not None and t is not tensor and self.state(t)[0]]
 
     def state(self, tensor: torch.Tensor) -> tuple[bool, _Known | None]:
         """(followed, field): a followed tensor with field None is unknown."""
         entry = self.known.get(id(tensor))
         if entry is not None and entry[0]() is tensor:
-            field = entry[1]
-            if isinstance(field, tuple) and not _fits(field, tensor):
-                return True, None  # reshaped where the mode did not see (set_, .data =): not known any more
-            return True, field
+            return True, entry[1]
         if self.written:  # another name for memory an operation wrote into: what it holds is not known
             storage = self.written.get(_memory(tensor))
             if storage is not None and storage() is not None:
                 return True, None
         return False, None
+
+    def current(self, tensor: torch.Tensor) -> tuple[bool, _Known | None]:
+        """:meth:`state`, unknown if the tensor was reshaped where the mode did not see (``set_``, ``.data =``).
+        Inside the mode's handler only: elsewhere the mode sees every shape asked for, at a cost."""
+        followed, field = self.state(tensor)
+        return followed, None if isinstance(field, tuple) and not _fits(field, tensor) else field
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -224,7 +229,7 @@ class _Tracer(TorchFunctionMode):
     def _follow(self, func: Any, args: _Args, kwargs: _Kwargs, result: Any) -> None:
         """Give ``func``'s outputs their fields (and forget whatever it wrote into)."""
         inputs = tensors_in((args, kwargs))
-        followed = [(t, self.state(t)) for t in inputs]
+        followed = [(t, self.current(t)) for t in inputs]
         if not any(f for _, (f, _) in followed):
             return
         outputs = tensors_in(result)
@@ -339,7 +344,10 @@ class _Tracer(TorchFunctionMode):
 
 def _fits(field: _Field, tensor: torch.Tensor) -> bool:
     """Whether each axis of ``field`` is still where it says in ``tensor``, at its length."""
-    return all(-axis.dim <= tensor.ndim and len(axis.lo) == tensor.shape[axis.dim] for axis in field)
+    shape = tensor.shape  # a hot path: no generator
+    rows, cols = field
+    fit = -rows.dim <= len(shape) and -cols.dim <= len(shape)
+    return fit and len(rows.lo) == shape[rows.dim] and len(cols.lo) == shape[cols.dim]
 
 
 def _memory(tensor: torch.Tensor) -> int | None:
@@ -586,6 +594,8 @@ def _maps_field(tracer: _Tracer, tensor: torch.Tensor | None) -> TracedField | N
     if tensor is None or tensor.ndim != 4:
         return None
     known = tracer.state(tensor)[1]
+    if isinstance(known, tuple) and not _fits(known, tensor):
+        return None
     if isinstance(known, _Whole):
         return TracedField(*known.axes((-2, -1), tensor.shape))
     return TracedField(*known) if known is not None and (known[0].dim, known[1].dim) == (-2, -1) else None
