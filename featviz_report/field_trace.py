@@ -17,6 +17,10 @@ read themselves; each operation maps its inputs' ranges to its output's:
   anything computed from it alone, by any operation: a squeeze-excitation gate written as
   ``view(b, c)``, linear layers, ``view(b, c, 1, 1)`` keeps its box, which a product with the maps then
   adds to every position;
+- maps merged into tokens (``flatten(2)``, ``view(b, c, h * w)``) keep each token's field, through
+  permutations, reshapes of other axes, token-wise layers and back to maps; attention (``q @ kᵀ``,
+  softmax, ``@ v``, ``scaled_dot_product_attention``), a softmax, mean or linear layer across the tokens
+  (GCNet, non-local blocks, CoAtNet, MLP-Mixer) read every token;
 - resampling (``F.interpolate``, ``nn.Upsample``: any mode, size, scale or antialias) reads what the
   same call reads when run on one-hot inputs, one axis at a time; transposed convolutions and pixel
   (un)shuffles read the positions their geometry sends to each output.
@@ -79,6 +83,10 @@ _SAME_AS = {
     "max_pool2d_with_indices": "max_pool2d", "adaptive_max_pool2d_with_indices": "adaptive_max_pool2d",
     "swapaxes": "transpose", "swapdims": "transpose",
 }  # fmt: skip
+_TOKEN_ALONG = frozenset("softmax log_softmax chunk split split_with_sizes unbind".split()) | _REDUCE
+# sizes in, no data: what they make is a constant (torch.tensor and from_numpy take data, which may have left a
+# followed tensor)
+_FACTORIES = frozenset("arange zeros ones full empty eye linspace logspace tril_indices triu_indices".split())
 _SHAPE_OF_OTHER = frozenset("expand_as view_as reshape_as type_as".split())
 _UNRELATED = frozenset("zeros_like ones_like empty_like full_like rand_like randn_like new_zeros new_ones new_empty "
                        "new_full".split())  # fmt: skip
@@ -139,8 +147,25 @@ class _Whole:
         )
 
 
+@dataclass(frozen=True)
+class _Flat:
+    """Maps whose spatial axes are merged into one, row-major (``flatten(2)``, ``view(b, c, h * w)``: tokens):
+    that axis, counted from the end, and its positions' fields kept per row and per column."""
+
+    dim: int
+    rows: _Axis
+    cols: _Axis
+
+    @property
+    def size(self) -> int:
+        return len(self.rows.lo) * len(self.cols.lo)
+
+    def at(self, dim: int) -> _Flat:
+        return _Flat(dim, self.rows, self.cols)
+
+
 _Field = tuple[_Axis, _Axis]
-_Known = _Field | _Whole  # per spatial position, or one box for every element
+_Known = _Field | _Whole | _Flat  # per spatial position, one box for every element, or per token
 _Args = tuple[Any, ...]
 _Kwargs = dict[str, Any]
 
@@ -183,12 +208,14 @@ class _Tracer(TorchFunctionMode):
         super().__init__()
         self.known: dict[int, tuple[weakref.ref[torch.Tensor], _Known | None]] = {}
         self.constants = constants  # ids of the model's parameters and buffers
+        self.derived: dict[int, weakref.ref[torch.Tensor]] = {}  # computed from those and _FACTORIES alone (a
+        # transposed weight, a relative position bias gathered from its table)
         self.by_memory: dict[int | None, dict[int, weakref.ref[torch.Tensor]]] = {}  # followed, by memory
         self.written: dict[int | None, weakref.ref[Any]] = {}  # memory written into → its storage (alive while
         # any tensor uses it: its address cannot be reused before)
 
     def set(self, tensor: torch.Tensor, field: _Known | None) -> None:
-        if isinstance(field, tuple) and not _fits(field, tensor):
+        if field is not None and not _fits(field, tensor):
             field = None
         ref = weakref.ref(tensor)
         self.known[id(tensor)] = (ref, field)
@@ -210,11 +237,18 @@ class _Tracer(TorchFunctionMode):
                 return True, None
         return False, None
 
+    def constant(self, tensor: torch.Tensor) -> bool:
+        """A parameter or buffer of the model, or computed from them alone."""
+        if id(tensor) in self.constants:
+            return True
+        ref = self.derived.get(id(tensor))
+        return ref is not None and ref() is tensor
+
     def current(self, tensor: torch.Tensor) -> tuple[bool, _Known | None]:
         """:meth:`state`, unknown if the tensor was reshaped where the mode did not see (``set_``, ``.data =``).
         Inside the mode's handler only: elsewhere the mode sees every shape asked for, at a cost."""
         followed, field = self.state(tensor)
-        return followed, None if isinstance(field, tuple) and not _fits(field, tensor) else field
+        return followed, None if field is not None and not _fits(field, tensor) else field
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -231,6 +265,8 @@ class _Tracer(TorchFunctionMode):
         inputs = tensors_in((args, kwargs))
         followed = [(t, self.current(t)) for t in inputs]
         if not any(f for _, (f, _) in followed):
+            if all(self.constant(t) for t in inputs) if inputs else _name(func) in _FACTORIES:
+                self.derived.update((id(t), weakref.ref(t)) for t in tensors_in(result))
             return
         outputs = tensors_in(result)
         name, raw = _name(func), getattr(func, "__name__", "")
@@ -253,7 +289,9 @@ class _Tracer(TorchFunctionMode):
             return
         field: _Known | None = None
         try:
-            if any(isinstance(f, _Whole) for _, (_, f) in followed):
+            if any(isinstance(f, _Flat) for _, (_, f) in followed):
+                field = self._token_rule(name, args, kwargs, followed, outputs[0])
+            elif any(isinstance(f, _Whole) for _, (_, f) in followed):
                 field = self._union(followed, outputs[0]) if name in _POINTWISE else None  # a gate on maps
             elif name == "interpolate":  # nn.Upsample too
                 field = _resampled(func, args, kwargs, followed)
@@ -306,6 +344,64 @@ class _Tracer(TorchFunctionMode):
             return self._union(followed, out)
         return None
 
+    def _token_rule(
+        self, name: str, args: _Args, kwargs: _Kwargs, followed: list[Any], out: torch.Tensor
+    ) -> _Known | None:
+        """Operations on tokens (maps merged into one axis): attention, token mixing and the way back."""
+        first, (_, known) = followed[0]
+        flat = known if isinstance(known, _Flat) else None
+        name = _SAME_AS.get(name, name)
+        if name in ("matmul", "bmm", "scaled_dot_product_attention"):
+            return self._contracted(name, followed)
+        if name in _REDUCE and isinstance(_arg(args, kwargs, 1, "other", None), torch.Tensor):
+            return self._union(followed, out)  # torch.max(a, b): elementwise
+        if flat is None:
+            return self._union(followed, out) if name in _POINTWISE else None
+        if name in _POINTWISE or name == "linear" and flat.dim != -1:
+            return self._union(followed, out)
+        if name == "linear":  # mixing the tokens (an MLP-Mixer's token MLP): each output reads them all
+            known = self._fields(followed)
+            return _joined([_spanned(f) for f in known]) if known else None
+        if name in _RESHAPE or name in ("permute", "transpose", "getitem"):
+            return _token_moved(name, args, kwargs, first, flat, out)
+        if name in _TOKEN_ALONG:
+            if name in _REDUCE:
+                dims = _dims(_arg(args, kwargs, 1, "dim", None), first.ndim)
+                keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
+            else:
+                position, default = _DIM_ARG[name]
+                dim = default if position is None else _arg(args, kwargs, position, "dim", default)
+                dims = None if dim is None else {int(dim) % first.ndim - first.ndim}
+                keepdim = name != "unbind"
+            if dims is None or flat.dim in dims:  # along the tokens: every element reads them all
+                return None if name in ("chunk", "split", "split_with_sizes", "unbind") else _spanned(flat)
+            union = self._union(followed, out)
+            if keepdim or not isinstance(union, _Flat):
+                return union
+            return union.at(union.dim + sum(1 for d in dims if d > union.dim))
+        return None
+
+    def _contracted(self, name: str, followed: list[Any]) -> _Known | None:
+        """``a @ b`` and attention (``softmax(q kᵀ) v``): each output element reads one row of ``a`` (one
+        query) and everything of ``b`` it is multiplied with (every key and value). A token axis that
+        survives (``a``'s rows, ``b``'s columns, batch axes) stays one; a contracted one is read whole. Two
+        different ones surviving (``q @ kᵀ``, before its softmax) are read whole too: wider than exact,
+        where each element reads two positions."""
+        known = self._fields(followed)
+        if known is None or any(isinstance(f, tuple) for f in known) or any(t.ndim < 2 for t, _ in followed):
+            return None
+        keeps = {0: -2, 1: -1} if name in ("matmul", "bmm") else {0: -2}  # operand → its axis in the output
+        surviving: list[_Flat] = []
+        spans: list[_Whole] = []
+        for index, (_, (_, field)) in enumerate(followed):
+            if isinstance(field, _Flat) and (field.dim < -2 or field.dim == keeps.get(index)):
+                surviving.append(field)
+            elif field is not None:
+                spans.append(_spanned(field))
+        if surviving and len({(f.dim, len(f.rows.lo), len(f.cols.lo)) for f in surviving}) == 1:
+            return _tokens(surviving, spans)
+        return _joined(spans + [_spanned(f) for f in surviving])
+
     def _union(self, followed: list[Any], out: torch.Tensor) -> _Known | None:
         """Each output position reads what the inputs' positions it lines up with read (broadcasting)."""
         known = self._fields(followed)
@@ -313,6 +409,11 @@ class _Tracer(TorchFunctionMode):
             return None
         fields = [f for f in known if isinstance(f, tuple)]
         boxes = [f for f in known if isinstance(f, _Whole)]
+        flats = [f for f in known if isinstance(f, _Flat)]
+        if flats:
+            if fields or len({(f.dim, len(f.rows.lo), len(f.cols.lo)) for f in flats}) != 1:
+                return None
+            return _tokens(flats, boxes)
         if not fields:
             return _joined(boxes)
         dims = {(f[0].dim, f[1].dim) for f in fields}
@@ -337,14 +438,18 @@ class _Tracer(TorchFunctionMode):
                 return None
             if field is not None:
                 fields.append(field)
-            elif id(tensor) not in self.constants and tensor.ndim >= 2 and tensor.shape[-2:].numel() > 1:
+            elif not self.constant(tensor) and tensor.ndim >= 2 and tensor.shape[-2:].numel() > 1:
                 return None
         return fields
 
 
-def _fits(field: _Field, tensor: torch.Tensor) -> bool:
+def _fits(field: _Known, tensor: torch.Tensor) -> bool:
     """Whether each axis of ``field`` is still where it says in ``tensor``, at its length."""
     shape = tensor.shape  # a hot path: no generator
+    if isinstance(field, _Whole):
+        return True
+    if isinstance(field, _Flat):
+        return -field.dim <= len(shape) and shape[field.dim] == field.size
     rows, cols = field
     fit = -rows.dim <= len(shape) and -cols.dim <= len(shape)
     return fit and len(rows.lo) == shape[rows.dim] and len(cols.lo) == shape[cols.dim]
@@ -364,12 +469,15 @@ def _as_whole(field: _Known) -> _Whole | None:
     """``field`` as one box every element reads, when it is one: a :class:`_Whole`, or maps of 1×1."""
     if isinstance(field, _Whole):
         return field
-    return _spanned(field) if len(field[0].lo) == 1 and len(field[1].lo) == 1 else None
+    rows, cols = (field.rows, field.cols) if isinstance(field, _Flat) else field
+    return _spanned(field) if len(rows.lo) == 1 and len(cols.lo) == 1 else None
 
 
-def _spanned(field: _Field) -> _Whole:
+def _spanned(field: _Known) -> _Whole:
     """The box of everything ``field``'s positions read."""
-    rows, cols = field
+    if isinstance(field, _Whole):
+        return field
+    rows, cols = (field.rows, field.cols) if isinstance(field, _Flat) else field
     return _Whole((int(rows.lo.min()), int(rows.hi.max())), (int(cols.lo.min()), int(cols.hi.max())))
 
 
@@ -538,7 +646,7 @@ def _without(field: _Field, removed: set[int]) -> _Field:
 
 def _moved(
     name: str, args: _Args, kwargs: _Kwargs, first: torch.Tensor, field: _Field, out: torch.Tensor
-) -> _Field | None:
+) -> _Known | None:
     """Reshapes, permutations and indexing that keep both spatial axes whole: where they end up."""
     ndim = first.ndim
     if name in ("permute", "transpose"):
@@ -553,7 +661,7 @@ def _moved(
         return (rows, cols)
     keep = -min(field[0].dim, field[1].dim)  # the trailing axes that must come through unchanged
     if out.ndim < keep or tuple(out.shape[-keep:]) != tuple(first.shape[-keep:]):
-        return None
+        return _merged_axes(name, first, field, out)
     if name == "getitem":
         index = args[1] if isinstance(args[1], tuple) else (args[1],)
         if isinstance(args[1], list) and not all(isinstance(i, int) for i in args[1]):
@@ -563,6 +671,62 @@ def _moved(
         if any(i != slice(None) for i in index[ndim - keep :]):  # a spatial axis sliced: not the same positions
             return None
     return field
+
+
+def _merged_axes(name: str, first: torch.Tensor, field: _Field, out: torch.Tensor) -> _Flat | None:
+    """A reshape that merges the two spatial axes, rows then columns, into one (what else it reshapes lies
+    before them): the tokens."""
+    rows, cols = field
+    after = -cols.dim - 1  # axes after the columns, unchanged
+    if name not in _RESHAPE or rows.dim != cols.dim - 1 or out.ndim < after + 1:
+        return None
+    same_after = tuple(out.shape[out.ndim - after :]) == tuple(first.shape[first.ndim - after :])
+    merged = out.shape[-after - 1] == len(rows.lo) * len(cols.lo)
+    return _Flat(-after - 1, rows, cols) if same_after and merged and out.numel() == first.numel() else None
+
+
+def _tokens(flats: list[_Flat], boxes: list[_Whole]) -> _Flat:
+    """Token fields of one layout, each position's union with the others' and with every box."""
+    extra = [_Axis(0, np.array([b.rows[0]]), np.array([b.rows[1]])) for b in boxes]
+    extra_cols = [_Axis(0, np.array([b.cols[0]]), np.array([b.cols[1]])) for b in boxes]
+    rows = _merged([f.rows for f in flats] + extra, len(flats[0].rows.lo))
+    cols = _merged([f.cols for f in flats] + extra_cols, len(flats[0].cols.lo))
+    return _Flat(flats[0].dim, rows, cols)
+
+
+def _token_moved(
+    name: str, args: _Args, kwargs: _Kwargs, first: torch.Tensor, flat: _Flat, out: torch.Tensor
+) -> _Known | None:
+    """Reshapes, permutations and indexing of tokens: where the token axis ends up, or the maps again when a
+    reshape splits it back into rows and columns."""
+    ndim, at = first.ndim, first.ndim + flat.dim  # at: the token axis counted from the front
+    if name in ("permute", "transpose"):
+        if name == "permute":
+            given = kwargs.get("dims", args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:])
+            order = [int(d) % ndim for d in given]
+        else:
+            a, b = (int(d) % ndim for d in (_arg(args, kwargs, 1, "dim0", 0), _arg(args, kwargs, 2, "dim1", 1)))
+            order = list(range(ndim))
+            order[a], order[b] = order[b], order[a]
+        return flat.at(order.index(at) - ndim)
+    if name == "getitem":
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        plain = all(isinstance(i, int) or i == slice(None) for i in index)
+        if not plain or isinstance(args[1], list) or len(index) > ndim or any(i != slice(None) for i in index[at:]):
+            return None
+        return flat  # only axes before the tokens indexed: counted from the end, the token axis stays
+    if name not in _RESHAPE:
+        return None
+    after = -flat.dim - 1
+    tail, out_tail = tuple(first.shape[at + 1 :]), tuple(out.shape[out.ndim - after :]) if after else ()
+    if out.ndim >= after + 1 and out_tail == tail and out.shape[-after - 1] == flat.size:
+        return flat  # the axes after it unchanged, and it whole
+    if tuple(out.shape[: at + 1]) == tuple(first.shape[: at + 1]):
+        return flat.at(at - out.ndim)  # the axes before it and it unchanged
+    h, w = len(flat.rows.lo), len(flat.cols.lo)
+    if out.ndim >= after + 2 and out_tail == tail and tuple(out.shape[-after - 2 : out.ndim - after]) == (h, w):
+        return (_Axis(-after - 2, flat.rows.lo, flat.rows.hi), _Axis(-after - 1, flat.cols.lo, flat.cols.hi))
+    return None
 
 
 def _follow_input(tracer: _Tracer, inputs: torch.Tensor) -> None:
@@ -594,7 +758,7 @@ def _maps_field(tracer: _Tracer, tensor: torch.Tensor | None) -> TracedField | N
     if tensor is None or tensor.ndim != 4:
         return None
     known = tracer.state(tensor)[1]
-    if isinstance(known, tuple) and not _fits(known, tensor):
+    if known is None or isinstance(known, _Flat) or not _fits(known, tensor):
         return None
     if isinstance(known, _Whole):
         return TracedField(*known.axes((-2, -1), tensor.shape))

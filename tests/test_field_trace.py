@@ -341,6 +341,58 @@ def _set_bigger(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # set_ is not seen
     return s.h(g)
 
 
+def _sampled(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # every 4th row and column of the first maps
+    return F.max_pool2d(s.c(x), 1, 4)
+
+
+def _global_context(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # GCNet: softmax over positions, then a sum
+    y = s.c(x)
+    z = _sampled(s, x)
+    b, c = z.shape[:2]
+    weights = torch.softmax(s.a(z).reshape(b, 1, -1), -1)
+    context = z.reshape(b, c, -1).unsqueeze(1) @ weights.unsqueeze(-1)
+    return s.h(y + context.view(b, c, 1, 1))
+
+
+def _self_attention(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # a non-local block over sampled tokens
+    z = _sampled(s, x)
+    b, c, h, w = z.shape
+    tokens = z.flatten(2).transpose(1, 2)
+    q, k, v = s.q(tokens), s.k(tokens), s.v(tokens)
+    out = torch.softmax(q @ k.transpose(-2, -1), -1) @ v
+    return s.h(out.transpose(1, 2).reshape(b, c, h, w) + z)
+
+
+def _biased_attention(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # CoAtNet: a bias gathered from a table
+    y = s.c(x)
+    b, c, h, w = y.shape
+    tokens = y.flatten(2).transpose(1, 2).unsqueeze(1)
+    bias = s.table.weight[torch.arange(h * w)[:, None] - torch.arange(h * w)[None, :] + h * w - 1].squeeze(-1)
+    out = F.scaled_dot_product_attention(tokens, tokens, tokens, attn_mask=bias)
+    return s.h(out.squeeze(1).transpose(1, 2).reshape(b, c, h, w))
+
+
+def _token_mixing(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # MLP-Mixer: a linear layer across tokens
+    z = _sampled(s, x)
+    return s.h(s.mix(z.flatten(2)).reshape(z.shape))
+
+
+def _tokens_alone(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # to tokens and back, mixing channels only
+    y = s.c(x)
+    tokens = s.lin(s.norm(y.flatten(2).transpose(1, 2)))
+    return s.h(tokens.transpose(1, 2).reshape(y.shape))
+
+
+def _class_token(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # a token put before the others: not maps
+    y = s.c(x)
+    tokens = torch.cat([torch.zeros(1, 1, 4, dtype=y.dtype), y.flatten(2).transpose(1, 2)], 1)
+    return s.h(tokens[:, 1:].transpose(1, 2).reshape(y.shape))
+
+
+def _tokens(h: nn.Module, **more: nn.Module) -> dict[str, nn.Module]:
+    return {"c": _conv(), "h": h, **more}
+
+
 def _se(h: nn.Module) -> dict[str, nn.Module]:
     return {"c": _conv(), "fc1": nn.Linear(4, 3), "fc2": nn.Linear(3, 4), "h": h}
 
@@ -421,6 +473,37 @@ CASES = {  # a red-team pass's cases, each a wrong box once (now exact or refuse
     "max with other=": (_max_other, lambda: {"h": nn.Identity()}, (7, 7), True),
     "out= a tuple": (_out_tuple, lambda: {"c": _conv(), "h": nn.Identity()}, (15, 15), False),
     "set_ to a larger tensor": (_set_bigger, lambda: {"c": _conv(), "h": nn.Identity()}, (8, 8), False),
+    "global context (GCNet)": (
+        _global_context,
+        lambda: _tokens(nn.Conv2d(4, 4, 3, padding=1), a=nn.Conv2d(4, 1, 1)),
+        (0, 0),
+        True,
+    ),
+    "self-attention over tokens": (
+        _self_attention,
+        lambda: _tokens(nn.Conv2d(4, 4, 3, padding=1), q=nn.Linear(4, 4), k=nn.Linear(4, 4), v=nn.Linear(4, 4)),
+        (0, 0),
+        True,
+    ),
+    "attention with a bias from a table": (
+        _biased_attention,
+        lambda: _tokens(nn.Conv2d(4, 4, 1), table=nn.Embedding(511, 1)),
+        (3, 5),
+        True,
+    ),
+    "tokens mixed by a linear layer": (
+        _token_mixing,
+        lambda: _tokens(nn.Conv2d(4, 4, 1), mix=nn.Linear(16, 16)),
+        (1, 2),
+        True,
+    ),
+    "to tokens and back": (
+        _tokens_alone,
+        lambda: _tokens(nn.Conv2d(4, 4, 3, padding=1), norm=nn.LayerNorm(4), lin=nn.Linear(4, 4)),
+        (6, 11),
+        True,
+    ),
+    "a class token": (_class_token, lambda: _tokens(nn.Conv2d(4, 4, 1)), (3, 3), False),
     "squeeze-excitation with view(b, c)": (_classic_se, lambda: _se(nn.Conv2d(4, 4, 3, padding=1)), (0, 0), True),
     "its vector through unknown ops": (_se_unknown_ops, lambda: _se(nn.Conv2d(4, 4, 3, padding=1)), (1, 0), True),
     "a gate from mean((2, 3)) and [..., None, None]": (
