@@ -35,6 +35,10 @@ DIM_ARG: dict[str, tuple[int | None, int | None]] = {  # operations along one di
     "concatenate": (1, 0), "chunk": (2, 0), "split": (2, 0), "split_with_sizes": (2, 0), "unbind": (1, 0),
     "glu": (1, -1), "local_response_norm": (None, 1),  # None: no dim argument, always along dim 1
 }  # fmt: skip
+BROADCAST = frozenset(  # elementwise over tensors lined up from their last axis
+    "add sub mul div true_divide truediv floor_divide floordiv pow maximum minimum where clamp clip clamp_min "
+    "clamp_max gt lt ge le eq ne".split()
+)
 RESHAPE = frozenset("view reshape flatten unflatten squeeze unsqueeze expand view_as reshape_as".split())
 REDUCE = frozenset("mean sum amax amin max min".split())
 IN_PLACE_DUNDERS = frozenset(
@@ -61,7 +65,9 @@ def op_name(func: Any) -> str:
     return name[:-1] if name.endswith("_") and not name.endswith("__") else name
 
 
-ALIASES = {"dim": ("dim", "axis"), "keepdim": ("keepdim", "keepdims")}  # torch takes numpy's names too
+ALIASES = {  # torch takes numpy's names too
+    "dim": ("dim", "axis"), "keepdim": ("keepdim", "keepdims"), "dim0": ("dim0", "axis0"), "dim1": ("dim1", "axis1"),
+}  # fmt: skip
 
 
 def arg(args: Sequence[Any], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:

@@ -61,6 +61,7 @@ from torch.overrides import TorchFunctionMode
 from .capture import first_tensor, tensors_in
 from .field_kinds import Axis, Known, Tokens, TracedField, Whole, as_whole, fits, joined, merged, spanned, token_union
 from .field_rules import (
+    BROADCAST,
     DIM_ARG,
     FACTORIES,
     IN_PLACE_DUNDERS,
@@ -90,6 +91,12 @@ from .field_rules import (
 
 __all__ = ["TracedField", "tracing_fields", "trace_fields"]
 
+_ROLES = {  # a product's operands by name, and the axis of each that becomes the output's (None: contracted)
+    "matmul": (("input", -2), ("other", -1)),
+    "bmm": (("input", -2), ("mat2", -1)),
+    "scaled_dot_product_attention": (("query", -2), ("key", None), ("value", None), ("attn_mask", None)),
+}
+
 
 class _Tracer(TorchFunctionMode):
     """Follows tensors that depend on the input, by identity (weak references guard against reuse)."""
@@ -98,7 +105,7 @@ class _Tracer(TorchFunctionMode):
         super().__init__()
         self.known: dict[int, tuple[weakref.ref[torch.Tensor], Known | None]] = {}
         self.constants = constants  # ids of the model's parameters and buffers
-        self.derived: dict[int, weakref.ref[torch.Tensor]] = {}  # computed from those and FACTORIES alone (a
+        self.derived: dict[int, torch.Tensor] = {}  # computed from those and FACTORIES alone (a
         # transposed weight, a relative position bias gathered from its table)
         self.by_memory: dict[int | None, dict[int, weakref.ref[torch.Tensor]]] = {}  # followed, by memory
         self.written: dict[int | None, weakref.ref[Any]] = {}  # memory written into → its storage (alive while
@@ -131,8 +138,7 @@ class _Tracer(TorchFunctionMode):
         """A parameter or buffer of the model, or computed from them alone."""
         if id(tensor) in self.constants:
             return True
-        ref = self.derived.get(id(tensor))
-        return ref is not None and ref() is tensor
+        return self.derived.get(id(tensor)) is tensor  # held here, so no other tensor takes its id
 
     def current(self, tensor: torch.Tensor) -> tuple[bool, Known | None]:
         """:meth:`state`, unknown if the tensor was reshaped where the mode did not see (``set_``, ``.data =``).
@@ -155,8 +161,7 @@ class _Tracer(TorchFunctionMode):
         inputs = tensors_in((args, kwargs))
         followed = [(t, self.current(t)) for t in inputs]
         if not any(f for _, (f, _) in followed):
-            if all(self.constant(t) for t in inputs) if inputs else op_name(func) in FACTORIES:
-                self.derived.update((id(t), weakref.ref(t)) for t in tensors_in(result))
+            self._unfollowed(func, args, kwargs, inputs, result)
             return
         outputs = tensors_in(result)
         name, raw = op_name(func), getattr(func, "__name__", "")
@@ -166,7 +171,7 @@ class _Tracer(TorchFunctionMode):
                 return
         if name == "new_tensor":  # y.new_tensor(g): a copy of g
             followed, name = followed[1:], "clone"
-        in_place = name == "setitem" or raw in IN_PLACE_DUNDERS or raw.endswith("_") and not raw.endswith("__")
+        in_place = name == "setitem" or raw in IN_PLACE_DUNDERS or _in_place(raw)
         targets = tensors_in(kwargs["out"]) if "out" in kwargs else inputs[:1] if in_place else []
         for target in targets:  # written into: its other names (views, base, ...) are not known any more
             self.written[_memory(target)] = weakref.ref(target.untyped_storage())
@@ -230,7 +235,8 @@ class _Tracer(TorchFunctionMode):
             if name != "unbind" or not isinstance(union, tuple):
                 return union
             return without(union, {int(arg(args, kwargs, 1, "dim", 0)) % first.ndim - first.ndim})
-        if name in POINTWISE or (name == "linear" and field is not None and -1 not in (field[0].dim, field[1].dim)):
+        alone = not any(f for _, (f, _) in followed[1:])  # weight and bias not from the input
+        if name in POINTWISE or name == "linear" and alone and field and -1 not in (field[0].dim, field[1].dim):
             return self._union(followed, out)
         return None
 
@@ -242,11 +248,14 @@ class _Tracer(TorchFunctionMode):
         flat = known if isinstance(known, Tokens) else None
         name = SAME_AS.get(name, name)
         if name in ("matmul", "bmm", "scaled_dot_product_attention"):
-            return self._contracted(name, followed)
+            return self._contracted(name, args, kwargs)
         if name in REDUCE and isinstance(arg(args, kwargs, 1, "other", None), torch.Tensor):
             return self._union(followed, out)  # torch.max(a, b): elementwise
         if flat is None:
             return self._union(followed, out) if name in POINTWISE else None
+        others = any(f for _, (f, _) in followed[1:])
+        if others and (name == "linear" or name in POINTWISE and name not in BROADCAST):
+            return None  # weights from the input: they do not line up with the tokens from the end
         if name in POINTWISE or name == "linear" and flat.dim != -1:
             return self._union(followed, out)
         if name == "linear":  # mixing the tokens (an MLP-Mixer's token MLP): each output reads them all
@@ -271,20 +280,46 @@ class _Tracer(TorchFunctionMode):
             return union.at(union.dim + sum(1 for d in dims if d > union.dim))
         return None
 
-    def _contracted(self, name: str, followed: list[Any]) -> Known | None:
+    def _unfollowed(self, func: Any, args: Args, kwargs: Kwargs, inputs: list[torch.Tensor], result: Any) -> None:
+        """An operation on nothing followed: its outputs are constants when its inputs are (no float that may
+        have left a followed tensor through ``.item()``), and so are a size-only factory's (``arange``), maps
+        excepted (numpy may fill them unseen); what it writes into is unknown when an input is a map from
+        where the mode did not see (a scripted function's output copied into a buffer)."""
+        name, raw = op_name(func), getattr(func, "__name__", "")
+        if "out" in kwargs or name == "setitem" or raw in IN_PLACE_DUNDERS or _in_place(raw):
+            if any(self._opaque(t) for t in inputs):
+                for target in tensors_in(kwargs["out"]) if "out" in kwargs else inputs[:1]:
+                    self.written[_memory(target)] = weakref.ref(target.untyped_storage())
+            return
+        if any(isinstance(v, float) for v in (*args, *kwargs.values())):
+            return
+        if inputs and all(self.constant(t) for t in inputs):
+            self.derived.update((id(t), t) for t in tensors_in(result))
+        elif not inputs and name in FACTORIES:  # not maps: a buffer may be filled where the mode does not see
+            self.derived.update((id(t), t) for t in tensors_in(result) if not self._opaque(t))
+
+    def _opaque(self, tensor: torch.Tensor) -> bool:
+        """A map neither followed nor a constant: made where the mode did not see, it cannot be vouched for."""
+        return not self.constant(tensor) and tensor.ndim >= 2 and tensor.shape[-2:].numel() > 1
+
+    def _contracted(self, name: str, args: Args, kwargs: Kwargs) -> Known | None:
         """``a @ b`` and attention (``softmax(q kᵀ) v``): each output element reads one row of ``a`` (one
         query) and everything of ``b`` it is multiplied with (every key and value). A token axis that
         survives (``a``'s rows, ``b``'s columns, batch axes) stays one; a contracted one is read whole. Two
         different ones surviving (``q @ kᵀ``, before its softmax) are read whole too: wider than exact,
         where each element reads two positions."""
-        known = self._fields(followed)
-        if known is None or any(isinstance(f, tuple) for f in known) or any(t.ndim < 2 for t, _ in followed):
+        roles = _ROLES[name]  # operands by name, each with the axis of it that is the output's (or None)
+        operands = [(arg(args, kwargs, i, role, None), keep) for i, (role, keep) in enumerate(roles)]
+        operands += [(t, None) for t in tensors_in(kwargs.get("attn_mask"))]
+        tensors = [t for t, _ in operands if isinstance(t, torch.Tensor)]
+        known = self._fields([(t, self.current(t)) for t in tensors])
+        if known is None or any(isinstance(f, tuple) for f in known) or any(t.ndim < 2 for t in tensors):
             return None
-        keeps = {0: -2, 1: -1} if name in ("matmul", "bmm") else {0: -2}  # operand → its axis in the output
         surviving: list[Tokens] = []
         spans: list[Whole] = []
-        for index, (_, (_, field)) in enumerate(followed):
-            if isinstance(field, Tokens) and (field.dim < -2 or field.dim == keeps.get(index)):
+        for tensor, keep in operands:
+            field = self.current(tensor)[1] if isinstance(tensor, torch.Tensor) else None
+            if isinstance(field, Tokens) and (field.dim < -2 or field.dim == keep):
                 surviving.append(field)
             elif field is not None:
                 spans.append(spanned(field))
@@ -328,9 +363,14 @@ class _Tracer(TorchFunctionMode):
                 return None
             if field is not None:
                 fields.append(field)
-            elif not self.constant(tensor) and tensor.ndim >= 2 and tensor.shape[-2:].numel() > 1:
+            elif self._opaque(tensor):
                 return None
         return fields
+
+
+def _in_place(raw: str) -> bool:
+    """``add_``, ``relu_``: torch's name for an operation that writes into its first argument."""
+    return raw.endswith("_") and not raw.endswith("__")
 
 
 def _memory(tensor: torch.Tensor) -> int | None:

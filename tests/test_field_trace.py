@@ -4,6 +4,8 @@ anything they feed)."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -389,6 +391,53 @@ def _class_token(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # a token put bef
     return s.h(tokens[:, 1:].transpose(1, 2).reshape(y.shape))
 
 
+def _linear_by_tokens(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # the weight is the tokens themselves
+    y = s.c(x)
+    b, c, h, w = y.shape
+    tokens = y.flatten(2).transpose(1, 2)
+    return s.h(F.linear(tokens, tokens[0]).reshape(b, h, w, h * w).permute(0, 3, 1, 2))
+
+
+def _matmul_by_keyword(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # operands named, in the other order
+    y = s.c(x)
+    b, c, h, w = y.shape
+    mixed = torch.matmul(other=y.flatten(2).transpose(1, 2), input=s.mix.weight)
+    return s.h(mixed.transpose(1, 2).reshape(b, c, h, w))
+
+
+def _prelu_by_tokens(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # a per-channel weight from the tokens
+    z = F.max_pool2d(s.c(x), 1, 8)  # 2×2: as many tokens as channels
+    tokens = z.flatten(2)
+    return s.h(F.prelu(-1 - tokens * tokens, tokens[0, 0]).reshape(z.shape))
+
+
+def _swapaxes_by_keyword(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # numpy's axis0/axis1
+    return s.h(F.avg_pool2d(s.c(x).swapaxes(axis0=2, axis1=3), (1, 5), 1, (0, 2)))
+
+
+def _flip(y: torch.Tensor) -> torch.Tensor:
+    return y.flip(-1)
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated; models still carry it
+    _scripted_flip = torch.jit.script(_flip)
+
+
+def _script_into_zeros(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # unseen maps copied into a constant
+    y = s.c(x)
+    buf = torch.zeros(y.shape, dtype=y.dtype)
+    buf.copy_(_scripted_flip(y))
+    return s.h(y + buf)
+
+
+def _numpy_into_zeros(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # a factory's map filled through numpy
+    y = s.c(x)
+    buf = torch.zeros(y.shape, dtype=y.dtype)
+    buf.numpy()[...] = y.detach().flip(-1).numpy()
+    return s.h(y + buf)
+
+
 def _tokens(h: nn.Module, **more: nn.Module) -> dict[str, nn.Module]:
     return {"c": _conv(), "h": h, **more}
 
@@ -503,6 +552,20 @@ CASES = {  # a red-team pass's cases, each a wrong box once (now exact or refuse
         (6, 11),
         True,
     ),
+    "a linear layer weighted by the tokens": (
+        _linear_by_tokens,
+        lambda: _tokens(nn.Identity()),
+        (0, 0),
+        False,
+    ),
+    "matmul with its operands by keyword": (
+        _matmul_by_keyword,
+        lambda: _tokens(nn.Identity(), mix=nn.Linear(256, 256)),
+        (3, 3),
+        True,
+    ),
+    "prelu weighted by the tokens": (_prelu_by_tokens, lambda: _tokens(nn.Identity()), (0, 0), False),
+    "swapaxes by keyword": (_swapaxes_by_keyword, lambda: _tokens(nn.Identity()), (0, 0), False),
     "a class token": (_class_token, lambda: _tokens(nn.Conv2d(4, 4, 1)), (3, 3), False),
     "squeeze-excitation with view(b, c)": (_classic_se, lambda: _se(nn.Conv2d(4, 4, 3, padding=1)), (0, 0), True),
     "its vector through unknown ops": (_se_unknown_ops, lambda: _se(nn.Conv2d(4, 4, 3, padding=1)), (1, 0), True),
@@ -552,17 +615,20 @@ def test_traced_boxes_are_exact_or_refused(name: str) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:To copy construct")  # torch's advice about new_tensor: the case itself
-@pytest.mark.parametrize("forward", [_new_tensor, _detached_write])
+@pytest.mark.parametrize("forward", [_new_tensor, _detached_write, _script_into_zeros, _numpy_into_zeros])
 def test_copies_without_a_gradient_are_followed_or_refused(forward: object) -> None:
-    """``new_tensor`` and a write through ``detach()`` copy values without a gradient, so autograd cannot be
-    the judge: a pixel far from the position's own window changes the output there, and the traced box
-    holds it (or there is none)."""
+    """``new_tensor``, a write through ``detach()`` and maps copied in from a scripted function or numpy
+    carry values without a gradient, so autograd cannot be the judge: a pixel far from the position's own
+    window (here: its mirror image's) changes the output there, and the traced box holds it (or there is
+    none)."""
     torch.manual_seed(0)
     model = Lambda(forward, c=_conv(), h=nn.Identity()).double().eval()
     x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
     moved = x.clone()
-    moved[..., 0, 0] += 1.0
+    moved[..., 8, 13] += 1.0  # outside (8, 2)'s own 3×3 window
     with torch.no_grad():
-        assert not torch.equal(model(x)[..., 8, 8], model(moved)[..., 8, 8])
+        assert not torch.equal(model(x)[..., 8, 2], model(moved)[..., 8, 2])
     field = trace_fields(model, x)[(model.h, 0)]
-    assert field is None or field.box(8, 8) == (0, 0, 16, 16)
+    if field is not None:
+        x0, y0, x1, y1 = field.box(8, 2)
+        assert x0 <= 13 < x1 and y0 <= 8 < y1
