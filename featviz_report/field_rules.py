@@ -27,7 +27,7 @@ POINTWISE = frozenset(
     "hardsigmoid mish softplus elu selu celu prelu rrelu softsign tanhshrink dropout dropout2d alpha_dropout "
     "feature_alpha_dropout batch_norm instance_norm group_norm layer_norm clone "
     "contiguous to float half double bfloat16 type type_as detach threshold logsigmoid hardshrink softshrink "
-    "erf sin cos gt lt ge le eq ne logical_not bool long int".split()
+    "erf sin cos gt lt ge le eq ne logical_not bool long int requires_grad".split()
 )  # fmt: skip
 DIM_ARG: dict[str, tuple[int | None, int | None]] = {  # operations along one dimension: where their dim
     # argument is, and its default
@@ -57,8 +57,14 @@ UNRELATED = frozenset("zeros_like ones_like empty_like full_like rand_like randn
                        "new_full".split())  # fmt: skip
 
 
+def raw_name(func: Any) -> str:
+    """A function's own name; for an ATen overload (``torch.ops.aten.copy_.default``), the operation's."""
+    return getattr(func, "__name__", "").split(".")[0]
+
+
 def op_name(func: Any) -> str:
-    name = getattr(func, "__name__", "")
+    """What the rules call an operation: no dunder, no reflected or in-place mark (``__radd__``, ``add_``)."""
+    name = raw_name(func)
     if name.startswith("__") and name.endswith("__"):
         name = name[2:-2]
         name = name[1:] if name[:1] in ("r", "i") and name[1:] in POINTWISE else name

@@ -43,7 +43,8 @@ what was written into, what counts as a constant).
 Not seen: values that leave torch and come back (``.item()``, ``.tolist()``, numpy), or that come out of a
 scripted function (not module) or ``torch.vmap``, as a scalar, a vector or 1×1 maps, are taken for
 constants, so what they carry from the input is missing from the field; nor ``Tensor.set_`` or an
-assignment to ``.data`` that keeps the shape.
+assignment to ``.data`` that keeps the shape, nor a write where torch's functions are not seen (numpy, a
+storage copy, a scripted function, BatchNorm's running statistics in training mode).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ from .field_rules import (
     moved,
     op_name,
     padded,
+    raw_name,
     reduced,
     resampled,
     spread,
@@ -101,15 +103,15 @@ _ROLES = {  # a product's operands by name, and the axis of each that becomes th
 class _Tracer(TorchFunctionMode):
     """Follows tensors that depend on the input, by identity (weak references guard against reuse)."""
 
-    def __init__(self, constants: set[int]) -> None:
+    def __init__(self, constants: dict[int, torch.Tensor]) -> None:
         super().__init__()
         self.known: dict[int, tuple[weakref.ref[torch.Tensor], Known | None]] = {}
-        self.constants = constants  # ids of the model's parameters and buffers
+        self.constants = constants  # the model's parameters and buffers by id, held: no other tensor takes one
         self.derived: dict[int, torch.Tensor] = {}  # computed from those and FACTORIES alone (a
         # transposed weight, a relative position bias gathered from its table)
         self.by_memory: dict[int | None, dict[int, weakref.ref[torch.Tensor]]] = {}  # followed, by memory
-        self.written: dict[int | None, weakref.ref[Any]] = {}  # memory written into → its storage (alive while
-        # any tensor uses it: its address cannot be reused before)
+        self.tainted: dict[int, weakref.ref[Any]] = {}  # memory holding input-dependent values (followed
+        # tensors', or written into) → its storage, alive while any tensor uses it (its address is not reused)
 
     def set(self, tensor: torch.Tensor, field: Known | None) -> None:
         if field is not None and not fits(field, tensor):
@@ -117,6 +119,13 @@ class _Tracer(TorchFunctionMode):
         ref = weakref.ref(tensor)
         self.known[id(tensor)] = (ref, field)
         self.by_memory.setdefault(_memory(tensor), {})[id(tensor)] = ref
+        self.taint(tensor)
+
+    def taint(self, tensor: torch.Tensor) -> None:
+        """Mark ``tensor``'s memory: any other tensor over it, seen or not, holds what is not known."""
+        memory = _memory(tensor)
+        if memory is not None:
+            self.tainted[memory] = weakref.ref(tensor.untyped_storage())
 
     def sharing(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Followed tensors other than ``tensor`` that are views of its memory (or it of theirs)."""
@@ -128,15 +137,13 @@ class _Tracer(TorchFunctionMode):
         entry = self.known.get(id(tensor))
         if entry is not None and entry[0]() is tensor:
             return True, entry[1]
-        if self.written:  # another name for memory an operation wrote into: what it holds is not known
-            storage = self.written.get(_memory(tensor))
-            if storage is not None and storage() is not None:
-                return True, None
-        return False, None
+        memory = _memory(tensor) if self.tainted else None  # another name for such memory (a view the mode
+        storage = self.tainted.get(memory) if memory is not None else None  # did not see, nn.Parameter(y))
+        return (True, None) if storage is not None and storage() is not None else (False, None)
 
     def constant(self, tensor: torch.Tensor) -> bool:
         """A parameter or buffer of the model, or computed from them alone."""
-        if id(tensor) in self.constants:
+        if self.constants.get(id(tensor)) is tensor:
             return True
         return self.derived.get(id(tensor)) is tensor  # held here, so no other tensor takes its id
 
@@ -164,7 +171,7 @@ class _Tracer(TorchFunctionMode):
             self._unfollowed(func, args, kwargs, inputs, result)
             return
         outputs = tensors_in(result)
-        name, raw = op_name(func), getattr(func, "__name__", "")
+        name, raw = op_name(func), raw_name(func)
         if name in SHAPE_OF_OTHER:  # x.expand_as(y): y's values are not read
             followed = followed[:1]
             if not followed[0][1][0]:
@@ -174,7 +181,7 @@ class _Tracer(TorchFunctionMode):
         in_place = name == "setitem" or raw in IN_PLACE_DUNDERS or _in_place(raw)
         targets = tensors_in(kwargs["out"]) if "out" in kwargs else inputs[:1] if in_place else []
         for target in targets:  # written into: its other names (views, base, ...) are not known any more
-            self.written[_memory(target)] = weakref.ref(target.untyped_storage())
+            self.taint(target)
             for tensor in self.sharing(target):
                 self.set(tensor, None)
             if name == "setitem":  # part of it written: the parts' positions are not followed
@@ -281,18 +288,19 @@ class _Tracer(TorchFunctionMode):
         return None
 
     def _unfollowed(self, func: Any, args: Args, kwargs: Kwargs, inputs: list[torch.Tensor], result: Any) -> None:
-        """An operation on nothing followed: its outputs are constants when its inputs are (no float that may
-        have left a followed tensor through ``.item()``), and so are a size-only factory's (``arange``), maps
-        excepted (numpy may fill them unseen); what it writes into is unknown when an input is a map from
-        where the mode did not see (a scripted function's output copied into a buffer)."""
-        name, raw = op_name(func), getattr(func, "__name__", "")
+        """An operation on nothing followed: its outputs are constants when its inputs are and its other
+        arguments are sizes, indices or dtypes (not a float or a list, which may have left a followed tensor),
+        and so are a size-only factory's (``arange``), maps excepted (numpy may fill them unseen); what it
+        writes into is unknown when an input is a map from where the mode did not see (a scripted
+        function's output copied into a buffer)."""
+        name, raw = op_name(func), raw_name(func)
         if "out" in kwargs or name == "setitem" or raw in IN_PLACE_DUNDERS or _in_place(raw):
             if any(self._opaque(t) for t in inputs):
                 for target in tensors_in(kwargs["out"]) if "out" in kwargs else inputs[:1]:
-                    self.written[_memory(target)] = weakref.ref(target.untyped_storage())
+                    self.taint(target)
             return
-        if any(isinstance(v, float) for v in (*args, *kwargs.values())):
-            return
+        if not all(_plain(v) for v in (*args, *kwargs.values())):
+            return  # data given from outside torch (a float, a list) may have left a followed tensor
         if inputs and all(self.constant(t) for t in inputs):
             self.derived.update((id(t), t) for t in tensors_in(result))
         elif not inputs and name in FACTORIES:  # not maps: a buffer may be filled where the mode does not see
@@ -368,6 +376,27 @@ class _Tracer(TorchFunctionMode):
         return fields
 
 
+_PLAIN = (
+    bool,
+    int,
+    str,
+    slice,
+    type(None),
+    type(Ellipsis),
+    torch.dtype,
+    torch.device,
+    torch.layout,
+    torch.memory_format,
+)
+
+
+def _plain(value: object) -> bool:
+    """An argument that says how, not what: a size, an index, a dtype (a tensor is judged apart)."""
+    if isinstance(value, tuple):
+        return all(_plain(v) for v in value)
+    return isinstance(value, (_PLAIN, torch.Tensor))
+
+
 def _in_place(raw: str) -> bool:
     """``add_``, ``relu_``: torch's name for an operation that writes into its first argument."""
     return raw.endswith("_") and not raw.endswith("__")
@@ -429,7 +458,7 @@ def tracing_fields(
     if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
         yield  # its insides never reach the mode and it takes no hooks: no field can be vouched for
         return
-    tracer = _Tracer({id(t) for t in (*model.parameters(), *model.buffers())})
+    tracer = _Tracer({id(t): t for t in (*model.parameters(), *model.buffers())})
     _follow_input(tracer, inputs)
     with _calls(model, tracer, found), tracer:
         yield

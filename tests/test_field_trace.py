@@ -438,6 +438,31 @@ def _numpy_into_zeros(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # a factory'
     return s.h(y + buf)
 
 
+class _Store(nn.Module):
+    """A buffer for a model to write into."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("big", torch.zeros(1, 4, 16, 16, dtype=torch.float64))
+
+
+def _aten_copy(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # an ATen overload's name is copy_.default
+    y = s.c(x)
+    view = s.store.big.view(1, 4, 16, 16)
+    torch.ops.aten.copy_.default(s.store.big, F.avg_pool2d(y, 5, 1, 2))
+    return s.h(y + view)
+
+
+def _parameter_gate(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # nn.Parameter made over a followed gate
+    y = s.c(x)
+    return s.h(y * nn.Parameter(y.mean((2, 3), keepdim=True), requires_grad=False))
+
+
+def _tolist_map(s: Lambda, x: torch.Tensor) -> torch.Tensor:  # a constant's new_tensor of maps from the input
+    y = s.c(x)
+    return s.h(y + s.c.weight.new_tensor(y.flip(-1).tolist()))
+
+
 def _tokens(h: nn.Module, **more: nn.Module) -> dict[str, nn.Module]:
     return {"c": _conv(), "h": h, **more}
 
@@ -566,6 +591,12 @@ CASES = {  # a red-team pass's cases, each a wrong box once (now exact or refuse
     ),
     "prelu weighted by the tokens": (_prelu_by_tokens, lambda: _tokens(nn.Identity()), (0, 0), False),
     "swapaxes by keyword": (_swapaxes_by_keyword, lambda: _tokens(nn.Identity()), (0, 0), False),
+    "ATen's copy_ into a buffer, read through a view": (
+        _aten_copy,
+        lambda: {"c": _conv(), "store": _Store(), "h": nn.Identity()},
+        (8, 8),
+        False,
+    ),
     "a class token": (_class_token, lambda: _tokens(nn.Conv2d(4, 4, 1)), (3, 3), False),
     "squeeze-excitation with view(b, c)": (_classic_se, lambda: _se(nn.Conv2d(4, 4, 3, padding=1)), (0, 0), True),
     "its vector through unknown ops": (_se_unknown_ops, lambda: _se(nn.Conv2d(4, 4, 3, padding=1)), (1, 0), True),
@@ -615,7 +646,9 @@ def test_traced_boxes_are_exact_or_refused(name: str) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:To copy construct")  # torch's advice about new_tensor: the case itself
-@pytest.mark.parametrize("forward", [_new_tensor, _detached_write, _script_into_zeros, _numpy_into_zeros])
+@pytest.mark.parametrize(
+    "forward", [_new_tensor, _detached_write, _script_into_zeros, _numpy_into_zeros, _parameter_gate, _tolist_map]
+)
 def test_copies_without_a_gradient_are_followed_or_refused(forward: object) -> None:
     """``new_tensor``, a write through ``detach()`` and maps copied in from a scripted function or numpy
     carry values without a gradient, so autograd cannot be the judge: a pixel far from the position's own
