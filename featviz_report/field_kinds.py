@@ -142,8 +142,7 @@ def merged(axes: list[Axis], size: int) -> Axis:
 
 def token_union(flats: list[Tokens], boxes: list[Whole]) -> Tokens:
     """Token fields of one layout, each position's union with the others' and with every box."""
-    extra = [Axis(0, np.array([b.rows[0]]), np.array([b.rows[1]])) for b in boxes]
-    extra_cols = [Axis(0, np.array([b.cols[0]]), np.array([b.cols[1]])) for b in boxes]
-    rows = merged([f.rows for f in flats] + extra, len(flats[0].rows.lo))
-    cols = merged([f.cols for f in flats] + extra_cols, len(flats[0].cols.lo))
+    extra = [box.axes((0, 1), (1, 1)) for box in boxes]  # one position each, broadcast by merged
+    rows = merged([f.rows for f in flats] + [r for r, _ in extra], len(flats[0].rows.lo))
+    cols = merged([f.cols for f in flats] + [c for _, c in extra], len(flats[0].cols.lo))
     return Tokens(flats[0].dim, rows, cols)

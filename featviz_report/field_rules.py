@@ -246,17 +246,22 @@ def without(field: Field, removed: set[int]) -> Field:
     return (rows, cols)
 
 
+def permutation(name: str, args: Args, kwargs: Kwargs, ndim: int) -> list[int]:
+    """Where each axis of a ``permute`` or ``transpose`` output comes from."""
+    if name == "permute":
+        given = kwargs.get("dims", args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:])
+        return [int(d) % ndim for d in given]
+    a, b = (int(d) % ndim for d in (arg(args, kwargs, 1, "dim0", 0), arg(args, kwargs, 2, "dim1", 1)))
+    order = list(range(ndim))
+    order[a], order[b] = order[b], order[a]
+    return order
+
+
 def moved(name: str, args: Args, kwargs: Kwargs, first: torch.Tensor, field: Field, out: torch.Tensor) -> Known | None:
     """Reshapes, permutations and indexing that keep both spatial axes whole: where they end up."""
     ndim = first.ndim
     if name in ("permute", "transpose"):
-        if name == "permute":
-            given = kwargs.get("dims", args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:])
-            order = [int(d) % ndim for d in given]
-        else:
-            a, b = (int(d) % ndim for d in (arg(args, kwargs, 1, "dim0", 0), arg(args, kwargs, 2, "dim1", 1)))
-            order = list(range(ndim))
-            order[a], order[b] = order[b], order[a]
+        order = permutation(name, args, kwargs, ndim)
         rows, cols = (Axis(order.index(a.dim % ndim) - ndim, a.lo, a.hi) for a in field)
         return (rows, cols)
     keep = -min(field[0].dim, field[1].dim)  # the trailing axes that must come through unchanged
@@ -292,14 +297,7 @@ def token_moved(
     reshape splits it back into rows and columns."""
     ndim, at = first.ndim, first.ndim + flat.dim  # at: the token axis counted from the front
     if name in ("permute", "transpose"):
-        if name == "permute":
-            given = kwargs.get("dims", args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:])
-            order = [int(d) % ndim for d in given]
-        else:
-            a, b = (int(d) % ndim for d in (arg(args, kwargs, 1, "dim0", 0), arg(args, kwargs, 2, "dim1", 1)))
-            order = list(range(ndim))
-            order[a], order[b] = order[b], order[a]
-        return flat.at(order.index(at) - ndim)
+        return flat.at(permutation(name, args, kwargs, ndim).index(at) - ndim)
     if name == "getitem":
         index = args[1] if isinstance(args[1], tuple) else (args[1],)
         plain = all(isinstance(i, int) or i == slice(None) for i in index)

@@ -211,11 +211,10 @@ class _Tracer(TorchFunctionMode):
         first, (is_followed, known) = followed[0]
         field = known if isinstance(known, tuple) else None  # no Whole reaches here
         name = SAME_AS.get(name, name)
+        alone = not any(f for _, (f, _) in followed[1:])  # weights, bias not from the input (else not a window)
         if name in ("conv2d", "max_pool2d", "avg_pool2d"):
-            alone = not any(f for _, (f, _) in followed[1:])  # weights computed from the input: not a window
             return window(name, args, kwargs, field, out) if is_followed and field and alone else None
         if name in ("conv_transpose2d", "pixel_shuffle", "pixel_unshuffle"):
-            alone = not any(f for _, (f, _) in followed[1:])
             maps = is_followed and field is not None and (field[0].dim, field[1].dim) == (-2, -1)
             return spread(name, args, kwargs, field, out) if maps and alone and field else None
         if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
@@ -242,7 +241,6 @@ class _Tracer(TorchFunctionMode):
             if name != "unbind" or not isinstance(union, tuple):
                 return union
             return without(union, {int(arg(args, kwargs, 1, "dim", 0)) % first.ndim - first.ndim})
-        alone = not any(f for _, (f, _) in followed[1:])  # weight and bias not from the input
         if name in POINTWISE or name == "linear" and alone and field and -1 not in (field[0].dim, field[1].dim):
             return self._union(followed, out)
         return None
@@ -317,16 +315,14 @@ class _Tracer(TorchFunctionMode):
         different ones surviving (``q @ kᵀ``, before its softmax) are read whole too: wider than exact,
         where each element reads two positions."""
         roles = _ROLES[name]  # operands by name, each with the axis of it that is the output's (or None)
-        operands = [(arg(args, kwargs, i, role, None), keep) for i, (role, keep) in enumerate(roles)]
-        operands += [(t, None) for t in tensors_in(kwargs.get("attn_mask"))]
-        tensors = [t for t, _ in operands if isinstance(t, torch.Tensor)]
-        known = self._fields([(t, self.current(t)) for t in tensors])
-        if known is None or any(isinstance(f, tuple) for f in known) or any(t.ndim < 2 for t in tensors):
+        given = [(arg(args, kwargs, i, role, None), keep) for i, (role, keep) in enumerate(roles)]
+        operands = [(t, keep, self.current(t)) for t, keep in given if isinstance(t, torch.Tensor)]
+        known = self._fields([(t, state) for t, _, state in operands])
+        if known is None or any(isinstance(f, tuple) for f in known) or any(t.ndim < 2 for t, _, _ in operands):
             return None
         surviving: list[Tokens] = []
         spans: list[Whole] = []
-        for tensor, keep in operands:
-            field = self.current(tensor)[1] if isinstance(tensor, torch.Tensor) else None
+        for _, keep, (_, field) in operands:
             if isinstance(field, Tokens) and (field.dim < -2 or field.dim == keep):
                 surviving.append(field)
             elif field is not None:
