@@ -23,6 +23,11 @@ ARGS = [
 ]
 
 
+VISIBLE_IMAGES_DECODED = """() => [...document.images]
+    .filter(i => { const r = i.getBoundingClientRect(); return r.bottom > 0 && r.top < innerHeight && r.width > 0; })
+    .every(i => i.complete && i.naturalWidth > 0)"""
+
+
 def launch(playwright: Any) -> Any:
     """Debian's Chromium, headless, with a fresh profile and no background network traffic."""
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
@@ -44,6 +49,7 @@ def main() -> None:
         page = browser.new_page(viewport={"width": args.width, "height": args.height})
         page.goto(args.page.resolve().as_uri() + (f"#{args.anchor}" if args.anchor else ""))
         page.wait_for_load_state("load")
+        page.wait_for_function(VISIBLE_IMAGES_DECODED, timeout=10_000)  # lazy atlases load after the scroll
         if args.click:
             page.click(args.click)
         page.screenshot(path=str(args.out))
