@@ -130,25 +130,27 @@ def window(name: str, args: Args, kwargs: Kwargs, field: Field, out: torch.Tenso
     return (axes[0], axes[1])
 
 
-PROBES = 2**24  # one-hot probe values per resampling pass (64 MB of float32)
+PROBES = 2**24  # one-hot probe values and their outputs per resampling call (64 MB of float32)
 
 
-def resampled(func: Any, args: Args, kwargs: Kwargs, followed: list[Any]) -> Field | None:
+def resampled(func: Any, args: Args, kwargs: Kwargs, followed: list[Any], out: torch.Tensor) -> Field | None:
     """``F.interpolate`` (any mode, size or scale, antialias): which positions each output reads, found
-    exactly by running the same call on one-hot inputs, one axis at a time."""
+    exactly by running the same call on one-hot inputs, one axis at a time, at most ``PROBES`` values of
+    probes and their outputs at once."""
     first, (is_followed, field) = followed[0]
     if not is_followed or field is None or (field[0].dim, field[1].dim) != (-2, -1) or first.ndim != 4:
         return None
     if any(f for _, (f, _) in followed[1:]):
         return None
     h, w = first.shape[-2:]
+    chunk = max(1, PROBES // (h * w + out.shape[-2] * out.shape[-1]))  # probes per call: inputs and outputs
     dtype = first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32  # the same kernel
     axes = []
     for axis in field:
         n = len(axis.lo)
         reads = []
-        for start in range(0, n, max(1, PROBES // (h * w))):
-            hot = torch.arange(start, min(n, start + max(1, PROBES // (h * w))))
+        for start in range(0, n, chunk):
+            hot = torch.arange(start, min(n, start + chunk))
             probe = torch.zeros((len(hot), 1, h, w), dtype=dtype, device=first.device)
             if axis.dim == -2:
                 probe[torch.arange(len(hot)), 0, hot, :] = 1.0

@@ -196,7 +196,7 @@ class _Tracer(TorchFunctionMode):
             elif any(isinstance(f, Whole) for _, (_, f) in followed):
                 field = self._union(followed, outputs[0]) if name in POINTWISE else None  # a gate on maps
             elif name == "interpolate":  # nn.Upsample too
-                field = resampled(func, args, kwargs, followed)
+                field = resampled(func, args, kwargs, followed, outputs[0])
             else:
                 field = self._rule(name, args, kwargs, followed, outputs[0])
         except Exception:  # noqa: BLE001 - arguments this rule did not expect: not understood, never a failure
