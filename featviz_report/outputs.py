@@ -4,7 +4,8 @@ Every output (the page, the JSON sidecar) is written under a temporary name besi
 with the user's umask; only when all of them are complete are they renamed into place, so a failure at
 any point leaves every existing file as it was. A folder report (``--format dir``) is updated in place
 and lists the files it wrote in a manifest (:data:`MANIFEST`): a later report replaces and removes
-those files only, and a folder whose ``index.html`` featviz-report did not write is refused.
+those files only; a folder whose ``index.html`` featviz-report did not write, or that is, holds or lies
+inside a samples folder (its images would become samples), is refused.
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ from .render import data_uri, render_html
 from .report_data import Png, Report
 from .sidecar import json_text
 
-__all__ = ["MANIFEST", "check_output", "check_outputs", "check_api_outputs", "write_report", "write_now"]
+__all__ = [
+    "MANIFEST",
+    "check_apart",
+    "check_output",
+    "check_outputs",
+    "check_api_outputs",
+    "api_inputs",
+    "write_report",
+    "write_now",
+]
 
 MANIFEST = ".featviz-report.json"
 IMAGE_DIR = "img"
@@ -104,21 +114,44 @@ def check_outputs(
     targets = [("--json", json_out)] if json_out is not None else []
     if out is not None:
         targets.append(("-o", out / "index.html" if fmt == "dir" else out))
+    if out is not None and fmt == "dir":
+        check_apart(out, inputs)
     for option, target in targets:
         for source, path in inputs:
             sample = path.is_dir() and target.suffix.lower() in IMAGE_SUFFIXES and _inside(target, path) is not None
-            if option == "-o" and fmt == "dir" and path.is_dir() and _inside(target.parent, path) is not None:
-                raise UsageError(f"-o {str(out)!r} is inside the samples folder {str(path)!r} ({source}): "
-                                 "its images would become samples; write the report elsewhere")  # fmt: skip
             if sample or _same_file(target, path):
                 raise UsageError(f"{option} {str(target)!r} is also an input ({source}); it would be overwritten")
 
 
+def check_apart(folder: Path, inputs: Sequence[tuple[str, Path]]) -> None:
+    """Fail unless the report folder ``folder`` and every input folder are apart: neither the same folder
+    nor one inside the other, however either is spelt (relative, ``..``, links). A folder report writes
+    images (``img/``), which a later run over the samples folder would take as samples."""
+    for source, path in inputs:
+        if not path.is_dir():
+            continue
+        if _inside(folder, path) is not None:
+            where = "is" if _inside(path, folder) == "." else "is inside"
+        elif _inside(path, folder) is not None:
+            where = "holds"
+        else:
+            continue
+        raise UsageError(
+            f"-o {str(folder)!r} {where} the samples folder {str(path)!r} ({source}): a report folder's images "
+            "would become samples; write the report to a folder apart from the samples"
+        )
+
+
 def check_api_outputs(out: str | Path | None, json_out: str | Path | None, fmt: str, samples: object = ()) -> None:
     """:func:`check_outputs` for the Python API, whose ``samples`` are a path, paths or a tensor."""
-    given = [samples] if isinstance(samples, (str, Path)) else samples if isinstance(samples, (list, tuple)) else []
-    inputs = [("samples", Path(p)) for p in given if isinstance(p, (str, Path))]
+    inputs = api_inputs(samples)
     check_outputs(None if out is None else Path(out), fmt, None if json_out is None else Path(json_out), inputs)
+
+
+def api_inputs(samples: object) -> list[tuple[str, Path]]:
+    """The Python API's ``samples`` (a path, paths or a tensor) as the (option, path) pairs checks take."""
+    given = [samples] if isinstance(samples, (str, Path)) else samples if isinstance(samples, (list, tuple)) else []
+    return [("samples", Path(p)) for p in given if isinstance(p, (str, Path))]
 
 
 def _same_file(a: Path, b: Path) -> bool:

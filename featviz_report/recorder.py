@@ -24,7 +24,7 @@ from .compare_pipeline import compare_checkpoints
 from .config import ReportConfig
 from .errors import OutputError, UsageError
 from .heap import old_objects_frozen
-from .outputs import check_api_outputs
+from .outputs import api_inputs, check_apart, check_api_outputs
 from .pipeline import finish
 from .progress import Progress
 from .report_data import Report, TrainingStep
@@ -72,6 +72,7 @@ class Recorder:
         if type(step) is not int or step < 0:
             raise UsageError(f"a step is a whole number of at least 0, got {step!r}")
         out = self.site / step_folder(step)
+        check_apart(out, api_inputs(self.samples))  # before the site folder is made
         try:
             self.site.mkdir(parents=True, exist_ok=True)
         except OSError as err:

@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import read_page
 from PIL import Image
+from torch import nn
 
 from featviz_report.cli import main
 from featviz_report.outputs import MANIFEST
@@ -151,9 +152,70 @@ def test_a_folder_report_never_writes_through_links_or_into_samples(
     (here / "site" / "img").symlink_to(here / "mine")
     refused(capsys, ["--format", "dir", "-o", "site"], "'site/img' is not a folder of the report's own")
     assert list((here / "mine").iterdir()) == []
-    refused(capsys, ["--format", "dir", "-o", "imgs", "--samples", "imgs"], "inside the samples folder")
+    refused(capsys, ["--format", "dir", "-o", "imgs", "--samples", "imgs"], "is the samples folder")
     refused(capsys, ["--format", "dir", "-o", "imgs/report", "--samples", "imgs"], "inside the samples folder")
     assert sorted(p.name for p in (here / "imgs").iterdir()) == ["0.png", "1.png", "2.png"]
+
+
+SPY = """
+from pathlib import Path
+from torch import nn
+
+def build():
+    Path("built").write_text("the model was loaded")
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(3))
+"""
+
+
+@pytest.mark.parametrize(
+    ("out", "samples", "how"),
+    [
+        (".", "imgs", "holds"),  # the report's img/ would be the samples folder itself
+        ("./imgs/../imgs/", "imgs", "is"),
+        ("{here}/imgs/", "imgs", "is"),
+        ("../{name}", "imgs", "holds"),
+        ("view/report", "imgs", "is inside"),  # through a link to the samples
+        (".", "view", "holds"),  # the samples through a link
+        ("{here}", "{here}/imgs/./", "holds"),
+    ],
+)
+@pytest.mark.parametrize("command", [[], ["scan"]])
+def test_a_report_folder_that_overlaps_a_samples_folder_is_refused_before_the_model_runs(
+    here: Path, capsys: pytest.CaptureFixture[str], command: list[str], out: str, samples: str, how: str
+) -> None:
+    (here / "spy.py").write_text(SPY)
+    (here / "view").symlink_to(here / "imgs")
+    out, samples = (s.format(here=here, name=here.name) for s in (out, samples))
+    before = snapshot(here)
+    argv = ["--samples", samples] if not command else [samples]
+    err = refused(capsys, [*command, *argv, "--model", "spy:build", "--format", "dir", "-o", out, "--json", "r.json"],
+                  f"{how} the samples folder", "would become samples")  # fmt: skip
+    assert f"-o {out.rstrip('/')!r}" in err or out.endswith("/"), err
+    assert snapshot(here) == before, "nothing written, the model never built"
+    assert sorted(p.name for p in here.iterdir()) == ["diverged.py", "imgs", "spy.py", "view"]
+
+
+def test_the_python_api_and_a_recorder_refuse_a_folder_that_holds_the_samples(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from featviz_report import Recorder, ReportConfig, build_report, compare_checkpoints, scan_dataset
+    from featviz_report.errors import UsageError
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 3))
+    config = ReportConfig(format="dir", quiet=True, input_size=16)
+    before = snapshot(here)
+    for call in (
+        lambda: build_report(model, str(here / "imgs"), out=here, config=config),
+        lambda: build_report(model, [here / "imgs" / "0.png", "imgs"], out="imgs/../", config=config),
+        lambda: compare_checkpoints(model, model, "imgs", out=".", config=config),
+        lambda: scan_dataset(model, ["imgs"], out=here, config=config),
+    ):
+        with pytest.raises(UsageError, match="holds the samples folder"):
+            call()
+    with pytest.raises(UsageError, match="is inside the samples folder"):
+        Recorder(here / "imgs" / "site", here / "imgs", config).record(model, 1)
+    assert snapshot(here) == before and not (here / "imgs" / "site").exists(), "not even an empty site folder"
+    Recorder(here / "run", here / "run" / "samples", config)  # a site may keep its samples beside its steps
 
 
 def test_an_output_that_is_a_link_replaces_what_it_points_at(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
