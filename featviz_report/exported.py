@@ -5,9 +5,10 @@
 parses shape expressions with ``sympy.sympify`` (which evaluates Python). So the archive is read here
 first, as data: every entry torch would unpickle must load with ``weights_only=True``, entries that can
 only be loaded by running code are refused by name, every shape expression must be plain arithmetic on
-shape symbols and every graph node must call a torch operator. Then torch loads it with ``weights_only``
-forced for every ``torch.load`` inside, and the program's guard code (``exec``'d by
-``ExportedProgram.module()``) is dropped: it is never run.
+shape symbols and every graph node must call an operator of :mod:`.export_ops`'s allow-list. Then torch
+loads it with ``weights_only`` forced for every ``torch.load`` inside, the program's guard code
+(``exec``'d by ``ExportedProgram.module()``) is dropped (it is never run), and the graph torch built is
+checked again: allowed operators only, and writes only into tensors the graph itself created.
 
 The unflattened program's submodules are ``InterpreterModule``s; those that were a ``Conv2d`` or a
 ``Linear`` (and are one operator with its weights) become the real layer again, holding the same
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError, first_line
+from .export_ops import operator_refusal, target_refusal, write_refusal
 
 __all__ = ["ExportedModel", "load_exported"]
 
@@ -45,7 +47,6 @@ _SYMPY_NAMES = frozenset(
     "True False true false oo zoo nan floor ceiling sqrt Piecewise ITE Integer Rational Float Symbol Pow "
     "positive negative nonnegative nonpositive integer real finite zero nonzero even odd rational".split()
 )
-_SAFE_TARGET_PREFIXES = ("torch.ops.", "_operator.", "math.", "torch.sym_", "torch._sym_")
 
 
 @dataclass(frozen=True)
@@ -164,8 +165,9 @@ def _check_program_json(name: str, data: bytes, label: str) -> None:
         if key == "expr_str" and isinstance(value, str) and not _plain_expression(value):
             raise ModelError(f"{label}: entry {name!r} holds a shape expression that is not arithmetic: {value[:80]!r}")
         calls = key == "as_operator" or (key == "target" and isinstance(value, str) and "." in value)
-        if calls and isinstance(value, str) and not value.startswith(_SAFE_TARGET_PREFIXES):
-            raise ModelError(f"{label}: entry {name!r} calls {value[:80]!r}, which is not a torch operator")
+        refusal = target_refusal(value) if calls and isinstance(value, str) else None
+        if refusal is not None:
+            raise ModelError(f"{label}: entry {name!r} calls {str(value)[:80]!r}: {refusal}; the archive is refused")
 
 
 def _walk(node: Any) -> Iterator[tuple[str, Any]]:
@@ -214,27 +216,30 @@ def _weights_only_everywhere() -> Iterator[None]:
 
 
 def _check_graph(program: torch.export.ExportedProgram, label: str) -> None:
-    """Every node calls a torch operator and passes no other callable (what the JSON check promised,
-    checked on what torch built)."""
+    """Every node calls an allowed operator (:mod:`.export_ops`), passes no other callable and writes only
+    tensors its graph created (what the JSON check promised, checked on what torch built)."""
     for module in program.graph_module.modules():
         if not isinstance(module, torch.fx.GraphModule):
             continue
         for node in module.graph.nodes:
-            if node.op == "call_function" and not _is_operator(node.target):
-                raise ModelError(f"{label}: the program calls {node.target!r}, which is not a torch operator")
+            refusal = operator_refusal(node.target) if node.op == "call_function" else None
+            if refusal is not None:
+                raise ModelError(f"{label}: the program calls {_name(node.target)}: {refusal}; the archive is refused")
             values: list[object] = []
             torch.fx.node.map_aggregate((node.args, node.kwargs), values.append)  # type: ignore[arg-type]
             for value in values:
-                if callable(value) and not isinstance(value, (torch.fx.Node, nn.Module)) and not _is_operator(value):
-                    raise ModelError(f"{label}: the program passes {value!r}, which is not a torch operator")
+                if callable(value) and not isinstance(value, (torch.fx.Node, nn.Module)):
+                    refusal = operator_refusal(value)
+                    if refusal is not None:
+                        raise ModelError(f"{label}: the program passes {_name(value)}: {refusal}; it is refused")
+        refusal = write_refusal(module.graph)
+        if refusal is not None:
+            raise ModelError(f"{label}: the program's node {refusal}; the archive is refused")
 
 
-def _is_operator(target: object) -> bool:
-    if isinstance(target, (torch._ops.OpOverload, torch._ops.HigherOrderOperator, torch._ops.OpOverloadPacket)):
-        return True
-    module = getattr(target, "__module__", None)
-    name = getattr(target, "__name__", "")
-    return module in ("_operator", "math") or (module == "torch" and name.startswith(("sym_", "_sym_")))
+def _name(target: object) -> str:
+    text = str(target) if isinstance(target, torch._ops.OperatorBase) else repr(target)
+    return repr(text[:80])
 
 
 @contextmanager

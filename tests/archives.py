@@ -150,12 +150,12 @@ def program_without_json_suffix(marker: Path) -> Edit:
 
 
 def callable_argument(marker: Path) -> Edit:
-    """A higher-order operator handed os.system as an argument."""
+    """An allowed higher-order operator handed os.system as an argument."""
 
     def edit(entries: dict[str, bytes]) -> None:
         def change(d: dict) -> None:
             nodes = d["graph_module"]["graph"]["nodes"]
-            nodes.insert(0, {"target": "torch.ops.higher_order.wrap", "name": "evil",
+            nodes.insert(0, {"target": "torch.ops.higher_order.wrap_with_set_grad_enabled", "name": "evil",
                              "inputs": [{"name": "", "arg": {"as_operator": "torch.os.system"}, "kind": 1},
                                         {"name": "", "arg": {"as_string": f"touch {marker}"}, "kind": 1}],
                              "outputs": [{"as_none": True}], "metadata": nodes[0]["metadata"],
@@ -188,6 +188,77 @@ EVIL = {
     "compiled library": (native_code, "data/aotinductor/model/model.so"),
     "duplicate entry": (duplicate_entry, "appears twice"),
     "program without .json suffix": (program_without_json_suffix, "models/model.JSON"),
-    "callable argument": (callable_argument, "not a torch operator"),
+    "callable argument": (callable_argument, "torch.os.system"),
     "source injection": (source_injection, "hidden line break"),
 }
+
+
+# Archives whose graph itself is hostile: built as an attacker would, by planting nodes in a real export's
+# graph (after the first ReLU, inside relu1's module) and saving it with torch.export.save. No pickle,
+# no Python: only operator calls. ``{victim}`` in an argument is the path of the user's file at stake.
+
+Step = tuple[object, tuple[object, ...], dict[str, object], torch.Tensor]  # target, args, kwargs, an example
+Plan = Callable[[str], "list[Step]"]
+
+
+def planted(src: Path, dst: Path, victim: Path, plan: Plan) -> Path:
+    """``src`` (an exported archive) with the steps of ``plan(victim)`` planted in its graph. In a step's
+    arguments ``"#i"`` is the i-th planted node's output and ``"@name"`` the program's node of that name."""
+    program = torch.export.load(str(src))
+    graph = program.graph_module.graph
+    nodes = {node.name: node for node in graph.nodes}
+    anchor = next(node for node in graph.nodes if "relu" in str(node.target))
+    fake_mode = torch._guards.detect_fake_mode([n.meta["val"] for n in graph.nodes if "val" in n.meta])
+    made: list[torch.fx.Node] = []
+
+    def resolve(value: object) -> object:
+        if isinstance(value, str) and value.startswith("#"):
+            return made[int(value[1:])]
+        if isinstance(value, str) and value.startswith("@"):
+            return nodes[value[1:]]
+        return value
+
+    with graph.inserting_before(anchor.next):
+        for target, args, kwargs, example in plan(str(victim)):
+            node = graph.call_function(target, tuple(map(resolve, args)), {k: resolve(v) for k, v in kwargs.items()})  # type: ignore[arg-type]
+            node.meta.update({k: anchor.meta[k] for k in ("nn_module_stack", "stack_trace") if k in anchor.meta})
+            node.meta["val"] = fake_mode.from_tensor(example)
+            made.append(node)
+    program.graph_module.recompile()
+    torch.export.save(program, str(dst))
+    return dst
+
+
+_aten = torch.ops.aten
+_BYTES = torch.zeros(64, dtype=torch.uint8)
+
+
+def _mapped(victim: str, shared: bool) -> Step:
+    return (_aten.from_file.default, (victim,), {"shared": shared, "size": 64, "dtype": torch.uint8}, _BYTES)
+
+
+def _written_through(op: object, *args: object) -> Plan:
+    return lambda victim: [_mapped(victim, True), (op, ("#0", *args), {}, _BYTES)]
+
+
+GRAPH_EVIL: dict[str, tuple[Plan, str]] = {
+    "file read": (lambda victim: [_mapped(victim, False), (_aten.sum.default, ("#0",), {}, torch.tensor(0))],
+                  "from_file"),
+    "file write by fill_": (_written_through(_aten.fill_.Scalar, 66), "from_file"),
+    "file write by add_": (_written_through(_aten.add_.Scalar, 1), "from_file"),
+    "file write by copy_": (lambda victim: [_mapped(victim, True), (_aten.zeros_like.default, ("#0",), {}, _BYTES),
+                                             (_aten.copy_.default, ("#0", "#1"), {}, _BYTES)], "from_file"),
+    "file write by out=": (lambda victim: [_mapped(victim, True),
+                                           (_aten.mul.out, ("#0", 0), {"out": "#0"}, _BYTES)], "from_file"),
+    "storage adopted by set_": (lambda victim: [(_aten.zeros.default, ([16],), {}, torch.zeros(16)),
+                                                (_aten.set_.source_Tensor, ("#0", "@p_conv1_bias"), {},
+                                                 torch.zeros(16))], "set_"),
+    "parameter written through a view": (lambda victim: [(_aten.alias.default, ("@p_conv1_weight",), {},
+                                                           torch.zeros(16, 1, 5, 5)),
+                                                          (_aten.mul_.Scalar, ("#0", 0), {}, torch.zeros(16, 1, 5, 5))],
+                                         "p_conv1_weight"),
+    "input written through a view": (lambda victim: [(_aten.view.default, ("@x", [-1]), {}, torch.zeros(784)),
+                                                      (_aten.fill_.Scalar, ("#0", 0), {}, torch.zeros(784))], "x"),
+    "uninitialised memory": (lambda victim: [(_aten.empty.memory_format, ([64],), {}, torch.zeros(64))], "empty"),
+    "print": (lambda victim: [(_aten._print.default, (victim,), {}, torch.zeros(()))], "_print"),
+}  # fmt: skip
