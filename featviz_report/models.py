@@ -16,10 +16,12 @@ import os
 import sys
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,6 +39,7 @@ __all__ = [
 ]
 
 DEMO = "demo"
+_EXTRA_STATE = "_extra_state"  # the suffix of a module's get_extra_state() in its state_dict
 _SEED = 0
 
 
@@ -243,10 +246,11 @@ def copy_with_weights(model: nn.Module, path: str | Path, names: tuple[str, str]
     return twin
 
 
-def load_state_dict(path: str | Path, option: str = "--weights") -> Mapping[str, torch.Tensor]:
+def load_state_dict(path: str | Path, option: str = "--weights") -> Mapping[str, Any]:
     """Read a state_dict (optionally nested under ``state_dict`` or ``model``) without unpickling code:
     a ``.safetensors`` file with safetensors (tensors only, by design), anything else with
-    ``torch.load(weights_only=True)``."""
+    ``torch.load(weights_only=True)``. Its values are tensors, and under ``*._extra_state`` keys whatever
+    data a module's ``get_extra_state()`` gave (``weights_only`` lets only plain data through)."""
     if Path(path).suffix.lower() == ".safetensors":
         return _safetensors(Path(path), option)
     try:
@@ -259,7 +263,9 @@ def load_state_dict(path: str | Path, option: str = "--weights") -> Mapping[str,
     for key in ("state_dict", "model"):
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]
-    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+    if not isinstance(data, Mapping) or not all(
+        isinstance(v, torch.Tensor) or str(k).endswith(_EXTRA_STATE) for k, v in data.items()
+    ):
         raise ModelError(f"{option} {str(path)!r}: not a state_dict (a mapping of names to tensors)")
     return data
 
@@ -277,7 +283,7 @@ def _safetensors(path: Path, option: str) -> Mapping[str, torch.Tensor]:
         raise ModelError(f"{option} {str(path)!r}: not a readable safetensors file ({first})") from None
 
 
-def _apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+def _apply_state_dict(model: nn.Module, state: Mapping[str, Any], source: str) -> None:
     problems = state_dict_differences(model.state_dict(), state, ("the model", "the file"))
     if problems:
         raise ModelError(f"{source}: the state_dict does not fit the model ({'; '.join(problems)})")
@@ -285,7 +291,7 @@ def _apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
 
 
 def check_same_architecture(
-    before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor], names: tuple[str, str] = ("A", "B")
+    before: Mapping[str, Any], after: Mapping[str, Any], names: tuple[str, str] = ("A", "B")
 ) -> None:
     """Fail, naming the first differences, unless both state_dicts have the same keys and shapes."""
     problems = state_dict_differences(before, after, names)
@@ -293,23 +299,113 @@ def check_same_architecture(
         raise ModelError(f"{names[0]} and {names[1]} are not the same architecture: " + "; ".join(problems))
 
 
-def weights_digest(model: nn.Module) -> str:
-    """SHA-256 of every parameter and buffer (name, dtype, shape and bytes, bfloat16 included) and of every
-    module's class: what identifies a model for the feature-visualisation cache and a scan's saved state
-    (a changed ``forward`` is not seen here; :mod:`.visualise` measures every cached image again)."""
+def weights_digest(model: nn.Module, warn: Callable[[str], None] | None = None) -> str:
+    """SHA-256 of every parameter and buffer (name, dtype, shape and bytes, bfloat16 included), of every
+    module's extra state (``get_extra_state()``, as data: tensors, arrays, numbers, strings, bytes, lists,
+    tuples, sets and dicts of these) and of every module's class: what identifies a model for the
+    feature-visualisation cache and a scan's saved state (a changed ``forward`` is not seen here;
+    :mod:`.visualise` measures every cached image again). A part of the extra state that is not such data
+    (any other object) is left out, in its place a mark, and ``warn`` gets a line naming it."""
     digest = hashlib.sha256()
     digest.update(
         "|".join(f"{name}:{type(m).__module__}.{type(m).__qualname__}" for name, m in model.named_modules()).encode()
     )
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name, value in model.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            continue
+        plain = _PlainData()
+        digest.update(f"{name}|data|".encode() + plain.digest(value, name))
+        if plain.left_out and warn is not None:
+            what = "; ".join(plain.left_out[:3]) + (
+                f" and {len(plain.left_out) - 3} more" if plain.left_out[3:] else ""
+            )
+            warn(
+                f"the extra state of {_owner(model, name)} is not all plain data ({what}): left out of the "
+                "weights' hash, so cached feature visualisations and saved scans do not see it change"
+            )
     return digest.hexdigest()
 
 
-def state_dict_differences(
-    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], names: tuple[str, str]
-) -> list[str]:
+def _owner(model: nn.Module, key: str) -> str:
+    """The module a state_dict ``key`` belongs to: ``'block.scale' (Scaled)``."""
+    path = key.rsplit(".", 1)[0] if "." in key else ""
+    try:
+        return f"{path or 'the model'!r} ({type(model.get_submodule(path)).__name__})"
+    except AttributeError:
+        return repr(path)
+
+
+class _PlainData:
+    """The SHA-256 of plain data as tagged, length-prefixed bytes: the same data gives the same bytes (a
+    dict's or set's order does not count; a list is not a tuple, 1 is not 1.0 nor True). Anything else is
+    a mark in its place, and where it was goes into ``left_out``."""
+
+    def __init__(self) -> None:
+        self.left_out: list[str] = []
+
+    def digest(self, value: object, where: str, within: frozenset[int] = frozenset()) -> bytes:
+        out = hashlib.sha256()
+        try:
+            self._feed(out, value, where, within)
+        except RecursionError:
+            self.left_out.append(f"{where} is nested too deep")
+            return hashlib.sha256(b"deep").digest()
+        return out.digest()
+
+    def _feed(self, out: Any, value: object, where: str, within: frozenset[int]) -> None:
+        if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+            out.update(f"{type(value).__name__}:".encode() + _plain_bytes(value))
+        elif isinstance(value, torch.Tensor):
+            try:
+                data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            except (RuntimeError, TypeError, NotImplementedError):  # sparse, quantised, meta: no plain bytes
+                self._leave_out(out, where, f"is a tensor without plain bytes ({value.layout}, {value.device})")
+                return
+            out.update(f"tensor:{value.dtype}:{tuple(value.shape)}:{len(data)}:".encode() + data)
+        elif isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind not in "OV":
+            array = np.ascontiguousarray(value)
+            out.update(f"array:{array.dtype.str}:{array.shape}:{array.nbytes}:".encode() + array.tobytes())
+        elif isinstance(value, (list, tuple, dict, set, frozenset)):
+            if id(value) in within:
+                self._leave_out(out, where, "holds itself")
+                return
+            inner = within | {id(value)}
+            if isinstance(value, dict):
+                parts = [
+                    self.digest(k, f"{where} key {k!r:.40}", inner) + self.digest(v, f"{where}[{k!r:.40}]", inner)
+                    for k, v in value.items()
+                ]
+            else:
+                parts = [self.digest(v, f"{where}[{i}]", inner) for i, v in enumerate(value)]
+            if isinstance(value, (dict, set, frozenset)):
+                parts.sort()  # their order is not their content
+            out.update(f"{type(value).__name__}:{len(parts)}:".encode() + b"".join(parts))
+        else:
+            self._leave_out(out, where, f"is of type {type(value).__module__}.{type(value).__qualname__}")
+
+    def _leave_out(self, out: Any, where: str, what: str) -> None:
+        self.left_out.append(f"{where} {what}")
+        out.update(b"left out;")
+
+
+def _plain_bytes(value: None | bool | int | float | complex | str | bytes) -> bytes:
+    """A scalar's exact value as bytes, length-prefixed (floats by their hex digits, so nothing rounds)."""
+    if isinstance(value, float):
+        data = value.hex().encode()
+    elif isinstance(value, complex):
+        data = f"{value.real.hex()},{value.imag.hex()}".encode()
+    elif isinstance(value, str):
+        data = value.encode("utf-8", "surrogatepass")
+    elif isinstance(value, bytes):
+        data = value
+    else:
+        data = repr(value).encode()
+    return f"{len(data)}:".encode() + data
+
+
+def state_dict_differences(expected: Mapping[str, Any], given: Mapping[str, Any], names: tuple[str, str]) -> list[str]:
     """What keeps ``given`` from loading where ``expected`` is: missing and unexpected keys, and keys whose
     shapes differ (``names`` say whose shape is whose), a few of each."""
     missing = [k for k in expected if k not in given]
@@ -317,11 +413,13 @@ def state_dict_differences(
     wrong = [
         f"{k} ({_shape(expected[k])} in {names[0]}, {_shape(given[k])} in {names[1]})"
         for k in expected
-        if k in given and tuple(expected[k].shape) != tuple(given[k].shape)
+        if k in given and _shape(expected[k]) != _shape(given[k])
     ]
     labels = (f"missing in {names[1]}", f"only in {names[1]}", "wrong shape")
     return [f"{label}: {first_few(keys)}" for label, keys in zip(labels, (missing, unexpected, wrong)) if keys]
 
 
-def _shape(tensor: torch.Tensor) -> str:
-    return "×".join(map(str, tensor.shape)) or "a scalar"
+def _shape(value: object) -> str:
+    if not isinstance(value, torch.Tensor):
+        return "extra state"  # a module's get_extra_state(): data of its own, not a tensor
+    return "×".join(map(str, value.shape)) or "a scalar"

@@ -47,7 +47,7 @@ class _Recorded(NamedTuple):
 
     step: int
     weights: dict[str, list[torch.Tensor]]
-    state: dict[str, torch.Tensor] | None
+    state: dict[str, object] | None
 
 
 class Recorder:
@@ -95,18 +95,24 @@ class Recorder:
             report = finish(
                 dataclasses.replace(report, training=training), out, out / STEP_JSON, config, Progress(False)
             )
-            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if self.compare else None
+            state = {k: _kept(v) for k, v in model.state_dict().items()} if self.compare else None
             if before is not None and before.state is not None:
                 self._compare(model, before.state, out / COMPARE_DIR, before.step, step)
             self._previous = _Recorded(step, weights, state)
         write_site(self.site)
         return report
 
-    def _compare(self, model: nn.Module, state: dict[str, torch.Tensor], out: Path, a: int, b: int) -> None:
+    def _compare(self, model: nn.Module, state: dict[str, object], out: Path, a: int, b: int) -> None:
         earlier = copy.deepcopy(model)
         earlier.load_state_dict(state)
         config = dataclasses.replace(self.config, graph=False, featviz=(), title=f"step {a} → step {b}")
         compare_checkpoints(earlier, model, self.samples, out, config, names=(f"step {a}", f"step {b}"))
+
+
+def _kept(value: object) -> object:
+    """A copy of a state_dict entry that training cannot change: a tensor on the CPU, or a module's extra
+    state (``get_extra_state()``, any object)."""
+    return value.detach().cpu().clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
 
 
 @contextmanager

@@ -22,7 +22,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,10 +97,12 @@ def _distributed(device: torch.device) -> Iterator[tuple[int, int, torch.device]
             dist.destroy_process_group()
 
 
-def _fingerprint(model: nn.Module, paths: Sequence[Path], prep: Preprocess, config: ReportConfig) -> str:
+def _fingerprint(
+    model: nn.Module, paths: Sequence[Path], prep: Preprocess, config: ReportConfig, warn: Callable[[str], None]
+) -> str:
     """What makes two scans the same scan: weights and architecture, files (names and sizes), preprocessing,
     options."""
-    digest = hashlib.sha256(weights_digest(model).encode())
+    digest = hashlib.sha256(weights_digest(model, warn).encode())
     for path in paths:
         digest.update(os.fsencode(path) + f"\0{path.stat().st_size}\0".encode())
     digest.update(json.dumps([repr(prep), config.layers, config.top_k, config.batch_size]).encode())
@@ -210,7 +212,8 @@ def _scan(
     started = time.perf_counter()
     dataset = ImageFiles(paths, prep)
     layers = select_layers(model, config.layers)
-    fingerprint = _fingerprint(model, paths, prep, config)
+    warn = progress.warn if rank == 0 else lambda _: None  # every rank hashes the same model
+    fingerprint = "" if state is None else _fingerprint(model, paths, prep, config, warn)
     if state is not None:
         try:
             state.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,10 @@
 """The disk cache of feature visualisations: one file per channel image, so a rebuilt report reuses them.
 
-An entry's key is the SHA-256 of the model's weights (every state_dict tensor, with its name, dtype and shape)
-and classes (the model's and every module's), the layer's name and call, the channel, the input shape and
-normalisation, the precision the steps ran in and every optimisation setting. An entry is written to a
-temporary name and renamed, so an interrupted run leaves whole entries or none; an entry that cannot be read
-back as what it claims is ignored (and recomputed).
+An entry's key is the SHA-256 of the model's weights (every state_dict tensor, with its name, dtype and shape,
+and every module's extra state as data) and classes (the model's and every module's), the layer's name and
+call, the channel, the input shape and normalisation, the precision the steps ran in and every optimisation
+setting. An entry is written to a temporary name and renamed, so an interrupted run leaves whole entries or
+none; an entry that cannot be read back as what it claims is ignored (and recomputed).
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def visualise_layers(
     settings = settings_of(config)
     autocast = low_precision(device, dtype)
     cache = VisCache(Path(config.cache_dir) if config.cache_dir else default_cache_dir())
-    weights = weights_digest(model)
+    weights = weights_digest(model, progress.warn)
     context = {"input": list(input_shape), "norm": norm, "precision": str(autocast or dtype)}
     keys = {t.name: [entry_key(weights, t.name, t.call, c, context, settings) for c in t.channels] for t in targets}
     found = {

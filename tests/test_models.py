@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 import textwrap
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 from conftest import TinyCNN
+from PIL import Image
 from torch import nn
 
+from featviz_report.cli import main
 from featviz_report.errors import ModelError
-from featviz_report.models import load_model, load_state_dict
+from featviz_report.models import load_model, load_state_dict, weights_digest
 
 
 def test_torchvision_models_are_built_with_a_fixed_random_init() -> None:
@@ -132,3 +138,160 @@ def test_export_archives_load_with_their_real_layers_and_input(tmp_path: Path, t
 def test_unusable_specs_are_explained() -> None:
     with pytest.raises(ModelError, match="not a file, not torchvision:NAME"):
         load_model("does-not-exist")
+
+
+# --- extra state (get_extra_state): hashed as data, never a crash ------------------------------------------------
+
+EXTRA_STATE_NET = """
+import os
+import torch
+from torch import nn
+
+class Opaque:
+    '''Not plain data: no digest can say what it holds.'''
+
+class Scaled(nn.Module):
+    '''A convolution whose output is scaled by a number kept as extra state, not as a tensor.'''
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.scale = float(os.environ.get("EXTRA_SCALE", "2.0"))
+        self.names = ["a"]
+        self.opaque = os.environ.get("EXTRA_OPAQUE") == "1"
+
+    def forward(self, x):
+        return self.conv(x) * self.scale
+
+    def get_extra_state(self):
+        state = {"scale": self.scale, "names": list(self.names)}
+        return {**state, "how": Opaque()} if self.opaque else state
+
+    def set_extra_state(self, state):
+        self.scale, self.names = state["scale"], list(state["names"])
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(Scaled(), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+"""
+
+
+@pytest.fixture
+def extra_net(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """``extra_state_net.build()``: a model whose first block keeps {"scale": 2.0, "names": ["a"]} as extra
+    state (``EXTRA_SCALE`` changes the scale, ``EXTRA_OPAQUE=1`` adds an object), and three images in imgs/."""
+    (tmp_path / "extra_state_net.py").write_text(EXTRA_STATE_NET)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "extra_state_net", raising=False)
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    return importlib.import_module("extra_state_net")
+
+
+def _digest(model: nn.Module) -> tuple[str, list[str]]:
+    warnings: list[str] = []
+    return weights_digest(model, warnings.append), warnings
+
+
+def test_extra_state_is_hashed_as_data(extra_net: ModuleType) -> None:
+    model = extra_net.build()
+    assert "0._extra_state" in model.state_dict()
+    first, warned = _digest(model)
+    assert first == _digest(extra_net.build())[0] and warned == [], "the same state, the same digest"
+    seen = {first}
+    for change in (
+        {"scale": 3.0},
+        {"scale": 2.0000000000000004},  # one ulp: floats are hashed exactly
+        {"names": ["b"]},
+        {"names": ("a",)},  # a tuple is not a list
+        {"names": [b"a"]},
+        {"names": [torch.tensor([1.0])]},
+        {"names": [torch.tensor([1.0], dtype=torch.float64)]},
+        {"names": [np.arange(3)]},
+        {"names": [{"k": 1}]},
+        {"names": [{"k": 1.0}]},
+        {"names": [{"k": True}]},
+    ):
+        model[0].get_extra_state = lambda change=change: {"scale": 2.0, "names": ["a"], **change}
+        digest, warned = _digest(model)
+        assert digest not in seen and warned == [], change
+        seen.add(digest)
+    model[0].get_extra_state = lambda: {"names": ["a"], "scale": 2.0}  # a dict's order is not its content
+    assert _digest(model) == (first, [])
+    model[0].get_extra_state = lambda: [{3, 1, 2}, frozenset("ab")]
+    assert _digest(model) == _digest(model) and _digest(model)[1] == []
+
+
+def test_extra_state_that_is_not_data_is_left_out_and_said_once(extra_net: ModuleType) -> None:
+    model = extra_net.build()
+    model[0].get_extra_state = lambda: {"scale": 2.0, "how": extra_net.Opaque()}
+    digest, warned = _digest(model)
+    assert len(warned) == 1, warned
+    assert "'0' (Scaled)" in warned[0] and "0._extra_state['how'] is of type extra_state_net.Opaque" in warned[0]
+    assert "left out of the weights' hash" in warned[0]
+    assert _digest(model)[0] == digest, "another object of the same kind: the same digest"
+    model[0].get_extra_state = lambda: {"scale": 3.0, "how": extra_net.Opaque()}
+    assert _digest(model)[0] != digest, "the plain part still counts"
+    loop: list[object] = [1]
+    loop.append(loop)
+    model[0].get_extra_state = lambda: loop
+    assert "0._extra_state[1] holds itself" in _digest(model)[1][0]
+    assert weights_digest(model) == _digest(model)[0], "no warn: silent, the same digest"
+
+
+def test_featviz_caches_and_scans_resume_a_model_with_extra_state(
+    extra_net: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run(*argv: str) -> str:
+        code = main([*argv, "--model", "extra_state_net:build", "--input-size", "8", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        return err
+
+    featviz = [
+        "--samples",
+        "imgs",
+        "--featviz",
+        "0.conv",
+        "--featviz-steps",
+        "2",
+        "--cache-dir",
+        "cache",
+        "-o",
+        "r.html",
+    ]
+    entries = lambda: sorted(p.name for p in (tmp_path / "cache").rglob("*.json"))  # noqa: E731
+    assert run(*featviz) == "" and len(entries()) == 4
+    assert run(*featviz) == "" and len(entries()) == 4, "the same extra state: the cache is used"
+    monkeypatch.setenv("EXTRA_SCALE", "3.0")
+    assert run(*featviz) == "" and len(entries()) == 8, "another scale: other images"
+
+    scan = ["scan", "imgs", "--state", "state", "-o", "scan.html"]
+    run(*scan)
+    run(*scan)  # resumed: the same extra state
+    monkeypatch.setenv("EXTRA_SCALE", "2.0")
+    assert main([*scan, "--model", "extra_state_net:build", "--input-size", "8", "--quiet"]) == 2
+    assert "holds the state of a different scan" in capsys.readouterr().err, "another scale is another scan"
+    monkeypatch.setenv("EXTRA_OPAQUE", "1")
+    for argv in (["scan", "imgs", "--state", "state2", "-o", "scan.html"], featviz):
+        err = run(*argv)
+        assert err.count("\n") == 1 and err.startswith("featviz-report: warning: the extra state of '0' (Scaled)")
+        assert "extra_state_net.Opaque" in err
+
+
+def test_weights_and_comparisons_of_a_model_with_extra_state(
+    extra_net: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = extra_net.build()
+    model[0].scale = 5.0
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    assert load_state_dict(tmp_path / "w.pt")["0._extra_state"] == {"scale": 5.0, "names": ["a"]}
+    argv = ["--model", "extra_state_net:build", "--samples", "imgs", "--input-size", "8", "--quiet"]
+    assert main([*argv, "--weights", "w.pt", "--json", "r.json", "-o", "r.html"]) == 0, capsys.readouterr().err
+    assert main([*argv, "--compare", "w.pt", "-o", "c.html"]) == 0, capsys.readouterr().err
+    torch.save({"0._extra_state": {"scale": 5.0}}, tmp_path / "bad.pt")
+    assert main([*argv, "--weights", "bad.pt", "-o", "b.html"]) == 2
+    assert "missing in the file: 0.conv.weight" in capsys.readouterr().err

@@ -166,6 +166,36 @@ def test_recording_does_not_change_what_training_computes(tmp_path: Path, image_
     assert all(torch.equal(plain[k], watched[k]) for k in plain)
 
 
+class _WithExtraState(TinyCNN):
+    """TinyCNN whose output is scaled by a number kept as extra state (not a tensor) in its state_dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.scale
+
+    def get_extra_state(self) -> dict[str, object]:
+        return {"scale": self.scale, "names": ["a"]}
+
+    def set_extra_state(self, state: dict[str, object]) -> None:
+        self.scale = float(state["scale"])  # type: ignore[arg-type]
+
+
+def test_a_model_with_extra_state_is_recorded_and_compared(tmp_path: Path, image_folder: Path) -> None:
+    torch.manual_seed(0)
+    model = _WithExtraState()
+    recorder = Recorder(tmp_path / "site", image_folder, CONFIG, compare=True)
+    recorder.record(model, 0)
+    model.scale = 3.0  # extra state that changes between the steps
+    _train(model, 2, 1)
+    recorder.record(model, 1)
+    assert model.scale == 3.0
+    compare = json.loads((tmp_path / "site" / "index.json").read_text())["steps"][1]["compare"]
+    assert compare and (tmp_path / "site" / compare).is_file()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="lightning (dev set-up) is not installed")
 def test_lightning_callback_records_every_n_epochs(tmp_path: Path, image_folder: Path) -> None:
     import lightning as L
