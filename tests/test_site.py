@@ -229,6 +229,107 @@ def test_lightning_callback_records_every_n_epochs(tmp_path: Path, image_folder:
     assert np.isfinite(index["steps"][1]["layers"]["net.conv1"]["weight_change"])
 
 
+def _lightning_fit(pl_module: torch.nn.Module, callback: object, steps: int = 2) -> object:
+    """A real, tiny CPU training run of ``steps`` steps (4 images of 8×8 per step: one epoch per step)."""
+    import lightning as L
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.rand(4, 1, 8, 8), torch.randint(0, 3, (4,)))
+    trainer = L.Trainer(
+        max_steps=steps, callbacks=[callback], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", devices=1,
+    )  # fmt: skip
+    trainer.fit(pl_module, torch.utils.data.DataLoader(data, batch_size=4))
+    assert trainer.global_step == steps, "training ran to its end"
+    return trainer
+
+
+def _featviz_warnings(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("featviz-report: warning:")]
+
+
+def _lightning_modules() -> dict[str, type]:
+    """LightningModules without a forward: Lightning's quick-start shape (an encoder and a decoder that
+    training_step calls) and one with a single child; and one whose recording fails outside training."""
+    import lightning as L
+
+    class QuickStart(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = torch.nn.Sequential(
+                torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1)
+            )
+            self.decoder = torch.nn.Conv2d(4, 1, 3, padding=1)
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _index: int) -> torch.Tensor:
+            return F.mse_loss(self.decoder(self.encoder(batch[0])), batch[0])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class SingleChild(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = TinyCNN()
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _index: int) -> torch.Tensor:
+            return F.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class FailsInEval(SingleChild):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.training:
+                raise RuntimeError("boom: this model only runs in training mode")
+            return self.net(x)
+
+    return {"quick": QuickStart, "single": SingleChild, "fails": FailsInEval}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="lightning (dev set-up) is not installed")
+def test_lightning_callback_never_ends_training_and_records_what_it_is_told(
+    tmp_path: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from featviz_report.lightning import FeatvizCallback
+
+    modules = _lightning_modules()
+
+    def callback(site: str, **options: object) -> FeatvizCallback:
+        return FeatvizCallback(tmp_path / site, image_folder, config=CONFIG, **options)
+
+    def steps(site: str) -> list[tuple[int, list[str]]]:
+        index = json.loads((tmp_path / site / "index.json").read_text())
+        return [(s["step"], sorted(s["layers"])) for s in index["steps"]]
+
+    capsys.readouterr()
+    _lightning_fit(modules["quick"](), callback("quick"), steps=3)  # no forward, two children: says so once
+    (warning,) = _featviz_warnings(capsys)
+    assert "QuickStart has no forward and 2 child modules (encoder, decoder)" in warning and "module=" in warning
+    assert not (tmp_path / "quick").exists()
+
+    _lightning_fit(modules["quick"](), callback("encoder", module="encoder"))
+    assert steps("encoder") == [(1, ["0", "2"]), (2, ["0", "2"])] and _featviz_warnings(capsys) == []
+    _lightning_fit(modules["quick"](), callback("chosen", module=lambda m: m.encoder[:2]))
+    assert steps("chosen") == [(1, ["0"]), (2, ["0"])] and _featviz_warnings(capsys) == []
+
+    _lightning_fit(modules["single"](), callback("single"))  # no forward, one child: that child
+    assert steps("single") == [(1, ["conv1", "conv2", "head"]), (2, ["conv1", "conv2", "head"])]
+    assert _featviz_warnings(capsys) == []
+
+    for site, module, options, said in (
+        ("fails", "fails", {}, "could not record epoch 1: "),  # its forward raises outside training
+        ("typo", "quick", {"module": "encodr"}, "module='encodr': QuickStart has no such submodule"),
+        ("notamodule", "quick", {"module": lambda m: "encoder"}, "returned str, not an nn.Module"),
+    ):
+        _lightning_fit(modules[module](), callback(site, **options), steps=3)
+        (warning,) = _featviz_warnings(capsys)  # once, not once per epoch
+        assert said in warning and warning.endswith("training goes on"), warning
+        assert not (tmp_path / site / "index.json").exists()
+    with pytest.raises(UsageError, match="module must be a submodule's name or a function"):
+        callback("bad", module=3)
+
+
 def test_site_never_overwrites_an_index_it_did_not_write(
     recorded: tuple[Path, dict[int, dict[str, torch.Tensor]]],
 ) -> None:
