@@ -8,13 +8,17 @@ Calls are framed by the module they ran in. A graph of more than :data:`MAX_BOXE
 modules at the deepest nesting level that brings the overview within the limit become one box each
 (``layer1.0 · Bottleneck · 10 calls``), linked to a drawing of their inside below the overview. A resnet50
 (177 calls) reads as 16 bottlenecks between its stem and head; each bottleneck is drawn in full on demand.
-All drawings go to one ``dot`` process. Without the binary, or when it fails, there is a note instead.
+All drawings go to one ``dot`` process. Without the binary, when it fails or times out, or when the graph is
+too large to lay out in a few seconds (:func:`layout_size`, decided before ``dot`` starts), there is a note
+saying which instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -27,14 +31,18 @@ from pathlib import Path
 from .record import call_name
 from .report_data import GraphBox, GraphCluster, GraphDetail, GraphNode, GraphPicture, GraphView, ModelGraph
 
-__all__ = ["layout_graph", "link_graph", "ENGINE", "MAX_BOXES", "MAX_EDGES"]
+__all__ = ["layout_graph", "link_graph", "layout_size", "ENGINE", "MAX_BOXES", "MAX_EDGES", "MAX_LAYOUT_SIZE"]
 
 ENGINE = "graphviz-pure"
 MAX_BOXES = 90  # an overview with more boxes than this, or more edges than MAX_EDGES, is folded
 MAX_EDGES = 150
 CLUSTER_DEPTH = 3  # modules nested deeper than this are not framed (their calls still are boxes)
-TIMEOUT_S = 30
-MAX_LAYOUT_EDGES = 4000  # past this many edges in all drawings, dot takes minutes: no drawing, a note
+TIMEOUT_S = 30  # a backstop: graphs that would take longer are turned away by MAX_LAYOUT_SIZE before dot starts
+# The most nodes dot may have to place (layout_size: boxes plus an edge's virtual node per rank it crosses),
+# about 2 s of dot on one core (time grows with its square, 0.035-0.075 s per 1,000² measured over dense
+# graphs of 1,700-13,600 nodes: densenet169 6,600 → 1.9 s is drawn; densenet201 11,100 → 4.4 s, and every
+# layer fed by every earlier one, unframed, 25 layers 7,900 → 3.1 s, 30 layers 13,600 → 12 s, are not)
+MAX_LAYOUT_SIZE = 7000
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 POINTS = 72.0  # Graphviz sizes are in inches
 
@@ -203,6 +211,69 @@ def _dot(name: str, top: str, items: list[_Item], edges: set[tuple[str, str]]) -
     return "\n".join(lines), frames
 
 
+def layout_size(drawings: list[tuple[str, str, list[_Item], set[tuple[str, str]]]]) -> int:
+    """About how many nodes ``dot`` places for ``drawings``, as one drawing's worth: ``dot`` ranks the
+    boxes and cuts every edge into one virtual node per rank it crosses, and its time grows with the square
+    of that count, so drawings add up as the root of the sum of their squares.
+
+    An edge between two boxes of one frame (or both outside any) is counted in full; an edge between
+    frames only up to the taller frame's height plus one, as ``dot`` routes it along the frames' sides
+    (densenet's concatenations, which join every earlier layer's frame). Within 8 % of the nodes ``dot``
+    reports placing (``-v``) on dense graphs with and without frames and on densenet121-201's blocks."""
+    return math.isqrt(sum(_placed(top, items, edges) ** 2 for _, top, items, edges in drawings))
+
+
+def _placed(top: str, items: list[_Item], edges: set[tuple[str, str]]) -> int:
+    """The nodes ``dot`` places for one drawing (see :func:`layout_size`)."""
+    rank = _ranks(items, edges)
+    inner: dict[str, str | None] = {}
+    low: dict[str | None, int] = {}
+    high: dict[str | None, int] = {}
+    for item in items:
+        chain = [s for s in _scopes(item.scope) if _depth(s) > _depth(top)]
+        inner[item.key] = chain[-1] if chain else None
+        for scope in chain:
+            low[scope] = min(low.get(scope, rank[item.key]), rank[item.key])
+            high[scope] = max(high.get(scope, rank[item.key]), rank[item.key])
+    height = {frame: high[frame] - low[frame] + 1 for frame in low}
+    virtual = 0
+    for a, b in edges:
+        span = abs(rank[b] - rank[a]) - 1
+        if span > 0 and inner[a] == inner[b]:
+            virtual += span
+        elif span > 0:
+            virtual += min(span, max(height.get(inner[a], 0), height.get(inner[b], 0)) + 1)
+    return len(items) + virtual
+
+
+def _ranks(items: list[_Item], edges: set[tuple[str, str]]) -> dict[str, int]:
+    """Each box's rank as ``dot`` gives it, near enough: the longest path to it, in topological order (by
+    the boxes' order where there is a choice, or a cycle, which ``dot`` breaks by reversing an edge)."""
+    index = {item.key: n for n, item in enumerate(items)}
+    before: dict[str, list[str]] = defaultdict(list)
+    after: dict[str, list[str]] = defaultdict(list)
+    for a, b in edges:
+        if a != b:
+            before[b].append(a)
+            after[a].append(b)
+    waiting = {item.key: len(before[item.key]) for item in items}
+    ready = [index[key] for key, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    rank: dict[str, int] = {}
+    while len(rank) < len(items):
+        if not ready:  # a cycle: go on from its first box
+            heapq.heappush(ready, min(index[item.key] for item in items if item.key not in rank))
+        key = items[heapq.heappop(ready)].key
+        if key in rank:
+            continue
+        rank[key] = max((rank[p] + 1 for p in before[key] if p in rank), default=0)
+        for b in after[key]:
+            waiting[b] -= 1
+            if waiting[b] == 0 and b not in rank:
+                heapq.heappush(ready, index[b])
+    return rank
+
+
 def layout_graph(graph: ModelGraph) -> GraphView:
     """Drawings of ``graph``, not yet linked to any section (see :func:`link_graph`). Never raises: a
     failed layout is a view without drawings and with a note."""
@@ -212,17 +283,25 @@ def layout_graph(graph: ModelGraph) -> GraphView:
     if engine is None:
         return GraphView(graph, None, (), f"no graph: the {ENGINE} program is missing (pip install {ENGINE})", layers)
     drawings = _drawings(graph)
+    nodes = sum(len(items) for _, _, items, _ in drawings)
     edge_count = sum(len(edges) for *_, edges in drawings)
-    if edge_count > MAX_LAYOUT_EDGES:
-        return GraphView(graph, None, (), f"no graph: {edge_count:,} edges are too many to lay out", layers)
+    size = layout_size(drawings)
+    counts = f"{nodes:,} nodes and {edge_count:,} edges; about {size:,} nodes to place with long edges cut at each rank"
+    if size > MAX_LAYOUT_SIZE:
+        why = f"too large to lay out in a few seconds ({counts}, over the limit of {MAX_LAYOUT_SIZE:,})"
+        return GraphView(graph, None, (), f"no graph: {why}", layers)
     dots = [_dot(anchor or "overview", top, items, edges) for anchor, top, items, edges in drawings]
     source = "\n".join(text for text, _ in dots)
     try:
         done = subprocess.run(
             [engine, "-Tjson0"], input=source, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
         )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return GraphView(graph, None, (), f"no graph: {ENGINE} did not run ({type(err).__name__})", layers)
+    except subprocess.TimeoutExpired:
+        why = f"{ENGINE} timed out after {TIMEOUT_S} s ({counts})"
+        return GraphView(graph, None, (), f"no graph: {why}", layers)
+    except OSError as err:
+        why = f"{ENGINE} could not be started ({type(err).__name__}: {err.strerror or err})"
+        return GraphView(graph, None, (), f"no graph: {why}", layers)
     if done.returncode != 0:
         first = done.stderr.strip().splitlines()[0] if done.stderr.strip() else f"exit {done.returncode}"
         return GraphView(graph, None, (), f"no graph: {ENGINE} failed ({first})", layers)

@@ -156,18 +156,92 @@ def test_odd_names_keep_their_graph_and_their_frames_read_as_written(tmp_path: P
     assert "mT" in [n.name for n in report.graph.recorded.nodes]
 
 
-def test_a_graph_too_dense_to_lay_out_is_a_note_not_a_wait(tmp_path: Path) -> None:
-    class Dense(nn.Module):  # every layer sees every earlier output: ~5,000 edges between top-level calls
-        def __init__(self) -> None:
-            super().__init__()
-            self.layers = nn.ModuleList(nn.Conv2d(1, 1, 1) for _ in range(100))
+class Dense(nn.Module):
+    """Every layer reads the sum of every earlier output, all at the top level (no frames): 30 layers make
+    92 nodes and 526 edges, far under the old 4,000-edge limit, yet about 13,600 nodes for dot to place
+    (12 s of dot on one core, 30 s on a busy machine)."""
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            outs = [x]
-            for layer in self.layers:
-                outs.append(layer(torch.stack(outs).sum(0)))
-            return outs[-1]
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Conv2d(1, 1, 1) for _ in range(n))
 
-    report = build_report(Dense(), torch.rand(1, 1, 4, 4), None, ReportConfig(quiet=True, layers=("layers.0",)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [x]
+        for layer in self.layers:
+            outs.append(layer(torch.stack(outs).sum(0)))
+        return outs[-1]
+
+
+class DenseLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.BatchNorm2d(1), nn.ReLU(), nn.Conv2d(1, 1, 1))
+
+    def forward(self, earlier: list[torch.Tensor]) -> torch.Tensor:
+        return self.body(torch.cat(earlier, 1).sum(1, keepdim=True))
+
+
+class DenseBlock(nn.Module):
+    """densenet's pattern: each layer a module (a frame) that concatenates every earlier output."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(DenseLayer() for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [x]
+        for layer in self.layers:
+            outs.append(layer(outs))
+        return torch.cat(outs, 1)
+
+
+def _no_dot(*args: object, **kwargs: object) -> None:
+    raise AssertionError("dot should not have been started")
+
+
+def test_a_graph_too_large_to_lay_out_is_turned_away_before_dot_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import featviz_report.graph_layout as layout
+
+    monkeypatch.setattr(layout.subprocess, "run", _no_dot)  # no wait for dot: the size decides
+    sidecar = tmp_path / "r.json"
+    config = ReportConfig(quiet=True, layers=("layers.0",))
+    report = build_report(Dense(30), torch.rand(1, 1, 4, 4), tmp_path / "r.html", config, json_out=sidecar)
     assert report.graph is not None and report.graph.overview is None
-    assert "too many to lay out" in report.graph.note
+    note = report.graph.note
+    assert note.startswith("no graph: too large to lay out") and "92 nodes and 526 edges" in note, note
+    assert f"over the limit of {layout.MAX_LAYOUT_SIZE:,}" in note and "did not run" not in note
+    assert note in (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert json.loads(sidecar.read_text())["graph"]["note"] == note
+
+
+def test_dense_graphs_under_the_bound_are_still_laid_out() -> None:
+    from featviz_report.graph_layout import MAX_LAYOUT_SIZE, _drawings, layout_graph, layout_size
+
+    for model in (Dense(12), DenseBlock(24)):  # about 900 and 1,850 nodes to place
+        graph = record_graph(model.eval(), torch.rand(1, 1, 4, 4))
+        assert layout_size(_drawings(graph)) < MAX_LAYOUT_SIZE
+        view = layout_graph(graph)
+        assert view.overview is not None, view.note
+
+
+def test_a_layout_that_times_out_or_cannot_start_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    import featviz_report.graph_layout as layout
+
+    graph = record_graph(Branchy().eval(), INPUTS)
+
+    def timed_out(*args: object, **kwargs: object) -> None:
+        raise subprocess.TimeoutExpired("graphviz-pure", layout.TIMEOUT_S)
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(layout.subprocess, "run", timed_out)
+    note = layout.layout_graph(graph).note
+    assert note.startswith(f"no graph: graphviz-pure timed out after {layout.TIMEOUT_S} s (") and "edges" in note
+    monkeypatch.setattr(layout.subprocess, "run", refused)
+    note = layout.layout_graph(graph).note
+    assert note == "no graph: graphviz-pure could not be started (PermissionError: Permission denied)"
