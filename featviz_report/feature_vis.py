@@ -40,7 +40,16 @@ from torch import nn
 from .capture import first_tensor
 from .device import evaluating
 
-__all__ = ["VisSettings", "ChannelImage", "Truncated", "optimise_channels", "activations_of", "frozen_parameters"]
+__all__ = [
+    "VisSettings",
+    "ChannelImage",
+    "Truncated",
+    "StepTicker",
+    "optimise_channels",
+    "activations_of",
+    "frozen_parameters",
+    "eta_ticker",
+]
 
 # ImageNet's colour correlation, square root of its covariance (Lucid's ``color_correlation_svd_sqrt``)
 _COLOUR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
@@ -211,19 +220,22 @@ def optimise_channels(
     dtype: torch.dtype,
     settings: VisSettings,
     autocast: torch.dtype | None = None,
-    tick: Callable[[int], None] = lambda steps: None,
+    tick: StepTicker | None = None,
 ) -> list[ChannelImage]:
     """One optimised image per channel of ``module``'s ``call``-th output, in ``channels``' order.
 
     ``input_shape`` is C×H×W in pixels; ``norm`` the (mean, std) the model expects after [0, 1] pixels;
-    ``autocast`` the dtype the steps run in (:func:`low_precision`); ``tick(n)`` is called after every
-    ``n`` optimisation steps done (for progress: ``steps`` per channel; polishing is not counted).
+    ``autocast`` the dtype the steps run in (:func:`low_precision`); ``tick`` counts the channel-steps
+    (one step of one channel's image) for progress: ``steps`` per channel, which its total holds, and each
+    polishing round's, added to its total as the round is decided and before its steps are counted (so
+    the count reaches the total only once the last step of the last round is done).
 
     Gradient ascent can stop on a local maximum below another channel's image (two channels that like
     similar patterns): a channel whose image excites it less than another image of the batch does is
     optimised again for a quarter of the steps from that image, and keeps whichever of its two images
     excites it more (up to ``POLISH_ROUNDS`` times, as one channel's new image can beat another's)."""
     c, h, w = input_shape
+    tick = tick or StepTicker()
     per_chunk = max(1, MAX_PIXELS_PER_CHUNK // (c * h * w))
     scaler = _Normaliser(norm, device, dtype)
     results: list[ChannelImage] = []
@@ -236,6 +248,7 @@ def optimise_channels(
             wanted = torch.tensor(chunk, device=device)
             with torch.autocast(device.type, dtype=autocast or dtype, enabled=autocast is not None):
                 spectra, pixels = ascent(torch.stack([s for s, _ in seeds]).to(device), wanted, draws, (h, w))
+            held = len(chunk) if len(draws) else 0  # the last step's count, sent once any polishing is counted in
             reached = ascent.reached(pixels)
             for _ in range(POLISH_ROUNDS):
                 rows = torch.arange(len(chunk), device=device)
@@ -244,10 +257,12 @@ def optimise_channels(
                 if not len(beaten):
                     break
                 start_from = spectra[reached[:, wanted[beaten]].argmax(0)].clone()
+                polish = draws[: settings.steps // 4, beaten]
+                tick.expect(len(beaten) * len(polish))
+                tick(held)
                 with torch.autocast(device.type, dtype=autocast or dtype, enabled=autocast is not None):
-                    again_spectra, again = ascent(
-                        start_from, wanted[beaten], draws[: settings.steps // 4, beaten], (h, w)
-                    )
+                    again_spectra, again = ascent(start_from, wanted[beaten], polish, (h, w))
+                held = len(beaten) if len(polish) else 0
                 again_reached = ascent.reached(again)
                 better = again_reached[torch.arange(len(beaten), device=device), wanted[beaten]] > own[beaten]
                 improved = beaten[better]
@@ -256,6 +271,7 @@ def optimise_channels(
                     again_reached[better],
                     again_spectra[better],
                 )
+            tick(held)
             for i, ch in enumerate(chunk):
                 results.append(ChannelImage(ch, pixels[i].permute(1, 2, 0).cpu().numpy(), float(reached[i, ch])))
     return results
@@ -270,7 +286,7 @@ class _Ascent:
         scaler: _Normaliser,
         window: tuple[int, int],
         settings: VisSettings,
-        tick: Callable[[int], None],
+        tick: StepTicker,
     ) -> None:
         self.truncated, self.scaler, self.window, self.settings, self.tick = truncated, scaler, window, settings, tick
 
@@ -280,20 +296,20 @@ class _Ascent:
         wanted: torch.Tensor,
         draws: torch.Tensor,
         size: tuple[int, int],
-        count: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The spectra after ``len(draws)`` steps, and their images as uint8 pixels (rows × C × H × W);
-        with ``count`` the steps are passed to the progress ``tick``."""
+        """The spectra after ``len(draws)`` steps, and their images as uint8 pixels (rows × C × H × W).
+        Every step but the last is passed to the progress ``tick`` as it is done: the caller passes the
+        last once it knows whether more steps follow (:func:`optimise_channels`)."""
         param = _Fourier(spectra, *size, self.settings.decay)
         optimiser = torch.optim.Adam([param.spectrum], lr=self.settings.lr * size[0] * size[1] / math.prod(self.window))
         with torch.enable_grad():
-            for step_draws in draws:
+            for step, step_draws in enumerate(draws, 1):
                 optimiser.zero_grad(set_to_none=True)
                 seen = self.scaler(_transformed(param.image(), step_draws, self.settings, self.window))
                 output = self.truncated(seen.contiguous(memory_format=torch.channels_last))
                 (-_channel_means(output, wanted).sum()).backward()
                 optimiser.step()
-                if count:
+                if step < len(draws):
                     self.tick(len(wanted))
         with torch.no_grad():
             pixels = (param.image().float() * 255).round().clamp(0, 255).to(torch.uint8)
@@ -361,13 +377,26 @@ def _means(output: torch.Tensor) -> torch.Tensor:
     return output.mean((2, 3)) if output.ndim == 4 else output
 
 
-def eta_ticker(total: int, report: Callable[[int, int, float], None]) -> Callable[[int], None]:
-    """A ``tick`` that counts channel-steps done out of ``total`` and passes (done, total, elapsed) on."""
-    done = [0]
-    start = time.monotonic()
+class StepTicker:
+    """Channel-steps done out of a total that grows as polishing rounds are decided (:func:`optimise_channels`);
+    each count is passed to ``report`` with the total as it stands, as (done, total, elapsed seconds)."""
 
-    def tick(steps: int) -> None:
-        done[0] += steps
-        report(done[0], total, time.monotonic() - start)
+    def __init__(self, total: int = 0, report: Callable[[int, int, float], None] | None = None) -> None:
+        self.done, self.total, self.report = 0, total, report
+        self.start = time.monotonic()
 
-    return tick
+    def __call__(self, steps: int) -> None:
+        """``steps`` more channel-steps done."""
+        self.done += steps
+        if self.report is not None and steps:
+            self.report(self.done, self.total, time.monotonic() - self.start)
+
+    def expect(self, steps: int) -> None:
+        """``steps`` more channel-steps to do than the total said (a polishing round)."""
+        self.total += steps
+
+
+def eta_ticker(total: int, report: Callable[[int, int, float], None]) -> StepTicker:
+    """A ``tick`` that counts channel-steps done out of ``total`` (and the polishing rounds' steps, as
+    they are decided) and passes (done, total, elapsed) on."""
+    return StepTicker(total, report)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -292,3 +293,47 @@ def test_cached_images_are_checked_against_the_model_as_it_is_now(
     entry.write_text(json.dumps({**forged, "activation": forged["activation"] + 1.0}), encoding="utf-8")
     build_report(tanh, DIGITS, None, config)
     assert len(calls) == 2 and len(calls[1]) == 1  # the edited entry's channel only
+
+
+class Twins(nn.Module):
+    """Channels 0 and 1 compute the same thing from different seeds: whichever image ends lower is beaten
+    by the other's, so at least one polishing round runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight[1], self.conv.bias[1] = self.conv.weight[0], self.conv.bias[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((2, 3))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _counts(text: str) -> list[tuple[int, int]]:
+    return [(int(d), int(t)) for d, t in re.findall(r"^featviz +\[[#.]+\] (\d+)/(\d+)", text, re.MULTILINE)]
+
+
+def test_featviz_progress_counts_the_polishing_in_its_total_and_ends_at_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The counter's total includes each polishing round as it is decided: it never runs past the total
+    (the demo's conv3 at 16 steps ended at 1688/1536) and ends exactly at total/total."""
+    config = ReportConfig(featviz=("conv",), featviz_steps=16, input_size=16, graph=False, quiet=False)
+    build_report(Twins(), DIGITS, None, replace(config, cache_dir=str(tmp_path / "a")))
+    plain = _counts(capsys.readouterr().err)  # stderr is not a terminal: plain lines
+    assert plain and all(done <= total for done, total in plain), plain
+    assert plain[-1][0] == plain[-1][1] > 4 * 16, plain  # polishing ran and was counted in the total
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    build_report(Twins(), DIGITS, None, replace(config, cache_dir=str(tmp_path / "b")))
+    lines = terminal.getvalue().replace("\r", "\n")
+    redrawn = _counts(lines)  # a terminal redraws every count
+    assert len(redrawn) > 16 and all(done <= total for done, total in redrawn), redrawn
+    assert [done for done, _ in redrawn] == sorted(done for done, _ in redrawn)
+    assert redrawn[-1] == plain[-1] and lines.count("done in") == 1
