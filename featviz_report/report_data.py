@@ -342,6 +342,7 @@ class LayerSection:
     change: LayerChange | None = None  # set in a comparison of two checkpoints
     cards: tuple[ChannelCard, ...] = ()  # a dataset scan: one per shown channel, its top images cut around the peak
     feature_images: tuple[FeatureImage, ...] = ()  # --featviz: one per channel, in the maps' order
+    field_unknown: str | None = None  # a map layer whose peaks have no receptive field: why (untrusted text)
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,7 @@ def report_json(report: Report) -> dict[str, object]:
                 "weight_histogram": _histogram_json(layer.weight_histogram),
                 **({"change": _change_json(layer.change)} if layer.change else {}),
                 **({"feature_visualization": _features_json(layer.feature_images)} if layer.feature_images else {}),
+                **({"receptive_field_unknown": layer.field_unknown} if layer.field_unknown else {}),
             }
             for layer in report.layers
         ],
