@@ -154,15 +154,18 @@ def _side_pass(job: Job) -> tuple[GraphView | None, ReceptiveFields | None]:
 def _graph_and_fields(model: nn.Module, candidates: Iterable[torch.Tensor]) -> tuple[GraphView, ReceptiveFields | None]:
     """The graph (:func:`model_graph`) and the receptive fields traced in its recording pass."""
     found: dict[tuple[nn.Module, int], TracedField | None] = {}
-    shapes: list[tuple[int, int, int]] = []
+    samples: list[torch.Tensor] = []
 
     def tracing(inputs: torch.Tensor) -> AbstractContextManager[None]:
         found.clear()
-        shapes.append((inputs.shape[1], inputs.shape[2], inputs.shape[3]))
+        samples.append(inputs[:1])
         return tracing_fields(model, inputs, found)
 
     drawing = model_graph(model, candidates, tracing)
-    return drawing, ReceptiveFields(model, shapes[-1], found) if shapes else None
+    if not samples:
+        return drawing, None
+    shape = (samples[-1].shape[1], samples[-1].shape[2], samples[-1].shape[3])
+    return drawing, ReceptiveFields(model, shape, found, samples[-1])
 
 
 def graph_inputs(job: Job) -> Iterator[torch.Tensor]:

@@ -14,7 +14,7 @@ from torch import nn
 
 from featviz_report.feature_vis import Truncated
 from featviz_report.field_trace import trace_fields
-from featviz_report.receptive import gradient_boxes
+from featviz_report.receptive import FieldUnknown, gradient_boxes
 
 
 class Zoo(nn.Module):
@@ -57,8 +57,12 @@ def _compare(model: nn.Module, size: int, modules: list[nn.Module]) -> None:
         field = traced[(module, 0)]
         assert field is not None, module
         positions = [(r, c) for r in range(len(field.rows.lo)) for c in range(len(field.cols.lo))]
-        expected = gradient_boxes(model, module, 0, (3, size, size), positions)
-        assert {p: field.box(*p) for p in positions} == expected, module
+        read = [p for p in positions if field.box(*p)[2] > field.box(*p)[0] and field.box(*p)[3] > field.box(*p)[1]]
+        expected = gradient_boxes(model, module, 0, (3, size, size), read)
+        assert {p: field.box(*p) for p in read} == expected, module
+        for p in sorted(set(positions) - set(read))[:1]:  # in padding: no pixel, no box
+            with pytest.raises(FieldUnknown, match="reaches no input pixel"):
+                gradient_boxes(model, module, 0, (3, size, size), [p])
 
 
 def test_traced_fields_equal_the_gradients_on_every_operation_the_tracer_knows() -> None:
