@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError, first_line
-from .export_ops import operator_refusal, target_refusal, write_refusal
+from .export_ops import node_refusal, operator_refusal, target_refusal, write_refusal
 
 __all__ = ["ExportedModel", "load_exported"]
 
@@ -222,7 +222,7 @@ def _check_graph(program: torch.export.ExportedProgram, label: str) -> None:
         if not isinstance(module, torch.fx.GraphModule):
             continue
         for node in module.graph.nodes:
-            refusal = operator_refusal(node.target) if node.op == "call_function" else None
+            refusal = node_refusal(node)
             if refusal is not None:
                 raise ModelError(f"{label}: the program calls {_name(node.target)}: {refusal}; the archive is refused")
             values: list[object] = []

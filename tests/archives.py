@@ -261,4 +261,23 @@ GRAPH_EVIL: dict[str, tuple[Plan, str]] = {
                                                       (_aten.fill_.Scalar, ("#0", 0), {}, torch.zeros(784))], "x"),
     "uninitialised memory": (lambda victim: [(_aten.empty.memory_format, ([64],), {}, torch.zeros(64))], "empty"),
     "print": (lambda victim: [(_aten._print.default, (victim,), {}, torch.zeros(()))], "_print"),
+    "memory nobody wrote by resize_as": (lambda victim: [(_aten.zeros.default, ([1],), {}, torch.zeros(1)),
+                                                         (_aten.resize_as.default, ("#0", "@p_fc1_weight"), {},
+                                                          torch.zeros(64, 512))], "resize_as"),
+    "sparse tensor without index checks": (lambda victim: [
+        (_aten._sparse_coo_tensor_unsafe.default, ("@p_conv1_bias", "@p_conv1_bias", [4]), {}, torch.zeros(4)),
+    ], "_sparse_coo_tensor_unsafe"),
+    "sparse layout": (lambda victim: [(_aten.zeros.default, ([4],), {"layout": torch.sparse_coo}, torch.zeros(4))],
+                      "layout"),
+    "pointer packing": (lambda victim: [(_aten.fbgemm_pack_gemm_matrix_fp16.default, ("@p_fc1_weight",), {},
+                                         torch.zeros(4))], "fbgemm_pack_gemm_matrix_fp16"),
+    "parameter returned by dropout, then written": (lambda victim: [
+        (_aten.dropout.default, ("@p_conv1_bias", 0.0, False), {}, torch.zeros(16)),
+        (_aten.select.int, ("#0", 0, 3), {}, torch.zeros(())),
+        (_aten.fill_.Scalar, ("#1", 1000.0), {}, torch.zeros(())),
+    ], "p_conv1_bias"),
+    "input returned by type_as, then written": (lambda victim: [
+        (_aten.type_as.default, ("@x", "@x"), {}, torch.zeros(1, 1, 28, 28)),
+        (_aten.mul_.Scalar, ("#0", 0.0), {}, torch.zeros(1, 1, 28, 28)),
+    ], "x"),
 }  # fmt: skip
