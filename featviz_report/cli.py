@@ -434,6 +434,7 @@ def _shared_config(args: argparse.Namespace, loaded: LoadedModel, labels: tuple[
         "featviz": tuple(args.featviz or ()),
         "featviz_steps": args.featviz_steps,
         "cache_dir": args.cache_dir,
+        "random_weights": loaded.random_weights,
     }
 
 

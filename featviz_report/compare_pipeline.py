@@ -23,7 +23,17 @@ from .errors import UsageError
 from .heap import old_objects_frozen
 from .models import check_same_architecture
 from .outputs import check_api_outputs
-from .pipeline import assemble, cam_view, capture_pass, finish, graph_inputs, linked, model_graph, open_job
+from .pipeline import (
+    assemble,
+    cam_view,
+    capture_pass,
+    finish,
+    graph_inputs,
+    linked,
+    model_graph,
+    open_job,
+    warn_random_weights,
+)
 from .progress import Progress
 from .receptive import receptive_fields, with_fields
 from .report_data import Report
@@ -63,6 +73,8 @@ def compare_checkpoints(
     sample_set = open_samples(samples, preprocess(after, config), config.strict)
     job_a = open_job(before, sample_set, config, progress)
     job_b = open_job(after, sample_set, config, progress)
+    model = config.model_name or type(before).__name__
+    warn_random_weights(config, progress, f"A ({names[0]}, {model})", "A's predictions are meaningless")
     with old_objects_frozen():
         with on_device(before, job_a.device), on_device(after, job_b.device):
             rank_a, rank_b = capture_pass(job_a, None, None), capture_pass(job_b, None, None)

@@ -45,7 +45,10 @@ class ReportConfig:
     the graph of what ran (one more forward pass, of one sample; see :mod:`featviz_report.graph`). ``max_size`` (MB)
     is the budget of a single-file page (``None``: no limit; see :mod:`featviz_report.budget`). ``featviz``: layer
     globs whose channels get an optimised image each (``featviz_steps`` steps; see :mod:`featviz_report.feature_vis`),
-    cached under ``cache_dir`` (default: ``$XDG_CACHE_HOME/featviz-report``).
+    cached under ``cache_dir`` (default: ``$XDG_CACHE_HOME/featviz-report``). ``random_weights``: the model's
+    weights are an untrained random initialisation (in a comparison, A's: B's come from a file); a warning,
+    the page's header and the JSON say so, and every prediction is marked meaningless. The command line sets
+    it for a ``torchvision:`` or ``timm:`` spec without ``--weights``; an ``nn.Module`` cannot tell.
     """
 
     title: str | None = None
@@ -76,6 +79,7 @@ class ReportConfig:
     cache_dir: str | None = None
     strict: bool = False
     quiet: bool = True
+    random_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.colormap not in COLORMAPS:

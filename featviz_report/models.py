@@ -1,6 +1,7 @@
 """Resolve a model spec (``--model``) and an optional state_dict (``--weights``) into an ``nn.Module``.
 
-Specs: nothing or ``demo`` (the embedded digits CNN), ``torchvision:NAME`` or ``timm:NAME`` (random init),
+Specs: nothing or ``demo`` (the embedded digits CNN), ``torchvision:NAME`` or ``timm:NAME`` (random init, said
+in :attr:`LoadedModel.random_weights` until ``--weights`` loads a state_dict),
 ``package.module:callable`` (a factory) or a ``torch.export`` archive (``.pt2``, see :mod:`.exported`).
 Nothing is ever unpickled unless the user opts in for a whole pickled module: weights load with
 ``weights_only=True``. TorchScript files are recognised and refused: their layers cannot be hooked.
@@ -9,6 +10,7 @@ Nothing is ever unpickled unless the user opts in for a whole pickled module: we
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import hashlib
 import importlib
@@ -53,6 +55,7 @@ class LoadedModel:
     normalize: str | None = None
     labels: tuple[str, ...] | None = None
     batch_size: int | None = None  # a fixed batch the model only accepts (an exported program's)
+    random_weights: bool = False  # a torchvision or timm architecture's random initialisation: nothing trained
 
 
 def load_model(spec: str | None, weights: str | Path | None = None, trust_pickle: bool = False) -> LoadedModel:
@@ -64,6 +67,7 @@ def load_model(spec: str | None, weights: str | Path | None = None, trust_pickle
     loaded = _resolve(spec or DEMO, trust_pickle)
     if weights is not None:
         _apply_state_dict(loaded.module, load_state_dict(weights), f"--weights {str(weights)!r}")
+        loaded = dataclasses.replace(loaded, random_weights=False)
     return loaded
 
 
@@ -113,7 +117,7 @@ def _torchvision(name: str) -> LoadedModel:
             model = torchvision.models.get_model(name, weights=None)
     categories = torchvision.models.get_model_weights(name).DEFAULT.meta.get("categories")
     labels = tuple(categories) if categories else None
-    return LoadedModel(model, f"torchvision {name}", 224, "imagenet", labels)
+    return LoadedModel(model, f"torchvision {name}", 224, "imagenet", labels, random_weights=True)
 
 
 def _timm(name: str) -> LoadedModel:
@@ -137,9 +141,8 @@ def _timm(name: str) -> LoadedModel:
     normalize = None
     if mean and std and len(mean) == len(std) == channels:
         normalize = ",".join(str(float(v)) for v in (*mean, *std))
-    return LoadedModel(
-        model, f"timm {name}", int(size[-1]) if size[-1] == size[-2] else None, normalize, _timm_labels(model)
-    )
+    side = int(size[-1]) if size[-1] == size[-2] else None
+    return LoadedModel(model, f"timm {name}", side, normalize, _timm_labels(model), random_weights=True)
 
 
 def _timm_labels(model: nn.Module) -> tuple[str, ...] | None:

@@ -70,6 +70,7 @@ __all__ = [
     "graph_inputs",
     "linked",
     "feature_images",
+    "warn_random_weights",
 ]
 
 
@@ -253,7 +254,17 @@ def new_report(
         dataset=dataset,
         graph=graph,
         featviz=settings_record(config, device, float_dtype(model)) if config.featviz else None,
+        random_weights=config.random_weights,
     )
+
+
+def warn_random_weights(
+    config: ReportConfig, progress: Progress, who: str, meaning: str = "its predictions are meaningless"
+) -> None:
+    """One line on stderr, before the model runs, when ``config.random_weights`` says that ``who`` is an
+    untrained initialisation, saying what that means (``meaning``)."""
+    if config.random_weights:
+        progress.warn(f"random weights: {who} runs on an untrained random initialisation (no --weights), so {meaning}")
 
 
 def finish(

@@ -480,6 +480,7 @@ class Report:
     featviz: dict[str, object] | None = None  # the settings feature visualisations were made with (--featviz)
     training: TrainingStep | None = None  # set by a Recorder: this report is one step of a training run
     location: str = ""  # where the page was written ("" when it was not)
+    random_weights: bool = False  # the model's (in a comparison, A's) weights are an untrained initialisation
 
     def _repr_html_(self) -> str:
         """Jupyter shows the report itself (see :mod:`featviz_report.notebook`)."""

@@ -14,7 +14,16 @@ from .device import on_device
 from .encode import PngEncoder
 from .heap import old_objects_frozen
 from .outputs import check_api_outputs
-from .pipeline import assemble, cam_view, feature_images, finish, open_job, run_passes, sections_and_graph
+from .pipeline import (
+    assemble,
+    cam_view,
+    feature_images,
+    finish,
+    open_job,
+    run_passes,
+    sections_and_graph,
+    warn_random_weights,
+)
 from .progress import Progress
 from .report_data import Report
 from .samples import SamplesArg, open_samples, preprocess
@@ -52,6 +61,7 @@ def _build(
     check_api_outputs(out, json_out, config.format, samples)
     job = open_job(model, open_samples(samples, preprocess(model, config), config.strict), config, progress)
     check_featviz_globs(config.featviz, [name for name, _ in job.layers])
+    warn_random_weights(config, progress, config.model_name or type(model).__name__)
     with PngEncoder(config.workers, Spool()) as encoder:  # still encoding while the sections and page are made
         with on_device(job.model, job.device):
             run = run_passes(job, encoder)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from .device import float_dtype, model_device, on_device
 from .encode import png_rgb
 from .errors import InputError, SampleError
 from .outputs import check_api_outputs
-from .pipeline import finish, linked, model_graph, new_report
+from .pipeline import finish, linked, model_graph, new_report, warn_random_weights
 from .progress import Progress
 from .receptive import receptive_fields, with_fields
 from .report_data import CardImage, ChannelCard, DatasetScan, FeatureImage, LayerSection, Png, Report
@@ -59,6 +60,9 @@ def scan_dataset(
     paths = find_images(data)
     check_featviz_globs(config.featviz, [name for name, _ in select_layers(model, config.layers)])
     prep = preprocess(model, config)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once: rank 0's
+        name = config.model_name or type(model).__name__
+        warn_random_weights(config, progress, name, "its channels respond as no trained model's would")
     workers = config.loader_workers if loader_workers is None else loader_workers
     result = run_scan(model, paths, prep, config, progress, Path(state) if state else None, workers)
     if result.rank != 0:

@@ -179,6 +179,7 @@ def report_json(report: Report) -> dict[str, object]:
         "device": report.device,
         "input_shape": list(report.input_shape),
         "params": report.params,
+        "weights": "random" if report.random_weights else None,  # in a comparison, A's
         "samples": [
             {
                 "index": s.index,
