@@ -39,6 +39,7 @@ from torch import nn
 
 from .capture import first_tensor
 from .device import evaluating
+from .threads import ThreadPolicy
 
 __all__ = [
     "VisSettings",
@@ -239,8 +240,14 @@ def optimise_channels(
     per_chunk = max(1, MAX_PIXELS_PER_CHUNK // (c * h * w))
     scaler = _Normaliser(norm, device, dtype)
     results: list[ChannelImage] = []
-    with evaluating(model), frozen_parameters(model), Truncated(model, module, call) as truncated:
-        ascent = _Ascent(truncated, scaler, _window(truncated, scaler, input_shape, settings, device), settings, tick)
+    with (
+        evaluating(model),
+        frozen_parameters(model),
+        Truncated(model, module, call) as truncated,
+        ThreadPolicy() as threads,
+    ):
+        window = _window(truncated, scaler, input_shape, settings, device)
+        ascent = _Ascent(truncated, scaler, window, settings, tick, threads)
         for start in range(0, len(channels), per_chunk):
             chunk = list(channels[start : start + per_chunk])
             seeds = [_seeds(settings, ch, (c, h, w // 2 + 1)) for ch in chunk]
@@ -287,8 +294,10 @@ class _Ascent:
         window: tuple[int, int],
         settings: VisSettings,
         tick: StepTicker,
+        threads: ThreadPolicy,
     ) -> None:
         self.truncated, self.scaler, self.window, self.settings, self.tick = truncated, scaler, window, settings, tick
+        self.threads = threads
 
     def __call__(
         self,
@@ -304,6 +313,7 @@ class _Ascent:
         optimiser = torch.optim.Adam([param.spectrum], lr=self.settings.lr * size[0] * size[1] / math.prod(self.window))
         with torch.enable_grad():
             for step, step_draws in enumerate(draws, 1):
+                self.threads.refresh()
                 optimiser.zero_grad(set_to_none=True)
                 seen = self.scaler(_transformed(param.image(), step_draws, self.settings, self.window))
                 output = self.truncated(seen.contiguous(memory_format=torch.channels_last))

@@ -51,7 +51,7 @@ from .report_data import (
 from .samples import SampleSet, preprocess
 from .sections import colorbar
 from .spool import Spooled
-from .threads import available_cores, torch_threads
+from .threads import ThreadPolicy
 from .tree import module_tree
 from .visualise import settings_record, vis_targets, visualise_layers
 
@@ -352,11 +352,12 @@ def capture_pass(
     seen = 0
     stage = "capture" if encoder is not None else "rank"
     with (
-        torch_threads(available_cores()),
+        ThreadPolicy() as threads,
         capturing(model, job.layers, config.scale) as capture,
         torch.inference_mode(),
     ):
         for batch in sample_set.batches(config.batch_size):
+            threads.refresh()
             inputs = batch.inputs.to(device=job.device, dtype=job.dtype)
             try:
                 outputs = model(inputs)

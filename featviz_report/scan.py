@@ -45,6 +45,7 @@ from .models import weights_digest
 from .progress import Progress
 from .record import new_accumulator
 from .samples import Preprocess
+from .threads import ThreadPolicy
 
 __all__ = ["ScanResult", "run_scan", "CHECKPOINT_SECONDS"]
 
@@ -235,8 +236,14 @@ def _scan(
     dtype = float_dtype(model)
     last_save = time.perf_counter()
     with on_device(model, device):
-        with capturing(model, layers, scale=None) as capture, torch.inference_mode(), _deferred_interrupt() as stop:
+        with (
+            ThreadPolicy() as threads,
+            capturing(model, layers, scale=None) as capture,
+            torch.inference_mode(),
+            _deferred_interrupt() as stop,
+        ):
             for inputs, indices, ok in _batches(loader, stop):
+                threads.refresh()
                 shard.skipped += int((~ok).sum())
                 if bool(ok.any()):
                     model(inputs[ok].to(device=device, dtype=dtype, non_blocking=True))
