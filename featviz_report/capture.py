@@ -28,20 +28,31 @@ __all__ = ["Capture", "capturing", "select_layers", "first_tensor", "tensors_in"
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
 
 
-def select_layers(model: nn.Module, globs: Sequence[str] = ()) -> list[tuple[str, nn.Module]]:
-    """Modules to capture, in model order: every Conv2d and Linear, or those whose qualified name
-    matches one of ``globs`` (shell-style, e.g. ``layer1.*.conv?``)."""
+def select_layers(
+    model: nn.Module, globs: Sequence[str] = (), featviz: Sequence[str] = ()
+) -> list[tuple[str, nn.Module]]:
+    """Modules to capture, in model order: every Conv2d, Linear and MultiheadAttention, or those whose
+    qualified name matches one of ``globs`` (shell-style, e.g. ``layer1.*.conv?``); and for each ``featviz``
+    glob (``--featviz``) that matches none of these, the modules it names, so that a container such as
+    resnet's ``layer2`` (not captured by default) is captured for its output to be visualised."""
     named = [(name, module) for name, module in model.named_modules() if name]
-    if not globs:
-        chosen = [(n, m) for n, m in named if isinstance(m, DEFAULT_TYPES)]
-        if not chosen:
-            raise UsageError("the model has no Conv2d or Linear layers to capture; name some with --layers")
-        return chosen
-    for pattern in globs:
-        if not any(fnmatch.fnmatchcase(n, pattern) for n, _ in named):
-            examples = ", ".join(n for n, _ in named[:6])
-            raise UsageError(f"--layers {pattern!r} matches no layer of the model (layers are named like: {examples})")
-    return [(n, m) for n, m in named if any(fnmatch.fnmatchcase(n, p) for p in globs)]
+    for option, patterns in (("--layers", globs), ("--featviz", featviz)):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n, _ in named):
+                examples = ", ".join(n for n, _ in named[:6])
+                raise UsageError(
+                    f"{option} {pattern!r} matches no layer of the model (layers are named like: {examples})"
+                )
+    if globs:
+        chosen = {n for n, _ in named if any(fnmatch.fnmatchcase(n, p) for p in globs)}
+    else:
+        chosen = {n for n, m in named if isinstance(m, DEFAULT_TYPES)}
+    for pattern in featviz:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in chosen):
+            chosen |= {n for n, _ in named if fnmatch.fnmatchcase(n, pattern)}
+    if not chosen:
+        raise UsageError("the model has no Conv2d or Linear layers to capture; name some with --layers")
+    return [(n, m) for n, m in named if n in chosen]
 
 
 def tensors_in(value: object) -> list[torch.Tensor]:

@@ -88,7 +88,7 @@ def open_job(model: nn.Module, sample_set: SampleSet, config: ReportConfig, prog
     """What the passes over ``sample_set`` need, the layers to capture chosen and the device picked."""
     return Job(
         model=model,
-        layers=select_layers(model, config.layers),
+        layers=select_layers(model, config.layers, config.featviz),
         sample_set=sample_set,
         device=pick_device(config.device),
         dtype=float_dtype(model),

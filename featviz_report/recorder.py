@@ -80,7 +80,7 @@ class Recorder:
         check_site(self.site)
         check_api_outputs(out, out / STEP_JSON, "dir", self.samples)
         with untouched(model), old_objects_frozen():
-            layers = {name: module for name, module in select_layers(model, self.config.layers)}
+            layers = {name: module for name, module in select_layers(model, self.config.layers, self.config.featviz)}
             weights = {
                 name: [p.detach().cpu().clone() for p in m.parameters(recurse=False)] for name, m in layers.items()
             }

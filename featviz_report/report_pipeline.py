@@ -29,7 +29,7 @@ from .report_data import Report
 from .samples import SamplesArg, open_samples, preprocess
 from .sections import layer_sections
 from .spool import Spool
-from .visualise import check_featviz_globs, with_features
+from .visualise import with_features
 
 __all__ = ["build_report"]
 
@@ -60,7 +60,6 @@ def _build(
     progress = Progress(enabled=not config.quiet)
     check_api_outputs(out, json_out, config.format, samples)
     job = open_job(model, open_samples(samples, preprocess(model, config), config.strict), config, progress)
-    check_featviz_globs(config.featviz, [name for name, _ in job.layers])
     warn_random_weights(config, progress, config.model_name or type(model).__name__)
     with PngEncoder(config.workers, Spool()) as encoder:  # still encoding while the sections and page are made
         with on_device(job.model, job.device):

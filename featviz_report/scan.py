@@ -212,7 +212,7 @@ def _scan(
 ) -> ScanResult:
     started = time.perf_counter()
     dataset = ImageFiles(paths, prep)
-    layers = select_layers(model, config.layers)
+    layers = select_layers(model, config.layers, config.featviz)
     warn = progress.warn if rank == 0 else lambda _: None  # every rank hashes the same model
     fingerprint = "" if state is None else _fingerprint(model, paths, prep, config, warn)
     if state is not None:

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .capture import select_layers
 from .config import ReportConfig
 from .crops import channel_crops
 from .dataset import ImageFiles
@@ -34,7 +33,7 @@ from .report_data import CardImage, ChannelCard, DatasetScan, FeatureImage, Laye
 from .samples import display_names, find_images, preprocess, thumbnail
 from .scan import ScanResult, run_scan
 from .sections import LayerRecord, layer_sections
-from .visualise import check_featviz_globs, vis_targets, visualise_layers, with_features
+from .visualise import vis_targets, visualise_layers, with_features
 
 __all__ = ["scan_dataset", "SCAN_CHANNELS"]
 
@@ -58,7 +57,6 @@ def scan_dataset(
     progress = Progress(enabled=not config.quiet)
     check_api_outputs(out, json_out, config.format, list(data))
     paths = find_images(data)
-    check_featviz_globs(config.featviz, [name for name, _ in select_layers(model, config.layers)])
     prep = preprocess(model, config)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, once: rank 0's
         name = config.model_name or type(model).__name__

@@ -18,7 +18,7 @@ from torch import nn
 
 from .config import ReportConfig
 from .encode import png_pixels, png_rgb, png_size
-from .errors import ModelError, UsageError, first_line
+from .errors import ModelError, first_line
 from .feature_vis import ChannelImage, VisSettings, activations_of, eta_ticker, low_precision, optimise_channels
 from .models import weights_digest
 from .progress import Progress
@@ -26,7 +26,7 @@ from .record import LayerRecord
 from .report_data import FeatureImage, LayerSection, Png
 from .vis_cache import VisCache, default_cache_dir, entry_key
 
-__all__ = ["VisTarget", "check_featviz_globs", "vis_targets", "visualise_layers", "settings_record", "with_features"]
+__all__ = ["VisTarget", "vis_targets", "visualise_layers", "settings_record", "with_features"]
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,6 @@ class VisTarget:
     module: nn.Module
     call: int
     channels: tuple[int, ...]
-
-
-def check_featviz_globs(globs: Sequence[str], layers: Sequence[str]) -> None:
-    """Each ``--featviz`` glob must match a captured layer (checked before the model runs)."""
-    for pattern in globs:
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in layers):
-            examples = ", ".join(layers[:6])
-            raise UsageError(f"--featviz {pattern!r} matches none of the report's layers ({examples}…); see --layers")
 
 
 def vis_targets(

@@ -182,6 +182,18 @@ def test_layer_selection_by_glob_and_default(tiny_cnn: TinyCNN) -> None:
         select_layers(tiny_cnn, ["nope.*"])
 
 
+def test_a_featviz_glob_naming_a_container_adds_it_to_the_captured_layers() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.Sequential(nn.Conv2d(2, 2, 3), nn.ReLU()), nn.Flatten(), nn.Linear(2 * 24 * 24, 3)
+    )  # layers "0", "1" (a container: "1.0", "1.1"), "2", "3"
+    assert [n for n, _ in select_layers(model)] == ["0", "1.0", "3"]
+    assert [n for n, _ in select_layers(model, (), ["1"])] == ["0", "1", "1.0", "3"]  # in model order
+    assert [n for n, _ in select_layers(model, (), ["1.*"])] == ["0", "1.0", "3"]  # matches 1.0, already captured
+    assert [n for n, _ in select_layers(model, ["0"], ["1", "3"])] == ["0", "1", "3"]
+    with pytest.raises(UsageError, match="--featviz '9' matches no layer of the model"):
+        select_layers(model, (), ["9"])
+
+
 class Mixed(nn.Module):
     """A ConvNeXt-style Linear on N×H×W×C maps, a Linear on N×L×D sequences and a 5-D Conv3d output."""
 

@@ -210,7 +210,8 @@ def test_cli_featviz_in_reports_and_scans_and_a_glob_that_matches_nothing(tmp_pa
     bad = subprocess.run(
         [*common[:3], "--featviz", "nope*", "-o", str(tmp_path / "x.html")], capture_output=True, text=True
     )
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--featviz 'nope*' matches none" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "--featviz 'nope*' matches no layer of the model" in bad.stderr
     assert not (tmp_path / "x.html").exists()
 
 
@@ -337,3 +338,38 @@ def test_featviz_progress_counts_the_polishing_in_its_total_and_ends_at_it(
     assert len(redrawn) > 16 and all(done <= total for done, total in redrawn), redrawn
     assert [done for done, _ in redrawn] == sorted(done for done, _ in redrawn)
     assert redrawn[-1] == plain[-1] and lines.count("done in") == 1
+
+
+class _Blocks(nn.Module):
+    """A stem, a Sequential container ending in a ReLU (so its output is no captured layer's), a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)).mean((2, 3)))
+
+
+def test_featviz_naming_a_container_captures_and_visualises_its_output(tmp_path: Path) -> None:
+    """--featviz block, where block is a Sequential (not captured by default): its output is captured and
+    visualised; the images read back from the JSON raise the container's own output as stored."""
+    torch.manual_seed(0)
+    model = _Blocks()
+    config = ReportConfig(featviz=("block",), featviz_steps=32, cache_dir=str(tmp_path / "cache"), graph=False)
+    report = build_report(model, torch.rand(2, 3, 32, 32), tmp_path / "r.html", config, json_out=tmp_path / "r.json")
+    assert [layer.name for layer in report.layers] == ["stem", "block.0", "block.2", "block", "head"]  # as they ran
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert [layer["name"] for layer in data["layers"] if "feature_visualization" in layer] == ["block"]
+    layer = _layer(data, "block")
+    assert layer["type"] == "Sequential" and layer["output_shape"] == [5, 32, 32]
+    channels, pixels, activations = _images(layer)
+    assert channels == list(range(5)) and pixels.shape == (5, 3, 32, 32)
+    reached = _channel_means(model, model.block, pixels.float() / 255)[range(5), channels]
+    np.testing.assert_allclose(reached.numpy(), activations, rtol=1e-4, atol=1e-5)
+    grey = _channel_means(model, model.block, torch.full((1, 3, 32, 32), 0.5))[0, channels]
+    assert bool((reached > grey).all()), (reached, grey)  # optimised: each above what a grey image gives
+    section = read_page(tmp_path / "r.html").text.split('data-layer="block"', 1)[1].split("<section", 1)[0]
+    assert 'class="featviz"' in section
