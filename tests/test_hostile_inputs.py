@@ -78,6 +78,10 @@ class Heads(nn.Module):
         return self.box(f), self.landmarks(f), self.face(f)
 
 class DictOut(Heads):
+    def __init__(self):
+        super().__init__()
+        with torch.no_grad():
+            self.face.bias.copy_(torch.tensor([-30.0, 30.0]))  # logits say "face", whatever the weights
     def forward(self, x):
         box, marks, face = super().forward(x)
         return {"box": box, "logits": face, "marks": marks}
@@ -321,8 +325,12 @@ def test_an_ambiguous_output_gives_no_predictions_and_says_how_to_choose(
 def test_a_dict_output_uses_its_logits(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     world.file("labels.txt", b"\xef\xbb\xbfnot a face\nface\n")  # a BOM, as Windows editors write
     argv = ["--model", "hostile_factories:dict_out", *IMAGES, "--input-size", "16", "--labels", "labels.txt"]
-    page, err = succeeds(world, capsys, [*argv, "--cam", "gradcam"])
-    assert err == "" and ("not a face" in page or "face" in page) and "\ufeff" not in page
+    page, err = succeeds(world, capsys, [*argv, "--cam", "gradcam", "--json", "r.json"])
+    assert err == "" and "\ufeff" not in page
+    predictions = [s["prediction"] for s in json.loads((world.root / "r.json").read_text())["samples"]]
+    assert predictions and all(
+        p["index"] == 1 and p["label"] == "face" and p["probability"] > 0.999 for p in predictions
+    )
 
 
 def test_labels_that_do_not_match_the_classes_are_warned_about(
