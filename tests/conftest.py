@@ -1,12 +1,16 @@
-"""Shared fixtures: tiny models built in code, sample images written to tmp folders, an HTML reader."""
+"""Shared fixtures: tiny models built in code, sample images written to tmp folders, an HTML reader; and,
+in the run's last lines, whether the browser suite ran (``make test`` must not pass it over silently)."""
 
 from __future__ import annotations
 
 import base64
 import io
+from collections import Counter
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +19,9 @@ from PIL import Image
 from torch import nn
 
 from featviz_report import ReportConfig
+
+BROWSER_SUITE = "tests/test_browser.py"
+_BROWSER_COLLECTED = pytest.StashKey[int]()
 
 
 class TinyCNN(nn.Module):
@@ -127,3 +134,54 @@ def decode_png(src: str) -> Image.Image:
     image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
     image.load()
     return image
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[_BROWSER_COLLECTED] = sum(item.nodeid.startswith(BROWSER_SUITE) for item in session.items)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Generator[None]:
+    """After pytest's own summary, just above the counts: one line on the browser suite (see
+    :func:`browser_summary`)."""
+    result = yield
+    if terminalreporter.config.option.collectonly:
+        return result
+    line = browser_summary(terminalreporter.stats, terminalreporter.config.stash.get(_BROWSER_COLLECTED, 0))
+    if line:
+        terminalreporter.write_line(line, bold=True)
+    return result
+
+
+def browser_summary(stats: dict[str, list[Any]], collected: int) -> str | None:
+    """``browser tests: ran N (...)``, ``browser tests: skipped — <why>`` or why they did not run; None
+    when the run did not include them at all (a run of other test files)."""
+    worst = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
+    outcome_of: dict[str, str] = {}
+    reasons: set[str] = set()
+    for report in (r for found in stats.values() for r in found if isinstance(r, pytest.TestReport)):
+        if not report.nodeid.startswith(BROWSER_SUITE):
+            continue
+        outcome = "error" if report.failed and report.when != "call" else report.outcome
+        if report.skipped:
+            reasons.add(_skip_reason(report))
+        if worst[outcome] >= worst[outcome_of.get(report.nodeid, "passed")]:
+            outcome_of[report.nodeid] = outcome
+    counts = Counter(outcome_of.values())
+    ran = sum(n for outcome, n in counts.items() if outcome != "skipped")
+    if ran:
+        return f"browser tests: ran {ran} ({', '.join(f'{n} {outcome}' for outcome, n in sorted(counts.items()))})"
+    if counts:
+        return f"browser tests: skipped — {'; '.join(sorted(reasons))}"
+    deselected = sum(item.nodeid.startswith(BROWSER_SUITE) for item in stats.get("deselected", ()))
+    if deselected:
+        return f"browser tests: not run — all {deselected} deselected (-k or -m)"
+    if collected:
+        return f"browser tests: not run — the session stopped before them ({collected} collected)"
+    return None
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    """A skipped report's reason, without pytest's 'Skipped: ' prefix."""
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason.removeprefix("Skipped: ")
