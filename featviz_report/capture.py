@@ -23,7 +23,7 @@ from .device import evaluating
 from .errors import UsageError
 from .reduce import Reduced, reduce_output
 
-__all__ = ["Capture", "capturing", "select_layers", "first_tensor", "tensors_in", "DEFAULT_TYPES"]
+__all__ = ["Capture", "capturing", "select_layers", "first_tensor", "tensors_in", "maps_order", "DEFAULT_TYPES"]
 
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
 
@@ -75,6 +75,12 @@ def first_tensor(output: object) -> torch.Tensor | None:
     return next((v for v in values if isinstance(v, torch.Tensor)), None)
 
 
+def maps_order(module: nn.Module) -> tuple[int, int, int, int]:
+    """The order of a module's 4-D output's axes that gives the N×C×H×W maps a report shows: as they are, or
+    for a Linear (on N×H×W×C, a 1×1 convolution channels last) channels first."""
+    return (0, 3, 1, 2) if isinstance(module, nn.Linear) else (0, 1, 2, 3)
+
+
 def _attention_weights(module: nn.MultiheadAttention, args: tuple[object, ...], kwargs: dict[str, object]) -> object:
     """Per-head attention weights for the call just made, recomputed beside it so the model's own
     output is untouched (``forward`` directly: no hooks run again)."""
@@ -101,8 +107,8 @@ class Capture:
             if isinstance(module, nn.MultiheadAttention):
                 output = _attention_weights(module, args, kwargs)
             tensor = first_tensor(output)
-            if tensor is not None and tensor.ndim == 4 and isinstance(module, nn.Linear):
-                tensor = tensor.permute(0, 3, 1, 2)  # a Linear on N×H×W×C is a 1×1 convolution, channels last
+            if tensor is not None and tensor.ndim == 4:
+                tensor = tensor.permute(maps_order(module))
             if tensor is None or tensor.ndim not in (2, 3, 4):
                 self.skipped[name] = "no tensor" if tensor is None else f"a {tensor.ndim}-D output"
                 return

@@ -46,21 +46,34 @@ class Axis:
 
 @dataclass(frozen=True)
 class TracedField:
-    """A layer output's receptive field: (x0, y0, x1, y1) for any (row, col), x1/y1 exclusive."""
+    """A layer output's receptive field: (x0, y0, x1, y1) for any (row, col) of its maps, x1/y1 exclusive.
+
+    ``rows`` holds the input rows and ``cols`` the input columns each position reads, along the axis of the
+    C×H×W maps the report shows that their ``dim`` names (-3, -2 or -1): -2 and -1 for maps; a channels-last
+    output shown as it is (H maps of W×C) has them at -3 and -2, so that a position's field depends on its
+    map, and without one it is the union over all of them."""
 
     rows: Axis
     cols: Axis
 
-    def boxes(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """The boxes of positions ``rows``, ``cols`` (arrays of one shape), on a last axis of 4; a position
-        that reads nothing has (0, 0, 0, 0)."""
-        y0, y1, x0, x1 = self.rows.lo[rows], self.rows.hi[rows], self.cols.lo[cols], self.cols.hi[cols]
+    def boxes(self, rows: np.ndarray, cols: np.ndarray, channels: np.ndarray | None = None) -> np.ndarray:
+        """The boxes of positions ``rows``, ``cols`` (and ``channels``; arrays of one shape), on a last axis
+        of 4; a position that reads nothing has (0, 0, 0, 0)."""
+        at = {-3: channels, -2: rows, -1: cols}
+        (y0, y1), (x0, x1) = (_along(axis, at[axis.dim], rows.shape) for axis in (self.rows, self.cols))
         boxes = np.stack([x0, y0, x1 + 1, y1 + 1], -1)
         return np.where(((y1 < y0) | (x1 < x0))[..., None], 0, boxes)
 
     def box(self, row: int, col: int) -> tuple[int, int, int, int]:
         x0, y0, x1, y1 = self.boxes(np.asarray(row), np.asarray(col)).tolist()
         return x0, y0, x1, y1
+
+
+def _along(axis: Axis, index: np.ndarray | None, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The first and last input position read at ``index`` along ``axis``; with no index, by any of them."""
+    if index is None:
+        return np.full(shape, axis.lo.min()), np.full(shape, axis.hi.max())
+    return axis.lo[index], axis.hi[index]
 
 
 @dataclass(frozen=True)

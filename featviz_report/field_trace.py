@@ -49,6 +49,7 @@ storage copy, a scripted function, BatchNorm's running statistics in training mo
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -59,7 +60,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .capture import first_tensor, tensors_in
+from .capture import first_tensor, maps_order, tensors_in
 from .field_kinds import Axis, Known, Tokens, TracedField, Whole, as_whole, fits, joined, merged, spanned, token_union
 from .field_rules import (
     BROADCAST,
@@ -424,7 +425,7 @@ def _calls(model: nn.Module, tracer: _Tracer, found: dict[tuple[nn.Module, int],
             for made in tensors_in(output):  # made where the mode could not see: not vouched for
                 if not tracer.state(made)[0]:
                     tracer.set(made, None)
-        found[(module, call)] = _maps_field(tracer, first_tensor(output))
+        found[(module, call)] = _maps_field(tracer, first_tensor(output), module)
 
     with ExitStack() as stack:
         for module in model.modules():
@@ -432,16 +433,20 @@ def _calls(model: nn.Module, tracer: _Tracer, found: dict[tuple[nn.Module, int],
         yield
 
 
-def _maps_field(tracer: _Tracer, tensor: torch.Tensor | None) -> TracedField | None:
-    """A module output's field, when the output is N×C×H×W maps and its field is known."""
+def _maps_field(tracer: _Tracer, tensor: torch.Tensor | None, module: nn.Module) -> TracedField | None:
+    """A module output's field, when the output is 4-D, its field is known and its spatial axes are among
+    those of the maps the report shows (:func:`.capture.maps_order`: N×C×H×W, or channels-last maps)."""
     if tensor is None or tensor.ndim != 4:
         return None
     known = tracer.state(tensor)[1]
     if known is None or isinstance(known, Tokens) or not fits(known, tensor):
         return None
+    order = maps_order(module)
     if isinstance(known, Whole):
-        return TracedField(*known.axes((-2, -1), tensor.shape))
-    return TracedField(*known) if known is not None and (known[0].dim, known[1].dim) == (-2, -1) else None
+        return TracedField(*known.axes((-2, -1), tensor.permute(order).shape))
+    shown = {axis - 4: place - 4 for place, axis in enumerate(order)}  # the tensor's axis → the maps' axis
+    rows, cols = (dataclasses.replace(axis, dim=shown[axis.dim]) for axis in known)
+    return TracedField(rows, cols) if -4 not in (rows.dim, cols.dim) else None
 
 
 @contextmanager

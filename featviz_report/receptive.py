@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .capture import maps_order
 from .device import evaluating
 from .errors import first_line
 from .feature_vis import Truncated
@@ -95,7 +96,9 @@ class ReceptiveFields:
         kept = top.sample >= 0
         field = self.traced.get((module, call))
         if field is not None:
-            boxes = np.where(kept[..., None], field.boxes(np.where(kept, top.row, 0), np.where(kept, top.col, 0)), -1)
+            channels = np.broadcast_to(np.arange(top.sample.shape[1]), top.sample.shape)  # k×C: the peaks' maps
+            given = field.boxes(np.where(kept, top.row, 0), np.where(kept, top.col, 0), channels)
+            boxes = np.where(kept[..., None], given, -1)
             empty = kept & ((boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1]))
             if empty.any():  # a position in padding: it reads nothing
                 rank, channel = (int(i[0]) for i in np.nonzero(empty))
@@ -221,7 +224,7 @@ class GradientProbe:
         """The height, width and channels of the layer's maps."""
         own, copies, inputs = self.copies[1]
         with Truncated(own, copies[id(module)], call) as truncated, torch.no_grad():
-            output = truncated(torch.stack([inputs[0]] * (self.batch or 1)).to(self.dtype))
+            output = _maps(truncated, torch.stack([inputs[0]] * (self.batch or 1)).to(self.dtype))
         if output.ndim != 4:
             raise FieldUnknown(f"the layer's output is {output.ndim}-D, not maps")
         return output.shape[2], output.shape[3], output.shape[1]
@@ -284,7 +287,7 @@ def _gradient(
 ) -> list[Box | None]:
     """The box of each slot's gradient support, for the position given for that slot."""
     with torch.enable_grad(), OpenPaths():
-        out = truncated(x)
+        out = _maps(truncated, x)
         rows, cols = torch.tensor([r for r, _ in positions]), torch.tensor([c for _, c in positions])
         picked = out[torch.arange(len(positions)), :, rows, cols]
         if not picked.requires_grad:  # the layer does not depend on the input
@@ -296,6 +299,12 @@ def _gradient(
     y1, x1 = rows_hit.shape[1] - rows_hit.flip(1).int().argmax(1), cols_hit.shape[1] - cols_hit.flip(1).int().argmax(1)
     boxes = torch.stack([x0, y0, x1, y1], 1).tolist()
     return [tuple(b) if hit else None for b, hit in zip(boxes, rows_hit.any(1).tolist())]  # type: ignore[misc]
+
+
+def _maps(truncated: Truncated, x: torch.Tensor) -> torch.Tensor:
+    """The layer's output on ``x``, 4-D as the report shows it (:func:`.capture.maps_order`)."""
+    out = truncated(x)
+    return out.permute(maps_order(truncated.module)) if out.ndim == 4 else out
 
 
 def _union(a: Box | None, b: Box | None) -> Box | None:
