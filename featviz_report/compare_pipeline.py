@@ -11,6 +11,7 @@ class activation maps unless ``config.cam`` is off.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 from torch import nn
@@ -20,6 +21,7 @@ from .config import ReportConfig
 from .device import on_device
 from .encode import PngEncoder
 from .errors import UsageError
+from .field_budget import field_seconds
 from .heap import old_objects_frozen
 from .models import check_same_architecture
 from .outputs import check_api_outputs
@@ -91,7 +93,8 @@ def compare_checkpoints(
         with on_device(after, job_b.device):
             fields = receptive_fields(after, graph_inputs(job_b))
         keys = [(record.module, call) for (_, call), record in run_b.records.items()]
-        sections_b = with_fields(sections_b, keys, fields, progress.warn)
+        seconds = field_seconds(time.monotonic() - job_a.started, config.field_seconds)
+        sections_b = with_fields(sections_b, keys, fields, progress.warn, seconds=seconds, progress=progress)
         modules_a = dict(before.named_modules())
         changed = []
         for (key, record), section in zip(run_b.records.items(), sections_b):

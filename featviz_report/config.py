@@ -49,6 +49,8 @@ class ReportConfig:
     weights are an untrained random initialisation (in a comparison, A's: B's come from a file); a warning,
     the page's header and the JSON say so, and every prediction is marked meaningless. The command line sets
     it for a ``torchvision:`` or ``timm:`` spec without ``--weights``; an ``nn.Module`` cannot tell.
+    ``field_seconds``: how long receptive fields from the gradient may take (``None``: a tenth of the time
+    the report took before them, at least 2 s; see :mod:`featviz_report.field_budget`).
     """
 
     title: str | None = None
@@ -80,6 +82,7 @@ class ReportConfig:
     strict: bool = False
     quiet: bool = True
     random_weights: bool = False
+    field_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.colormap not in COLORMAPS:
@@ -96,6 +99,8 @@ class ReportConfig:
             raise UsageError(f"unknown CAM method {self.cam!r}; choose one of {', '.join(CAM_METHODS)}")
         if self.loader_workers < 0:
             raise UsageError(f"loader-workers must be at least 0, got {self.loader_workers}")
+        if self.field_seconds is not None and not self.field_seconds >= 0:
+            raise UsageError(f"field-seconds must be 0 or more, got {self.field_seconds}")
         if self.max_size is not None and not self.max_size > 0:
             raise UsageError(f"max-size must be a positive number of MB, got {self.max_size}")
         counts = ("batch_size", "max_channels", "input_size", "max_filter_grid", "workers", "top_k", "featviz_steps")

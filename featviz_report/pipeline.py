@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,6 +26,7 @@ from .config import ReportConfig
 from .device import evaluating, float_dtype, pick_device
 from .encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import InputError, ModelError, first_few, first_line
+from .field_budget import field_seconds
 from .field_trace import TracedField, tracing_fields
 from .gradcam import class_activation_maps, default_cam_layer, overlay
 from .graph import record_graph
@@ -136,13 +138,15 @@ def sections_and_graph(
     """The sections with their peaks' receptive fields (:mod:`.receptive`) and (unless ``config.graph``
     is off) the graph of what ran, linked to them. The fields are traced, and the graph recorded and laid
     out, on a second thread while the sections are made: their forward passes and ``dot``'s process run
-    beside the sections' numpy and Pillow work instead of after it."""
+    beside the sections' numpy and Pillow work instead of after it. Fields the tracer leaves to the gradient
+    get a tenth of the time the job took so far (:mod:`.field_budget`)."""
     with ThreadPoolExecutor(1, thread_name_prefix="graph") as pool:
         side = pool.submit(_side_pass, job)
         keys = [(record.module, call) for (_, call), record in run.records.items()]
         sections = make_sections()
         drawing, fields = side.result()
-        sections = with_fields(sections, keys, fields, job.progress.warn)
+        seconds = field_seconds(time.monotonic() - job.started, job.config.field_seconds)
+        sections = with_fields(sections, keys, fields, job.progress.warn, seconds=seconds, progress=job.progress)
         return sections, None if drawing is None else linked(drawing, sections)
 
 
@@ -315,7 +319,7 @@ def _device_name(device: torch.device) -> str:
 
 @dataclass(frozen=True)
 class Job:
-    """What every pass over the samples works with."""
+    """What every pass over the samples works with, and when it was opened."""
 
     model: nn.Module
     layers: list[tuple[str, nn.Module]]
@@ -324,6 +328,7 @@ class Job:
     dtype: torch.dtype
     config: ReportConfig
     progress: Progress
+    started: float = dataclasses.field(default_factory=time.monotonic)
 
 
 def run_passes(job: Job, encoder: PngEncoder) -> Run:
