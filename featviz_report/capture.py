@@ -98,6 +98,7 @@ class Capture:
     last_call: tuple[str, nn.Module, tuple[int, ...]] | None = None  # the leaf module entered last
     last_returned: bool = False  # whether that module's forward returned
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # every module's first output shape
+    batch: int | None = None  # the samples in the model's input now (None: not a tensor)
     _calls: Counter[str] = field(default_factory=Counter)
 
     def hook(self, name: str):  # type: ignore[no-untyped-def]
@@ -112,9 +113,17 @@ class Capture:
             if tensor is None or tensor.ndim not in (2, 3, 4):
                 self.skipped[name] = "no tensor" if tensor is None else f"a {tensor.ndim}-D output"
                 return
+            if self.batch is not None and tensor.shape[0] != self.batch:  # windows or heads folded into it
+                self.skipped[name] = f"{tensor.shape[0]} along the first axis for {self.batch} samples"
+                return
             self.pending.append(((name, call), tuple(tensor.shape[1:]), reduce_output(tensor, self.scale)))
 
         return on_output
+
+    def starting(self, _model: nn.Module, inputs: tuple[object, ...]) -> None:
+        """The model's own pre-hook: how many samples this forward pass holds."""
+        tensor = first_tensor(inputs)
+        self.batch = tensor.shape[0] if tensor is not None and tensor.ndim > 0 else None
 
     def entering(self, name: str):  # type: ignore[no-untyped-def]
         def on_input(module: nn.Module, inputs: tuple[object, ...]) -> None:
@@ -162,6 +171,7 @@ def capturing(
             mha.set_fastpath_enabled(False)  # the fused encoder path would bypass the attention module
         for param in grads:
             param.requires_grad_(False)
+        handles.append(model.register_forward_pre_hook(capture.starting))
         for name, module in layers:
             handles.append(module.register_forward_hook(capture.hook(name), with_kwargs=True))
         for name, module in model.named_modules():

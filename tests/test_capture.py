@@ -224,6 +224,32 @@ def test_channels_last_linear_sequences_and_unshowable_outputs() -> None:
     )
 
 
+class Windows(nn.Module):
+    """MaxViT's window attention: maps cut into 2×2 windows folded into the batch, a Linear on each, and back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.qkv = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.conv(x).permute(0, 2, 3, 1)  # N×4×4×C
+        n, h, w, c = maps.shape
+        windows = maps.view(n, h // 2, 2, w // 2, 2, c).transpose(2, 3).reshape(n * 4, 2, 2, c)
+        return self.qkv(windows).view(n, 2, 2, 2, 2, c).transpose(2, 3).reshape(n, h, w, c).mean((1, 2))
+
+
+def test_a_layer_with_windows_folded_into_the_batch_is_listed_not_shown(tmp_path: Path) -> None:
+    """Its first axis holds 4 windows per sample: shown, it had 12 maps for 3 samples and the page failed."""
+    report = build_report(Windows(), torch.rand(3, 1, 4, 4), tmp_path / "w.html", ReportConfig(quiet=True))
+    assert [layer.name for layer in report.layers] == ["conv"]
+    assert report.notes == (
+        "1 selected layers give no N×C×H×W, N×L×D or N×F output and are not shown: qkv (12 along the first axis "
+        "for 3 samples)",
+    )
+    assert 'data-layer="qkv"' not in (tmp_path / "w.html").read_text(encoding="utf-8")
+
+
 class BatchNormDict(nn.Module):
     def __init__(self) -> None:
         super().__init__()
