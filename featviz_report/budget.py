@@ -1,12 +1,12 @@
 """A size budget for single-file pages: when every feature map would not fit, which ones stay.
 
-Feature-map atlases are nearly all of a report's bytes. Over the budget, a scan's page first leaves out
-the whole images behind its crops (the crops stay); then the page keeps the maps of the
+Feature-map atlases are nearly all of a report's bytes. Over the budget, the page keeps the maps of the
 most informative samples (those that most often appear among the channels' top activations, averaged
 over layers; ties to the lower index), as many as fit in every layer. If not even one sample's maps fit,
 that sample keeps its maps in the layers that still fit, taken in model order. Everything else on the page stays:
 thumbnails, predictions, statistics, filters, the top samples of every channel. What was left out is
-said on the page, in a note and in each left-out map's place.
+said on the page, in a note and in each left-out map's place. A scan's page has no maps: its top images
+are fitted before it is written (:mod:`featviz_report.scan_budget`).
 """
 
 from __future__ import annotations
@@ -27,14 +27,12 @@ def fit_page(report: Report, max_bytes: int) -> tuple[Report, str | None]:
     total = html_size(report)
     if total <= max_bytes:
         return report, None
-    if report.dataset is not None and report.dataset.wholes:  # a scan's whole images go first; crops stay
-        report = dataclasses.replace(report, dataset=dataclasses.replace(report.dataset, wholes={}))
-        if html_size(report) <= max_bytes:
-            note = (
-                f"the single-file page would be {_megabytes(total)} MB, over --max-size {max_bytes / 1e6:g} MB: "
-                "the whole images behind the crops are left out; --format dir keeps them (or raise --max-size)"
-            )
-            return dataclasses.replace(report, notes=(*report.notes, note[:1].upper() + note[1:] + ".")), note
+    if report.dataset is not None:  # a scan has no maps; its top images were fitted already (scan_budget)
+        note = (
+            f"the single-file page is {_megabytes(total)} MB, over --max-size {max_bytes / 1e6:g} MB, even with no "
+            "more top images left out: its channel cards alone take that; --format dir writes a page per layer"
+        )
+        return dataclasses.replace(report, notes=(*report.notes, note[:1].upper() + note[1:] + ".")), note
     sizes = np.zeros((len(report.layers), len(report.samples)), dtype=np.int64)  # layers × samples
     for row, layer in zip(sizes, report.layers):
         row[: len(layer.maps)] = [_size(grid) for grid in layer.maps]

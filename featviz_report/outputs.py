@@ -3,6 +3,7 @@
 Every output (the page, the JSON sidecar) is written under a temporary name beside its target, created
 with the user's umask; only when all of them are complete are they renamed into place, so a failure at
 any point leaves every existing file as it was. A folder report (``--format dir``) is updated in place
+(a scan's as an index and a page per layer, see :func:`featviz_report.render.layer_page`)
 and lists the files it wrote in a manifest (:data:`MANIFEST`): a later report replaces and removes
 those files only; a folder whose ``index.html`` featviz-report did not write, or that is, holds or lies
 inside a samples folder (its images would become samples), is refused.
@@ -26,7 +27,7 @@ from markupsafe import Markup
 from .config import IMAGE_SUFFIXES
 from .errors import OutputError, UsageError
 from .progress import Progress
-from .render import data_uri, render_html
+from .render import INDEX, data_uri, layer_page, render_html
 from .report_data import Png, Report
 from .sidecar import json_text
 
@@ -73,8 +74,11 @@ def check_output(out: Path, fmt: str) -> None:
     if fmt == "dir":
         if not stat.S_ISDIR(mode):
             raise OutputError(f"{name} is not a folder; --format dir writes a folder")
-        if os.path.lexists(real / "index.html") and "index.html" not in owned_files(real):
-            raise OutputError(f"{name} holds an index.html that featviz-report did not write; not replacing it")
+        owned = owned_files(real)
+        for page in ("index.html", *sorted(p.name for p in real.glob("layer-*.html"))):
+            if os.path.lexists(real / page) and page not in owned:
+                article = "an" if page == "index.html" else "a"
+                raise OutputError(f"{name} holds {article} {page} that featviz-report did not write; not replacing it")
         images = real / IMAGE_DIR
         if os.path.lexists(images) and (images.is_symlink() or not images.is_dir()):
             raise OutputError(f"{str(out / IMAGE_DIR)!r} is not a folder of the report's own; not writing into it")
@@ -172,7 +176,8 @@ def _inside(path: Path, folder: Path) -> str | None:
 def owned_files(folder: Path) -> dict[str, set[str]]:
     """The files (relative, posix) a report in ``folder`` wrote and that still hold what it wrote, with
     the SHA-256 digests its manifest records for them. Only names a report writes count (``index.html``,
-    ``img/<hash>.png``, a ``*.json`` sidecar), only regular files in the folder or its ``img/`` (no links),
+    a scan's ``layer-<slug>.html``, ``img/<hash>.png`` or ``.webp``, a ``*.json`` sidecar), only regular
+    files in the folder or its ``img/`` (no links),
     and only when their content matches: a forged or stale manifest cannot make a user's file ours.
     A report written before manifests owns its ``index.html`` (when it is featviz-report's page) and the
     images whose name is their content's hash."""
@@ -186,7 +191,8 @@ def owned_files(folder: Path) -> dict[str, set[str]]:
     return owned
 
 
-_OWNABLE = re.compile(r"index\.html|img/[0-9a-f]{20}\.png|[^/\\]+\.json")
+_OWNABLE = re.compile(r"index\.html|layer-[a-z0-9-]+\.html|img/[0-9a-f]{20}\.(?:png|webp)|[^/\\]+\.json")
+_SUFFIXES = {"image/png": "png", "image/webp": "webp"}
 
 
 def _manifest(folder: Path) -> dict[str, set[str]] | None:
@@ -320,8 +326,9 @@ def write_report(
             with staging.text(Path(json_out)) as handle:
                 handle.write(json_text(report))
         if folder is not None:
-            with staging.text(folder.out / "index.html") as handle:
-                handle.writelines(render_html(report, folder.link, folder=True))
+            for name, page in _pages(report):
+                with staging.text(folder.out / name) as handle:
+                    handle.writelines(render_html(report, folder.link, folder=True, page=page))
             folder.commit()
         elif out is not None:
             with staging.text(Path(out)) as handle:
@@ -338,6 +345,15 @@ def write_report(
     if json_out is not None:
         progress.message(f"wrote {shown[1]}")
     return True
+
+
+def _pages(report: Report) -> list[tuple[str, str | None]]:
+    """(file name, ``render_html``'s page) of each page of a report folder: a scan's index and layer
+    pages, or any other report's one page."""
+    pages: list[tuple[str, str | None]] = [(INDEX, None if report.dataset is None else INDEX)]
+    if report.dataset is not None:
+        pages += [(layer_page(layer.slug), layer.slug) for layer in report.layers]
+    return pages
 
 
 def _write_page(handle: IO[str], chunks: Iterator[str], max_bytes: int | None) -> None:
@@ -380,7 +396,7 @@ class _Folder:
     def link(self, png: Png) -> Markup:
         """Each image once, named by its content (hex digits: nothing to escape)."""
         digest = hashlib.sha256(png.data).hexdigest()
-        name = f"{IMAGE_DIR}/{digest[:20]}.png"
+        name = f"{IMAGE_DIR}/{digest[:20]}.{_SUFFIXES[png.mime]}"
         if name not in self.new:
             self.new[name] = {digest}
             path = self.out / name
@@ -403,7 +419,7 @@ class _Folder:
         """Record every file that may be ours before the page is swapped in, and afterwards only the
         new report's: an interrupted update leaves nothing unlisted behind."""
         for tmp, target in self.staging.pending:
-            if target.parent == self.out and target.name in ("index.html", self.json_name):
+            if target.parent == self.out and (_OWNABLE.fullmatch(target.name) or target.name == self.json_name):
                 self.new[target.name] = {_digest(tmp)}
         both = {name: self.old.get(name, set()) | self.new.get(name, set()) for name in {*self.old, *self.new}}
         self._write_manifest(both)

@@ -1,5 +1,8 @@
 """Report → HTML: the page as a stream of text, with images inline (one file) or as links (a folder).
 
+A scan written as a folder is several pages (:data:`INDEX`, then one per layer, named by
+:func:`layer_page`): the index holds everything but the channel cards, each layer's page its cards.
+
 With :mod:`.site_render`, the only module that uses Jinja2. Where the text goes is :mod:`featviz_report.outputs`' job.
 """
 
@@ -19,6 +22,8 @@ from markupsafe import Markup, escape
 
 from .crops import context_boxes
 from .report_data import (
+    CardImage,
+    ChannelCard,
     ChannelStats,
     GraphBox,
     GraphPicture,
@@ -27,37 +32,59 @@ from .report_data import (
     LayerSection,
     Png,
     Report,
+    SourceImage,
 )
 from .resources import templates_dir
 from .sidecar import finite_list, strict_json
 
-__all__ = ["render_html", "html_size", "inline_size", "data_uri", "script_json", "environment", "style_hash"]
+__all__ = [
+    "render_html",
+    "html_size",
+    "inline_size",
+    "data_uri",
+    "script_json",
+    "environment",
+    "style_hash",
+    "card_tops",
+    "source_image",
+    "layer_page",
+    "INDEX",
+]
+
+INDEX = "index.html"
 
 
-DATA_URI_PREFIX = "data:image/png;base64,"
+def layer_page(slug: str) -> str:
+    """The file name of a layer's page in a scan's folder (``slug`` is URL-safe)."""
+    return f"layer-{slug}.html"
+
+
+def _uri_prefix(png: Png) -> str:
+    return f"data:{png.mime};base64,"
 
 
 def inline_size(png: Png) -> int:
     """Bytes ``png`` takes inline in a single-file page."""
-    return len(DATA_URI_PREFIX) + 4 * -(-png.size // 3)
+    return len(_uri_prefix(png)) + 4 * -(-png.size // 3)
 
 
-def html_size(report: Report) -> int:
-    """Bytes of the single-file page, without encoding any image (each is counted where it appears)."""
+def html_size(report: Report, page: str | None = None, link_size: int | None = None) -> int:
+    """Bytes of the single-file page (or with ``page``, of that page of a folder, each image a link of
+    ``link_size`` characters), without encoding any image (each is counted where it appears)."""
     images = 0
 
     def count(png: Png) -> Markup:
         nonlocal images
-        images += inline_size(png)
+        images += inline_size(png) if link_size is None else link_size
         return Markup("")
 
-    text = sum(len(chunk.encode("utf-8")) for chunk in render_html(report, count))
+    text = sum(len(chunk.encode("utf-8")) for chunk in render_html(report, count, link_size is not None, page))
     return text + images
 
 
 def data_uri(png: Png) -> Markup:
     """The image inline; base64 needs no HTML escaping, and skipping it saves a pass over megabytes."""
-    return Markup(DATA_URI_PREFIX + base64.b64encode(png.data).decode("ascii"))
+    return Markup(_uri_prefix(png) + base64.b64encode(png.data).decode("ascii"))
 
 
 def _fmt_num(value: float) -> str:
@@ -243,9 +270,16 @@ def _top_data(channels: ChannelStats, height: int, width: int) -> dict[str, obje
     }
 
 
-def _page_data(report: Report) -> dict[str, object]:
-    """What the page's script needs for the enlarged tile view: geometry and channel statistics."""
+def _page_data(report: Report, layers: tuple[LayerSection, ...]) -> dict[str, object]:
+    """What the page's script needs for the enlarged tile view: geometry and channel statistics (a
+    scan's cards need only each layer's name and kind)."""
     height, width = report.input_shape[-2:]
+    if report.dataset is not None:
+        return {
+            "samples": [],
+            "input": [height, width],
+            "layers": {layer.slug: {"name": layer.name, "vector": layer.kind == "vector"} for layer in layers},
+        }
     return {
         "samples": [s.name for s in report.samples],
         "input": [height, width],
@@ -264,13 +298,16 @@ def _page_data(report: Report) -> dict[str, object]:
                 "top": _top_data(layer.channels, height, width),
                 "before": _before_data(layer.change.channels_before) if layer.change else None,
             }
-            for layer in report.layers
+            for layer in layers
         },
     }
 
 
-def render_html(report: Report, src: Callable[[Png], Markup], folder: bool = False) -> Iterator[str]:
-    """The page as a stream of text chunks; ``src`` turns each image into its URL."""
+def render_html(
+    report: Report, src: Callable[[Png], Markup], folder: bool = False, page: str | None = None
+) -> Iterator[str]:
+    """The page as a stream of text chunks; ``src`` turns each image into its URL. ``page``: None for
+    the whole report; for a scan written as a folder, :data:`INDEX` or a layer's slug (that layer's page)."""
     template_dir = templates_dir()
     css = (template_dir / "report.css").read_text(encoding="utf-8") + _grid_css(report)
     js = (template_dir / "report.js").read_text(encoding="utf-8")
@@ -279,18 +316,66 @@ def render_html(report: Report, src: Callable[[Png], Markup], folder: bool = Fal
         f"default-src 'none'; img-src {images}; style-src {style_hash(css)}; script-src {style_hash(js)}; "
         "base-uri 'none'; form-action 'none'"
     )
+    layers = report.layers if page in (None, INDEX) else tuple(layer for layer in report.layers if layer.slug == page)
+    shown = {top.sample for layer in layers for card in layer.cards for top in card.tops} if page != INDEX else set()
+    sources = report.dataset.sources if report.dataset else {}
     template = environment().get_template("report.html.j2")
     return template.generate(
         report=report,
+        layers=layers,
+        page="layer" if page not in (None, INDEX) else "index" if page == INDEX else "all",
+        layer_href=_layer_href(page),
+        layer_page=layer_page,
+        sources=Markup("".join(source_image(s, sources[s], src) for s in sorted(shown) if s in sources)),
+        card_tops=card_tops,
         src=src,
         css=Markup(css),
         js=Markup(js),
         csp=csp,
-        data_json=Markup(script_json(_page_data(report))),
+        data_json=Markup(script_json(_page_data(report, layers))),
         grid_class=_grid_class,
         histogram=_histogram_svg,
         graph_svg=_graph_svg,
         channel_anchors=_channel_anchors,
+    )
+
+
+def _layer_href(page: str | None) -> Callable[[str], str]:
+    """A layer's link: its section on this page, or on a layer's page, the other layers' pages."""
+    if page in (None, INDEX):
+        return lambda slug: f"#layer-{slug}"
+    return lambda slug: f"#layer-{slug}" if slug == page else f"{layer_page(slug)}#layer-{slug}"
+
+
+def source_image(sample: int, source: SourceImage, src: Callable[[Png], Markup]) -> str:
+    """A scan's top image, stored once, as an SVG ``<image>`` placed where it lies in input pixels: every
+    crop of it is a ``<use>`` of this (see :func:`card_tops`)."""
+    picture = source.picture
+    return (
+        f'<image id="src-{sample}" x="{source.left}" y="{source.top}" width="{source.width}" '
+        f'height="{source.height}" preserveAspectRatio="none" href="{src(picture)}"/>'
+    )
+
+
+def card_tops(card: ChannelCard) -> Markup:
+    """A scan card's top images, best first, as one string (a loop in the template would cost a chunk and
+    an escape per crop): each a 64 px window (``viewBox``, input pixels) on its image, the receptive
+    field a rectangle in the same pixels, so nothing is resampled twice or drawn off its place."""
+    return Markup("".join(_crop_figure(rank, top) for rank, top in enumerate(card.tops, 1)))
+
+
+def _crop_figure(rank: int, top: CardImage) -> str:
+    y, x, side = top.crop
+    value, name = _fmt_num(top.value), escape(top.file)
+    field = ""
+    if top.box is not None:
+        x0, y0, x1, y1 = top.box
+        field = f'<rect x="{x0}" y="{y0}" width="{x1 - x0}" height="{y1 - y0}"/>'
+    return (
+        f'<figure><button type="button" class="whole" aria-label="Top image {rank}, {name}, peak {value}: '
+        f'show it whole"><svg viewBox="{x} {y} {side} {side}" aria-hidden="true"><use href="#src-{top.sample}"/>'
+        f'{field}</svg></button><figcaption><span class="mono">{value}</span> '
+        f'<span class="file" title="{name}">{name}</span></figcaption></figure>'
     )
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "Comparison",
     "CamView",
     "DatasetScan",
+    "SourceImage",
     "TreeNode",
     "Report",
 ]
@@ -47,12 +48,14 @@ PngSource = bytes | Spooled | Future[bytes | Spooled]
 
 @dataclass(frozen=True)
 class Png:
-    """One encoded PNG image and its pixel size; the bytes are in memory or in a spool file, or still
-    being encoded (a future: asking for the bytes waits for them)."""
+    """One encoded image and its pixel size; the bytes are in memory or in a spool file, or still being
+    encoded (a future: asking for the bytes waits for them). A PNG unless ``mime`` says otherwise (a
+    scan's photographs are WebP, see :mod:`featviz_report.scan_sources`)."""
 
     source: PngSource
     width: int
     height: int
+    mime: str = "image/png"
 
     @property
     def data(self) -> bytes:
@@ -279,7 +282,20 @@ class DatasetScan:
     ranks: int
     seconds: float
     files: dict[int, str]  # image index → name, for the images among the channels' top-k
-    wholes: dict[int, Png]  # image index → the whole input as the model saw it (a thumbnail), for the same
+    sources: dict[int, SourceImage]  # image index → its picture, stored once, for the images the cards show
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """One of a scan's top images, stored once for every crop of it the page shows: the part of the input
+    (as the model saw it) those crops cover, ``left``, ``top``, ``width`` × ``height`` in input pixels, as
+    ``picture`` (at the resolution the most enlarged of them is shown at)."""
+
+    picture: Png
+    left: int
+    top: int
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)
@@ -294,11 +310,12 @@ class FeatureImage:
 
 @dataclass(frozen=True)
 class CardImage:
-    """One of a channel's top dataset images in a scan: the crop around its peak (the receptive field
-    outlined), the peak's value, the file's name, the image's index and the field ``box`` (x0, y0, x1, y1
-    in input pixels; None where the layer has none)."""
+    """One of a channel's top dataset images in a scan: the square ``crop`` shown around its peak (top,
+    left, side in input pixels; the receptive field outlined in it), the peak's value, the file's name,
+    the image's index and the field ``box`` (x0, y0, x1, y1 in input pixels; None where the layer has none).
+    The pixels are the image's :class:`SourceImage`, in the report's ``dataset.sources``."""
 
-    image: Png
+    crop: tuple[int, int, int]
     value: float
     file: str
     sample: int
@@ -319,6 +336,7 @@ class ChannelCard:
     flags: tuple[str, ...]  # "dead" (never positive), "constant" (one non-zero value everywhere)
     tops: tuple[CardImage, ...]
     feature: FeatureImage | None = None  # --featviz: the image optimised to excite the channel
+    left_out: int = 0  # top images the scan kept that this page leaves out (its budget: see scan_budget)
 
 
 @dataclass(frozen=True)

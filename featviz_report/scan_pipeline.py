@@ -1,10 +1,11 @@
 """A dataset scan as a report: per layer the dataset-wide statistics, filters and a card per channel.
 
-The scan (:mod:`featviz_report.scan`) runs on every rank; only rank 0 decodes the top images again, cuts
-the crops (:mod:`featviz_report.crops`) around each peak's receptive field (:mod:`featviz_report.receptive`)
-into one card per shown channel, and writes the page and the JSON, like any other report (size
-budget, atomic writes). Channels shown per layer: ``config.max_channels`` (default 64), in
-``config.order``.
+The scan (:mod:`featviz_report.scan`) runs on every rank; only rank 0 places the crops
+(:mod:`featviz_report.crops`) around each peak's receptive field (:mod:`featviz_report.receptive`) into
+one card per shown channel, decodes the top images again to store each once
+(:mod:`featviz_report.scan_sources`), keeps the page within its budget (:mod:`featviz_report.scan_budget`)
+and writes the page and the JSON, like any other report (atomic writes). Channels shown per layer:
+``config.max_channels`` (default 64), in ``config.order``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,22 +24,23 @@ from .config import ReportConfig
 from .crops import channel_crops
 from .dataset import ImageFiles
 from .device import float_dtype, model_device, on_device
-from .encode import png_rgb
 from .errors import InputError, SampleError
 from .outputs import check_api_outputs
 from .pipeline import finish, linked, model_graph, new_report, warn_random_weights
 from .progress import Progress
 from .receptive import receptive_fields, with_fields
-from .report_data import CardImage, ChannelCard, DatasetScan, FeatureImage, LayerSection, Png, Report
-from .samples import display_names, find_images, preprocess, thumbnail
+from .report_data import CardImage, ChannelCard, DatasetScan, FeatureImage, LayerSection, Report
+from .samples import display_names, find_images, preprocess
 from .scan import ScanResult, run_scan
+from .scan_budget import fit_scan
+from .scan_sources import with_sources
 from .sections import LayerRecord, layer_sections
 from .visualise import vis_targets, visualise_layers, with_features
 
 __all__ = ["scan_dataset", "SCAN_CHANNELS"]
 
 SCAN_CHANNELS = 64
-CACHED_IMAGES = 512  # decoded top images kept while crops are cut (about 77 MB at 224² RGB)
+CACHED_IMAGES = 512  # decoded top images kept while their pictures are stored (about 77 MB at 224² RGB)
 
 
 def scan_dataset(
@@ -67,7 +69,10 @@ def scan_dataset(
         return None
     if not result.images:
         raise InputError(f"none of the {len(paths)} image files could be read")
-    report = _report(model, result, ImageFiles(paths, prep), config, data, progress)
+    dataset = ImageFiles(paths, prep)
+    pixels = functools.lru_cache(maxsize=CACHED_IMAGES)(functools.partial(_pixels, dataset))
+    report = with_sources(_report(model, result, dataset, config, data, progress), pixels, progress)
+    report = fit_scan(report, config, out is not None, pixels, progress)
     return finish(report, out, json_out, config, progress)
 
 
@@ -91,12 +96,12 @@ def _report(
     with on_device(model, result.device):
         fields = receptive_fields(model, _first_image(model, dataset))
     sections = with_fields(sections, [(record.module, 0) for record in records], fields, progress.warn)
-    pixels = functools.lru_cache(maxsize=CACHED_IMAGES)(functools.partial(_pixels, dataset))
     with_cards = []
     names = dict(zip(range(len(dataset.paths)), display_names(dataset.paths)))
+    size = dataset.prep.size
     for section, record in zip(sections, records):
         channels = list(record.channel_ids) if record.kind == "maps" else list(range(min(limit, record.stats.channels)))
-        cards = tuple(_card(record, section, channel, pixels, names) for channel in channels)
+        cards = tuple(_card(record, section, channel, size, names) for channel in channels)
         with_cards.append(dataclasses.replace(section, cards=cards))
     referenced = sorted({int(i) for acc in result.accumulators.values() for i in acc.top.sample.flat if i >= 0})
     scan = DatasetScan(
@@ -106,7 +111,7 @@ def _report(
         ranks=result.ranks,
         seconds=result.seconds,
         files=dict(zip(referenced, display_names([dataset.paths[i] for i in referenced]))),
-        wholes={i: _whole(image) for i in referenced if (image := pixels(i)) is not None},
+        sources={},  # filled by with_sources
     )
     report = new_report(
         model,
@@ -144,16 +149,16 @@ def _card(
     record: LayerRecord,
     section: LayerSection,
     channel: int,
-    pixels: Callable[[int], np.ndarray | None],
+    size: int,
     names: dict[int, str],
 ) -> ChannelCard:
     """One channel's card: its dataset statistics, flags and top images (cut around the peak)."""
     stats, top = section.channels, record.stats.top
-    crops = channel_crops(record.stats, section.channels.top.box, channel, pixels)
     boxes = section.channels.top.box
+    crops = channel_crops(record.stats, boxes, channel, size, size)
     tops = tuple(
         CardImage(
-            Png(png_rgb(crop), crop.shape[1], crop.shape[0]),
+            crop,
             float(top.value[rank, channel]),
             names[int(top.sample[rank, channel])],
             int(top.sample[rank, channel]),
@@ -173,11 +178,6 @@ def _card(
         tops,
         feature,
     )
-
-
-def _whole(pixels: np.ndarray) -> Png:
-    small = thumbnail(pixels)
-    return Png(png_rgb(small), small.shape[1], small.shape[0])
 
 
 def _first_image(model: nn.Module, dataset: ImageFiles) -> Iterator[torch.Tensor]:

@@ -31,8 +31,16 @@
     return index;
   }
 
+  function hrefId(a) { return a.getAttribute("href").replace(/^[^#]*#/, ""); }  // a layer link's section id
+
   function goLayer(step) {
     if (!sections.length) { return; }
+    if (sections.length === 1 && links.length > 1) {  // a scan's layer page: the next layer's page
+      var here = links.map(hrefId).indexOf(sections[0].id);
+      var link = links[Math.max(0, Math.min(links.length - 1, here + step))];
+      if (here >= 0) { location.href = link.href; }
+      return;
+    }
     var next = Math.max(0, Math.min(sections.length - 1, currentIndex() + step));
     location.hash = "#" + sections[next].id;
   }
@@ -43,7 +51,7 @@
     var index = currentIndex();
     var id = index >= 0 ? sections[index].id : "";
     links.forEach(function (a) {
-      var on = a.getAttribute("href") === "#" + id;
+      var on = hrefId(a) === id;
       a.classList.toggle("current", on);
       if (on) { a.setAttribute("aria-current", "location"); } else { a.removeAttribute("aria-current"); }
     });
@@ -78,7 +86,7 @@
     if (event.key === "Enter") {
       var query = search.value.trim().toLowerCase();
       var first = links.filter(function (a) { return a.title.toLowerCase().indexOf(query) >= 0; })[0];
-      if (first) { location.hash = first.getAttribute("href"); search.blur(); }
+      if (first) { location.href = first.href; search.blur(); }
     } else if (event.key === "Escape") {
       search.value = "";
       search.dispatchEvent(new Event("input"));
@@ -94,7 +102,7 @@
   }
 
   function revealInTree() {
-    var link = links.filter(function (a) { return a.getAttribute("href") === location.hash; })[0];
+    var link = links.filter(function (a) { return "#" + hrefId(a) === location.hash; })[0];
     for (var node = link && link.parentNode; node; node = node.parentNode) {
       if (node.classList && node.classList.contains("collapsed")) { setExpanded(node, true); }
     }
@@ -105,10 +113,19 @@
     var match = /^#layer-(.+)-channel-(\d+)$/.exec(location.hash);
     if (!match || !data.layers[match[1]] || dialog.open) { return; }
     var grid = document.querySelector('.maps[data-slug="' + match[1] + '"] .map.on .grid:not([data-before])');
-    var cell = data.layers[match[1]].ids.indexOf(Number(match[2]));
-    if (grid && cell >= 0) { showCell(grid, cell); }
+    var cell = grid ? data.layers[match[1]].ids.indexOf(Number(match[2])) : -1;  // a scan's card has no grid
+    if (cell >= 0) { showCell(grid, cell); }
   }
   window.addEventListener("hashchange", openChannelLink);
+
+  function toCardPage() {  // a scan folder's index: a channel's address opens its layer's page at its card
+    var target = location.hash ? document.getElementById(location.hash.slice(1)) : null;
+    var page = target && target.parentNode.classList.contains("card-anchors") &&
+      target.closest(".cards-elsewhere").querySelector(".card-page a");
+    if (page) { location.replace(page.href + location.hash); }
+  }
+  window.addEventListener("hashchange", toCardPage);
+  toCardPage();
 
   each(".cards", function (cards) {  // a scan's channel cards: order and find
     var list = cards.querySelector(".card-list");
@@ -207,7 +224,14 @@
     });
   }
 
+  function showCanvas() {  // the large canvas, not a scan's image view
+    var view = dialog.querySelector(".whole-view");
+    if (view) { view.setAttribute("hidden", ""); }
+    canvas.hidden = false;
+  }
+
   function showWhole(title, image, box) {  // an image whole, in the large canvas, a receptive field outlined
+    showCanvas();
     var fit = 256 / Math.max(image.naturalWidth, image.naturalHeight);
     canvas.width = Math.round(image.naturalWidth * fit);
     canvas.height = Math.round(image.naturalHeight * fit);
@@ -219,12 +243,24 @@
     canvas.setAttribute("aria-label", title + (box ? ", the peak's receptive field outlined" : ""));
   }
 
-  function showCardImage(button) {  // a scan card's top image, whole, with its peak's receptive field
+  function showCardImage(button) {  // a scan card's top image as the page stores it, with its peak's receptive field
     var card = button.closest(".card"), layer = data.layers[button.closest(".cards").dataset.slug];
-    var image = document.querySelector('.wholes img[data-sample="' + button.dataset.sample + '"]');
-    if (!image) { return; }
-    var box = button.dataset.box ? button.dataset.box.split(",").map(Number) : null;
-    showWhole(layer.name + " · " + (layer.vector ? "feature " : "channel ") + card.dataset.channel + " · " + image.alt + ", whole · peak " + button.dataset.value, image, box);
+    var use = button.querySelector("use"), field = button.querySelector("rect");
+    var source = document.getElementById(use.getAttribute("href").slice(1));
+    var view = dialog.querySelector(".whole-view"), figure = button.closest("figure");
+    var at = ["x", "y", "width", "height"].map(function (key) { return Number(source.getAttribute(key)); });
+    var whole = at[0] === 0 && at[1] === 0 && at[2] === data.input[1] && at[3] === data.input[0];
+    var title = layer.name + " · " + (layer.vector ? "feature " : "channel ") + card.dataset.channel + " · " +
+      figure.querySelector(".file").textContent + (whole ? ", whole" : ", the part of it this page stores") +
+      " · peak " + figure.querySelector(".mono").textContent;
+    view.setAttribute("viewBox", at.join(" "));
+    view.textContent = "";
+    view.appendChild(use.cloneNode());
+    if (field) { view.appendChild(field.cloneNode()); }
+    view.setAttribute("aria-label", title + (field ? ", the peak's receptive field outlined" : ""));
+    view.removeAttribute("hidden");  // an SVG element has no .hidden
+    canvas.hidden = true;
+    dialog.querySelector("h3").textContent = title;
     dialog.querySelector(".stats").textContent = "";
     dialog.querySelector(".tops").textContent = "";
     var link = dialog.querySelector(".channel-link");
@@ -269,6 +305,7 @@
     var channel = layer.ids.length ? layer.ids[cell] : cell;
     var tileW = img.naturalWidth / cols, tileH = img.naturalHeight / rows;
     var fit = 256 / Math.max(tileW, tileH);
+    showCanvas();
     canvas.width = Math.round(tileW * fit);
     canvas.height = Math.round(tileH * fit);
     var context = canvas.getContext("2d");

@@ -6,6 +6,7 @@ Outside CI the suite skips when Chromium, Playwright or axe-core is missing; wit
 from __future__ import annotations
 
 import base64
+import io
 import os
 import shutil
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from featviz_report.cli import main
 from scripts.screenshot import CHROMIUM, launch
@@ -67,6 +69,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "resnet-dir": (root / "resnet-site", [*model, "--format", "dir"]),
         "compare": (root / "compare.html", ["--demo-compare"]),
         "scan": (root / "scan.html", ["scan", str(photos.parent / "digits"), str(photos), "--top-k", "3"]),
+        "scan-dir": (root / "scan-site", ["scan", str(photos.parent / "digits"), str(photos), "--format", "dir"]),
         "site": (root / "training-site", ["--demo-site"]),
         "folded": (
             root / "folded.html",
@@ -139,9 +142,13 @@ def test_opens_offline_with_no_requests_errors_or_csp_violations(
     assert images and all(i["w"] > 0 for i in images), [i["alt"] for i in images if not i["w"]][:5]
     assert all(str(i["alt"]).strip() for i in images)
     layers = reader.page.eval_on_selector_all("section.layer", "s => s.map(x => x.dataset.layer)")
-    if name == "scan":  # no samples: per layer, a card per channel with its top images
-        crops = [str(i["alt"]) for i in images if ": top image " in str(i["alt"])]
-        assert {alt.split(",")[0] for alt in crops} == set(layers)
+    if name == "scan":  # no samples: per layer, a card per channel with its top images, windows on their images
+        crops = reader.page.eval_on_selector_all(
+            ".card-tops .whole", "bs => bs.map(b => [b.closest('section').dataset.layer, b.getAttribute('aria-label')])"
+        )
+        assert {layer for layer, _ in crops} == set(layers) and all(": show it whole" in label for _, label in crops)
+        uses = reader.page.eval_on_selector_all(".card-tops use", "us => us.map(u => u.getAttribute('href'))")
+        assert all(reader.page.query_selector(f"image{href}") for href in set(uses))  # each image stored once
     else:
         maps = [str(i["alt"]) for i in images if ", sample " in str(i["alt"])]
         assert {alt.split(", sample ")[0] for alt in maps} == set(layers)  # every map names its layer and sample
@@ -312,6 +319,29 @@ def test_channel_links_open_the_card_or_the_enlarged_view_with_and_without_javas
         reader.clean()
 
 
+def test_a_scan_folder_index_sends_a_channels_address_to_its_layer_page(
+    browser: object, reports: dict[str, Path]
+) -> None:
+    for javascript in (True, False):
+        reader = Reader(browser, reports["scan-dir"], javascript=javascript)
+        page = reader.open("#layer-conv2-channel-3")
+        if javascript:  # the card, on its layer's page
+            page.wait_for_function("() => location.pathname.endsWith('/layer-conv2.html')")
+            page.wait_for_load_state("load")
+            top = page.eval_on_selector("#layer-conv2-channel-3", "c => c.getBoundingClientRect().top")
+            assert -2 <= top <= 40, top
+            assert page.eval_on_selector_all(".card-tops .whole", "bs => bs.length") > 0
+            page.keyboard.press("j")  # the next layer's page
+            page.wait_for_function("() => location.pathname.endsWith('/layer-conv3.html')")
+            page.wait_for_load_state("load")
+            assert page.eval_on_selector_all("section.layer", "s => s.map(x => x.dataset.layer)") == ["conv3"]
+        else:  # the layer's section on the index, with the link to its page
+            top = page.eval_on_selector("#layer-conv2-channel-3", "a => a.getBoundingClientRect().top")
+            assert -2 <= top <= 800, top
+            assert page.get_attribute('.card-page a[data-slug="conv2"]', "href") == "layer-conv2.html"
+        reader.clean()
+
+
 RED_BOX = """c => {  // the bounding box of the outline's red pixels on a canvas, in canvas pixels
   const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
   let x0 = c.width, y0 = c.height, x1 = -1, y1 = -1;
@@ -333,16 +363,33 @@ def _outlined(page: object, box: list[int], size: int) -> None:
     assert all(abs(f - b * scale) <= 2 for f, b in zip(found[:4], box)), (found, box)
 
 
+def _red_box(shot: bytes) -> list[int]:
+    """The bounding box of the outline's red pixels in a screenshot, in screen pixels."""
+    pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")).astype(int)
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 110) & (pixels[..., 2] < 110)
+    rows, cols = np.flatnonzero(red.any(1)), np.flatnonzero(red.any(0))
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+
+
 def test_top_images_show_their_exact_receptive_field_whole_on_click(browser: object, reports: dict[str, Path]) -> None:
     reader = Reader(browser, reports["scan"])
     page = reader.open("#layer-conv2-channel-3")
     first = page.query_selector("#layer-conv2-channel-3 .whole")
-    box = [int(v) for v in first.get_attribute("data-box").split(",")]
-    first.click()
+    x, y, w, h = (
+        int(v) for v in first.eval_on_selector("rect", "r => ['x', 'y', 'width', 'height'].map(k => r.getAttribute(k))")
+    )
+    crop = _red_box(first.screenshot())  # on the card, in its 64 px window
+    left, top, side = (int(v) for v in first.eval_on_selector("svg", "s => s.getAttribute('viewBox')").split()[:3])
+    expected = [(x - left) * 64 / side, (y - top) * 64 / side, (x + w - left) * 64 / side, (y + h - top) * 64 / side]
+    assert all(abs(f - min(64, max(0, b))) <= 2 for f, b in zip(crop, expected)), (crop, expected)
+    first.click()  # then whole
     assert page.eval_on_selector("#zoom", "d => d.open")
     name = page.inner_text("#layer-conv2-channel-3 figcaption .file")
     assert f"conv2 · channel 3 · {name}, whole" in page.inner_text("#zoom h3")
-    _outlined(page, box, page.evaluate("JSON.parse(document.getElementById('fv-data').textContent).input[1]"))
+    size = page.evaluate("JSON.parse(document.getElementById('fv-data').textContent).input[1]")
+    scale = 256 / size  # the demo's grey 28² inputs: the only red is the outline, drawn on the field's edges
+    found = _red_box(page.locator("#zoom .whole-view").screenshot())
+    assert all(abs(f - b * scale) <= 2 for f, b in zip(found, [x, y, x + w, y + h])), (found, [x, y, x + w, y + h])
     reader.clean()
     reader = Reader(browser, reports["demo"])
     page = reader.open("#layer-conv2-channel-5")

@@ -5,7 +5,6 @@ gradient, against the real model's autograd support in float64 on random inputs.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -173,25 +172,6 @@ def test_a_scan_stands_when_fields_cannot_be_computed_and_user_hooks_never_see_t
     model.conv1.register_forward_hook(lambda *args: calls.append(1))
     gradient_boxes(model, model.conv2, 0, (1, 40, 40), [(0, 0), (4, 4)])
     assert calls == [] and len(model.conv1._forward_hooks) == 1
-
-
-def test_a_scan_over_its_budget_leaves_out_the_whole_images_first_and_keeps_the_crops(tmp_path: Path) -> None:
-    folder = tmp_path / "noise"
-    folder.mkdir()
-    for i in range(6):  # noise compresses badly: the whole images weigh
-        noise = np.random.default_rng(i).integers(0, 255, (48, 48, 3), dtype=np.uint8)
-        Image.fromarray(noise).save(folder / f"{i}.png")
-    config = ReportConfig(input_size=48, normalize="none", top_k=3, graph=False, loader_workers=0, max_size=None)
-    scan_dataset(BlobFinder(), [folder], tmp_path / "full.html", config)
-    full = (tmp_path / "full.html").read_text(encoding="utf-8")
-    wholes = full[full.index('<div class="wholes"') :].split("</div>")[0]
-    assert wholes.count("<img") >= 3 and full.count('class="whole"') == 6  # 2 layers × 3 top images
-    budget = (len(full.encode()) - len(wholes.encode()) // 2) / 1e6
-    scan_dataset(BlobFinder(), [folder], tmp_path / "cut.html", dataclasses.replace(config, max_size=budget))
-    cut = (tmp_path / "cut.html").read_text(encoding="utf-8")
-    assert len(cut.encode()) <= budget * 1e6
-    assert 'class="wholes"' not in cut and 'class="whole"' not in cut and "whole images behind the crops" in cut
-    assert cut.count('<figure><img src="data:image/png') == full.count('<button type="button" class="whole"')
 
 
 # Where the tracer stops (a roll), fields come from the gradient. RULE: a box holds every input pixel the
