@@ -7,15 +7,18 @@ an unexpected one exit code 1 with a hint to rerun with ``--debug``; Ctrl-C exit
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .config import CAM_METHODS, COLORMAPS, DEVICES, FORMATS, ORDERS, SCALES, ReportConfig
 from .errors import FeatvizError, UsageError
+from .progress import Progress
 from .warning_lines import one_line_warnings
 
 if TYPE_CHECKING:
@@ -362,7 +365,8 @@ def _run(args: argparse.Namespace) -> None:
         return
     out = _checked_outputs(args, "--samples", args.samples or ())
     weights = demo_weights_path(early=True) if args.demo_compare else args.weights
-    loaded = load_model(args.model, weights, args.trust_pickled_model)
+    with _loading(args):
+        loaded = load_model(args.model, weights, args.trust_pickled_model)
     compare = demo_weights_path() if args.demo_compare else args.compare
     labels = read_labels(args.labels) if args.labels else loaded.labels
     cam = args.cam or ("gradcam" if compare else "none")
@@ -383,6 +387,16 @@ def _run(args: argparse.Namespace) -> None:
     names = ("epoch 5", "trained") if args.demo_compare else (_checkpoint_name(args.weights), Path(compare).name)
     after = copy_with_weights(loaded.module, compare, names)
     compare_checkpoints(loaded.module, after, samples, out, config, json_out=args.json, names=names)
+
+
+@contextmanager
+def _loading(args: argparse.Namespace) -> Iterator[None]:
+    """Around resolving a model spec, which takes seconds for a large model: a line saying which, and how
+    long it has taken every few seconds after (not for the demo's small model; under torchrun, rank 0's)."""
+    progress = Progress(enabled=bool(args.model) and not args.quiet and os.environ.get("RANK", "0") == "0")
+    progress.message(f"model      loading {args.model}")
+    with progress.working("model", f"loading {args.model}"):
+        yield
 
 
 def _checked_outputs(args: argparse.Namespace, samples_option: str, samples: Sequence[str]) -> Path:
@@ -444,7 +458,8 @@ def _scan(args: argparse.Namespace) -> None:
     from .scan_pipeline import scan_dataset
 
     out = _checked_outputs(args, "DATA", args.data)
-    loaded = load_model(args.model, args.weights, args.trust_pickled_model)
+    with _loading(args):
+        loaded = load_model(args.model, args.weights, args.trust_pickled_model)
     labels = read_labels(args.labels) if args.labels else loaded.labels
     config = ReportConfig(**_shared_config(args, loaded, labels), loader_workers=args.loader_workers)
     scan_dataset(loaded.module, args.data, out, config, json_out=args.json, state=args.state)

@@ -143,8 +143,10 @@ def sections_and_graph(
     with ThreadPoolExecutor(1, thread_name_prefix="graph") as pool:
         side = pool.submit(_side_pass, job)
         keys = [(record.module, call) for (_, call), record in run.records.items()]
-        sections = make_sections()
-        drawing, fields = side.result()
+        what = f"making {len(keys)} layers' sections" + (" and drawing the graph" if job.config.graph else "")
+        with job.progress.working("sections", what):
+            sections = make_sections()
+            drawing, fields = side.result()
         seconds = field_seconds(time.monotonic() - job.started, job.config.field_seconds)
         sections = with_fields(sections, keys, fields, job.progress.warn, seconds=seconds, progress=job.progress)
         return sections, None if drawing is None else linked(drawing, sections)
@@ -279,11 +281,12 @@ def finish(
     if out is None and json_out is None:
         return report
     budget = int(config.max_size * 1e6) if config.max_size and config.format == "html" and out is not None else None
-    if not write_report(report, out, config.format, json_out, progress, budget):
-        report, left_out = fit_page(report, budget or 0)
-        if left_out:
-            progress.warn(left_out)
-        write_report(report, out, config.format, json_out, progress)
+    with progress.working("page", f"writing {out if out is not None else json_out}"):
+        if not write_report(report, out, config.format, json_out, progress, budget):
+            report, left_out = fit_page(report, budget or 0)
+            if left_out:
+                progress.warn(left_out)
+            write_report(report, out, config.format, json_out, progress)
     if out is None:
         return report
     page = Path(out) / "index.html" if config.format == "dir" else Path(out)
@@ -295,6 +298,7 @@ def cam_view(job: Job, label: str = "") -> CamView:
     config = job.config
     layer = config.cam_layer or default_cam_layer(job.model)
     images, targets = [], []
+    stage, skipped = f"grad-cam {label}".strip(), len(job.sample_set.skipped)
     for batch in job.sample_set.batches(config.batch_size):
         inputs = batch.inputs.to(device=job.device, dtype=job.dtype)
         cams = class_activation_maps(
@@ -304,6 +308,7 @@ def cam_view(job: Job, label: str = "") -> CamView:
             pixels = overlay(thumbnail, cam)
             images.append(Png(png_rgb(pixels), pixels.shape[1], pixels.shape[0]))
             targets.append(_label(target, config.labels))
+        job.progress.update(stage, len(images) + skipped, len(job.sample_set))
     return CamView(layer, config.cam or "gradcam", label, tuple(images), tuple(targets))
 
 
