@@ -94,7 +94,7 @@ def compare_checkpoints(
             fields = receptive_fields(after, graph_inputs(job_b))
         keys = [(record.module, call) for (_, call), record in run_b.records.items()]
         seconds = field_seconds(time.monotonic() - job_a.started, config.field_seconds)
-        sections_b = with_fields(sections_b, keys, fields, progress.warn, seconds=seconds, progress=progress)
+        sections_b = with_fields(sections_b, keys, fields, progress, seconds)
         modules_a = dict(before.named_modules())
         changed = []
         for (key, record), section in zip(run_b.records.items(), sections_b):

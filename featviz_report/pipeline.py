@@ -148,7 +148,7 @@ def sections_and_graph(
             sections = make_sections()
             drawing, fields = side.result()
         seconds = field_seconds(time.monotonic() - job.started, job.config.field_seconds)
-        sections = with_fields(sections, keys, fields, job.progress.warn, seconds=seconds, progress=job.progress)
+        sections = with_fields(sections, keys, fields, job.progress, seconds)
         return sections, None if drawing is None else linked(drawing, sections)
 
 

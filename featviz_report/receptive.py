@@ -53,7 +53,7 @@ from .capture import maps_order
 from .device import evaluating
 from .errors import first_few, first_line
 from .feature_vis import Truncated
-from .field_budget import FLOOR_SECONDS, OVER_BUDGET, Deadline, OverBudget
+from .field_budget import OVER_BUDGET, Deadline, OverBudget
 from .field_paths import OpenPaths
 from .field_trace import TracedField, trace_fields
 from .progress import Progress
@@ -152,34 +152,31 @@ def with_fields(
     sections: Sequence[LayerSection],
     keys: Sequence[tuple[nn.Module, int]],
     fields: ReceptiveFields | None,
-    warn: Callable[[str], None],
-    *,
-    seconds: float = FLOOR_SECONDS,
-    progress: Progress | None = None,
+    progress: Progress,
+    seconds: float,
 ) -> tuple[LayerSection, ...]:
     """``sections`` (each made for the (module, call) in ``keys``) with every map layer's top peaks given
     their receptive fields; a layer they cannot be given for gets none, the reason in ``field_unknown``,
     and one warning. Fields from the gradient take at most ``seconds`` (:mod:`.field_budget`): the layers
-    left after are :data:`~featviz_report.field_budget.OVER_BUDGET`, all in one warning. With ``progress``,
-    those layers done and the time left (every 10 s off a terminal)."""
+    left after are :data:`~featviz_report.field_budget.OVER_BUDGET`, all in one warning; ``progress``
+    counts those layers as they are done."""
     mapped = [i for i, (s, (m, _)) in enumerate(zip(sections, keys)) if _has_fields(s, m)]
     slow = [i for i in mapped if fields is not None and not fields.traces(*keys[i])]
     deadline, over = Deadline(seconds), []
     done = list(sections)
     for index in sorted(set(mapped) - set(slow)):  # traced: milliseconds each
-        done[index] = _with_boxes(sections[index], keys[index], fields, deadline, warn)
+        done[index] = _with_boxes(sections[index], keys[index], fields, deadline, progress.warn)
     with ThreadPolicy() as threads:  # torch's threads held to the cores free now (see .threads)
         for count, index in enumerate(slow, 1):
             threads.refresh()
             try:
-                done[index] = _with_boxes(sections[index], keys[index], fields, deadline, warn)
+                done[index] = _with_boxes(sections[index], keys[index], fields, deadline, progress.warn)
             except OverBudget:
                 over.append(sections[index].name)
                 done[index] = dataclasses.replace(sections[index], field_unknown=OVER_BUDGET)
-            if progress is not None:
-                progress.rate("fields", count, len(slow), max(deadline.spent(), 1e-9))
+            progress.rate("fields", count, len(slow), max(deadline.spent(), 1e-9))
     if over:
-        warn(
+        progress.warn(
             f"receptive fields not computed for {len(over)} of the {len(slow)} layers whose fields come from the "
             f"gradient, over their time budget of {seconds:.1f} s ({first_few(over)}): their top images are shown whole"
         )

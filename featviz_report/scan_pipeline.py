@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .crops import channel_crops
 from .dataset import ImageFiles
 from .device import float_dtype, model_device, on_device
 from .errors import InputError, SampleError
+from .field_budget import field_seconds
 from .outputs import check_api_outputs
 from .pipeline import finish, linked, model_graph, new_report, warn_random_weights
 from .progress import Progress
@@ -56,7 +58,7 @@ def scan_dataset(
     """Scan every image under ``data`` (under torchrun, this rank's share) and, on rank 0, return (and
     write) the report; other ranks return None. ``state`` makes the scan resumable (see ``scan``)."""
     config = config or ReportConfig()
-    progress = Progress(enabled=not config.quiet)
+    started, progress = time.monotonic(), Progress(enabled=not config.quiet)
     check_api_outputs(out, json_out, config.format, list(data))
     paths = find_images(data)
     prep = preprocess(model, config)
@@ -71,7 +73,7 @@ def scan_dataset(
         raise InputError(f"none of the {len(paths)} image files could be read")
     dataset = ImageFiles(paths, prep)
     pixels = functools.lru_cache(maxsize=CACHED_IMAGES)(functools.partial(_pixels, dataset))
-    report = with_sources(_report(model, result, dataset, config, data, progress), pixels, progress)
+    report = with_sources(_report(model, result, dataset, config, data, progress, started), pixels, progress)
     report = fit_scan(report, config, out is not None, pixels, progress)
     return finish(report, out, json_out, config, progress)
 
@@ -83,7 +85,10 @@ def _report(
     config: ReportConfig,
     data: Sequence[str | Path],
     progress: Progress,
+    started: float,
 ) -> Report:
+    """The scan's page (before its pictures are stored): sections with their cards, fields from the gradient
+    within a tenth of the time since the scan ``started`` (:mod:`.field_budget`)."""
     limit = config.max_channels or SCAN_CHANNELS
     modules = dict(result.layers)
     records = []
@@ -95,7 +100,9 @@ def _report(
     )
     with on_device(model, result.device):
         fields = receptive_fields(model, _first_image(model, dataset))
-    sections = with_fields(sections, [(record.module, 0) for record in records], fields, progress.warn)
+    seconds = field_seconds(time.monotonic() - started, config.field_seconds)
+    keys = [(record.module, 0) for record in records]
+    sections = with_fields(sections, keys, fields, progress, seconds)
     with_cards = []
     names = dict(zip(range(len(dataset.paths)), display_names(dataset.paths)))
     size = dataset.prep.size
