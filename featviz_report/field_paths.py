@@ -13,12 +13,20 @@ the operation computes it and changes only the gradient:
 
 - elementwise operations whose derivative can vanish (activations, clamps, ``maximum``, ``where``,
   rounding) and normalisations pass the gradient through unchanged to each floating tensor argument
-  (``y = f(x)`` computed without the graph, plus ``x - x.detach()``);
+  (``y = f(x)`` computed without the graph, plus ``x - x.detach()``), lined up as the operation reads it:
+  from the last axis for an elementwise argument (a layer norm's weight too), to every output from each
+  element of a per-channel parameter computed from the input (prelu's weight, a batch, instance or group
+  norm's weight, bias and statistics: lined up from the last axis, a weight of C would meet the wrong
+  axis; a field merges channels anyway); written in place, into a tensor other than the one operand
+  followed, the values go in by a ``copy_`` autograd records;
 - max pooling (any kernel, stride, padding, dilation, ceil mode) and adaptive max pooling send it to
   their whole window, as an average of the same geometry would;
 - a max, min, sort, top-k or median along axes sends it to every element along them;
 - grid sampling and deformable convolutions send it, besides their own path, to every element of the
   sampled tensor (geometry computed from the data: the whole input is what they can read).
+
+A call with ``out=`` runs as it is: written without the graph, its values would be hidden from the gradient
+(autograd refuses ``out=`` with a gradient, and the layer is then unknown).
 
 Not seen: values that go through an integer (an index computed from the data, ``argmax`` then
 ``gather``), comparisons used as masks (``x * (x > 0)``), and operations inside TorchScript.
@@ -32,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .field_rules import Args, Kwargs, arg, op_name, pair
+from .field_rules import Args, Kwargs, arg, op_name, pair, raw_name
 
 __all__ = ["OpenPaths"]
 
@@ -43,6 +51,10 @@ PASS = frozenset(
     "batch_norm instance_norm group_norm layer_norm rms_norm native_batch_norm _native_batch_norm_legit "
     "_native_batch_norm_legit_no_training native_group_norm native_layer_norm".split()
 )  # fmt: skip
+CHANNEL = frozenset(  # a tensor parameter per channel (dim 1), not lined up with the output from its last axis
+    "prelu batch_norm instance_norm group_norm native_batch_norm _native_batch_norm_legit "
+    "_native_batch_norm_legit_no_training native_group_norm".split()
+)
 SELECT = frozenset("amax amin max min topk sort msort kthvalue median nanmedian mode cummax cummin".split())
 POOL = frozenset("max_pool2d _max_pool2d max_pool2d_with_indices".split())
 ADAPTIVE = frozenset("adaptive_max_pool2d _adaptive_max_pool2d adaptive_max_pool2d_with_indices".split())
@@ -57,12 +69,12 @@ class OpenPaths(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Args = (), kwargs: Kwargs | None = None) -> Any:
         kwargs = kwargs or {}
         name = op_name(func)
-        if name not in PASS | SELECT | POOL | ADAPTIVE | SAMPLED or not torch.is_grad_enabled():
-            return func(*args, **kwargs)
+        if name not in PASS | SELECT | POOL | ADAPTIVE | SAMPLED or not torch.is_grad_enabled() or "out" in kwargs:
+            return func(*args, **kwargs)  # out=: written without the graph, the values would hide from the gradient
         if name in SAMPLED:
             return _sampled(func, args, kwargs)
         if name in PASS or name in ("max", "min") and _other(args, kwargs):
-            return _passed(func, args, kwargs)
+            return _passed(func, args, kwargs, name in CHANNEL)
         x = arg(args, kwargs, 0, "input", None)
         if not _followed(x):
             return func(*args, **kwargs)
@@ -109,13 +121,25 @@ def _tensors(args: Args, kwargs: Kwargs) -> list[torch.Tensor]:
     return found
 
 
-def _carried(values: torch.Tensor, sources: list[torch.Tensor]) -> torch.Tensor:
-    """``values`` (no graph) with a gradient of one to each of ``sources`` that broadcasts to them."""
+def _carried(values: torch.Tensor, sources: list[torch.Tensor], channels: bool = False) -> torch.Tensor:
+    """``values`` (no graph) with a gradient to each of ``sources``: lined up from the last axis where a source
+    broadcasts to ``values`` (an elementwise operand), else from every element of it to every output (a
+    per-channel parameter, with ``channels``, or any source that does not line up: never a path dropped)."""
     out = values.detach()
     for source in sources:
-        if torch.broadcast_shapes(source.shape, out.shape) == out.shape:
+        if _lines_up(source, out) and not (channels and source.shape != out.shape):
             out = out + (source - source.detach())
+        else:
+            mean = source.mean()
+            out = out + (mean - mean.detach())
     return out
+
+
+def _lines_up(source: torch.Tensor, out: torch.Tensor) -> bool:
+    try:
+        return torch.broadcast_shapes(source.shape, out.shape) == out.shape
+    except RuntimeError:  # shapes that do not broadcast
+        return False
 
 
 def _with(result: Any, values: torch.Tensor) -> Any:
@@ -125,19 +149,32 @@ def _with(result: Any, values: torch.Tensor) -> Any:
     return type(result)((values, *result[1:]))
 
 
-def _passed(func: Any, args: Args, kwargs: Kwargs) -> Any:
-    """An elementwise operation or a normalisation: its value, and a gradient of one to each input."""
+def _passed(func: Any, args: Args, kwargs: Kwargs, channels: bool = False) -> Any:
+    """An elementwise operation or a normalisation: its value, and a gradient of one to each input (each
+    per-channel parameter to every output, with ``channels``)."""
     sources = _tensors(args, kwargs)
     if not sources:
         return func(*args, **kwargs)
+    target = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    if target is not None and _in_place(func) and [s for s in sources if s is not target]:
+        with torch.no_grad():  # clamp_(min=t), or into a tensor not followed: the values of all, by autograd's copy_
+            scratch = target.clone()
+            func(scratch, *args[1:], **kwargs)
+        return target.copy_(_carried(scratch, sources, channels))
     with torch.no_grad():
         result = func(*args, **kwargs)
     values = result if isinstance(result, torch.Tensor) else result[0]
     if not isinstance(values, torch.Tensor) or not values.is_floating_point():
         return result
     if any(_shares(values, source) for source in sources):
-        return result  # written in place: the tensor keeps its own path, and the new values
-    return _with(result, _carried(values, sources))
+        return result  # written in place (relu_): the tensor keeps its own path, and the new values
+    return _with(result, _carried(values, sources, channels))
+
+
+def _in_place(func: Any) -> bool:
+    """``relu_``, ``clamp_``: an operation that writes into its first argument."""
+    name = raw_name(func)
+    return name.endswith("_") and not name.endswith("__")
 
 
 def _along(name: str, args: Args, kwargs: Kwargs, x: torch.Tensor) -> torch.Tensor:

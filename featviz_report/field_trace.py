@@ -40,11 +40,21 @@ The kinds of field live in :mod:`featviz_report.field_kinds`, the rule of each o
 :mod:`featviz_report.field_rules`; this module follows the pass and keeps the books (what is followed,
 what was written into, what counts as a constant).
 
-Not seen: values that leave torch and come back (``.item()``, ``.tolist()``, numpy), or that come out of a
-scripted function (not module) or ``torch.vmap``, as a scalar, a vector or 1×1 maps, are taken for
-constants, so what they carry from the input is missing from the field; nor ``Tensor.set_`` or an
-assignment to ``.data`` that keeps the shape, nor a write where torch's functions are not seen (numpy, a
-storage copy, a scripted function, BatchNorm's running statistics in training mode).
+A layer the tracer refuses is :class:`Blind` rather than None (and its fields unknown, not the gradient's)
+where what it computes depends on values that reached it where autograd does not see, so that the gradient's
+box would miss them: a tensor handed on without a gradient (``detach()``, ``new_tensor()``, ``torch.tensor()``,
+``.data``), another tensor over followed memory, outside the views autograd links to it (``nn.Parameter(y)``,
+the tensor behind a write through ``detach()`` or ``.data``), or, once values of the input have left torch
+(``.numpy()``, ``.tolist()``, ``.item()``, ``float()``), any tensor neither followed nor a constant (maps
+filled through numpy, a tensor made from a list). Each such tensor, whatever is computed from it and whatever
+memory it is written into carry the reason.
+
+Not seen: values that leave torch and come back as Python numbers (``x * s.item()``), into a parameter, a
+buffer or a small tensor from a factory (filled through numpy), or out of a scripted function (not module)
+or ``torch.vmap`` as a scalar, a vector or 1×1 maps, are taken for constants, so what they carry from the
+input is missing from the field; nor ``Tensor.set_``, nor a write where torch's functions are not seen (numpy
+into a tensor the tracer follows, a storage copy, a scripted function, BatchNorm's running statistics in
+training mode).
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ import dataclasses
 import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -92,13 +103,35 @@ from .field_rules import (
     without,
 )  # fmt: skip
 
-__all__ = ["TracedField", "tracing_fields", "trace_fields"]
+__all__ = ["TracedField", "Blind", "LayerFields", "tracing_fields", "trace_fields"]
 
 _ROLES = {  # a product's operands by name, and the axis of each that becomes the output's (None: contracted)
     "matmul": (("input", -2), ("other", -1)),
     "bmm": (("input", -2), ("mat2", -1)),
     "scaled_dot_product_attention": (("query", -2), ("key", None), ("value", None), ("attn_mask", None)),
 }
+
+
+_SEVERED = frozenset("detach new_tensor tensor".split())  # the values of a followed tensor, without a gradient
+_ESCAPES = frozenset(  # values out of torch (raw names), where they may come back unseen
+    "numpy tolist item __array__ __float__ __int__ __complex__ __index__ __dlpack__".split()
+)
+
+
+@dataclass(frozen=True)
+class Blind:
+    """A layer the tracer could not follow to whose values depend on the input along a path autograd does not
+    record: the gradient's box would miss it, so its fields are unknown; ``reason`` says how the values went."""
+
+    reason: str
+
+
+LayerFields = dict[tuple[nn.Module, int], TracedField | Blind | None]  # each (module, call)'s: None, the gradient's
+
+
+def _blind(how: str) -> str:
+    """The reason a :class:`Blind` layer gives, for values of the input that went through ``how``."""
+    return f"values from the input reach it through {how}, which the gradient cannot see, nor the tracer follow"
 
 
 class _Tracer(TorchFunctionMode):
@@ -113,13 +146,26 @@ class _Tracer(TorchFunctionMode):
         self.by_memory: dict[int | None, dict[int, weakref.ref[torch.Tensor]]] = {}  # followed, by memory
         self.tainted: dict[int, weakref.ref[Any]] = {}  # memory holding input-dependent values (followed
         # tensors', or written into) → its storage, alive while any tensor uses it (its address is not reused)
+        self.blind: dict[int, tuple[weakref.ref[torch.Tensor], str]] = {}  # tensors holding values of the input
+        # that autograd does not trace to it → why; and memory written with such values → its storage, why
+        self.blind_memory: dict[int, tuple[weakref.ref[Any], str]] = {}
+        self.escaped: str | None = None  # why values of the input left torch (numpy...), once they have
+        self.roots: dict[int, tuple[weakref.ref[Any], dict[int, weakref.ref[torch.Tensor]]]] = {}  # by memory:
+        # its storage, and what followed tensors there are views of (or they themselves): autograd links those
 
     def set(self, tensor: torch.Tensor, field: Known | None) -> None:
         if field is not None and not fits(field, tensor):
             field = None
         ref = weakref.ref(tensor)
         self.known[id(tensor)] = (ref, field)
-        self.by_memory.setdefault(_memory(tensor), {})[id(tensor)] = ref
+        memory = _memory(tensor)
+        self.by_memory.setdefault(memory, {})[id(tensor)] = ref
+        if memory is not None:  # what it is a view of, with its storage (the address may be another's later)
+            storage, root = tensor.untyped_storage(), _root(tensor)
+            held = self.roots.get(memory)
+            if held is None or held[0]() is not storage:
+                held = self.roots[memory] = (weakref.ref(storage), {})
+            held[1][id(root)] = weakref.ref(root)
         self.taint(tensor)
 
     def taint(self, tensor: torch.Tensor) -> None:
@@ -154,14 +200,87 @@ class _Tracer(TorchFunctionMode):
         followed, field = self.state(tensor)
         return followed, None if field is not None and not fits(field, tensor) else field
 
+    def mark(self, tensor: torch.Tensor, reason: str) -> None:
+        """Record that ``tensor`` holds values of the input that autograd does not trace to it, and why."""
+        self.blind[id(tensor)] = (weakref.ref(tensor), reason)
+
+    def blindness(self, tensor: torch.Tensor) -> str | None:
+        """Why the gradient cannot see how ``tensor``'s values depend on the input; None where it can or they do
+        not. Outside the mode's handler, only with torch functions off (it reads a tensor's base)."""
+        entry = self.blind.get(id(tensor))
+        if entry is not None and entry[0]() is tensor:
+            return entry[1]
+        if not (self.tainted or self.blind_memory) or not tensor.numel():
+            return None
+        memory = _memory(tensor)
+        if memory is None:
+            return None
+        held = self.blind_memory.get(memory)
+        if held is not None and held[0]() is not None:
+            return held[1]
+        return self._unlinked(tensor, memory)
+
+    def _unlinked(self, tensor: torch.Tensor, memory: int) -> str | None:
+        """A tensor not followed over followed memory, none of whose followed names is in its family of views
+        (``nn.Parameter(y)``, the tensor behind a write through ``detach()``): autograd does not link them."""
+        entry = self.known.get(id(tensor))
+        storage, held = self.tainted.get(memory), self.roots.get(memory)
+        if entry is not None and entry[0]() is tensor or storage is None or held is None:
+            return None
+        if storage() is None or held[0]() is not storage():  # none followed in it, or no more (memory reused)
+            return None  # (written only where the mode did not see, a script: autograd may see it)
+        root = _root(tensor)
+        if any(ref() is root for ref in held[1].values()):
+            return None
+        return _blind("another tensor over the same memory, made where neither sees (nn.Parameter(y), .data, detach())")
+
+    def _blind_before(self, func: Any, args: Args, kwargs: Kwargs) -> str | None:
+        """Why the gradient cannot see part of what ``func`` reads, which its outputs and what it writes into
+        then carry: an input's reason; after values of the input left torch, a tensor neither followed nor a
+        constant (made unknown here); or ``func`` handing on a followed tensor's values without a gradient."""
+        inputs = tensors_in((args, kwargs))
+        if self.escaped is not None:
+            for tensor in inputs:
+                if tensor.numel() and not self.state(tensor)[0] and not self.constant(tensor):
+                    self.set(tensor, None)
+                    self.mark(tensor, self.escaped)
+        reason = next((r for r in map(self.blindness, inputs) if r is not None), None)
+        raw, name, descriptor = raw_name(func), op_name(func), _descriptor(func)
+        read = inputs[1:] if name == "new_tensor" or (raw, descriptor) == ("__set__", "data") else inputs
+        if not any(self.state(t)[0] for t in read):
+            return reason
+        if raw in _ESCAPES:
+            self.escaped = self.escaped or _blind(f"{raw.strip('_')}() and back into torch")
+        elif reason is None and (name in _SEVERED or descriptor == "data"):
+            return _blind(".data" if descriptor == "data" else f"{name}()")
+        return reason
+
+    def _blind_after(self, func: Any, args: Args, kwargs: Kwargs, result: Any, reason: str) -> None:
+        """``func``'s outputs, and what it wrote into (every name of that memory), carry ``reason``."""
+        raw, assigned = raw_name(func), _descriptor(func) == "data" and raw_name(func) == "__set__"
+        written = assigned or op_name(func) == "setitem" or raw in IN_PLACE_DUNDERS or _in_place(raw)
+        targets = tensors_in(kwargs["out"]) if "out" in kwargs else tensors_in(args[:1]) if written else []
+        for tensor in (*tensors_in(result), *targets):
+            self.mark(tensor, reason)
+        for tensor in targets:
+            memory = _memory(tensor)
+            if memory is not None:
+                self.blind_memory[memory] = (weakref.ref(tensor.untyped_storage()), reason)
+            if assigned:  # y.data = z: y's values are z's, unseen
+                self.set(tensor, None)
+
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
+        blind = None
         try:
+            blind = self._blind_before(func, args, kwargs)
             self._follow(func, args, kwargs, result)
         except Exception:  # noqa: BLE001 - tensors this bookkeeping cannot read (sparse, ...): the pass goes on
             for output in tensors_in(result):
                 self.set(output, None)
+        if blind is not None:
+            self._blind_after(func, args, kwargs, result, blind)
         return result
 
     def _follow(self, func: Any, args: Args, kwargs: Kwargs, result: Any) -> None:
@@ -399,6 +518,18 @@ def _in_place(raw: str) -> bool:
     return raw.endswith("_") and not raw.endswith("__")
 
 
+def _root(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor a view was taken of (autograd links an in-place write to its views), or the tensor itself."""
+    return tensor if tensor._base is None else tensor._base
+
+
+def _descriptor(func: Any) -> str | None:
+    """A property's name (``data``) where ``func`` gets or sets one."""
+    if raw_name(func) not in ("__get__", "__set__"):
+        return None
+    return getattr(getattr(func, "__self__", None), "__name__", None)
+
+
 def _memory(tensor: torch.Tensor) -> int | None:
     """Where a strided tensor's memory starts; None for layouts without storage (sparse)."""
     if tensor.layout != torch.strided:
@@ -415,17 +546,24 @@ def _follow_input(tracer: _Tracer, inputs: torch.Tensor) -> None:
 
 
 @contextmanager
-def _calls(model: nn.Module, tracer: _Tracer, found: dict[tuple[nn.Module, int], TracedField | None]) -> Iterator[None]:
+def _calls(model: nn.Module, tracer: _Tracer, found: LayerFields) -> Iterator[None]:
     counts: dict[nn.Module, int] = {}
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: object) -> None:
         call = counts.get(module, 0)
         counts[module] = call + 1
-        if any(tracer.state(t)[0] for t in tensors_in((args, kwargs))):
-            for made in tensors_in(output):  # made where the mode could not see: not vouched for
-                if not tracer.state(made)[0]:
-                    tracer.set(made, None)
+        with torch._C.DisableTorchFunction():  # the books' own reads (a storage, a base) are not the model's
+            inputs = tensors_in((args, kwargs))
+            if any(tracer.state(t)[0] for t in inputs):
+                blind = next((r for r in map(tracer.blindness, inputs) if r is not None), None)
+                for made in tensors_in(output):  # made where the mode could not see: not vouched for
+                    if not tracer.state(made)[0]:
+                        tracer.set(made, None)
+                        if blind is not None:
+                            tracer.mark(made, blind)
         found[(module, call)] = _maps_field(tracer, first_tensor(output), module)
+        if found[(module, call)] is None:
+            found[(module, call)] = _blinded(tracer, first_tensor(output))
 
     with ExitStack() as stack:
         for module in model.modules():
@@ -449,12 +587,20 @@ def _maps_field(tracer: _Tracer, tensor: torch.Tensor | None, module: nn.Module)
     return TracedField(rows, cols) if -4 not in (rows.dim, cols.dim) else None
 
 
+def _blinded(tracer: _Tracer, tensor: torch.Tensor | None) -> Blind | None:
+    """A refused module output's verdict: :class:`Blind` where autograd does not see all it holds of the input."""
+    if tensor is None:
+        return None
+    with torch._C.DisableTorchFunction():
+        reason = tracer.blindness(tensor)
+    return None if reason is None else Blind(reason)
+
+
 @contextmanager
-def tracing_fields(
-    model: nn.Module, inputs: torch.Tensor, found: dict[tuple[nn.Module, int], TracedField | None]
-) -> Iterator[None]:
+def tracing_fields(model: nn.Module, inputs: torch.Tensor, found: LayerFields) -> Iterator[None]:
     """While inside, a forward pass of ``model`` on ``inputs`` (N×C×H×W) puts each (module, call)'s field
-    in ``found``: None where its output is not maps or not understood. Enter it inside any other
+    in ``found``: None where its output is not maps or not understood, :class:`Blind` where it is not
+    understood and the gradient cannot see all it holds of the input either. Enter it inside any other
     ``TorchFunctionMode`` that should see the same pass (the graph's recording)."""
     if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
         yield  # its insides never reach the mode and it takes no hooks: no field can be vouched for
@@ -465,10 +611,10 @@ def tracing_fields(
         yield
 
 
-def trace_fields(model: nn.Module, inputs: torch.Tensor) -> dict[tuple[nn.Module, int], TracedField | None]:
+def trace_fields(model: nn.Module, inputs: torch.Tensor) -> LayerFields:
     """Run ``model`` once on ``inputs`` (gradients off; the caller sets mode and device) and return each
     (module, call)'s field, as :func:`tracing_fields` finds them."""
-    found: dict[tuple[nn.Module, int], TracedField | None] = {}
+    found: LayerFields = {}
     with torch.no_grad(), tracing_fields(model, inputs, found):
         model(inputs)
     return found

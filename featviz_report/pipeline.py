@@ -27,7 +27,7 @@ from .device import evaluating, float_dtype, pick_device
 from .encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
 from .errors import InputError, ModelError, first_few, first_line
 from .field_budget import field_seconds
-from .field_trace import TracedField, tracing_fields
+from .field_trace import LayerFields, tracing_fields
 from .gradcam import class_activation_maps, default_cam_layer, overlay
 from .graph import record_graph
 from .graph_layout import layout_graph, link_graph
@@ -160,7 +160,7 @@ def _side_pass(job: Job) -> tuple[GraphView | None, ReceptiveFields | None]:
 
 def _graph_and_fields(model: nn.Module, candidates: Iterable[torch.Tensor]) -> tuple[GraphView, ReceptiveFields | None]:
     """The graph (:func:`model_graph`) and the receptive fields traced in its recording pass."""
-    found: dict[tuple[nn.Module, int], TracedField | None] = {}
+    found: LayerFields = {}
     samples: list[torch.Tensor] = []
 
     def tracing(inputs: torch.Tensor) -> AbstractContextManager[None]:

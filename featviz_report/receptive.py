@@ -55,7 +55,7 @@ from .errors import first_few, first_line
 from .feature_vis import Truncated
 from .field_budget import OVER_BUDGET, Deadline, OverBudget
 from .field_paths import OpenPaths
-from .field_trace import TracedField, trace_fields
+from .field_trace import Blind, LayerFields, TracedField, trace_fields
 from .progress import Progress
 from .report_data import LayerSection, Peaks
 from .threads import ThreadPolicy
@@ -83,7 +83,7 @@ class ReceptiveFields:
         self,
         model: nn.Module,
         shape: tuple[int, int, int],
-        traced: dict[tuple[nn.Module, int], TracedField | None],
+        traced: LayerFields,
         sample: torch.Tensor | None = None,
     ) -> None:
         self.model, self.shape, self.traced, self.sample = model, shape, traced, sample
@@ -101,7 +101,7 @@ class ReceptiveFields:
     ) -> dict[Position, Box]:
         """Each (row, col) of ``module``'s ``call``-th output maps → its field in input pixels; from the
         gradient only while ``deadline`` allows (:class:`OverBudget` after)."""
-        field = self.traced.get((module, call))
+        field = self._traced(module, call)
         if field is None:
             if self._probe is None:  # one pair of copies for every layer the tracer left
                 if deadline is not None:
@@ -114,10 +114,18 @@ class ReceptiveFields:
         """Whether the layer's fields were traced (milliseconds) rather than left to the gradient (seconds)."""
         return self.traced.get((module, call)) is not None
 
+    def _traced(self, module: nn.Module, call: int) -> TracedField | None:
+        """The layer's traced field, None where the gradient is to give it; :class:`FieldUnknown` where neither can
+        (values of the input reach it where autograd does not see and the tracer could not follow them)."""
+        field = self.traced.get((module, call))
+        if isinstance(field, Blind):
+            raise FieldUnknown(field.reason)
+        return field
+
     def peak_boxes(self, module: nn.Module, call: int, top: Peaks, deadline: Deadline | None = None) -> np.ndarray:
         """k×C×4: the field of every channel's top peaks, -1 for an empty slot."""
         kept = top.sample >= 0
-        field = self.traced.get((module, call))
+        field = self._traced(module, call)
         if field is not None:
             channels = np.broadcast_to(np.arange(top.sample.shape[1]), top.sample.shape)  # k×C: the peaks' maps
             given = field.boxes(np.where(kept, top.row, 0), np.where(kept, top.col, 0), channels)
