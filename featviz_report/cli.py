@@ -391,10 +391,10 @@ def _run(args: argparse.Namespace) -> None:
 
 @contextmanager
 def _loading(args: argparse.Namespace) -> Iterator[None]:
-    """Around resolving a model spec, which takes seconds for a large model: a line saying which, and how
-    long it has taken every few seconds after (not for the demo's small model; under torchrun, rank 0's)."""
+    """Around resolving a model spec, which takes seconds for a large model: once it has taken a few seconds,
+    a line saying which and for how long (not for the demo's small model; under torchrun, rank 0's). Nothing
+    sooner, so that a spec refused at once gets its one-line error alone."""
     progress = Progress(enabled=bool(args.model) and not args.quiet and os.environ.get("RANK", "0") == "0")
-    progress.message(f"model      loading {args.model}")
     with progress.working("model", f"loading {args.model}"):
         yield
 

@@ -272,6 +272,11 @@ class _Tracer(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
+        with torch._C.DisableTorchFunction():  # the books' own reads are not the model's (the graph's mode)
+            self._keep_books(func, args, kwargs, result)
+        return result
+
+    def _keep_books(self, func: Any, args: Args, kwargs: Kwargs, result: Any) -> None:
         blind = None
         try:
             blind = self._blind_before(func, args, kwargs)
@@ -281,7 +286,6 @@ class _Tracer(TorchFunctionMode):
                 self.set(output, None)
         if blind is not None:
             self._blind_after(func, args, kwargs, result, blind)
-        return result
 
     def _follow(self, func: Any, args: Args, kwargs: Kwargs, result: Any) -> None:
         """Give ``func``'s outputs their fields (and forget whatever it wrote into)."""
@@ -542,7 +546,8 @@ def _memory(tensor: torch.Tensor) -> int | None:
 
 def _follow_input(tracer: _Tracer, inputs: torch.Tensor) -> None:
     h, w = inputs.shape[-2:]
-    tracer.set(inputs, (Axis(-2, np.arange(h), np.arange(h)), Axis(-1, np.arange(w), np.arange(w))))
+    with torch._C.DisableTorchFunction():  # not seen by a mode it is entered inside (the graph's)
+        tracer.set(inputs, (Axis(-2, np.arange(h), np.arange(h)), Axis(-1, np.arange(w), np.arange(w))))
 
 
 @contextmanager
