@@ -14,10 +14,10 @@ come out at 2.66 vs 2.73 MB. Whole pages over the shipped photos grow a little: 
 
 Photographs (a scan's top images, :func:`photo`) are lossy WebP, quality 85: at 224² the shipped photos
 and four of scikit-image's take 8.9 KB each (SSIM 0.959 against the pixels) where JPEG takes 14.8 KB at
-the same SSIM (quality 90) and PNG 79 KB; 64² crops 0.9 vs 1.9 vs 6.9 KB. An image stays PNG where lossless
-costs at most :data:`LOSSLESS_RATIO` times the WebP bytes (flat colours, line art: the demo's 28² digits
-take 541 B as PNG, 242 B as WebP); photographs cost 6–9 times as much lossless. Maps, filters and overlays
-are always PNG: their pixels are data.
+the same SSIM (quality 90) and PNG 79 KB (zlib level 6); 64² crops 0.9 vs 1.9 vs 6.9 KB. An image stays
+PNG where lossless costs at most :data:`LOSSLESS_RATIO` times the WebP bytes (flat colours, line art: the
+demo's 28² digits take 541 B as PNG, 242 B as WebP); photographs cost 6–9 times as much lossless. Maps,
+filters and overlays are always PNG: their pixels are data.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """How many top images a scan's pages show: a page opens in about a second, whatever the dataset.
 
 A scan keeps ``--top-k`` images per channel; a page shows them as crops, each a few hundred bytes of markup
-and a window on its image (stored once, :mod:`featviz_report.scan_sources`). What a page costs grows with
-the crops it shows and, in a large dataset, with the distinct images they come from. So a page shows at
-most :data:`PAGE_CROPS` crops; a one-file page stays within :data:`PAGE_BYTES` and ``--max-size`` (the
-images inline), a layer's page in a folder within :data:`LAYER_PAGE_BYTES` (its images are files).
+and a window on its image (stored once, :mod:`featviz_report.scan_sources`). What a page costs Chromium
+grows with the crops it shows and, in a large dataset, with the distinct images they come from. So a page
+shows at most :data:`PAGE_CROPS` crops, a KB of inline pictures counting as :data:`CROPS_PER_KB` of them;
+a one-file page stays within :data:`PAGE_BYTES` and ``--max-size`` (the images inline), a layer's page in
+a folder within :data:`LAYER_PAGE_BYTES` (its images are files).
 
 Over that, ranks go before layers: every channel keeps its best image before any keeps its second, and
 within a rank the layers come in model order, so the page shows each channel's top ``r`` images and the
@@ -26,11 +27,16 @@ from .render import card_tops, html_size, inline_size, source_image
 from .report_data import ChannelCard, LayerSection, Report, SourceImage
 from .scan_sources import with_sources
 
-__all__ = ["PAGE_CROPS", "PAGE_BYTES", "LAYER_PAGE_BYTES", "fit_scan", "LINK_SIZE"]
+__all__ = ["PAGE_CROPS", "CROPS_PER_KB", "PAGE_BYTES", "LAYER_PAGE_BYTES", "fit_scan", "LINK_SIZE"]
 
-PAGE_CROPS = 10_000  # resnet50 over 8 photos, DOMContentLoaded: 0.81 s at 8,192 crops, 0.98 s at 12,288, 1.17 at 16,384
+# Chromium's DOMContentLoaded on a one-file page (2 cores, quiet): about 0.45 s for resnet50's 3,456 cards,
+# 40 µs a crop (8 photos: 0.81 s at 8,192 crops, 0.98 s at 12,288, 1.17 s at 16,384) and 0.085-0.12 ms a KB of
+# inline pictures (decoding their data URLs: 300 photos' 2.1 MB took 0.18 s more than 8 photos' 0.1 MB).
+PAGE_CROPS = 9_000  # with the cards, resnet50 pages open in 0.7-0.9 s on a quiet machine
+CROPS_PER_KB = 2  # a KB of inline pictures costs the page what 2 crops do (0.085 ms for photos)
 PAGE_BYTES = 20_000_000  # a one-file page, whatever --max-size allows
 LAYER_PAGE_BYTES = 8_000_000
+OPENS = "which Chromium opens in about a second"
 LINK_SIZE = len("img/0123456789abcdef0123.webp")  # a folder's image link (outputs.IMAGE_DIR, hash, suffix)
 
 
@@ -82,21 +88,24 @@ def _cut_page(report: Report, sources: dict[int, SourceImage], full: list[int], 
     """The one-file page: ranks layer by layer until :data:`PAGE_CROPS` or ``max_bytes`` would be passed."""
     shown = [0] * len(full)
     size = html_size(_shown(report, shown))
-    crops, seen = 0, set()
+    crops, pictures, seen = 0, 0, set()
     for rank in range(max(full, default=0)):
         for index, layer in enumerate(report.layers):
             if rank >= full[index]:
                 continue
             tops = [card.tops[rank] for card in layer.cards if len(card.tops) > rank]
             new = {top.sample for top in tops if top.sample not in seen and top.sample in sources}
-            cost = sum(len(_crop_markup(card, rank)) for card in layer.cards if len(card.tops) > rank)
-            cost += sum(_inline_cost(s, sources[s]) for s in new)
-            if crops + len(tops) > PAGE_CROPS:
-                return _Cut(shown, full, f"its budget of {PAGE_CROPS:,} crops, which Chromium opens in about a second")
+            markup = sum(len(_crop_markup(card, rank)) for card in layer.cards if len(card.tops) > rank)
+            inline = sum(_inline_cost(s, sources[s]) for s in new)
+            cost = markup + inline
+            if crops + len(tops) + CROPS_PER_KB * (pictures + inline) / 1000 > PAGE_CROPS:
+                return _Cut(
+                    shown, full, f"its budget of {PAGE_CROPS:,} crops ({CROPS_PER_KB} a KB of pictures), {OPENS}"
+                )
             if size + cost > max_bytes:
                 limit = "--max-size" if max_bytes < PAGE_BYTES else "its budget of"
                 return _Cut(shown, full, f"{limit} {max_bytes / 1e6:g} MB")
-            shown[index], crops, size = rank + 1, crops + len(tops), size + cost
+            shown[index], crops, pictures, size = rank + 1, crops + len(tops), pictures + inline, size + cost
             seen |= new
     return _Cut(shown, full, "")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from featviz_report import scan_budget, scan_dataset
-from featviz_report.render import html_size
+from featviz_report.render import html_size, inline_size
 from tests.test_scan_sources import TwoConvs, config, noise_folder, sources_and_crops
 
 CHECKER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_report.py"
@@ -37,6 +37,7 @@ def test_a_one_file_page_shows_at_most_its_crops_best_ranks_first_and_says_so(
     said: str,
 ) -> None:
     monkeypatch.setattr(scan_budget, "PAGE_CROPS", crops)
+    monkeypatch.setattr(scan_budget, "CROPS_PER_KB", 0)
     folder = noise_folder(tmp_path / "noise", 12)
     report = scan_dataset(TwoConvs(), [folder], tmp_path / "s.html", config(), json_out=tmp_path / "s.json")
     assert report is not None
@@ -52,6 +53,21 @@ def test_a_one_file_page_shows_at_most_its_crops_best_ranks_first_and_says_so(
     assert len(warnings) == 1 and said in warnings[0] and "feature maps" not in warnings[0]
     layers = json.loads((tmp_path / "s.json").read_text())["layers"]
     assert all(len(top) == 3 for layer in layers for top in layer["channels"]["top"][:4])  # the JSON keeps all
+
+
+def test_a_one_file_pages_pictures_count_against_its_crops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every KB of inline pictures costs Chromium what CROPS_PER_KB crops do: many distinct images, fewer crops."""
+    monkeypatch.setattr(scan_budget, "PAGE_CROPS", 2 * 4 * 3)  # every crop of 2 layers × 4 channels × top 3
+    monkeypatch.setattr(scan_budget, "CROPS_PER_KB", 1)
+    folder = noise_folder(tmp_path / "noise", 12)
+    report = scan_dataset(TwoConvs(), [folder], tmp_path / "s.html", config())
+    assert report is not None and report.dataset is not None
+    shown = sum(len(card.tops) for layer in report.layers for card in layer.cards)
+    pictures = sum(inline_size(source.picture) for source in report.dataset.sources.values())
+    assert 0 < shown < 24 and shown + pictures / 1000 <= 24
+    assert "to stay within its budget of 24 crops (1 a KB of pictures)" in _warnings(capsys)[0]
 
 
 def test_a_one_file_page_stays_within_max_size_however_many_images_were_scanned(
