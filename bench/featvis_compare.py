@@ -1,37 +1,42 @@
 """featviz-report's feature visualisation against two PyPI peers, torch-lucent and horama, side by side.
 
 Times :func:`featviz_report.feature_vis.optimise_channels` (every channel in one batched call, under
-``low_precision``'s autocast: bfloat16 where the CPU computes it natively, else float32) against
-torch-lucent 0.1.8 (``lucent.optvis.render.render_vis``, Lucid's Fourier image and transforms, Adam at 0.05)
-and horama 0.3.0 (``horama.fourier``, NAdam at 1.0 on random crops), which optimise one channel per call, so
-they run one channel after another. Three workloads: featviz's demo model (a digits CNN, 1×28×28 grey, no
-normalisation), layer ``conv2`` (32 channels); ``torchvision.models.resnet18(weights=None).eval()``
-(random weights: the timing does not depend on them), layer ``layer2`` (128 channels), at 3×224×224 with
-ImageNet normalisation; and ``onet``: a real trained network, MTCNN's ONet face detector as
-``tests/trained_nets.py`` declares it (facenet-pytorch's weights), layer ``conv3`` (64 channels), at 3×48×48
-with facenet-pytorch's normalisation ``(x - 0.5) / 0.50196`` on every colour channel. Every contender gets
-the same model, image size, ``--steps``, channels (``0 .. --channels - 1``), ``torch.set_num_threads(2)``
-and ``torch.manual_seed(0)`` (and ``numpy`` seed 0: lucent draws its transforms from numpy).
+``low_precision``'s autocast: bfloat16 where the CPU computes it natively, else float32) against torch-lucent 0.1.8
+(``lucent.optvis.render.render_vis``, Lucid's Fourier image and transforms, Adam at 0.05) and horama 0.3.0
+(``horama.fourier``, NAdam at 1.0 on random crops), which optimise one channel per call, so they run one channel
+after another, and against torch-lucent's batched mode (``lucent-batch``: one ``render_vis`` call optimising
+``--channels`` images at once, ``param.image(side, batch=N)`` and the sum of ``objectives.channel(layer, C,
+batch=i)``; lucent draws one transformation per step for the whole batch, and row ``i``'s loss depends on its own
+image only). Four workloads: featviz's demo model (a digits CNN, 1×28×28 grey, no normalisation), layer ``conv2``
+(32 channels); ``torchvision.models.resnet18(weights=None).eval()`` (random weights: the timing does not depend on
+them), layer ``layer2`` (128 channels, ``resnet18``) or ``layer3`` (256 channels, ``resnet18-layer3``), at 3×224×224
+with ImageNet normalisation; and ``onet``: a real trained network, MTCNN's ONet face detector as
+``tests/trained_nets.py`` declares it (facenet-pytorch's weights), layer ``conv3`` (64 channels), at 3×48×48 with
+facenet-pytorch's normalisation ``(x - 0.5) / 0.50196`` on every colour channel. Every contender gets the same
+model, image size, ``--steps``, channels (``0 .. --channels - 1``), ``torch.set_num_threads(2)`` and
+``torch.manual_seed(0)`` (and ``numpy`` seed 0: lucent draws its transforms from numpy).
 
-Each measurement is a fresh process: the peers run in ``bench/.venv-peers`` (``bench/peers_env.sh`` makes it:
-lucent pins kornia<=0.4.1 and an old torch, so it shares this venv's torch through a ``.pth``), featviz in the
-Python that runs this script. A run's time is in-process: from the start of the optimisation to the final images,
-all channels, divided by the channel count (interpreter start-up, imports and the model excluded); featviz
-optimises every channel of the layer in one call, as a report does, and the peers the first ``--channels`` one
-after another (their time per channel does not depend on which); activations are compared on those same first
-channels; the table shows the median over ``--repeat`` runs, interleaved round-robin (featviz, lucent, horama,
-featviz, ...). Each final image is quantised to 8 bits in pixel space ([0, 1] → 0..255, rounded) and measured
-after the run, untimed, by :func:`featviz_report.feature_vis.activations_of` (the channel's mean over positions of
-the layer's output, the model's normalisation applied): the table shows the mean over channels.
-Other processes spoil CPU timings (two threads on a shared machine stall far more than their share), so each
-run also records how many cores the rest of the machine kept busy meanwhile (``/proc/stat`` less the run's
-own CPU time); the table warns above 0.2 core. ``--wait-quiet N`` waits up to N s before each run for the
-machine to fall quiet (under 0.1 core busy elsewhere), and runs a run that shared it again (up to 3 times).
+Each measurement is a fresh process: the peers run in ``bench/.venv-peers`` (``bench/peers_env.sh`` makes it: lucent
+pins kornia<=0.4.1 and an old torch, so it shares this venv's torch through a ``.pth``), featviz in the Python that
+runs this script. A run's time is in-process: from the start of the optimisation to the final images, all channels,
+divided by the channel count (interpreter start-up, imports and the model excluded); featviz optimises every channel
+of the layer in one call, as a report does, lucent and horama the first ``--channels`` one after another (their time
+per channel does not depend on which) and lucent-batch the first ``--channels`` in one call (its time per channel
+falls as the batch grows: ``--channels 64`` is ONet's whole layer); activations are compared on those same first
+channels; the table shows the median over ``--repeat`` runs, interleaved round-robin (featviz, lucent, lucent-batch,
+horama, featviz, ...). Each final image is quantised to 8 bits in pixel space ([0, 1] → 0..255, rounded) and
+measured after the run, untimed, by :func:`featviz_report.feature_vis.activations_of` (the channel's mean over
+positions of the layer's output, the model's normalisation applied): the table shows the mean over channels. Other
+processes spoil CPU timings (two threads on a shared machine stall far more than their share), so each run also
+records how many cores the rest of the machine kept busy meanwhile (``/proc/stat`` less the run's own CPU time); the
+table warns above 0.2 core. ``--wait-quiet N`` waits up to N s before each run for the machine to fall quiet (under
+0.1 core busy elsewhere), and runs a run that shared it again (up to 3 times).
 
 How each peer is driven:
 
-- lucent: objective ``"conv2:C"`` / ``"layer2:C"`` / ``"conv3:C"`` (its ``hook_model`` names modules by their
-  path joined with ``_``: ``conv2``, ``layer2``, ``conv3``), ``param.image(side)`` (``channels=1`` for the
+- lucent: objective ``"conv2:C"`` / ``"layer2:C"`` / ``"layer3:C"`` / ``"conv3:C"`` (its ``hook_model`` names
+  modules by their path joined with ``_``: ``conv2``, ``layer2``, ``layer3``, ``conv3``); lucent-batch the same
+  with ``batch=N`` and one ``channel`` objective per row, summed; ``param.image(side)`` (``channels=1`` for the
   grey digits, which also turns its colour decorrelation off), its standard transforms, ``preprocess=True`` on
   resnet18 (ImageNet normalisation) and ``False`` on the demo and ONet; ``fixed_image_size=side`` on the demo
   (28) and ONet (48), or lucent would upsample the image to 224² before the model. ``preprocess=True`` can
@@ -77,9 +82,9 @@ every contender gets the demo with ``inplace = False`` on its ReLUs, so lucent's
 
 Run from the repository root, after ``bench/peers_env.sh`` (a benchmark, not a test; numbers vary):
 ``.venv/bin/python -m bench.featvis_compare [--steps 64] [--channels 8] [--repeat 1] [--workloads demo,resnet18]
-[--skip lucent,horama] [--wait-quiet 600] [--save DIR]`` (``--workloads onet`` for ONet; the default leaves it
-out). The README's ``docs/featviz-peers.png``: ``--workloads onet --steps 512 --channels 8 --save DIR``. A
-single run, which prints its ``name=value`` figures:
+[--skip lucent,lucent-batch,horama] [--wait-quiet 600] [--save DIR]`` (``--workloads onet`` for ONet,
+``resnet18-layer3`` for layer3; the default leaves them out). The README's ``docs/featviz-peers.png``:
+``--workloads onet --steps 512 --channels 8 --save DIR``. A single run, which prints its ``name=value`` figures:
 ``bench/.venv-peers/bin/python -m bench.featvis_compare --worker lucent --workload resnet18`` (``.venv``'s
 Python for ``--worker featviz``).
 """
@@ -100,8 +105,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PYTHON = ROOT / "bench" / ".venv-peers" / "bin" / "python"
-OURS, LUCENT, HORAMA = "featviz", "lucent", "horama"
-CONTENDERS = (OURS, LUCENT, HORAMA)
+OURS, LUCENT, LUCENT_BATCH, HORAMA = "featviz", "lucent", "lucent-batch", "horama"
+CONTENDERS = (OURS, LUCENT, LUCENT_BATCH, HORAMA)
+PEERS = (LUCENT, LUCENT_BATCH, HORAMA)  # run in bench/.venv-peers
+VERSIONS = {OURS: "featviz-report", LUCENT: "torch-lucent", LUCENT_BATCH: "torch-lucent", HORAMA: "horama"}
 FIGURE = re.compile(r"(\w+)=(\S+)")
 QUIET = 0.1  # cores busy elsewhere under which the machine counts as quiet (--wait-quiet)
 NOISY = 0.2  # cores busy elsewhere on average during a run above which the table warns
@@ -117,6 +124,7 @@ class Workload:
     """A model, the layer visualised and its input: what every contender is given."""
 
     name: str
+    model: str  # "demo", "onet" or a torchvision architecture (random init)
     layer: str  # the module's qualified name, also lucent's name for it
     shape: tuple[int, int, int]  # C×H×W in pixels
     norm: Norm | None  # the normalisation the model expects after [0, 1] pixels
@@ -126,9 +134,10 @@ class Workload:
 
 WORKLOADS = {
     "demo": Workload(
-        "demo", "conv2", (1, 28, 28), None, "featviz demo digits CNN, conv2 (32 channels), 1×28² grey", 32
+        "demo", "demo", "conv2", (1, 28, 28), None, "featviz demo digits CNN, conv2 (32 channels), 1×28² grey", 32
     ),
     "resnet18": Workload(
+        "resnet18",
         "resnet18",
         "layer2",
         (3, 224, 224),
@@ -136,7 +145,17 @@ WORKLOADS = {
         "resnet18 (random init), layer2 (128 channels), 3×224², ImageNet norm",
         128,
     ),
+    "resnet18-layer3": Workload(
+        "resnet18-layer3",
+        "resnet18",
+        "layer3",
+        (3, 224, 224),
+        IMAGENET,
+        "resnet18 (random init), layer3 (256 channels), 3×224², ImageNet norm",
+        256,
+    ),
     "onet": Workload(
+        "onet",
         "onet",
         "conv3",
         (3, 48, 48),
@@ -158,17 +177,17 @@ def build(workload: Workload) -> tuple[Any, Any]:
     from torch import nn
 
     torch.manual_seed(0)
-    if workload.name == "demo":
+    if workload.model == "demo":
         from featviz_report.models import load_model
 
         model = load_model(None).module.eval()
         for module in model.modules():  # a hook must keep conv2's own output, not relu2's rewrite of it
             if isinstance(module, nn.ReLU):
                 module.inplace = False
-    elif workload.name == "onet":
+    elif workload.model == "onet":
         model = trained_nets().onet()  # eval mode; forward returns a tuple, only conv3's output is used
     else:
-        model = getattr(torchvision.models, workload.name)(weights=None).eval()
+        model = getattr(torchvision.models, workload.model)(weights=None).eval()
     return model, model.get_submodule(workload.layer)
 
 
@@ -208,6 +227,26 @@ def run_ours(model: Any, module: Any, workload: Workload, channels: list[int], s
 
 
 def run_lucent(model: Any, module: Any, workload: Workload, channels: list[int], steps: int) -> tuple[Any, str]:
+    """torch-lucent, one ``render_vis`` call per channel (objective ``"layer:C"``)."""
+    import torch
+
+    finals = [lucent_render(model, workload, f"{workload.layer}:{channel}", 1, steps)[0] for channel in channels]
+    return quantised(torch.stack(finals)), "float32"
+
+
+def run_lucent_batch(model: Any, module: Any, workload: Workload, channels: list[int], steps: int) -> tuple[Any, str]:
+    """torch-lucent's batched mode: one ``render_vis`` call for every channel, ``param.image(..., batch=N)`` and
+    the sum of ``objectives.channel(layer, C, batch=i)``, row ``i`` for channel ``C``."""
+    import torch
+    from lucent.optvis import objectives
+
+    objective = sum(objectives.channel(workload.layer, c, batch=i) for i, c in enumerate(channels))
+    return quantised(torch.stack(lucent_render(model, workload, objective, len(channels), steps))), "float32"
+
+
+def lucent_render(model: Any, workload: Workload, objective: Any, batch: int, steps: int) -> list[Any]:
+    """``render_vis`` on ``batch`` images at the workload's side with lucent's standard transforms and the
+    workload's normalisation; the final images as C×H×W tensors in [0, 1]."""
     import torch
     from lucent.optvis import param, render, transform
 
@@ -217,21 +256,18 @@ def run_lucent(model: Any, module: Any, workload: Workload, channels: list[int],
     if workload.norm is not None and not preprocess:  # any other normalisation: a transform where lucent's goes
         mean, std = (torch.tensor(values).view(1, -1, 1, 1) for values in workload.norm)
         transforms = [*transform.standard_transforms, lambda image: (image - mean) / std]
-    finals = []
-    for channel in channels:
-        images = render.render_vis(
-            model,
-            f"{workload.layer}:{channel}",
-            param_f=lambda: param.image(side, channels=1 if grey else None),
-            transforms=transforms,
-            thresholds=(steps,),
-            preprocess=preprocess,
-            progress=False,
-            show_image=False,
-            fixed_image_size=side if side < 224 else None,
-        )
-        finals.append(torch.from_numpy(images[-1][0]).permute(2, 0, 1))  # C×H×W in [0, 1]
-    return quantised(torch.stack(finals)), "float32"
+    images = render.render_vis(
+        model,
+        objective,
+        param_f=lambda: param.image(side, channels=1 if grey else None, batch=batch),
+        transforms=transforms,
+        thresholds=(steps,),
+        preprocess=preprocess,
+        progress=False,
+        show_image=False,
+        fixed_image_size=side if side < 224 else None,
+    )
+    return [torch.from_numpy(image).permute(2, 0, 1) for image in images[-1]]  # each C×H×W in [0, 1]
 
 
 def run_horama(model: Any, module: Any, workload: Workload, channels: list[int], steps: int) -> tuple[Any, str]:
@@ -285,7 +321,7 @@ def quantised(images: Any) -> Any:
     return (images * 255).round().clamp(0, 255).to(torch.uint8)
 
 
-RUNNERS = {OURS: run_ours, LUCENT: run_lucent, HORAMA: run_horama}
+RUNNERS = {OURS: run_ours, LUCENT: run_lucent, LUCENT_BATCH: run_lucent_batch, HORAMA: run_horama}
 
 
 def save_strip(pixels: Any, path: Path) -> None:
@@ -339,7 +375,7 @@ def worker(name: str, workload: Workload, steps: int, count: int, save: Path | N
 def version(name: str) -> str:
     from importlib.metadata import version as installed
 
-    return installed({OURS: "featviz-report", LUCENT: "torch-lucent", HORAMA: "horama"}[name])
+    return installed(VERSIONS[name])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -361,7 +397,7 @@ class Runs:
 
 
 def command(name: str, workload: str, steps: int, channels: int, save: Path | None = None) -> list[str]:
-    python = str(PEERS_PYTHON) if name in (LUCENT, HORAMA) else sys.executable
+    python = str(PEERS_PYTHON) if name in PEERS else sys.executable
     args = ["--worker", name, "--workload", workload, "--steps", str(steps), "--channels", str(channels)]
     return [python, "-m", "bench.featvis_compare", *args, *(["--save", str(save)] if save is not None else [])]
 
@@ -448,10 +484,9 @@ def side_by_side(workload: Workload, results: dict[str, Runs], save: Path, chann
         font: Any = ImageFont.load_default(size=14)
     except TypeError:  # Pillow < 10.1: the bitmap font, one size
         font = ImageFont.load_default()
-    names = {OURS: "featviz-report", LUCENT: "torch-lucent", HORAMA: "horama"}
     rows = []
     for runs in results.values():
-        text = names[runs.name] if runs.name == OURS else f"{names[runs.name]} {runs.figures.get('version', '?')}"
+        text = VERSIONS[OURS] if runs.name == OURS else f"{runs.name} {runs.figures.get('version', '?')}"
         rows.append((text, Image.open(save / f"{workload.name}-{runs.name}.png").convert("RGB")))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     heading = f"{workload.layer} channel"
@@ -494,6 +529,8 @@ def label(runs: Runs, channels: int) -> str:
         return f"featviz-report {version} (all {width} channels of the layer in one call, {precision})"
     if runs.name == LUCENT:
         return f"torch-lucent {version} render_vis (one channel per call)"
+    if runs.name == LUCENT_BATCH:
+        return f"torch-lucent {version} render_vis, batched (channels 0-{channels - 1} in one call)"
     return f"horama {version} fourier, 2 crops (one channel per call)"
 
 
@@ -530,8 +567,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=64, help="optimisation steps, for every contender")
     parser.add_argument("--channels", type=int, default=8, help="channels 0 .. N-1 of the layer")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each, interleaved; the table shows the median")
-    parser.add_argument("--workloads", default="demo,resnet18", help="comma-separated: demo, resnet18, onet")
-    parser.add_argument("--skip", default="", help="peers to leave out, comma-separated: lucent, horama")
+    parser.add_argument("--workloads", default="demo,resnet18", help=f"comma-separated: {', '.join(WORKLOADS)}")
+    parser.add_argument("--skip", default="", help=f"peers to leave out, comma-separated: {', '.join(PEERS)}")
     parser.add_argument(
         "--wait-quiet",
         type=float,
@@ -553,14 +590,14 @@ def parse_args() -> argparse.Namespace:
     if unknown := set(args.workload_names) - set(WORKLOADS):
         parser.error(f"--workloads: unknown {', '.join(sorted(unknown))}; choose from {', '.join(WORKLOADS)}")
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    if skip - {LUCENT, HORAMA}:
-        parser.error(f"--skip: unknown {', '.join(sorted(skip - {LUCENT, HORAMA}))}; choose from lucent, horama")
+    if skip - set(PEERS):
+        parser.error(f"--skip: unknown {', '.join(sorted(skip - set(PEERS)))}; choose from {', '.join(PEERS)}")
     args.contenders = [name for name in CONTENDERS if name not in skip]
     if args.save is not None:
         args.save = args.save.resolve()  # the workers run in the repository root
         args.save.mkdir(parents=True, exist_ok=True)
-    if args.worker is None and set(args.contenders) & {LUCENT, HORAMA} and not PEERS_PYTHON.is_file():
-        parser.error(f"no {PEERS_PYTHON.relative_to(ROOT)}: run bench/peers_env.sh first (or --skip lucent,horama)")
+    if args.worker is None and set(args.contenders) & set(PEERS) and not PEERS_PYTHON.is_file():
+        parser.error(f"no {PEERS_PYTHON.relative_to(ROOT)}: run bench/peers_env.sh first (or --skip {','.join(PEERS)})")
     return args
 
 
