@@ -1,6 +1,6 @@
 """featviz-report's feature visualisation against two PyPI peers, torch-lucent and horama, side by side.
 
-Times :func:`featviz_report.feature_vis.optimise_channels` (every channel in one batched call, under
+Times :func:`featviz_report.featvis.optimise.optimise_channels` (every channel in one batched call, under
 ``low_precision``'s autocast: bfloat16 where the CPU computes it natively, else float32) against torch-lucent 0.1.8
 (``lucent.optvis.render.render_vis``, Lucid's Fourier image and transforms, Adam at 0.05) and horama 0.3.0
 (``horama.fourier``, NAdam at 1.0 on random crops), which optimise one channel per call, so they run one channel
@@ -25,7 +25,7 @@ per channel does not depend on which) and lucent-batch the first ``--channels`` 
 falls as the batch grows: ``--channels 64`` is ONet's whole layer); activations are compared on those same first
 channels; the table shows the median over ``--repeat`` runs, interleaved round-robin (featviz, lucent, lucent-batch,
 horama, featviz, ...). Each final image is quantised to 8 bits in pixel space ([0, 1] → 0..255, rounded) and
-measured after the run, untimed, by :func:`featviz_report.feature_vis.activations_of` (the channel's mean over
+measured after the run, untimed, by :func:`featviz_report.featvis.optimise.activations_of` (the channel's mean over
 positions of the layer's output, the model's normalisation applied): the table shows the mean over channels. Other
 processes spoil CPU timings (two threads on a shared machine stall far more than their share), so each run also
 records how many cores the rest of the machine kept busy meanwhile (``/proc/stat`` less the run's own CPU time); the
@@ -178,7 +178,7 @@ def build(workload: Workload) -> tuple[Any, Any]:
 
     torch.manual_seed(0)
     if workload.model == "demo":
-        from featviz_report.models import load_model
+        from featviz_report.models.resolve import load_model
 
         model = load_model(None).module.eval()
         for module in model.modules():  # a hook must keep conv2's own output, not relu2's rewrite of it
@@ -206,7 +206,7 @@ def trained_nets() -> Any:
 def run_ours(model: Any, module: Any, workload: Workload, channels: list[int], steps: int) -> tuple[Any, str]:
     import torch
 
-    from featviz_report.feature_vis import VisSettings, low_precision, optimise_channels
+    from featviz_report.featvis.optimise import VisSettings, low_precision, optimise_channels
 
     cpu = torch.device("cpu")
     autocast = low_precision(cpu, torch.float32)
@@ -359,7 +359,7 @@ def worker(name: str, workload: Workload, steps: int, count: int, save: Path | N
     pixels, precision = RUNNERS[name](model, module, workload, optimised, steps)
     seconds = time.perf_counter() - t0
 
-    from featviz_report.feature_vis import activations_of
+    from featviz_report.featvis.optimise import activations_of
 
     reached = activations_of(model, module, 0, pixels, workload.norm, torch.device("cpu"), torch.float32)
     per_channel = [float(reached[i, channel]) for i, channel in enumerate(channels)]  # the first ``count``

@@ -43,7 +43,7 @@ def substituted(model_name: str) -> Iterator[None]:
     if model_name != DEMO:
         yield
         return
-    from featviz_report.models import load_model
+    from featviz_report.models.resolve import load_model
 
     loaded = load_model(DEMO)
     model, side = loaded.module, loaded.input_size or 28

@@ -2,20 +2,22 @@
 
 ``build_report(model, samples, out=...)``, ``compare_checkpoints(before, after, samples, out=...)`` and
 ``scan_dataset(model, folders, out=...)`` and ``Recorder(site_dir, samples).record(model, step)`` (a static site
-of reports over a training run) are the Python API; ``featviz-report`` the command line.
-Heavy modules (torch) are imported on first use, so ``featviz-report --help`` stays instant.
+of reports over a training run; ``FeatvizCallback`` for Lightning) are the Python API; ``featviz-report`` the
+command line. Heavy modules (torch) are imported on first use, so ``featviz-report --help`` stays instant.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
+
 __all__ = [
     "build_report",
     "compare_checkpoints",
     "scan_dataset",
     "Recorder",
+    "FeatvizCallback",
     "Report",
     "ReportConfig",
     "FeatvizError",
@@ -23,19 +25,21 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .compare_pipeline import compare_checkpoints
     from .config import ReportConfig
     from .errors import FeatvizError
-    from .recorder import Recorder
+    from .pipelines.compare import compare_checkpoints
+    from .pipelines.report import build_report
+    from .pipelines.scan import scan_dataset
     from .report_data import Report
-    from .report_pipeline import build_report
-    from .scan_pipeline import scan_dataset
+    from .training.lightning import FeatvizCallback
+    from .training.recorder import Recorder
 
 _LAZY = {
-    "build_report": "report_pipeline",
-    "compare_checkpoints": "compare_pipeline",
-    "scan_dataset": "scan_pipeline",
-    "Recorder": "recorder",
+    "build_report": "pipelines.report",
+    "compare_checkpoints": "pipelines.compare",
+    "scan_dataset": "pipelines.scan",
+    "Recorder": "training.recorder",
+    "FeatvizCallback": "training.lightning",
     "ReportConfig": "config",
     "FeatvizError": "errors",
     "Report": "report_data",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -15,16 +16,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import __version__
+from ._version import __version__
 from .config import CAM_METHODS, COLORMAPS, DEVICES, FORMATS, ORDERS, SCALES, ReportConfig
 from .errors import FeatvizError, UsageError
-from .progress import Progress
-from .warning_lines import one_line_warnings
+from .runtime.progress import Progress
+from .runtime.warning_lines import one_line_warnings
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from .models import LoadedModel
+    from .models.resolve import LoadedModel
 
 __all__ = ["build_parser", "main"]
 
@@ -34,7 +35,10 @@ _DEFAULTS = ReportConfig()  # every option's default comes from the API's
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see --help)")
+        stray = re.match(r"argument \{scan,site\}: invalid choice: (.*) \(choose", message)
+        if stray:  # a word where the report takes none
+            message = f"unexpected argument {stray.group(1)}: images go after --samples; the commands are scan, site"
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 def _integer(least: int, noun: str = "a whole number") -> Callable[[str], int]:
@@ -68,220 +72,273 @@ def _megabytes(text: str) -> float:
 
 
 REPORT_HELP = (
-    "Render what a PyTorch CNN sees (filters, feature maps, statistics) as a static HTML report. "
-    "With no --model and no --samples it builds the embedded digits demo. "
-    "'featviz-report scan DATA --model SPEC' scans a whole image folder instead (see 'featviz-report scan --help')."
-)
-SITE_HELP = (
-    "Rebuild a training run's site index (index.html and index.json in DIR) from the step reports' JSON "
-    "sidecars alone: reports made separately, one per checkpoint (a folder report with its JSON inside, or "
-    "NAME.html beside NAME.json, numbered in their names), are gathered into a site this way."
+    "Render what a PyTorch CNN sees (filters, feature maps, statistics, receptive fields) as a static HTML "
+    "report. With no --model and no --samples it builds the embedded digits demo."
 )
 SCAN_HELP = (
     "Scan an image folder of any size: per channel, statistics over every image and the images it responds to "
     "most, in fixed memory. Under 'torchrun --nproc-per-node N -m featviz_report scan ...' the processes share "
     "the images and rank 0 writes the report."
 )
+SITE_HELP = (
+    "Rebuild a training run's site index (index.html and index.json in DIR) from the step reports' JSON "
+    "sidecars alone: reports made separately, one per checkpoint (a folder report with its JSON inside, or "
+    "NAME.html beside NAME.json, numbered in their names), are gathered into a site this way."
+)
+EXAMPLES = f"""examples:
+  {PROG} -o report.html                     the embedded digits demo, offline
+  {PROG} --model torchvision:resnet18 --weights r18.pth --samples photos/ -o r18.html
+  {PROG} --model timm:convnext_tiny --samples photos/ --layers 'stages.3.*' -o c.html
+  {PROG} --model torchvision:resnet18 --weights r18.pth --samples photos/ --featviz layer2 layer3
+  {PROG} --model torchvision:resnet18 --weights old.pth --compare new.pth --samples val/ -o diff.html
+  {PROG} scan val/ --model torchvision:resnet50 --weights r50.pth --top-k 8 -o scan.html
+  {PROG} site runs/site/                     after a training run recorded reports there
+"""
 
 
-def build_parser(scan: bool = False) -> argparse.ArgumentParser:
-    """The command line: a report of samples (default), or with ``scan`` first, a dataset scan."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: a report of samples (the default command), ``scan DATA`` and ``site DIR``."""
     parser = _Parser(
-        prog=f"{PROG} scan" if scan else PROG,
-        description=SCAN_HELP if scan else REPORT_HELP,
+        prog=PROG,
+        usage=f"{PROG} [--model SPEC --samples PATH ...] [options]\n       {PROG} {{scan,site}} ... (see below)",
+        description=REPORT_HELP,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "-o",
-        "--out",
-        metavar="OUT",
-        help="report file (default report.html), or folder with --format dir (default report/)",
+    _add_options(parser, "report")
+    commands = parser.add_subparsers(dest="command", title="other commands", metavar="{scan,site}", prog=PROG)
+    scan = commands.add_parser(
+        "scan",
+        usage=f"{PROG} scan DATA [DATA ...] --model SPEC [options]",
+        help="scan an image folder of any size: each channel's statistics and top images ('scan --help')",
+        description=SCAN_HELP,
     )
-    parser.add_argument(
-        "--model",
-        metavar="SPEC",
-        help="torchvision:NAME, timm:NAME, package.module:factory or a .pt2 torch.export archive (default: the demo)",
+    _add_options(scan, "scan")
+    site = commands.add_parser(
+        "site", help="rebuild a training run's site index ('site --help')", description=SITE_HELP
     )
-    parser.add_argument(
-        "--weights",
-        metavar="FILE",
-        help="state_dict to load into the model: .safetensors, or a torch file read with weights_only=True",
-    )
-    parser.add_argument(
-        "--trust-pickled-model",
-        action="store_true",
-        help="allow --model to be a pickled torch.nn.Module (torch.save(model)); unpickling runs code from the "
-        "file, so use it only for files you made",
-    )
-    parser.add_argument("--labels", metavar="FILE", help="class names: a text file with one per line, or a JSON list")
-    parser.add_argument(
-        "--input-size", metavar="N", type=_positive, help="square input size in pixels (default: the model's, else 224)"
-    )
-    parser.add_argument(
-        "--normalize", metavar="SPEC", help="imagenet, none, or MEAN,STD (default: the model's, else none)"
-    )
-    parser.add_argument(
-        "--device",
-        choices=DEVICES,
-        default=_DEFAULTS.device,
-        help=f"where the model runs (default {_DEFAULTS.device}: cuda, mps, else cpu)",
-    )
-    parser.add_argument(
-        "--layers",
-        metavar="GLOB",
-        nargs="+",
-        help="layers to capture by qualified name, e.g. 'layer1.*' (default: every Conv2d and Linear)",
-    )
-    parser.add_argument("--max-channels", metavar="N", type=_positive, help="show at most N channels per layer")
-    parser.add_argument(
-        "--order",
-        choices=ORDERS,
-        default=_DEFAULTS.order,
-        help="channel order in the maps: index (default), or by mean, variance or max, highest first; "
-        "with --max-channels the top N are kept (costs a second pass over the samples)",
-    )
-    parser.add_argument(
-        "--top-k",
-        metavar="K",
-        type=_positive,
-        default=_DEFAULTS.top_k,
-        help=f"top-activating samples kept per channel (default {_DEFAULTS.top_k})",
-    )
-    parser.add_argument(
-        "--format",
-        choices=FORMATS,
-        default=_DEFAULTS.format,
-        help="html: one self-contained file; dir: a folder for static hosting",
-    )
-    parser.add_argument(
-        "--max-size",
-        metavar="MB",
-        type=_megabytes,
-        default=_DEFAULTS.max_size,
-        help=f"size budget of a one-file report (default {_DEFAULTS.max_size:g}; 0: none): over it, feature maps are "
-        "kept for the most informative samples and the page says what was left out",
-    )
-    parser.add_argument(
-        "--batch-size",
-        metavar="N",
-        type=_positive,
-        help=f"samples per forward pass (default {ReportConfig.batch_size}, or the batch a .pt2 was exported for)",
-    )
-    parser.add_argument(
-        "--no-graph",
-        dest="graph",
-        action="store_false",
-        help="leave out the graph of the model (one forward pass less)",
-    )
-    parser.add_argument(
+    site.add_argument("dir", metavar="DIR", help="the site folder, holding one report per step")
+    site.add_argument("--quiet", action="store_true", help="print nothing on success")
+    site.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _add_options(parser: argparse.ArgumentParser, command: str) -> None:
+    """The options of a report or a scan, in groups: the inputs first (what every run needs)."""
+    _add_inputs(parser.add_argument_group("inputs"), command)
+    _add_shown(parser.add_argument_group("what to show"), command)
+    featviz = parser.add_argument_group("feature visualisation")
+    featviz.add_argument(
         "--featviz",
         metavar="GLOB",
         nargs="+",
-        help="layers (of those captured) whose channels each get the image that excites them most, found by "
-        "optimisation and shown beside their top samples, e.g. 'layer2' or 'conv*'",
+        help="layers (or the containers of captured layers) whose channels each get the image that excites them "
+        "most, found by optimisation and shown beside their top samples, e.g. 'layer2' or 'conv*'",
     )
-    parser.add_argument(
+    featviz.add_argument(
         "--featviz-steps",
         metavar="N",
         type=_positive,
         default=_DEFAULTS.featviz_steps,
         help=f"optimisation steps per image (default {_DEFAULTS.featviz_steps})",
     )
-    parser.add_argument(
+    featviz.add_argument(
         "--cache-dir",
         metavar="DIR",
         help="where feature visualisations are cached, so a rebuilt report reuses them "
         "(default: $XDG_CACHE_HOME/featviz-report, else ~/.cache/featviz-report)",
     )
-    parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
-    parser.add_argument("--title", metavar="TEXT", help="page title (default: the model's name)")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr (warnings still appear)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    if scan:
-        _add_scan_options(parser)
+    if command == "report":
+        _add_comparison(parser.add_argument_group("comparison and training runs"))
+    _add_output(parser.add_argument_group("output"), command)
+    _add_performance(parser.add_argument_group("performance"), command)
+    general = parser.add_argument_group("general")
+    general.add_argument("--quiet", action="store_true", help="no progress on stderr (warnings still appear)")
+    general.add_argument("--debug", action="store_true", help="show tracebacks")
+    general.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+
+
+def _add_inputs(group: argparse._ArgumentGroup, command: str) -> None:
+    if command == "scan":
+        group.add_argument("data", metavar="DATA", nargs="+", help="image folders and/or files (searched recursively)")
     else:
-        _add_report_options(parser)
-    return parser
-
-
-def _add_report_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--compare",
+        group.add_argument(
+            "--samples",
+            metavar="PATH",
+            nargs="+",
+            action="extend",
+            help="image files and/or folders (searched recursively, sorted); may be given more than once",
+        )
+    group.add_argument(
+        "--model",
+        metavar="SPEC",
+        help="torchvision:NAME, timm:NAME, package.module:factory or a .pt2 torch.export archive (default: the demo)",
+    )
+    group.add_argument(
+        "--weights",
         metavar="FILE",
-        help="a second state_dict for the same model: one report of what changed from --weights (A) to FILE (B)",
+        help="state_dict to load into the model: .safetensors, or a torch file read with weights_only=True",
     )
-    parser.add_argument(
-        "--demo-compare",
+    group.add_argument(
+        "--trust-pickled-model",
         action="store_true",
-        help="compare the demo model after 5 of its 40 training epochs (A) with the trained one (B)",
+        help="allow --model to be a pickled torch.nn.Module (torch.save(model)); unpickling runs code from the "
+        "file, so use it only for files you made",
     )
-    parser.add_argument(
-        "--demo-site",
-        action="store_true",
-        help="the demo model's training history as a static site in -o (default 'site'): one report per shipped "
-        "checkpoint, each compared with the one before, and an index of trends and predictions over the epochs",
+    group.add_argument("--labels", metavar="FILE", help="class names: a text file with one per line, or a JSON list")
+    group.add_argument(
+        "--input-size", metavar="N", type=_positive, help="square input size in pixels (default: the model's, else 224)"
     )
-    parser.add_argument(
-        "--cam",
-        choices=(*CAM_METHODS, "none"),
-        help="class activation maps on every sample: gradcam or gradcam++ (default: none; gradcam with --compare)",
+    group.add_argument(
+        "--normalize", metavar="SPEC", help="imagenet, none, or MEAN,STD (default: the model's, else none)"
     )
-    parser.add_argument(
-        "--output",
-        metavar="SELECTOR",
-        help="which output of a model that returns several holds the class scores: a tuple index or dict key "
-        "(default: the only N×K tensor, or the 'logits' entry)",
+
+
+def _add_shown(group: argparse._ArgumentGroup, command: str) -> None:
+    group.add_argument(
+        "--layers",
+        metavar="GLOB",
+        nargs="+",
+        help="layers to capture by qualified name, e.g. 'layer1.*' (default: every Conv2d and Linear)",
     )
-    parser.add_argument(
-        "--cam-layer", metavar="NAME", help="the layer the activation maps are for (default: the last Conv2d)"
+    group.add_argument("--max-channels", metavar="N", type=_positive, help="show at most N channels per layer")
+    group.add_argument(
+        "--order",
+        choices=ORDERS,
+        default=_DEFAULTS.order,
+        help="channel order: index (default), or by mean, variance or max, highest first; "
+        "with --max-channels the top N are kept (costs a second pass over the samples)",
     )
-    parser.add_argument(
-        "--target-class", metavar="N", type=_index, help="class the activation maps explain (default: each top class)"
+    group.add_argument(
+        "--top-k",
+        metavar="K",
+        type=_positive,
+        default=_DEFAULTS.top_k,
+        help=f"top-activating {'images' if command == 'scan' else 'samples'} kept per channel "
+        f"(default {_DEFAULTS.top_k})",
     )
-    parser.add_argument(
-        "--samples", metavar="PATH", nargs="+", help="image files and/or folders (searched recursively, sorted)"
+    group.add_argument(
+        "--no-graph",
+        dest="graph",
+        action="store_false",
+        help="leave out the graph of the model (one forward pass less)",
     )
-    parser.add_argument(
+    if command == "scan":
+        return
+    group.add_argument(
         "--colormap",
         choices=COLORMAPS,
         default=_DEFAULTS.colormap,
         help=f"colormap of feature maps (default {_DEFAULTS.colormap})",
     )
-    parser.add_argument(
+    group.add_argument(
         "--scale",
         choices=SCALES,
         default=_DEFAULTS.scale,
         help="how maps become colours: channel (min-max per channel, default), layer (one scale per sample, "
         "channels comparable), sigmoid (as in the classic VGG recipe), percentile (1st-99th per channel)",
     )
-    parser.add_argument("--strict", action="store_true", help="an unreadable sample file is an error, not a warning")
-
-
-def _add_scan_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", metavar="DATA", nargs="+", help="image folders and/or files (searched recursively)")
-    parser.add_argument(
-        "--state",
-        metavar="DIR",
-        help="save the scan's progress here (every 30 s, on Ctrl-C, at the end) and resume from it when re-run",
+    group.add_argument(
+        "--cam",
+        choices=(*CAM_METHODS, "none"),
+        help="class activation maps on every sample: gradcam or gradcam++ (default: none; gradcam with --compare)",
     )
-    parser.add_argument(
-        "--loader-workers",
+    group.add_argument(
+        "--cam-layer", metavar="NAME", help="the layer the activation maps are for (default: the last Conv2d)"
+    )
+    group.add_argument(
+        "--target-class", metavar="N", type=_index, help="class the activation maps explain (default: each top class)"
+    )
+    group.add_argument(
+        "--output",
+        metavar="SELECTOR",
+        help="which output of a model that returns several holds the class scores: a tuple index or dict key "
+        "(default: the only N×K tensor, or the 'logits' entry)",
+    )
+
+
+def _add_comparison(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--compare",
+        metavar="FILE",
+        help="a second state_dict for the same model: one report of what changed from --weights (A) to FILE (B)",
+    )
+    group.add_argument(
+        "--demo-compare",
+        action="store_true",
+        help="compare the demo model after 5 of its 40 training epochs (A) with the trained one (B)",
+    )
+    group.add_argument(
+        "--demo-site",
+        action="store_true",
+        help="the demo model's training history as a static site in -o (default 'site'): one report per shipped "
+        "checkpoint, each compared with the one before, and an index of trends and predictions over the epochs",
+    )
+
+
+def _add_output(group: argparse._ArgumentGroup, command: str) -> None:
+    group.add_argument(
+        "-o",
+        "--out",
+        metavar="OUT",
+        help=f"{command} file (default report.html), or folder with --format dir (default report/)",
+    )
+    group.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=_DEFAULTS.format,
+        help="html: one self-contained file; dir: a folder for static hosting",
+    )
+    group.add_argument(
+        "--max-size",
+        metavar="MB",
+        type=_megabytes,
+        default=_DEFAULTS.max_size,
+        help=f"size budget of a one-file report (default {_DEFAULTS.max_size:g}; 0: none): over it, the page "
+        "keeps what matters most and says what was left out",
+    )
+    group.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    group.add_argument("--title", metavar="TEXT", help="page title (default: the model's name)")
+    if command == "scan":
+        group.add_argument(
+            "--state",
+            metavar="DIR",
+            help="save the scan's progress here (every 30 s, on Ctrl-C, at the end) and resume from it when re-run",
+        )
+    else:
+        group.add_argument("--strict", action="store_true", help="an unreadable sample file is an error, not a warning")
+
+
+def _add_performance(group: argparse._ArgumentGroup, command: str) -> None:
+    group.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=_DEFAULTS.device,
+        help=f"where the model runs (default {_DEFAULTS.device}: cuda, mps, else cpu)",
+    )
+    group.add_argument(
+        "--batch-size",
         metavar="N",
-        type=_count,
-        default=_DEFAULTS.loader_workers,
-        help=f"DataLoader processes decoding images (default {_DEFAULTS.loader_workers})",
+        type=_positive,
+        help=f"samples per forward pass (default {ReportConfig.batch_size}, or the batch a .pt2 was exported for)",
     )
+    if command == "scan":
+        group.add_argument(
+            "--loader-workers",
+            metavar="N",
+            type=_count,
+            default=_DEFAULTS.loader_workers,
+            help=f"DataLoader processes decoding images (default {_DEFAULTS.loader_workers})",
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = None
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
-        command = argv[0] if argv and argv[0] in ("scan", "site") else None
-        parser = site_parser() if command == "site" else build_parser(command == "scan")
-        args = parser.parse_args(argv[1:] if command else argv)
+        args = build_parser().parse_args(argv)
         with one_line_warnings(PROG):
-            {"scan": _scan, "site": _site, None: _run}[command](args)
+            {"scan": _scan, "site": _site, None: _run}[args.command](args)
         return 0
     except SystemExit as exit_:  # --help and --version
         return int(exit_.code or 0)
@@ -307,16 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def site_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"{PROG} site", description=SITE_HELP)
-    parser.add_argument("dir", metavar="DIR", help="the site folder, holding one report per step")
-    parser.add_argument("--quiet", action="store_true", help="print nothing on success")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser
-
-
 def _site(args: argparse.Namespace) -> None:
-    from .site_render import write_site
+    from .training.page import write_site
 
     steps = write_site(Path(args.dir))
     if not args.quiet:
@@ -325,9 +374,9 @@ def _site(args: argparse.Namespace) -> None:
 
 def _demo_site(args: argparse.Namespace, model: nn.Module, config: ReportConfig) -> None:
     """Every shipped checkpoint of the demo's training run, recorded into one site."""
-    from .models import load_state_dict
-    from .recorder import Recorder
-    from .resources import demo_history, demo_samples_dir
+    from ._resources import demo_history, demo_samples_dir
+    from .models.resolve import load_state_dict
+    from .training.recorder import Recorder
 
     recorder = Recorder(Path(args.out or "site"), [demo_samples_dir()], config, compare=True)
     for epoch, path in demo_history():
@@ -338,11 +387,11 @@ def _demo_site(args: argparse.Namespace, model: nn.Module, config: ReportConfig)
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .compare_pipeline import compare_checkpoints
-    from .models import copy_with_weights, load_model
-    from .report_pipeline import build_report
-    from .resources import demo_samples_dir, demo_weights_path
-    from .samples import read_labels
+    from ._resources import demo_samples_dir, demo_weights_path
+    from .capture.samples import read_labels
+    from .models.resolve import copy_with_weights, load_model
+    from .pipelines.compare import compare_checkpoints
+    from .pipelines.report import build_report
 
     if args.model and not args.samples:
         raise UsageError("--samples is required with --model (image files or folders)")
@@ -364,6 +413,11 @@ def _run(args: argparse.Namespace) -> None:
         _demo_site(args, loaded.module, config)
         return
     out = _checked_outputs(args, "--samples", args.samples or ())
+    if args.samples and not args.model and not args.demo_compare and all(map(os.path.exists, args.samples)):
+        Progress(enabled=False).warn(
+            "no --model: these samples go through the embedded digits demo (a 28×28 grey digit classifier); "
+            "name yours with --model SPEC"
+        )
     weights = demo_weights_path(early=True) if args.demo_compare else args.weights
     with _loading(args):
         loaded = load_model(args.model, weights, args.trust_pickled_model)
@@ -401,7 +455,7 @@ def _loading(args: argparse.Namespace) -> Iterator[None]:
 
 def _checked_outputs(args: argparse.Namespace, samples_option: str, samples: Sequence[str]) -> Path:
     """The report's path, once it and ``--json`` are known to be writable and to overwrite no input."""
-    from .outputs import check_outputs
+    from .render.outputs import check_outputs
 
     out = Path(args.out or ("report" if args.format == "dir" else "report.html"))
     inputs = [(samples_option, Path(p)) for p in samples]
@@ -453,9 +507,9 @@ def _shared_config(args: argparse.Namespace, loaded: LoadedModel, labels: tuple[
 
 
 def _scan(args: argparse.Namespace) -> None:
-    from .models import load_model
-    from .samples import read_labels
-    from .scan_pipeline import scan_dataset
+    from .capture.samples import read_labels
+    from .models.resolve import load_model
+    from .pipelines.scan import scan_dataset
 
     out = _checked_outputs(args, "DATA", args.data)
     with _loading(args):

@@ -41,16 +41,17 @@ class ReportConfig:
     always printed). ``cam`` (``gradcam`` or ``gradcam++``) adds class activation maps of ``cam_layer``
     (default: the last Conv2d) for ``target_class`` (default: each sample's top class). ``output`` picks
     the class scores of a model that returns several tensors, by tuple index or dict key (default: see
-    :mod:`featviz_report.logits`). ``loader_workers``: processes decoding images in a scan. ``graph``: draw
-    the graph of what ran (one more forward pass, of one sample; see :mod:`featviz_report.graph`). ``max_size`` (MB)
-    is the budget of a single-file page (``None``: no limit; see :mod:`featviz_report.budget`). ``featviz``: layer
-    globs whose channels get an optimised image each (``featviz_steps`` steps; see :mod:`featviz_report.feature_vis`),
-    cached under ``cache_dir`` (default: ``$XDG_CACHE_HOME/featviz-report``). ``random_weights``: the model's
-    weights are an untrained random initialisation (in a comparison, A's: B's come from a file); a warning,
-    the page's header and the JSON say so, and every prediction is marked meaningless. The command line sets
-    it for a ``torchvision:`` or ``timm:`` spec without ``--weights``; an ``nn.Module`` cannot tell.
+    :mod:`featviz_report.capture.logits`). ``loader_workers``: processes decoding images in a scan. ``graph``: draw
+    the graph of what ran (one more forward pass, of one sample; see :mod:`featviz_report.graph.record`).
+    ``max_size`` (MB) is the budget of a single-file page (``None``: no limit; see
+    :mod:`featviz_report.render.budget`). ``featviz``: layer globs whose channels get an optimised image each
+    (``featviz_steps`` steps; see :mod:`featviz_report.featvis.optimise`), cached under ``cache_dir`` (default:
+    ``$XDG_CACHE_HOME/featviz-report``). ``random_weights``: the model's weights are an untrained random
+    initialisation (in a comparison, A's: B's come from a file); a warning, the page's header and the JSON say so,
+    and every prediction is marked meaningless. The command line sets it for a ``torchvision:`` or ``timm:`` spec
+    without ``--weights``; an ``nn.Module`` cannot tell.
     ``field_seconds``: how long receptive fields from the gradient may take (``None``: a tenth of the time
-    the report took before them, at least 2 s; see :mod:`featviz_report.field_budget`).
+    the report took before them, at least 2 s; see :mod:`featviz_report.fields.budget`).
     """
 
     title: str | None = None

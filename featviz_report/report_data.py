@@ -7,13 +7,15 @@ sidecar show, nothing more.
 from __future__ import annotations
 
 import functools
+import html
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from .spool import Spooled
+from .render.spool import Spooled
 
 __all__ = [
     "PngSource",
@@ -50,7 +52,7 @@ PngSource = bytes | Spooled | Future[bytes | Spooled]
 class Png:
     """One encoded image and its pixel size; the bytes are in memory or in a spool file, or still being
     encoded (a future: asking for the bytes waits for them). A PNG unless ``mime`` says otherwise (a
-    scan's photographs are WebP, see :mod:`featviz_report.scan_sources`)."""
+    scan's photographs are WebP, see :mod:`featviz_report.scan.sources`)."""
 
     source: PngSource
     width: int
@@ -111,7 +113,7 @@ class Peak(NamedTuple):
 class Peaks:
     """The top samples of every channel as ``k×C`` arrays, best first: ``sample`` (-1 for an empty
     slot), peak ``value``, and the peak's ``row`` and ``col`` in the channel's map; in a dataset scan
-    also the peak's receptive field ``box`` (:mod:`featviz_report.receptive`)."""
+    also the peak's receptive field ``box`` (:mod:`featviz_report.fields.receptive`)."""
 
     sample: np.ndarray
     value: np.ndarray
@@ -348,7 +350,7 @@ class LayerSection:
     type: str
     description: str
     output_shape: tuple[int, ...]
-    kind: str  # maps (C×H×W), sequence (L×D) or vector (F): see featviz_report.record.output_kind
+    kind: str  # maps (C×H×W), sequence (L×D) or vector (F): see featviz_report.capture.layer_record.output_kind
     params: int
     stats: Stats
     channels: ChannelStats
@@ -500,8 +502,13 @@ class Report:
     location: str = ""  # where the page was written ("" when it was not)
     random_weights: bool = False  # the model's (in a comparison, A's) weights are an untrained initialisation
 
-    def _repr_html_(self) -> str:
-        """Jupyter shows the report itself (see :mod:`featviz_report.notebook`)."""
-        from .notebook import notebook_html
+    # How a notebook draws a report: set by :mod:`featviz_report.render.notebook` when it is imported (every
+    # pipeline imports it), so that these data classes import nothing that draws them.
+    notebook_view: ClassVar[Callable[[Report], str] | None] = None
 
-        return notebook_html(self, self.location)
+    def _repr_html_(self) -> str:
+        """Jupyter shows the report itself (see :mod:`featviz_report.render.notebook`)."""
+        view = Report.notebook_view
+        if view is None:
+            return f"<pre>{html.escape(repr(self.title))}: import featviz_report.render.notebook to view it</pre>"
+        return view(self)

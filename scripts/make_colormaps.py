@@ -1,4 +1,4 @@
-"""Regenerate ``featviz_report/colormaps.py`` from matplotlib's tables (a dev-time step only).
+"""Regenerate ``featviz_report/render/colormaps.py`` from matplotlib's tables (a dev-time step only).
 
 Run: ``.venv/bin/python scripts/make_colormaps.py``. The runtime never imports matplotlib.
 """

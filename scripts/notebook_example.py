@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from featviz_report import ReportConfig, build_report
-from featviz_report.models import load_model
-from featviz_report.resources import demo_samples_dir
+from featviz_report._resources import demo_samples_dir
+from featviz_report.models.resolve import load_model
 
 CELL = "\n".join(
     [

@@ -11,7 +11,7 @@ from torch import nn
 
 from featviz_report import ReportConfig, build_report
 from featviz_report.cli import main
-from featviz_report.render import html_size, inline_size
+from featviz_report.render.html import html_size, inline_size
 
 
 def _model() -> nn.Module:

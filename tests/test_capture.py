@@ -16,9 +16,9 @@ from conftest import TinyCNN, decode_png, hooks_left, read_page
 from torch import nn
 
 from featviz_report import ReportConfig, build_report
-from featviz_report.capture import select_layers
+from featviz_report.capture.hooks import select_layers
+from featviz_report.capture.reduce import reduce_output, vector_shape
 from featviz_report.errors import ModelError, UsageError
-from featviz_report.reduce import reduce_output, vector_shape
 
 
 def test_tile_in_the_report_equals_conv_output_min_maxed_by_hand(tmp_path: Path, tiny_cnn: TinyCNN) -> None:
@@ -279,7 +279,7 @@ def test_freed_memory_goes_back_to_the_os_between_batches_on_glibc() -> None:
     code = textwrap.dedent(
         """
         import os, numpy as np
-        from featviz_report.heap import release_freed_memory
+        from featviz_report.runtime.heap import release_freed_memory
         def rss(): return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         chunks = [np.ones(8192) for _ in range(3000)]  # 64 KB each: heap, not mmap
         above = np.ones(8192)  # the last chunk stays: what was freed is below the top of the heap

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from featviz_report.capture import maps_order
-from featviz_report.feature_vis import Truncated
-from featviz_report.field_trace import trace_fields
-from featviz_report.receptive import gradient_boxes
+from featviz_report.capture.hooks import maps_order
+from featviz_report.capture.truncated import Truncated
+from featviz_report.fields.receptive import gradient_boxes
+from featviz_report.fields.trace import trace_fields
 
 
 class ChannelsLast(nn.Module):

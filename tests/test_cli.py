@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import read_page
 
+from featviz_report._resources import demo_samples_dir
 from featviz_report.cli import main
-from featviz_report.resources import demo_samples_dir
 
 DEMO_LAYERS = ["conv1", "conv2", "conv3", "fc1", "fc2"]
 
@@ -88,6 +88,10 @@ def test_torchvision_model_through_the_cli(tmp_path: Path, image_folder: Path) -
         (["--layers", "nothing*"], "'nothing*' matches no layer"),
         (["--normalize", "1,2,3"], "--normalize '1,2,3'"),
         (["--weights", "missing.pt"], "--weights 'missing.pt': file not found"),
+        (["--model", "resnet18", "--samples", "."], "did you mean torchvision:resnet18 (or timm:resnet18)?"),
+        (["--model", "resnt18", "--samples", "."], "did you mean torchvision:resnet18"),
+        (["photos/"], "unexpected argument 'photos/': images go after --samples; the commands are scan, site"),
+        (["scan"], "the following arguments are required: DATA (see 'featviz-report scan --help')"),
     ],
 )
 def test_bad_usage_exits_2_with_one_line_and_writes_nothing(
@@ -111,7 +115,7 @@ def test_unwritable_output_fails_before_the_model_runs(capsys: pytest.CaptureFix
 def test_internal_errors_exit_1_with_a_debug_hint(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import featviz_report.models as models
+    import featviz_report.models.resolve as models
 
     def broken(*args: object) -> None:
         raise ZeroDivisionError("oops")
@@ -125,7 +129,7 @@ def test_internal_errors_exit_1_with_a_debug_hint(
 
 
 def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    import featviz_report.models as models
+    import featviz_report.models.resolve as models
 
     def interrupted(*args: object) -> None:
         raise KeyboardInterrupt
@@ -150,3 +154,36 @@ def test_python_dash_m_builds_the_same_bytes_with_progress_lines(tmp_path: Path,
     assert result.returncode == 0, result.stderr
     assert "capture" in result.stderr and "wrote r.html" in result.stderr
     assert (tmp_path / "r.html").read_bytes() == demo_page.read_bytes()  # another PYTHONHASHSEED, same bytes
+
+
+def test_help_groups_the_options_inputs_first_lists_every_command_and_gives_examples(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    groups = ["inputs:", "what to show:", "feature visualisation:", "comparison and training runs:", "output:"]
+    groups += ["performance:", "general:", "other commands:", "examples:"]
+    assert [text.index(g) for g in groups] == sorted(text.index(g) for g in groups)
+    inputs = text[text.index("inputs:") : text.index("what to show:")]
+    assert inputs.split()[1] == "--samples" and "--model" in inputs
+    assert "    scan " in text and "    site " in text and "featviz-report scan val/" in text
+
+
+def test_repeated_samples_are_all_kept_and_a_run_without_model_says_it_uses_the_demo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    digits = sorted(demo_samples_dir().glob("*.png"))
+    out, sidecar = tmp_path / "r.html", tmp_path / "r.json"
+    argv = ["--samples", str(digits[0]), "--samples", str(digits[1]), str(digits[2]), "--no-graph"]
+    assert main([*argv, "-o", str(out), "--json", str(sidecar), "--quiet"]) == 0
+    assert [s["name"] for s in json.loads(sidecar.read_text())["samples"]] == [d.name for d in digits[:3]]
+    assert "featviz-report: warning: no --model: these samples go through the embedded digits demo" in (
+        capsys.readouterr().err
+    )
+
+
+def test_site_without_its_folder_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["site"]) == 2
+    err = capsys.readouterr().err
+    said = "the following arguments are required: DIR (see 'featviz-report site --help')"
+    assert err == f"featviz-report: error: {said}\n"

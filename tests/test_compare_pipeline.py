@@ -13,11 +13,11 @@ from conftest import TinyCNN, hooks_left, read_page
 from torch import nn
 
 from featviz_report import ReportConfig, build_report
-from featviz_report.changes import ranked_layers
+from featviz_report.capture.changes import ranked_layers
+from featviz_report.capture.gradcam import class_activation_maps
 from featviz_report.cli import main
-from featviz_report.compare_pipeline import compare_checkpoints
 from featviz_report.errors import ModelError, UsageError
-from featviz_report.gradcam import class_activation_maps
+from featviz_report.pipelines.compare import compare_checkpoints
 
 SIZE = 16
 

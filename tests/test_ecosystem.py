@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from featviz_report import ReportConfig, build_report
 from featviz_report.cli import main
-from featviz_report.models import load_model, load_state_dict
+from featviz_report.models.resolve import load_model, load_state_dict
 
 
 def test_timm_models_bring_their_input_size_normalisation_and_class_names(
@@ -112,7 +112,7 @@ def test_a_report_displays_itself_in_a_notebook(tmp_path: Path, tiny_cnn: TinyCN
 
 
 def test_a_big_report_is_cut_to_fit_the_notebook(tiny_cnn: TinyCNN) -> None:
-    from featviz_report.notebook import notebook_html
+    from featviz_report.render.notebook import notebook_html
 
     report = build_report(tiny_cnn, torch.rand(64, 1, 8, 8), None, ReportConfig(quiet=True))
     full = notebook_html(report, max_mb=100)

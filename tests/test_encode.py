@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featviz_report.colormaps import palette
-from featviz_report.encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
+from featviz_report.render.colormaps import palette
+from featviz_report.render.encode import PngEncoder, grid_shape, png_palette, png_rgb, tile_atlas
+from featviz_report.render.spool import Spool, Spooled
 from featviz_report.report_data import Png
-from featviz_report.spool import Spool, Spooled
 
 
 def test_grid_shape_is_square_ish_and_holds_everything() -> None:

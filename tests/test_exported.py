@@ -12,10 +12,10 @@ from archives import EVIL, GRAPH_EVIL, export_demo, planted, rewrite
 from conftest import read_page
 from torch import nn
 
+from featviz_report._resources import demo_samples_dir
 from featviz_report.cli import main
 from featviz_report.errors import ModelError
-from featviz_report.exported import _check_graph, load_exported
-from featviz_report.resources import demo_samples_dir
+from featviz_report.models.exported import _check_graph, load_exported
 
 PHOTOS = Path(__file__).resolve().parent.parent / "samples" / "photos"
 
@@ -82,7 +82,7 @@ def test_while_torch_reads_an_archive_the_calls_that_would_run_code_refuse() -> 
     import sympy
 
     from featviz_report.errors import ModelError
-    from featviz_report.exported import _sinks_guarded
+    from featviz_report.models.exported import _sinks_guarded
 
     with _sinks_guarded("--model 'x.pt2'"):
         with pytest.raises(ModelError, match="pickled Python object"):

@@ -17,12 +17,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from featviz_report import ReportConfig, build_report, visualise
-from featviz_report import feature_vis as fv
+from featviz_report import ReportConfig, build_report
 from featviz_report.errors import ModelError
-from featviz_report.models import load_model
-from featviz_report.scan_pipeline import scan_dataset
-from featviz_report.vis_cache import VisCache
+from featviz_report.featvis import optimise as fv
+from featviz_report.featvis import stage as visualise
+from featviz_report.featvis.cache import VisCache
+from featviz_report.models.resolve import load_model
+from featviz_report.pipelines.scan import scan_dataset
 from tests.conftest import hooks_left, read_page
 from tests.trained_nets import ONET_NORMALIZE, ONET_SIZE, natural_images, onet, onet_weights
 

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from featviz_report import ReportConfig, build_report
-from featviz_report.field_budget import FLOOR_SECONDS, OVER_BUDGET, SHARE, Deadline, OverBudget, field_seconds
-from featviz_report.receptive import GradientProbe
+from featviz_report.fields.budget import FLOOR_SECONDS, OVER_BUDGET, SHARE, Deadline, OverBudget, field_seconds
+from featviz_report.fields.receptive import GradientProbe
 
 
 class Rolled(nn.Module):

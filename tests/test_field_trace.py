@@ -12,10 +12,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from featviz_report.capture.truncated import Truncated
 from featviz_report.errors import first_line
-from featviz_report.feature_vis import Truncated
-from featviz_report.field_trace import Blind, TracedField, trace_fields
-from featviz_report.receptive import FieldUnknown, ReceptiveFields, gradient_boxes
+from featviz_report.fields.receptive import FieldUnknown, ReceptiveFields, gradient_boxes
+from featviz_report.fields.trace import Blind, TracedField, trace_fields
 
 
 class Zoo(nn.Module):
@@ -674,7 +674,7 @@ CASES = {  # a red-team pass's cases, each a wrong box once (now exact or refuse
 def _answer(model: nn.Module, x: torch.Tensor, position: tuple[int, int]) -> tuple[int, ...] | str:
     """What a report gives as ``model.h``'s field at ``position``, traced on ``x``: the box (traced, or from the
     gradient where the tracer refused), or the reason the page gives for saying it is unknown (any failure:
-    :func:`featviz_report.receptive.with_fields`), which must say something."""
+    :func:`featviz_report.fields.receptive.with_fields`), which must say something."""
     try:
         return ReceptiveFields.traced_on(model, x).boxes(model.h, 0, [position])[position]
     except Exception as err:  # noqa: BLE001 - the page says the field is unknown, and why

@@ -13,7 +13,7 @@ from torch import nn
 
 from featviz_report import ReportConfig, build_report
 from featviz_report.cli import main
-from featviz_report.graph import record_graph
+from featviz_report.graph.record import record_graph
 
 
 class Branchy(nn.Module):
@@ -95,7 +95,7 @@ def test_no_graph_leaves_it_out_and_a_missing_engine_says_why(
     out = tmp_path / "r.html"
     assert main(["-o", str(out), "--no-graph", "--json", str(tmp_path / "r.json"), "--quiet"]) == 0
     assert 'id="graph"' not in out.read_text() and "graph" not in json.loads((tmp_path / "r.json").read_text())
-    import featviz_report.graph_layout as layout
+    import featviz_report.graph.layout as layout
 
     monkeypatch.setattr(layout, "_engine", lambda: None)
     build_report(tiny_cnn, torch.rand(2, 1, 8, 8), out, ReportConfig(quiet=True))
@@ -202,7 +202,7 @@ def _no_dot(*args: object, **kwargs: object) -> None:
 def test_a_graph_too_large_to_lay_out_is_turned_away_before_dot_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import featviz_report.graph_layout as layout
+    import featviz_report.graph.layout as layout
 
     monkeypatch.setattr(layout.subprocess, "run", _no_dot)  # no wait for dot: the size decides
     sidecar = tmp_path / "r.json"
@@ -217,7 +217,7 @@ def test_a_graph_too_large_to_lay_out_is_turned_away_before_dot_starts(
 
 
 def test_dense_graphs_under_the_bound_are_still_laid_out() -> None:
-    from featviz_report.graph_layout import MAX_LAYOUT_SIZE, _drawings, layout_graph, layout_size
+    from featviz_report.graph.layout import MAX_LAYOUT_SIZE, _drawings, layout_graph, layout_size
 
     for model in (Dense(12), DenseBlock(24)):  # about 900 and 1,850 nodes to place
         graph = record_graph(model.eval(), torch.rand(1, 1, 4, 4))
@@ -229,7 +229,7 @@ def test_dense_graphs_under_the_bound_are_still_laid_out() -> None:
 def test_a_layout_that_times_out_or_cannot_start_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
 
-    import featviz_report.graph_layout as layout
+    import featviz_report.graph.layout as layout
 
     graph = record_graph(Branchy().eval(), INPUTS)
 

@@ -519,7 +519,7 @@ def test_unwritable_output_location(world: World, capsys: pytest.CaptureFixture[
 def test_ctrl_c_during_the_run_leaves_nothing_behind(
     world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import featviz_report.pipeline as pipeline
+    import featviz_report.pipelines.core as pipeline
 
     def interrupt(*args: object) -> None:
         raise KeyboardInterrupt
@@ -534,7 +534,7 @@ def test_ctrl_c_during_the_run_leaves_nothing_behind(
 def test_failure_while_writing_leaves_no_partial_file(
     world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import featviz_report.outputs as outputs
+    import featviz_report.render.outputs as outputs
 
     real = outputs.render_html
 

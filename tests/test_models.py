@@ -17,7 +17,7 @@ from torch import nn
 
 from featviz_report.cli import main
 from featviz_report.errors import ModelError
-from featviz_report.models import load_model, load_state_dict, weights_digest
+from featviz_report.models.resolve import load_model, load_state_dict, weights_digest
 
 
 def test_torchvision_models_are_built_with_a_fixed_random_init() -> None:
@@ -67,7 +67,7 @@ def test_mismatched_state_dict_lists_keys(tmp_path: Path, tiny_cnn: TinyCNN, mon
     state["extra.weight"] = torch.zeros(1)
     del state["head.bias"]
     torch.save(state, tmp_path / "w.pt")
-    import featviz_report.models as models
+    import featviz_report.models.resolve as models
 
     monkeypatch.setattr(models, "_resolve", lambda spec, trust: models.LoadedModel(TinyCNN(), "tiny"))
     with pytest.raises(ModelError, match=r"missing in the file: head.bias; only in the file: extra.weight"):

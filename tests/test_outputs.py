@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from featviz_report.cli import main
-from featviz_report.outputs import MANIFEST
+from featviz_report.render.outputs import MANIFEST
 
 DIVERGED = """
 import torch
@@ -292,7 +292,7 @@ def test_a_failure_after_the_page_is_rendered_leaves_every_old_output(
 ) -> None:
     (here / "r.html").write_text("old page")
     (here / "r.json").write_text("old json")
-    import featviz_report.outputs as outputs
+    import featviz_report.render.outputs as outputs
 
     def crash(*args: object) -> None:
         raise RuntimeError("sidecar gremlin")

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from featviz_report import progress
-from featviz_report.progress import EVERY, Progress
+from featviz_report.runtime import progress as progress
+from featviz_report.runtime.progress import EVERY, Progress
 
 
 def test_a_counter_off_a_terminal_writes_a_line_every_few_seconds_and_when_it_ends(

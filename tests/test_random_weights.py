@@ -16,7 +16,7 @@ import torchvision
 
 from featviz_report import ReportConfig, build_report
 from featviz_report.cli import main
-from featviz_report.models import load_model
+from featviz_report.models.resolve import load_model
 
 PHOTOS = Path(__file__).resolve().parents[1] / "samples" / "photos"
 SMALL = ["--model", "torchvision:squeezenet1_1", "--input-size", "64", "--no-graph", "--quiet"]

@@ -74,7 +74,7 @@ def shell_commands() -> list[tuple[str, list[str]]]:
 
 
 def _weights(spec: str, path: Path) -> None:
-    from featviz_report.models import load_model
+    from featviz_report.models.resolve import load_model
 
     torch.manual_seed(0)
     state = load_model(spec).module.state_dict()

@@ -20,10 +20,10 @@ from timm.layers.activations import Sigmoid as TimmSigmoid
 from torch import nn
 
 from featviz_report import ReportConfig
-from featviz_report.crops import context_box
-from featviz_report.exported import load_exported
-from featviz_report.receptive import FieldUnknown, ReceptiveFields, gradient_boxes
-from featviz_report.scan_pipeline import scan_dataset
+from featviz_report.fields.receptive import FieldUnknown, ReceptiveFields, gradient_boxes
+from featviz_report.models.exported import load_exported
+from featviz_report.pipelines.scan import scan_dataset
+from featviz_report.scan.crops import context_box
 
 # (kernel, stride, padding, dilation) of each layer of Stack, in order
 GEOMETRY = [(3, 1, 1, 1), (2, 2, 0, 1), (5, 2, 2, 1), (3, 1, 2, 2)]

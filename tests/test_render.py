@@ -20,7 +20,7 @@ from torch import nn
 
 from featviz_report import ReportConfig, build_report
 from featviz_report.errors import ModelError, OutputError
-from featviz_report.render import _top_data, script_json
+from featviz_report.render.html import _top_data, script_json
 from featviz_report.report_data import ChannelStats, Peaks
 
 CHECKER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_report.py"
@@ -159,7 +159,7 @@ def test_a_failing_run_leaves_the_existing_report_untouched(tmp_path: Path, tiny
 def test_an_unusable_template_cache_only_means_compiling_again(
     tmp_path: Path, tiny_cnn: TinyCNN, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from featviz_report import render
+    from featviz_report.render import html as render
 
     (tmp_path / f"_jinja2-cache-{os.getuid()}").write_text("not a folder")  # Jinja2 refuses such a cache
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))

@@ -15,7 +15,7 @@ from conftest import decode_png, read_page
 from torch import nn
 
 from featviz_report import ReportConfig, build_report
-from featviz_report.render import _fmt_num
+from featviz_report.render.html import _fmt_num
 
 
 class MLP(nn.Module):

@@ -10,8 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
+from featviz_report.capture.samples import (
+    FileSamples,
+    Preprocess,
+    TensorSamples,
+    find_images,
+    parse_normalize,
+    read_labels,
+)
 from featviz_report.errors import InputError, SampleError, UsageError
-from featviz_report.samples import FileSamples, Preprocess, TensorSamples, find_images, parse_normalize, read_labels
 
 
 def test_folders_are_searched_recursively_sorted_and_deduplicated(image_folder: Path) -> None:

@@ -15,12 +15,12 @@ import pytest
 from PIL import Image
 
 from featviz_report import ReportConfig
-from featviz_report.accumulate import ChannelAccumulator
+from featviz_report.capture.accumulate import ChannelAccumulator
+from featviz_report.capture.samples import find_images, preprocess
 from featviz_report.errors import InputError
-from featviz_report.models import load_model
-from featviz_report.progress import Progress
-from featviz_report.samples import find_images, preprocess
-from featviz_report.scan import run_scan
+from featviz_report.models.resolve import load_model
+from featviz_report.runtime.progress import Progress
+from featviz_report.scan.run import run_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def test_merged_shards_equal_one_scan_whatever_the_split(digits: Path) -> None:
 def test_ctrl_c_saves_the_shard_and_a_rerun_resumes_to_the_same_result(
     digits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from featviz_report import scan
+    from featviz_report.scan import run as scan
 
     fold, batches = scan._fold, []
 

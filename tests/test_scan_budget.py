@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from featviz_report import scan_budget, scan_dataset
-from featviz_report.render import html_size, inline_size
+from featviz_report import scan_dataset
+from featviz_report.render.html import html_size, inline_size
+from featviz_report.scan import budget as scan_budget
 from tests.test_scan_sources import TwoConvs, config, noise_folder, sources_and_crops
 
 CHECKER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_report.py"

@@ -16,9 +16,9 @@ from PIL import Image
 from torch import nn
 
 from featviz_report import ReportConfig, scan_dataset
-from featviz_report.crops import CROP_PX
-from featviz_report.encode import photo
-from featviz_report.scan_sources import Region, source_regions
+from featviz_report.render.encode import photo
+from featviz_report.scan.crops import CROP_PX
+from featviz_report.scan.sources import Region, source_regions
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = re.compile(

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from featviz_report import Recorder, ReportConfig, build_report
 from featviz_report.errors import InputError, OutputError, UsageError
-from featviz_report.site import read_steps
+from featviz_report.training.index import read_steps
 from tests.conftest import TinyCNN, hooks_left
 
 CONFIG = ReportConfig(input_size=8, graph=False)
@@ -200,7 +200,7 @@ def test_a_model_with_extra_state_is_recorded_and_compared(tmp_path: Path, image
 def test_lightning_callback_records_every_n_epochs(tmp_path: Path, image_folder: Path) -> None:
     import lightning as L
 
-    from featviz_report.lightning import FeatvizCallback
+    from featviz_report.training.lightning import FeatvizCallback
 
     class Module(L.LightningModule):
         def __init__(self) -> None:
@@ -291,7 +291,7 @@ def _lightning_modules() -> dict[str, type]:
 def test_lightning_callback_never_ends_training_and_records_what_it_is_told(
     tmp_path: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from featviz_report.lightning import FeatvizCallback
+    from featviz_report.training.lightning import FeatvizCallback
 
     modules = _lightning_modules()
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featviz_report.weights import filter_tiles
+from featviz_report.capture.filters import filter_tiles
 
 
 def test_first_rgb_layer_gives_one_min_maxed_rgb_tile_per_filter() -> None:

@@ -1,0 +1,1 @@
+"""Feature visualisation: one optimised image per channel, the stage that runs it, and its cache."""

@@ -1,0 +1,1 @@
+"""Receptive fields: where in the input each position of a layer looks (traced exactly, else probed)."""

@@ -1,0 +1,1 @@
+"""Models from a spec: torchvision, timm, factories, pickles refused, exported programs checked."""

@@ -1,0 +1,1 @@
+"""The pipelines: the core every build shares, and the report, the comparison and the scan."""

@@ -1,0 +1,1 @@
+"""Writing what was found: the HTML page, the JSON sidecar, notebooks, page budgets and image encoding."""
