@@ -187,11 +187,11 @@
     var peaks = peaksOf(layer, channel);
     if (!peaks.length) { return; }
     var title = document.createElement("p");
-    title.textContent = peaks[0].length > 4
-      ? "Top samples for this channel (peak value): each cut around the peak, its receptive field outlined; click for the whole image"
-      : "Top samples for this channel (peak value)";
+    title.textContent = "Top samples for this channel, best first, each with its peak (the channel's highest value over "
+      + "positions on that sample)" + (peaks[0].length > 4
+      ? ": cut around the peak, its receptive field outlined; click for the whole image" : "");
     box.appendChild(title);
-    peaks.forEach(function (peak) {
+    peaks.forEach(function (peak, rank) {
       var thumb = document.querySelector('.sample[data-sample="' + peak[0] + '"] img');
       if (!thumb) { return; }
       var figure = document.createElement("figure"), button = document.createElement("button");
@@ -209,7 +209,7 @@
       var name = data.samples[peak[0]];
       button.type = "button";
       button.className = "whole";
-      button.setAttribute("aria-label", "sample " + peak[0] + " (" + name + "), peak " + fmt(peak[1]) + ": show the whole image");
+      button.setAttribute("aria-label", "top sample " + (rank + 1) + ", " + name + " (sample " + peak[0] + "), peak " + fmt(peak[1]) + ": show the whole image");
       button.addEventListener("click", function () {
         showWhole(layer.name + " · channel " + channel + " · sample " + peak[0] + " (" + name + "), whole · peak " + fmt(peak[1]),
           thumb, peak.length > 4 ? peak.slice(4, 8) : null);
@@ -218,8 +218,9 @@
       file.className = "file";
       file.title = name;
       file.textContent = name;
-      caption.textContent = "#" + peak[0] + " · " + fmt(peak[1]) + " ";
+      caption.textContent = (rank + 1) + ". ";
       caption.appendChild(file);
+      caption.appendChild(document.createTextNode(" · peak " + fmt(peak[1])));
       button.appendChild(small); figure.appendChild(button); figure.appendChild(caption); box.appendChild(figure);
     });
   }
@@ -262,6 +263,7 @@
     canvas.hidden = true;
     dialog.querySelector("h3").textContent = title;
     dialog.querySelector(".stats").textContent = "";
+    dialog.querySelector(".stat-help").hidden = true;
     dialog.querySelector(".tops").textContent = "";
     var link = dialog.querySelector(".channel-link");
     link.hidden = false;
@@ -276,10 +278,16 @@
     figure.className = "fv";
     img.removeAttribute("loading");
     var caption = document.createElement("figcaption");
-    caption.textContent = "optimised image · " + fmt(Number(tile.dataset.activation));
+    caption.textContent = "optimised image · mean " + fmt(Number(tile.dataset.activation));
+    caption.title = "Its score is the channel's mean over positions, what the image was optimised to raise; "
+      + "the samples are scored by their peak, the highest position, so the two numbers differ by design";
     figure.appendChild(img); figure.appendChild(caption);
     var box = dialog.querySelector(".tops"), title = box.querySelector("p");
     box.insertBefore(figure, title ? title.nextSibling : null);
+    if (title) {
+      title.textContent += ". The optimised image first, scored by the channel's mean over positions (what it was "
+        + "optimised to raise), not by its peak";
+    }
   }
 
   function zoom(grid, event) {
@@ -333,6 +341,7 @@
       dd.textContent = flags.join(", ");
       flag.appendChild(dt); flag.appendChild(dd); stats.appendChild(flag);
     }
+    dialog.querySelector(".stat-help").hidden = keys.indexOf("selectivity") < 0 || layer.vector;
     canvas.setAttribute("aria-label", dialog.querySelector("h3").textContent + ", enlarged");
     if (before) { dialog.querySelector(".tops").textContent = ""; } else { showTop(layer, layer.vector ? 0 : channel); }
     if (!before && !layer.vector) { showFeature(slug, channel); }

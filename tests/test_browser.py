@@ -186,6 +186,13 @@ def test_navigation_links_keys_search_picker_and_zoom(browser: object, reports: 
         shown = page.eval_on_selector_all("#zoom .tops figure", "fs => fs.map(f => f.className)")
         assert shown[0] == "fv" and len(shown) > 1
         assert "channel 0:" in page.get_attribute("#zoom .tops .fv img", "alt")
+        # one measure each, labelled: the image's mean, the samples' peaks; ranks before the samples' names
+        assert page.inner_text("#zoom .tops .fv figcaption").startswith("optimised image · mean ")
+        assert "scored by the channel's mean over positions" in page.inner_text("#zoom .tops p")
+        ranks = page.eval_on_selector_all("#zoom .tops figure:not(.fv) figcaption", "fs => fs.map(f => f.textContent)")
+        assert [c.split(".")[0] for c in ranks] == [str(r + 1) for r in range(len(ranks))]
+        assert all(" · peak " in c for c in ranks)
+        assert page.is_visible("#zoom .stat-help") and "Selectivity:" in page.inner_text("#zoom .stat-help")
     page.keyboard.press("Escape")
     reader.clean()
 
