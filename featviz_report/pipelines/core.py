@@ -27,6 +27,8 @@ from ..capture.logits import class_scores
 from ..capture.reduce import Reduced
 from ..capture.samples import SampleSet, preprocess
 from ..capture.sections import colorbar
+from ..circuits.attach import Found, with_circuits
+from ..circuits.stage import circuit_inputs, circuit_seconds, first_samples, shown_channels
 from ..config import ReportConfig
 from ..errors import InputError, ModelError, first_few, first_line
 from ..featvis.stage import settings_record, vis_targets, visualise_layers
@@ -73,6 +75,7 @@ __all__ = [
     "graph_inputs",
     "linked",
     "feature_images",
+    "circuits",
     "warn_random_weights",
 ]
 
@@ -140,17 +143,35 @@ def sections_and_graph(
     ``config.graph`` is off) the graph of what ran, linked to them. The fields are traced, and the graph recorded
     and laid out, on a second thread while the sections are made: their forward passes and ``dot``'s process run
     beside the sections' numpy and Pillow work instead of after it. Fields the tracer leaves to the gradient get a
-    tenth of the time the job took so far (:mod:`featviz_report.fields.budget`)."""
+    tenth of the time the job took so far (:mod:`featviz_report.fields.budget`). Then, on the same thread (both
+    passes hook the model), each channel's inputs (:func:`circuits`)."""
     with ThreadPoolExecutor(1, thread_name_prefix="graph") as pool:
         side = pool.submit(_side_pass, job)
+        wiring = pool.submit(circuits, job, run)
         keys = [(record.module, call) for (_, call), record in run.records.items()]
         what = f"making {len(keys)} layers' sections" + (" and drawing the graph" if job.config.graph else "")
         with job.progress.working("sections", what):
             sections = make_sections()
             drawing, fields = side.result()
+            found, samples = wiring.result()
         seconds = field_seconds(time.monotonic() - job.started, job.config.field_seconds)
         sections = with_fields(sections, keys, fields, job.progress, seconds)
+        sections = with_circuits(sections, list(run.records), found, samples)
         return sections, None if drawing is None else linked(drawing, sections)
+
+
+def circuits(job: Job, run: Run) -> tuple[Found, int]:
+    """What each shown channel of the run's Conv2d and Linear layers is built from
+    (:mod:`featviz_report.circuits`), and the samples the attribution averaged over; nothing when
+    ``config.circuit_inputs`` is 0."""
+    if not job.config.circuit_inputs:
+        return {}, 0
+    shown = shown_channels(run.records, job.config.max_channels)
+    candidates = (
+        batch.to(device=job.device, dtype=job.dtype) for batch in first_samples(job.sample_set, job.config.batch_size)
+    )
+    seconds = circuit_seconds(time.monotonic() - job.started)
+    return circuit_inputs(job.model, job.layers, shown, candidates, job.config.circuit_inputs, seconds)
 
 
 def _side_pass(job: Job) -> tuple[GraphView | None, ReceptiveFields | None]:

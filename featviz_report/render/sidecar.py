@@ -17,6 +17,8 @@ from ..report_data import (
     GraphView,
     Histogram,
     LayerChange,
+    LayerCircuit,
+    LayerSection,
     Prediction,
     Report,
     Sample,
@@ -65,6 +67,38 @@ def _channels_json(channels: ChannelStats, files: dict[int, str] | None = None) 
     return {**numbers, "top": _top_json(channels, files)}
 
 
+def _inputs_json(circuit: LayerCircuit, count: int) -> list[list[dict[str, object]] | None]:
+    """Per channel (``count`` of them), its strongest inputs (``null`` for a channel not shown); in a
+    comparison each with its strength under A (``weight_before``, ``null`` where A has no such input)."""
+    found: list[list[dict[str, object]] | None] = [None] * count
+    for index, channel in enumerate(circuit.channels.tolist()):
+        entries: list[dict[str, object]] = [
+            {"layer": f"layer-{slug}", "channel": c, "weight": float(f"{w:.6g}")}
+            for slug, c, w, _ in circuit.row(index)
+        ]
+        if circuit.weight_before is not None:
+            before = circuit.weight_before[index][circuit.source[index] >= 0]
+            for entry, value in zip(entries, before.tolist()):
+                entry["weight_before"] = float(f"{value:.6g}") if value == value else None
+        found[channel] = entries
+    return found
+
+
+def _circuit_json(layer: LayerSection) -> dict[str, object]:
+    """``inputs`` (see :func:`_inputs_json`), how they were found and from which layers, or why there are none."""
+    if layer.circuit_unknown:
+        return {"inputs_unknown": layer.circuit_unknown}
+    circuit = layer.circuit
+    if circuit is None:
+        return {}
+    return {
+        "inputs": _inputs_json(circuit, len(layer.channels.mean)),
+        "inputs_method": circuit.method,
+        "inputs_from": [f"layer-{slug}" for slug in circuit.sources],
+        **({"inputs_samples": circuit.samples} if circuit.samples else {}),
+    }
+
+
 def _prediction_json(prediction: Prediction | None) -> dict[str, object] | None:
     if prediction is None:
         return None
@@ -81,6 +115,12 @@ def _change_json(change: LayerChange) -> dict[str, object]:
         "stats_before": _stats_json(change.stats_before),
         "most_changed": [dict(vars(c)) for c in change.channels],
     }
+
+
+def _inputs_before(layer: LayerSection) -> dict[str, object]:
+    """In a comparison, A's strongest inputs per channel, as ``channels.inputs`` gives B's."""
+    before = layer.circuit.before if layer.circuit is not None else None
+    return {} if before is None else {"inputs_before": _inputs_json(before, len(layer.channels.mean))}
 
 
 def _comparison_json(comparison: Comparison, samples: tuple[Sample, ...]) -> dict[str, object]:
@@ -171,9 +211,12 @@ def report_json(report: Report) -> dict[str, object]:
                 "kind": layer.kind,
                 "params": layer.params,
                 "stats": _stats_json(layer.stats),
-                "channels": _channels_json(layer.channels, report.dataset.files if report.dataset else None),
+                "channels": {
+                    **_channels_json(layer.channels, report.dataset.files if report.dataset else None),
+                    **_circuit_json(layer),
+                },
                 "weight_histogram": _histogram_json(layer.weight_histogram),
-                **({"change": _change_json(layer.change)} if layer.change else {}),
+                **({"change": {**_change_json(layer.change), **_inputs_before(layer)}} if layer.change else {}),
                 **({"feature_visualization": _features_json(layer.feature_images)} if layer.feature_images else {}),
                 **({"receptive_field_unknown": layer.field_unknown} if layer.field_unknown else {}),
             }
