@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from featviz_report import ReportConfig, build_report
+from featviz_report import ReportConfig, build_report, compare_checkpoints, scan_dataset
 from featviz_report.capture.hooks import select_layers
-from featviz_report.circuits.stage import first_samples
+from featviz_report.circuits.stage import circuit_inputs, first_samples
 from featviz_report.circuits.strength import ATTRIBUTION, EXPANDED, attributed_gains, strongest_inputs
 from featviz_report.circuits.trace import trace_circuits
 from featviz_report.fields.budget import Deadline
@@ -343,3 +343,113 @@ def _links(page: str) -> dict[str, list[str]]:
     for row in re.finditer(r'<li id="(layer-[^"]+-channel-\d+)"[^>]*>(.*?)</li>', page, re.S):
         rows[row.group(1)] = [unescape(h) for h in re.findall(r'<a href="#(layer-[^"]+-channel-\d+)"', row.group(2))]
     return rows
+
+
+def _page(model: nn.Module, samples: torch.Tensor, tmp_path: Path, **options: object) -> str:
+    config = ReportConfig(quiet=True, graph=False, **options)  # type: ignore[arg-type]
+    build_report(model, samples, tmp_path / "r.html", config, json_out=tmp_path / "r.json")
+    return (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+def test_the_page_links_each_channel_to_its_inputs_and_works_without_javascript(tmp_path: Path) -> None:
+    page = _page(KnownWiring().eval(), torch.rand(2, 3, 16, 16), tmp_path)
+    rows = _links(page)
+    for o, (plus, minus) in enumerate(zip(KnownWiring.PLUS, KnownWiring.MINUS)):
+        assert rows[f"layer-conv2-channel-{o}"][:2] == [f"layer-conv1-channel-{plus}", f"layer-conv1-channel-{minus}"]
+    ids = re.findall(r' id="([^"]+)"', page)
+    assert len(ids) == len(set(ids))  # each channel's address once: its row, not also an empty anchor in the maps
+    targets = {link for links in rows.values() for link in links}
+    assert targets <= set(ids) and {f"layer-conv1-channel-{c}" for c in range(6)} <= set(ids)
+    first = re.search(r'<li id="layer-conv2-channel-0">(.*?)</li>', page).group(1)  # type: ignore[union-attr]
+    assert re.search(r'<svg class="strip" viewBox="0 0 18 3"[^>]*><use href="#cp-conv2"/>', first)
+    assert '<image id="cp-conv2" width="18" height="12"' in page  # 4 rows of 6 slots (6 inputs) of 3×3 patterns
+    assert re.search(r'>3 \+\d[\d.]*</a><a href="#layer-conv1-channel-1">1 -\d', first)
+    assert "<b>attribution</b>" in page and "averaged over the first 2 samples" in page
+    assert "Built from: unknown, no captured layer" in page  # conv1 reads the image
+
+
+def test_a_channel_the_page_does_not_show_is_named_but_not_linked(tmp_path: Path) -> None:
+    page = _page(KnownWiring().eval(), torch.rand(2, 3, 16, 16), tmp_path, max_channels=2)
+    rows = _links(page)
+    assert set(rows) == {"layer-conv2-channel-0", "layer-conv2-channel-1"}
+    assert all(link in {"layer-conv1-channel-0", "layer-conv1-channel-1"} for links in rows.values() for link in links)
+    assert '<span class="off" data-at="conv1 3">3 +' in page  # channel 0's strongest input, conv1's channel 3
+    channels = json.loads((tmp_path / "r.json").read_text())["layers"][1]["channels"]
+    assert channels["inputs"][0][0]["channel"] == 3 and channels["inputs"][2:] == [None, None]
+
+
+def test_a_comparison_shows_how_the_strongest_inputs_changed(tmp_path: Path) -> None:
+    before, after = KnownWiring().eval(), KnownWiring().eval()
+    after.load_state_dict(before.state_dict())
+    with torch.no_grad():  # B rewires output 0: conv1's channel 4 instead of 3
+        after.conv2.weight[0, 3] = 0.005
+        after.conv2.weight[0, 4] = 3.0
+    config = ReportConfig(quiet=True, graph=False, cam=None)
+    compare_checkpoints(
+        before, after, torch.rand(2, 3, 16, 16), tmp_path / "c.html", config, json_out=tmp_path / "c.json"
+    )
+    layer = json.loads((tmp_path / "c.json").read_text())["layers"][1]
+    now, was = layer["channels"]["inputs"][0], layer["change"]["inputs_before"][0]
+    assert (now[0]["channel"], was[0]["channel"]) == (4, 3)
+    assert abs(now[0]["weight_before"]) < 0.1 * now[0]["weight"]  # under A channel 4 barely counted
+    assert next(e["weight_before"] for e in now if e["channel"] == 3) == pytest.approx(was[0]["weight"], rel=1e-5)
+    page = (tmp_path / "c.html").read_text(encoding="utf-8")
+    row = re.search(r'<li id="layer-conv2-channel-0">(.*?)</li>', page).group(1)  # type: ignore[union-attr]
+    assert re.search(r'>4 \+[\d.]+ <span class="was">A [+-][\d.e-]+</span></a>', row)
+
+
+def test_a_scan_carries_the_inputs_into_each_card(tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    config = ReportConfig(quiet=True, graph=False, input_size=16, normalize="none")
+    scan_dataset(KnownWiring().eval(), [folder], tmp_path / "s.html", config, json_out=tmp_path / "s.json")
+    channels = json.loads((tmp_path / "s.json").read_text())["layers"][1]["channels"]
+    assert channels["inputs_method"] == ATTRIBUTION and channels["inputs_samples"] == 2
+    assert [(e["channel"], e["weight"] > 0) for e in channels["inputs"][0][:2]] == [(3, True), (1, False)]
+    page = (tmp_path / "s.html").read_text(encoding="utf-8")
+    card = re.search(r'<article class="card" id="layer-conv2-channel-0".*?</article>', page, re.S).group(0)  # type: ignore[union-attr]
+    assert re.search(r'<p class="built-row"><b>Built from</b> <a href="#layer-conv1-channel-3"><svg class="crop"', card)
+    assert '<use href="#cp-conv2"/>' in card and 'id="cp-conv2"' in page
+
+
+@pytest.mark.parametrize("model", [KnownWiring(), Residual(relu=True), Separable()], ids=type)
+def test_replaying_the_capture_pass_gives_what_running_the_layers_again_gives(model: nn.Module, tmp_path: Path) -> None:
+    """A report's probing pass returns the captured layers' outputs kept from its capture pass instead of
+    running them: the inputs it finds are those of a probing pass that runs everything."""
+    model.eval()
+    samples = torch.rand(3, 3, 16, 16)
+    reported = _inputs(model, samples, tmp_path)
+    layers = select_layers(model)
+    shown = {(name, 0): tuple(range(m.out_channels)) for name, m in layers}
+    found, used = circuit_inputs(model, layers, shown, [samples[:2]], 8, 60)
+    assert used == 2
+    for (name, _), inputs in found.items():
+        if isinstance(inputs, str):
+            assert "inputs" not in reported[name]
+            continue
+        entries = [e for channel in reported[name]["inputs"] for e in channel]
+        assert [e["channel"] for e in entries] == inputs.channel[inputs.source >= 0].tolist()
+        np.testing.assert_allclose([e["weight"] for e in entries], inputs.weight[inputs.source >= 0], rtol=1e-5)
+
+
+def test_a_stash_spares_the_probing_pass_the_captured_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from featviz_report.circuits.stash import stashing
+
+    model, samples = KnownWiring().eval(), torch.rand(3, 3, 16, 16)
+    layers = select_layers(model)
+    with stashing(model, layers, 2) as stash, torch.inference_mode():
+        model(samples)
+        model(samples)  # only the first pass is kept
+    assert (
+        stash.inputs is not None and stash.inputs.shape[0] == 2 and set(stash.outputs) == {("conv1", 0), ("conv2", 0)}
+    )
+    runs = []
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", lambda self, *a: runs.append(self) or torch.zeros(0))
+    traced = trace_circuits(model, layers, stash.inputs.clone(), stash)
+    assert runs == [] and [t.key for t in traced.targets] == [("conv1", 0), ("conv2", 0)]
+    assert "forward" not in model.conv1.__dict__  # the modules' own forward is back

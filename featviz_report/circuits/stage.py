@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import chain
 
 import torch
 from torch import nn
@@ -19,7 +20,9 @@ from ..capture.layer_record import LayerRecord
 from ..capture.samples import SampleSet
 from ..errors import first_line
 from ..fields.budget import Deadline, OverBudget
+from .routes import Route
 from .rules import Key
+from .stash import Stash
 from .strength import ATTRIBUTION, EXPANDED, Inputs, attributed_gains, route_gains, strongest_inputs
 from .trace import is_target, trace_circuits
 
@@ -76,17 +79,20 @@ def circuit_inputs(
     candidates: Iterable[torch.Tensor],
     top: int,
     seconds: float,
+    stash: Stash | None = None,
 ) -> tuple[dict[Key, Inputs | str], int]:
     """For each captured Conv2d and Linear call in ``shown`` (its shown output channels), the ``top``
     strongest inputs of each shown channel, or why it has none; and the samples the attribution averaged
-    over. The pass runs on the first of ``candidates`` (batches on the model's device, in its dtype) the model
-    takes. Other layers (pools, norms, attention, containers) are left out."""
+    over. The pass replays the ``stash`` of the report's capture pass where there is one, else runs on the
+    first of ``candidates`` (batches on the model's device, in its dtype) the model takes. Other layers
+    (pools, norms, attention, containers) are left out."""
     modules = dict(layers)
     targets = {key for key in shown if is_target(modules[key[0]])}
     traced, reason = None, "no sample could be used"
-    for inputs in candidates:
+    tries = [(stash.inputs.clone(), stash)] if stash is not None and stash.inputs is not None else []
+    for inputs, replay in chain(tries, ((batch, None) for batch in candidates)):
         try:
-            traced = trace_circuits(model, layers, inputs)
+            traced = trace_circuits(model, layers, inputs, replay)
             break
         except Exception as err:  # noqa: BLE001 - the user's model, run with probes: name what failed, go on
             reason = f"the probing pass failed ({type(err).__name__}: {first_line(err)})"
@@ -94,6 +100,7 @@ def circuit_inputs(
         return {key: reason for key in targets}, 0
     deadline = Deadline(seconds)
     found: dict[Key, Inputs | str] = {}
+    measured: dict[tuple[int, int], dict[Key, Route]] = {}  # by what a target read (and along which axis)
     for target in traced.targets:
         if target.key not in targets:
             continue
@@ -101,10 +108,15 @@ def circuit_inputs(
             found[target.key] = NO_SOURCE
             continue
         gains, method = route_gains(target), EXPANDED
+        if gains is None and target.changed:
+            found[target.key] = "what it read was changed in place after it read it: its gradient is not the layer's"
+            continue
         if gains is None:
             method = ATTRIBUTION
             try:
-                gains = attributed_gains(target, traced.probes, deadline)
+                read = (id(target.inputs), target.axis)
+                gains = measured.get(read) or attributed_gains(target, traced.probes, deadline)
+                measured[read] = gains
             except OverBudget:
                 found[target.key] = OVER_BUDGET
                 continue

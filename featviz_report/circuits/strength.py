@@ -126,8 +126,8 @@ def _colours(chans: Sequence[np.ndarray]) -> np.ndarray:
         rank = np.empty(len(chan), dtype=np.int64)
         rank[order] = within
         ranks.append(np.where(chan >= 0, rank, 0))
-    if not ranks:
-        return np.zeros(0, dtype=np.int64)
+    if not ranks or not any(rank.any() for rank in ranks):  # each source channel read at most once: one colour
+        return np.zeros(len(chans[0]) if chans else 0, dtype=np.int64)
     _, colours = np.unique(np.stack(ranks, 1), axis=0, return_inverse=True)
     return colours.reshape(-1)
 
@@ -155,39 +155,29 @@ def _row_gains(
     return {key: Route(p.numel(), None, row) for key, p, row in zip(keys, probes, rows)}
 
 
-def _weights(module: nn.Module) -> np.ndarray:
-    """The weights in float32, non-finite ones as 0 (they are drawn as 0 in the filters too)."""
-    weight = module.weight.detach().float().cpu().numpy()  # type: ignore[operator]
-    return weight if np.isfinite(weight).all() else np.nan_to_num(weight, nan=0.0, posinf=0.0, neginf=0.0)
+def _weights(module: nn.Module, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights in float32 on the CPU, non-finite ones as 0 (they are drawn as 0 in the filters too), and
+    ``W̄``: outputs × input channels, the kernels summed over space, block-diagonal for groups."""
+    weight = module.weight.detach().float().cpu()  # type: ignore[operator]
+    summed = weight.sum((2, 3)) if weight.ndim == 4 else weight
+    if not bool(torch.isfinite(summed).all()):  # a NaN or an infinity among the weights (or a sum past float32)
+        weight = torch.nan_to_num(weight, nan=0.0, posinf=0.0, neginf=0.0)
+        summed = weight.sum((2, 3)) if weight.ndim == 4 else weight
+    return weight, torch.block_diag(*summed.chunk(groups, 0)) if groups > 1 else summed
 
 
-def _summed(weight: np.ndarray, groups: int, channels: int) -> np.ndarray:
-    """``W̄``: outputs × input channels, the kernels summed over space, block-diagonal for groups."""
-    summed = weight.sum((2, 3), dtype=np.float64) if weight.ndim == 4 else weight.astype(np.float64)
-    if groups == 1:
-        return summed
-    out, per = summed.shape
-    block = out // groups
-    full = np.zeros((out, channels))
-    for g in range(groups):
-        full[g * block : (g + 1) * block, g * per : (g + 1) * per] = summed[g * block : (g + 1) * block]
-    return full
-
-
-def _strengths(summed: np.ndarray, route: Route) -> np.ndarray:
+def _strengths(summed: torch.Tensor, route: Route) -> torch.Tensor:
     """``W̄ P``: outputs × source channels (a channel-wise route as a scatter of columns, not a product)."""
     assert route.gain is not None
+    gain = torch.from_numpy(route.gain).float()
     if route.gain.ndim == 2:
-        return summed @ route.gain
+        return summed @ gain
     assert route.chan is not None
-    keep = np.flatnonzero(route.chan >= 0)
-    columns = summed[:, keep] * route.gain[keep]
-    if len(np.unique(route.chan[keep])) == len(keep):  # each source channel read once: a placement
-        result = np.zeros((summed.shape[0], route.width))
-        result[:, route.chan[keep]] = columns
-        return result
-    result_t = torch.zeros((summed.shape[0], route.width), dtype=torch.float64)
-    return result_t.index_add_(1, torch.from_numpy(route.chan[keep]), torch.from_numpy(columns)).numpy()
+    if route.width == len(route.chan) and (route.chan == np.arange(route.width)).all():  # channel c reads c
+        return summed * gain
+    keep = torch.from_numpy(np.flatnonzero(route.chan >= 0))
+    result = torch.zeros((summed.shape[0], route.width))
+    return result.index_add_(1, torch.from_numpy(route.chan)[keep], summed[:, keep] * gain[keep])
 
 
 def _readers(chan: np.ndarray, width: int) -> np.ndarray:
@@ -248,15 +238,11 @@ def _pattern_shape(weight: np.ndarray, gains: dict[Key, Route]) -> tuple[int, in
     return None if grid is None or grid == (1, 1) else grid
 
 
-def _top_columns(magnitudes: np.ndarray, top: int) -> np.ndarray:
+def _top_columns(magnitudes: torch.Tensor, top: int) -> np.ndarray:
     """Per row, the columns of the ``top`` largest values, largest first (ties: the lower column first)."""
-    if top < magnitudes.shape[1]:
-        part = np.argpartition(-magnitudes, top - 1, axis=1)[:, :top]
-    else:
-        part = np.broadcast_to(np.arange(magnitudes.shape[1]), magnitudes.shape)
-    picked = np.take_along_axis(magnitudes, part, axis=1)
-    order = np.lexsort((part, -picked), axis=1)
-    return np.take_along_axis(part, order, axis=1)
+    picked, part = magnitudes.topk(min(top, magnitudes.shape[1]), dim=1)
+    order = np.lexsort((part.numpy(), -picked.numpy()), axis=1)
+    return np.take_along_axis(part.numpy(), order, axis=1)
 
 
 ENTRIES_AT_ONCE = 2**22  # values per batch of patterns (32 MB of float64)
@@ -267,16 +253,15 @@ def strongest_inputs(
 ) -> Inputs:
     """Each of the ``shown`` output channels' ``top`` strongest inputs over every source, by |strength|
     (exact zeros are no input: their slot's source is -1), from ``gains`` (of ``channels`` input channels)."""
-    weight = _weights(module)
     groups = module.groups if isinstance(module, nn.Conv2d) else 1
-    summed = _summed(weight, groups, channels)
+    weights, summed = _weights(module, groups)
     keys = list(gains)
-    table = np.concatenate([_strengths(summed, gains[key]) for key in keys], 1)
+    full = torch.cat([_strengths(summed, gains[key]) for key in keys], 1)
     offsets = np.cumsum([0] + [gains[key].width for key in keys])[:-1]
     outputs = np.asarray(shown, dtype=np.int64)
-    rows = table[outputs]
-    order = _top_columns(np.abs(rows), top)
-    values = np.take_along_axis(rows, order, axis=1)
+    order = _top_columns(full[torch.from_numpy(outputs)].abs(), top)
+    table, weight = full.numpy(), weights.numpy()
+    values = np.take_along_axis(table[outputs], order, axis=1).astype(np.float64)
     source = np.searchsorted(offsets, order, side="right") - 1
     source[(values == 0) | ~np.isfinite(values)] = -1
     channel = order - offsets[np.maximum(source, 0)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from ..capture.hooks import DEFAULT_TYPES, first_tensor, tensors_in
 from ..runtime.device import evaluating
 from . import routes as R
 from .rules import Key, Routes, follow
+from .stash import Stash, replaying
 
 __all__ = ["Target", "Traced", "trace_circuits", "is_target"]
 
@@ -38,14 +39,20 @@ def is_target(module: nn.Module) -> bool:
 
 @dataclass
 class Target:
-    """One call of a captured Conv2d or Linear: what it read (a copy, still linked to the probes by autograd),
-    the axis of its channels there (1, or -1 for a Linear on ``N×…×F``) and the routes to it from each source."""
+    """One call of a captured Conv2d or Linear: what it read (linked to the probes by autograd), the axis of its
+    channels there (1, or -1 for a Linear on ``N×…×F``), the routes to it from each source, and the version of
+    what it read then (changed by a later in-place operation, it no longer is what the layer read)."""
 
     key: Key
     module: nn.Module
     inputs: torch.Tensor
     axis: int
     routes: Routes
+    version: int
+
+    @property
+    def changed(self) -> bool:
+        return self.inputs._version != self.version
 
 
 @dataclass
@@ -110,7 +117,7 @@ def _hooked(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], books: _B
                 routes = books.routes(tensor) or {}
                 if axis != 1:  # routes follow axis 1: here only which sources reach it is known
                     routes = {k: R.unknown(route.width) for k, route in routes.items()}
-                traced.targets.append(Target(key, module, tensor.clone(), axis, routes))
+                traced.targets.append(Target(key, module, tensor, axis, routes, tensor._version))
             if leaf:
                 books.inside += 1
             if leaf and isinstance(tensor, torch.Tensor) and tensor.requires_grad and tensor is args[0]:
@@ -143,7 +150,7 @@ def _hooked(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], books: _B
 
     with ExitStack() as stack:
         for name, module in layers:
-            leaf = isinstance(module, DEFAULT_TYPES) or not any(True for _ in module.children())
+            leaf = _leaf(module)
             stack.callback(module.register_forward_pre_hook(before(name, leaf)).remove)
             stack.callback(module.register_forward_hook(after(leaf)).remove)
         yield
@@ -163,10 +170,20 @@ def _probing(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def trace_circuits(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], inputs: torch.Tensor) -> Traced:
-    """Run ``model`` on ``inputs`` with the captured ``layers`` probed; what every target read, and from where."""
+def _leaf(module: nn.Module) -> bool:
+    return isinstance(module, DEFAULT_TYPES) or not any(True for _ in module.children())
+
+
+def trace_circuits(
+    model: nn.Module, layers: Sequence[tuple[str, nn.Module]], inputs: torch.Tensor, stash: Stash | None = None
+) -> Traced:
+    """Run ``model`` on ``inputs`` with the captured ``layers`` probed; what every target read, and from where.
+    With a ``stash`` of these inputs' captured outputs, the captured leaf modules return those instead of
+    running (:mod:`.stash`)."""
     traced = Traced([], {}, int(inputs.shape[0]))
     books = _Books()
+    replayed = {name for name, _ in stash.outputs if _leaf(dict(layers)[name])} if stash is not None else set()
     with _probing(model), _hooked(model, layers, books, traced), books:
-        model(inputs)
+        with replaying(layers, stash, replayed) if stash is not None else nullcontext():
+            model(inputs)
     return traced

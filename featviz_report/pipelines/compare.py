@@ -19,6 +19,7 @@ from torch import nn
 from ..capture.changes import CHANGED_CHANNELS, channel_order, comparison, layer_change
 from ..capture.samples import SamplesArg, open_samples, preprocess
 from ..capture.sections import layer_sections
+from ..circuits.attach import with_circuits
 from ..config import ReportConfig
 from ..errors import UsageError
 from ..fields.budget import field_seconds
@@ -35,6 +36,7 @@ from .core import (
     assemble,
     cam_view,
     capture_pass,
+    circuits,
     finish,
     graph_inputs,
     linked,
@@ -95,6 +97,9 @@ def compare_checkpoints(
         keys = [(record.module, call) for (_, call), record in run_b.records.items()]
         seconds = field_seconds(time.monotonic() - job_a.started, config.field_seconds)
         sections_b = with_fields(sections_b, keys, fields, progress, seconds)
+        with on_device(before, job_a.device), on_device(after, job_b.device):
+            (found_a, _), (found_b, used) = circuits(job_a, run_a), circuits(job_b, run_b)
+        sections_b = with_circuits(sections_b, list(run_b.records), found_b, used, before=found_a)
         modules_a = dict(before.named_modules())
         changed = []
         for (key, record), section in zip(run_b.records.items(), sections_b):

@@ -11,7 +11,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,8 @@ from ..capture.reduce import Reduced
 from ..capture.samples import SampleSet, preprocess
 from ..capture.sections import colorbar
 from ..circuits.attach import Found, with_circuits
-from ..circuits.stage import circuit_inputs, circuit_seconds, first_samples, shown_channels
+from ..circuits.stage import SAMPLES, circuit_inputs, circuit_seconds, first_samples, shown_channels
+from ..circuits.stash import Stash, stashing
 from ..config import ReportConfig
 from ..errors import InputError, ModelError, first_few, first_line
 from ..featvis.stage import settings_record, vis_targets, visualise_layers
@@ -88,6 +89,7 @@ class Run:
     records: dict[tuple[str, int], LayerRecord]
     notes: list[str]
     shapes: dict[str, tuple[int, ...]]
+    stash: Stash | None = None  # the first samples' captured outputs, for the circuits' probing pass to replay
 
 
 def open_job(model: nn.Module, sample_set: SampleSet, config: ReportConfig, progress: Progress) -> Job:
@@ -171,7 +173,7 @@ def circuits(job: Job, run: Run) -> tuple[Found, int]:
         batch.to(device=job.device, dtype=job.dtype) for batch in first_samples(job.sample_set, job.config.batch_size)
     )
     seconds = circuit_seconds(time.monotonic() - job.started)
-    return circuit_inputs(job.model, job.layers, shown, candidates, job.config.circuit_inputs, seconds)
+    return circuit_inputs(job.model, job.layers, shown, candidates, job.config.circuit_inputs, seconds, run.stash)
 
 
 def _side_pass(job: Job) -> tuple[GraphView | None, ReceptiveFields | None]:
@@ -362,12 +364,15 @@ def run_passes(job: Job, encoder: PngEncoder) -> Run:
     """All samples through the model, their atlases and thumbnails given to ``encoder`` (still being
     encoded when this returns: the sections and the page wait for each one only where they need it).
     Ordering channels by a statistic takes a first pass that only ranks them: atlases are encoded as
-    batches go, so the order must be known before."""
+    batches go, so the order must be known before. With circuits on, the first samples' captured outputs are kept
+    (:mod:`featviz_report.circuits.stash`)."""
     orders = None
-    if job.config.order != "index":
-        ranking = capture_pass(job, None, None)
-        orders = {key: record.stats.ranking(job.config.order) for key, record in ranking.records.items()}
-    return capture_pass(job, encoder, orders)
+    with stashing(job.model, job.layers, SAMPLES) if job.config.circuit_inputs else nullcontext() as stash:
+        if job.config.order != "index":
+            ranking = capture_pass(job, None, None)
+            orders = {key: record.stats.ranking(job.config.order) for key, record in ranking.records.items()}
+        run = capture_pass(job, encoder, orders)
+    return dataclasses.replace(run, stash=stash)
 
 
 def capture_pass(

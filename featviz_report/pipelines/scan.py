@@ -23,6 +23,8 @@ from torch import nn
 
 from ..capture.samples import display_names, find_images, preprocess
 from ..capture.sections import LayerRecord, layer_sections
+from ..circuits.attach import with_circuits
+from ..circuits.stage import SAMPLES, circuit_inputs, circuit_seconds, shown_channels
 from ..config import ReportConfig
 from ..errors import InputError, SampleError
 from ..featvis.stage import vis_targets, visualise_layers, with_features
@@ -103,6 +105,18 @@ def _report(
     seconds = field_seconds(time.monotonic() - started, config.field_seconds)
     keys = [(record.module, 0) for record in records]
     sections = with_fields(sections, keys, fields, progress, seconds)
+    if config.circuit_inputs:
+        calls = {(record.name, 0): record for record in records}
+        with on_device(model, result.device):
+            found, samples = circuit_inputs(
+                model,
+                result.layers,
+                shown_channels(calls, limit),
+                _first_image(model, dataset, SAMPLES),
+                config.circuit_inputs,
+                circuit_seconds(time.monotonic() - started),
+            )
+        sections = with_circuits(sections, list(calls), found, samples)
     with_cards = []
     names = dict(zip(range(len(dataset.paths)), display_names(dataset.paths)))
     size = dataset.prep.size
@@ -187,13 +201,17 @@ def _card(
     )
 
 
-def _first_image(model: nn.Module, dataset: ImageFiles) -> Iterator[torch.Tensor]:
-    """The first readable image as a batch of one, on the model's device and in its dtype."""
+def _first_image(model: nn.Module, dataset: ImageFiles, count: int = 1) -> Iterator[torch.Tensor]:
+    """The first readable image (the first ``count`` of them) as a batch, on the model's device and in its dtype."""
+    images = []
     for index in range(len(dataset)):
         image, _, ok = dataset[index]
         if ok:
-            yield image[None].to(device=model_device(model), dtype=float_dtype(model))
-            return
+            images.append(image)
+        if len(images) == count:
+            break
+    if images:
+        yield torch.stack(images).to(device=model_device(model), dtype=float_dtype(model))
 
 
 def _pixels(dataset: ImageFiles, index: int) -> np.ndarray | None:
