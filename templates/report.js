@@ -253,8 +253,12 @@
     var view = dialog.querySelector(".built-view");
     view.textContent = "";
     var row = document.getElementById("layer-" + slug + "-channel-" + channel);
-    view.hidden = !row || !row.closest(".built");
-    if (view.hidden) { return; }
+    var unknown = document.querySelector('.circuits-unknown[data-slug="' + slug + '"]');
+    view.hidden = !(row && row.closest(".built")) && !unknown;
+    if (view.hidden || !(row && row.closest(".built"))) {  // none, or why there are none (it reads the image)
+      if (unknown) { var why = document.createElement("p"); why.textContent = unknown.textContent; view.appendChild(why); }
+      return;
+    }
     var panel = row.closest(".circuits");
     var title = document.createElement("p");
     title.textContent = "Built from: its strongest inputs, strongest first, by " + panel.dataset.method

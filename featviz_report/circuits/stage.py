@@ -24,13 +24,15 @@ from .routes import Route
 from .rules import Key
 from .stash import Stash
 from .strength import ATTRIBUTION, EXPANDED, Inputs, attributed_gains, route_gains, strongest_inputs
-from .trace import is_target, trace_circuits
+from .trace import Traced, is_target, trace_circuits
 
 __all__ = [
     "SAMPLES",
     "NO_SOURCE",
     "OVER_BUDGET",
     "circuit_inputs",
+    "probe",
+    "measure",
     "circuit_seconds",
     "shown_channels",
     "first_samples",
@@ -72,32 +74,40 @@ def first_samples(sample_set: SampleSet, batch_size: int) -> Iterator[torch.Tens
             yield batch.inputs
 
 
-def circuit_inputs(
+def probe(
     model: nn.Module,
     layers: Sequence[tuple[str, nn.Module]],
-    shown: Mapping[Key, Sequence[int]],
     candidates: Iterable[torch.Tensor],
-    top: int,
-    seconds: float,
     stash: Stash | None = None,
-) -> tuple[dict[Key, Inputs | str], int]:
-    """For each captured Conv2d and Linear call in ``shown`` (its shown output channels), the ``top``
-    strongest inputs of each shown channel, or why it has none; and the samples the attribution averaged
-    over. The pass replays the ``stash`` of the report's capture pass where there is one, else runs on the
-    first of ``candidates`` (batches on the model's device, in its dtype) the model takes. Other layers
-    (pools, norms, attention, containers) are left out."""
-    modules = dict(layers)
-    targets = {key for key in shown if is_target(modules[key[0]])}
-    traced, reason = None, "no sample could be used"
+) -> Traced | str:
+    """The probing pass (:mod:`.trace`): replaying the ``stash`` of the report's capture pass where there is one,
+    else on the first of ``candidates`` (batches on the model's device, in its dtype) the model takes; or why
+    it failed. The only step that runs (and hooks) the model."""
+    reason = "no sample could be used"
     tries = [(stash.inputs.clone(), stash)] if stash is not None and stash.inputs is not None else []
     for inputs, replay in chain(tries, ((batch, None) for batch in candidates)):
         try:
-            traced = trace_circuits(model, layers, inputs, replay)
-            break
+            return trace_circuits(model, layers, inputs, replay)
         except Exception as err:  # noqa: BLE001 - the user's model, run with probes: name what failed, go on
             reason = f"the probing pass failed ({type(err).__name__}: {first_line(err)})"
-    if traced is None:
-        return {key: reason for key in targets}, 0
+    return reason
+
+
+def measure(
+    traced: Traced | str,
+    layers: Sequence[tuple[str, nn.Module]],
+    shown: Mapping[Key, Sequence[int]],
+    top: int,
+    seconds: float,
+) -> tuple[dict[Key, Inputs | str], int]:
+    """For each captured Conv2d and Linear call in ``shown`` (its shown output channels), the ``top``
+    strongest inputs of each shown channel, or why it has none; and the samples the attribution averaged
+    over. Other layers (pools, norms, attention, containers) are left out. Reads the model's weights, but
+    does not run it: it can run beside another pass over the model."""
+    modules = dict(layers)
+    targets = {key for key in shown if is_target(modules[key[0]])}
+    if isinstance(traced, str):
+        return {key: traced for key in targets}, 0
     deadline = Deadline(seconds)
     found: dict[Key, Inputs | str] = {}
     measured: dict[tuple[int, int], dict[Key, Route]] = {}  # by what a target read (and along which axis)
@@ -128,3 +138,15 @@ def circuit_inputs(
     for key in targets - found.keys():
         found[key] = "its call was not seen in the probing pass (called inside another captured layer)"
     return found, traced.samples
+
+
+def circuit_inputs(
+    model: nn.Module,
+    layers: Sequence[tuple[str, nn.Module]],
+    shown: Mapping[Key, Sequence[int]],
+    candidates: Iterable[torch.Tensor],
+    top: int,
+    seconds: float,
+) -> tuple[dict[Key, Inputs | str], int]:
+    """:func:`probe` on ``candidates``, then :func:`measure`."""
+    return measure(probe(model, layers, candidates), layers, shown, top, seconds)

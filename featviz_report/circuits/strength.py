@@ -20,6 +20,7 @@ layer on a flattened map.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ __all__ = ["Inputs", "EXPANDED", "ATTRIBUTION", "route_gains", "attributed_gains
 EXPANDED = "expanded weights"
 ATTRIBUTION = "attribution"
 ROWS_AT_ONCE = 2**22  # values of batched one-hot gradients per backward pass (16 MB of float32)
+BATCH_SECONDS = 0.25  # a batch of rows of P takes about this long, so the time budget is checked that often
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,18 +142,23 @@ def _row_gains(
     positions: int,
     deadline: Deadline,
 ) -> dict[Key, Route]:
-    """Every row of ``P``: the gradient of each channel's mean of ``u``, a batch of channels per backward pass."""
-    channels = u.shape[axis]
+    """Every row of ``P``: the gradient of each channel's mean of ``u``, a batch of channels per backward pass.
+    The first batch is one channel; each next one is as many as fit in :data:`BATCH_SECONDS` at the pace so
+    far (and in :data:`ROWS_AT_ONCE` values), and starts only if it ends before the ``deadline``."""
+    channels, axis = u.shape[axis], axis % u.ndim
     rows = [np.zeros((channels, p.numel())) for p in probes]
-    step, axis = max(1, ROWS_AT_ONCE // max(u.numel(), 1)), axis % u.ndim
-    for start in range(0, channels, step):
-        deadline.allow(0.0)
-        count = min(step, channels - start)
+    start, pace = 0, None  # seconds per channel
+    while start < channels:
+        count = 1 if pace is None else max(1, min(int(BATCH_SECONDS / max(pace, 1e-9)), ROWS_AT_ONCE // u.numel()))
+        count = min(count, channels - start)
+        deadline.allow(0.0 if pace is None else pace * count)
+        began = time.monotonic()
         seed = torch.zeros((count, *u.shape), dtype=u.dtype, device=u.device)
         for j in range(count):
             seed[j].select(axis, start + j).fill_(1.0 / positions)
         for row, grad in zip(rows, _grads(u, probes, seed, True)):
             row[start : start + count] = grad
+        pace, start = (time.monotonic() - began) / count, start + count
     return {key: Route(p.numel(), None, row) for key, p, row in zip(keys, probes, rows)}
 
 

@@ -10,7 +10,7 @@ import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +28,9 @@ from ..capture.reduce import Reduced
 from ..capture.samples import SampleSet, preprocess
 from ..capture.sections import colorbar
 from ..circuits.attach import Found, with_circuits
-from ..circuits.stage import SAMPLES, circuit_inputs, circuit_seconds, first_samples, shown_channels
+from ..circuits.stage import SAMPLES, circuit_seconds, first_samples, measure, probe, shown_channels
 from ..circuits.stash import Stash, stashing
+from ..circuits.trace import Traced
 from ..config import ReportConfig
 from ..errors import InputError, ModelError, first_few, first_line
 from ..featvis.stage import settings_record, vis_targets, visualise_layers
@@ -141,15 +142,17 @@ def feature_images(job: Job, run: Run) -> dict[str, tuple[FeatureImage, ...]]:
 def sections_and_graph(
     job: Job, run: Run, make_sections: Callable[[], tuple[LayerSection, ...]]
 ) -> tuple[tuple[LayerSection, ...], GraphView | None]:
-    """The sections with their peaks' receptive fields (:mod:`featviz_report.fields.receptive`) and (unless
-    ``config.graph`` is off) the graph of what ran, linked to them. The fields are traced, and the graph recorded
-    and laid out, on a second thread while the sections are made: their forward passes and ``dot``'s process run
-    beside the sections' numpy and Pillow work instead of after it. Fields the tracer leaves to the gradient get a
-    tenth of the time the job took so far (:mod:`featviz_report.fields.budget`). Then, on the same thread (both
-    passes hook the model), each channel's inputs (:func:`circuits`)."""
-    with ThreadPoolExecutor(1, thread_name_prefix="graph") as pool:
-        side = pool.submit(_side_pass, job)
-        wiring = pool.submit(circuits, job, run)
+    """The sections with their peaks' receptive fields (:mod:`featviz_report.fields.receptive`), their circuits
+    (:mod:`featviz_report.circuits`) and (unless ``config.graph`` is off) the graph of what ran, linked to them.
+    The circuits' probing pass, then the fields' tracing and the graph's recording and layout, run on a second
+    thread (in turn: each hooks the model) while the sections are made, and the circuits' strengths on a third
+    once their pass is done: their forward passes, ``dot``'s process and the strengths' arithmetic run beside
+    the sections' numpy and Pillow work instead of after it. Fields the tracer leaves to the gradient get a
+    tenth of the time the job took so far (:mod:`featviz_report.fields.budget`)."""
+    with ThreadPoolExecutor(2, thread_name_prefix="graph") as pool:
+        traced = pool.submit(probe_circuits, job, run)
+        side = pool.submit(lambda: (wait([traced]), _side_pass(job))[1])
+        wiring = pool.submit(lambda: measure_circuits(job, run, traced.result()))
         keys = [(record.module, call) for (_, call), record in run.records.items()]
         what = f"making {len(keys)} layers' sections" + (" and drawing the graph" if job.config.graph else "")
         with job.progress.working("sections", what):
@@ -162,18 +165,30 @@ def sections_and_graph(
         return sections, None if drawing is None else linked(drawing, sections)
 
 
-def circuits(job: Job, run: Run) -> tuple[Found, int]:
-    """What each shown channel of the run's Conv2d and Linear layers is built from
-    (:mod:`featviz_report.circuits`), and the samples the attribution averaged over; nothing when
-    ``config.circuit_inputs`` is 0."""
+def probe_circuits(job: Job, run: Run) -> Traced | str | None:
+    """The circuits' probing pass (:func:`featviz_report.circuits.stage.probe`) on the job's first samples,
+    replaying what the run kept of them; None when ``config.circuit_inputs`` is 0."""
     if not job.config.circuit_inputs:
-        return {}, 0
-    shown = shown_channels(run.records, job.config.max_channels)
+        return None
     candidates = (
         batch.to(device=job.device, dtype=job.dtype) for batch in first_samples(job.sample_set, job.config.batch_size)
     )
+    return probe(job.model, job.layers, candidates, run.stash)
+
+
+def measure_circuits(job: Job, run: Run, traced: Traced | str | None) -> tuple[Found, int]:
+    """What each shown channel of the run's Conv2d and Linear layers is built from, and the samples the
+    attribution averaged over (:func:`featviz_report.circuits.stage.measure`), from the probing pass."""
+    if traced is None:
+        return {}, 0
+    shown = shown_channels(run.records, job.config.max_channels)
     seconds = circuit_seconds(time.monotonic() - job.started)
-    return circuit_inputs(job.model, job.layers, shown, candidates, job.config.circuit_inputs, seconds, run.stash)
+    return measure(traced, job.layers, shown, job.config.circuit_inputs, seconds)
+
+
+def circuits(job: Job, run: Run) -> tuple[Found, int]:
+    """:func:`probe_circuits` then :func:`measure_circuits`."""
+    return measure_circuits(job, run, probe_circuits(job, run))
 
 
 def _side_pass(job: Job) -> tuple[GraphView | None, ReceptiveFields | None]:

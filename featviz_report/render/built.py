@@ -10,6 +10,7 @@ itself, each input with its own pattern and its channel's best image."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from markupsafe import Markup, escape
@@ -18,67 +19,93 @@ from ..report_data import CardImage, LayerCircuit, LayerSection, Png, Report
 
 __all__ = ["built_from", "built_row", "card_tops_of", "pattern_atlas", "Anchors", "anchors_of"]
 
-Anchors = Callable[[str, int], bool]  # whether a layer's channel (by slug) has an address on the page
+Anchors = dict[str, np.ndarray]  # per layer (slug), which channels have an address on the page (a mask by channel)
 
 
 def anchors_of(report: Report) -> Anchors:
     """Which channels have an address (``#layer-<id>-channel-<c>``) in the report's pages: a map's shown
     channels, a scan's cards, a layer's 'built from' rows."""
-    found = set()
+    found = {}
     for layer in report.layers:
-        channels = {card.channel for card in layer.cards} or set(layer.channel_ids)
+        channels = [card.channel for card in layer.cards] or list(layer.channel_ids)
         if layer.circuit is not None:
-            channels |= set(layer.circuit.channels.tolist())
-        found |= {(layer.slug, channel) for channel in channels}
-    return lambda slug, channel: (slug, channel) in found
+            channels += layer.circuit.channels.tolist()
+        mask = np.zeros(max(channels, default=-1) + 1, dtype=bool)
+        mask[channels] = True
+        found[layer.slug] = mask
+    return found
+
+
+def _linked(circuit: LayerCircuit, shown: Anchors) -> np.ndarray:
+    """Which of the circuit's inputs have an address on the page (``channels × top``)."""
+    linked = np.zeros(circuit.source.shape, dtype=bool)
+    for which, slug in enumerate(circuit.sources):
+        mask = shown.get(slug, np.zeros(0, dtype=bool))
+        rows, slots = np.nonzero(circuit.source == which)
+        channels = circuit.channel[rows, slots]
+        inside = channels < len(mask)
+        linked[rows[inside], slots[inside]] = mask[channels[inside]]
+    return linked
 
 
 def _strength(value: float) -> str:
     return f"{value:+.3g}" if value == value else "–"  # NaN: A has no such input
 
 
-def _links(circuit: LayerCircuit, href: Callable[[str], str]) -> list[str]:
-    """Per source, the start of a link to one of its channels (the rest: ``{channel}">``)."""
-    return [f'<a href="{escape(href(slug))}-channel-' for slug in circuit.sources]
+@dataclass(frozen=True)
+class _Rows:
+    """One layer's inputs as Python lists, once: each row's entries are then formatted without numpy."""
 
+    circuit: LayerCircuit
+    links: list[str]  # per source, the start of a link to one of its channels (the rest: ``{channel}">``)
+    marks: list[str]  # per source, what follows an input's channel: nothing for the first, then its letter
+    source: list[list[int]]
+    channel: list[list[int]]
+    weight: list[list[float]]
+    linked: list[list[bool]]
+    plain: list[bool]  # rows whose every input is linked, in a report (no comparison): the fast path
 
-def _marks(circuit: LayerCircuit) -> list[str]:
-    """Per source, what follows an input's channel: nothing for the first, then its letter (b, c, …), as the
-    panel's legend says."""
-    return ["", *(f"<sup>{chr(ord('a') + i)}</sup>" for i in range(1, len(circuit.sources)))]
-
-
-def _entries(
-    circuit: LayerCircuit,
-    index: int,
-    links: list[str],
-    marks: list[str],
-    shown: Anchors,
-    extra: Callable[[int, int, int], str] | None = None,
-) -> str:
-    """The ``index``-th shown channel's inputs, strongest first, as links: the channel, the signed strength, in
-    a comparison A's strength; ``extra(slot, source, channel)`` puts more inside each link (a scan's pictures).
-    An input whose channel has no address on the page (not among its layer's shown channels) is plain text."""
-    sources, channels, weights = (a[index].tolist() for a in (circuit.source, circuit.channel, circuit.weight))
-    names = circuit.sources
-    if extra is None and circuit.weight_before is None and all(shown(names[s], c) for s, c in zip(sources, channels)):
-        # a report's panel, every input on the page: resnet18's has 46,000 of these
-        return "".join(
-            [f'{links[s]}{c}">{c}{marks[s]} {w:+.3g}</a>' for s, c, w in zip(sources, channels, weights) if s >= 0]
+    @classmethod
+    def of(cls, circuit: LayerCircuit, href: Callable[[str], str], shown: Anchors) -> _Rows:
+        linked = _linked(circuit, shown)
+        every: list[bool] = np.all(linked | (circuit.source < 0), axis=1).tolist()
+        plain = [bool(row) and circuit.weight_before is None for row in every]
+        return cls(
+            circuit,
+            [f'<a href="{escape(href(slug))}-channel-' for slug in circuit.sources],
+            ["", *(f"<sup>{chr(ord('a') + i)}</sup>" for i in range(1, len(circuit.sources)))],
+            circuit.source.tolist(),
+            circuit.channel.tolist(),
+            circuit.weight.tolist(),
+            linked.tolist(),
+            plain,
         )
-    before = circuit.weight_before[index].tolist() if circuit.weight_before is not None else None
-    parts = []
-    for slot, (source, channel, weight) in enumerate(zip(sources, channels, weights)):
-        if source < 0:
-            continue
-        was = "" if before is None else f' <span class="was">A {_strength(before[slot])}</span>'
-        inside = "" if extra is None else extra(slot, source, channel)
-        text = f"{inside}{channel}{marks[source]} {_strength(weight)}{was}"
-        if shown(names[source], channel):
-            parts.append(f'{links[source]}{channel}">{text}</a>')
-        else:
-            parts.append(f'<span class="off" data-at="{escape(names[source])} {channel}">{text}</span>')
-    return "".join(parts)
+
+    def entries(self, index: int, extra: Callable[[int, int, int], str] | None = None) -> str:
+        """The ``index``-th shown channel's inputs, strongest first, as links: the channel, the signed strength,
+        in a comparison A's strength; ``extra(slot, source, channel)`` puts more inside each link (a scan's
+        pictures). An input whose channel has no address on the page is plain text, with its layer and channel
+        in ``data-at``."""
+        links, marks = self.links, self.marks
+        sources, channels, weights = self.source[index], self.channel[index], self.weight[index]
+        if extra is None and self.plain[index]:  # resnet18's page has 46,000 of these
+            return "".join(
+                [f'{links[s]}{c}">{c}{marks[s]} {w:+.3g}</a>' for s, c, w in zip(sources, channels, weights) if s >= 0]
+            )
+        before = self.circuit.weight_before
+        parts = []
+        for slot, (source, channel, weight) in enumerate(zip(sources, channels, weights)):
+            if source < 0:
+                continue
+            was = "" if before is None else f' <span class="was">A {_strength(float(before[index, slot]))}</span>'
+            inside = "" if extra is None else extra(slot, source, channel)
+            text = f"{inside}{channel}{marks[source]} {_strength(weight)}{was}"
+            if self.linked[index][slot]:
+                parts.append(f'{links[source]}{channel}">{text}</a>')
+            else:
+                name = escape(self.circuit.sources[source])
+                parts.append(f'<span class="off" data-at="{name} {channel}">{text}</span>')
+        return "".join(parts)
 
 
 def _window(kind: str, x: int, y: int, width: int, height: int, image: str) -> str:
@@ -103,7 +130,7 @@ def built_from(layer: LayerSection, src: Callable[[Png], Markup], shown: Anchors
     circuit = layer.circuit
     assert circuit is not None
     slug = escape(layer.slug)
-    links, marks = _links(circuit, lambda name: f"#layer-{name}"), _marks(circuit)
+    found = _Rows.of(circuit, lambda name: f"#layer-{name}", shown)
     grid = circuit.patterns
     rows = []
     for index, channel in enumerate(circuit.channels.tolist()):
@@ -112,7 +139,7 @@ def built_from(layer: LayerSection, src: Callable[[Png], Markup], shown: Anchors
             strip = _window(
                 "strip", 0, index * grid.tile_height, grid.cols * grid.tile_width, grid.tile_height, f"cp-{slug}"
             )
-        entries = _entries(circuit, index, links, marks, shown)
+        entries = found.entries(index)
         rows.append(f'<li id="layer-{slug}-channel-{channel}"><b>{channel}</b>{strip}{entries}</li>')
     return Markup(f'{pattern_atlas(layer, src)}<ol class="built">{"".join(rows)}</ol>')
 
@@ -155,5 +182,5 @@ def built_row(
         x, y = slot * grid.tile_width, index * grid.tile_height
         return crop + _window("pattern", x, y, grid.tile_width, grid.tile_height, f"cp-{slug}")
 
-    entries = _entries(circuit, index, _links(circuit, href), _marks(circuit), shown, pictures)
+    entries = _Rows.of(circuit, href, shown).entries(index, pictures)
     return Markup(f'<p class="built-row"><b>Built from</b> {entries}</p>' if entries else "")
