@@ -349,9 +349,10 @@ def test_a_walk_down_the_built_from_links_to_the_first_layer_and_back(
     page.wait_for_function(f"document.getElementById('zoom').dataset.at === {first!r}")
     assert page.inner_text("#zoom h3").startswith("conv2 · channel " + first.split("-channel-")[1] + " ·")
     assert page.eval_on_selector_all("#zoom .built-view a", "links => links.length") > 0
-    page.click("#zoom .built-view a")  # down to conv1, which reads the image: no row of its own
+    page.click("#zoom .built-view a")  # down to conv1, which reads the image: no inputs, and why
     page.wait_for_function("location.hash.startsWith('#layer-conv1-channel-')")
-    assert page.eval_on_selector("#zoom .built-view", "v => v.hidden")
+    assert "reads the model's input" in page.inner_text("#zoom .built-view")
+    assert page.eval_on_selector_all("#zoom .built-view a", "links => links.length") == 0
     page.go_back()
     page.go_back()
     page.wait_for_function("document.getElementById('zoom').dataset.at === '#layer-conv3-channel-5'")

@@ -151,7 +151,7 @@ def sections_and_graph(
     tenth of the time the job took so far (:mod:`featviz_report.fields.budget`)."""
     with ThreadPoolExecutor(2, thread_name_prefix="graph") as pool:
         traced = pool.submit(probe_circuits, job, run)
-        side = pool.submit(lambda: (wait([traced]), _side_pass(job))[1])
+        side = pool.submit(_side_after, traced, job)
         wiring = pool.submit(lambda: measure_circuits(job, run, traced.result()))
         keys = [(record.module, call) for (_, call), record in run.records.items()]
         what = f"making {len(keys)} layers' sections" + (" and drawing the graph" if job.config.graph else "")
@@ -163,6 +163,12 @@ def sections_and_graph(
         sections = with_fields(sections, keys, fields, job.progress, seconds)
         sections = with_circuits(sections, list(run.records), found, samples)
         return sections, None if drawing is None else linked(drawing, sections)
+
+
+def _side_after(probing: Future[Traced | str | None], job: Job) -> tuple[GraphView | None, ReceptiveFields | None]:
+    """:func:`_side_pass` once the circuits' probing pass is done (both hook the model)."""
+    wait([probing])
+    return _side_pass(job)
 
 
 def probe_circuits(job: Job, run: Run) -> Traced | str | None:
