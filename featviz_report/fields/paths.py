@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .rules import Args, Kwargs, arg, op_name, pair, raw_name
+from .calls import Args, Kwargs, arg
+from .rules import in_place, op_name, pair
 
 __all__ = ["OpenPaths"]
 
@@ -156,7 +157,7 @@ def _passed(func: Any, args: Args, kwargs: Kwargs, channels: bool = False) -> An
     if not sources:
         return func(*args, **kwargs)
     target = args[0] if args and isinstance(args[0], torch.Tensor) else None
-    if target is not None and _in_place(func) and [s for s in sources if s is not target]:
+    if target is not None and in_place(func) and [s for s in sources if s is not target]:
         with torch.no_grad():  # clamp_(min=t), or into a tensor not followed: the values of all, by autograd's copy_
             scratch = target.clone()
             func(scratch, *args[1:], **kwargs)
@@ -169,12 +170,6 @@ def _passed(func: Any, args: Args, kwargs: Kwargs, channels: bool = False) -> An
     if any(_shares(values, source) for source in sources):
         return result  # written in place (relu_): the tensor keeps its own path, and the new values
     return _with(result, _carried(values, sources, channels))
-
-
-def _in_place(func: Any) -> bool:
-    """``relu_``, ``clamp_``: an operation that writes into its first argument."""
-    name = raw_name(func)
-    return name.endswith("_") and not name.endswith("__")
 
 
 def _along(name: str, args: Args, kwargs: Kwargs, x: torch.Tensor) -> torch.Tensor:
