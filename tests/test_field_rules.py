@@ -1,17 +1,21 @@
 """The field tracer's rule tables (fields/rules.py, fields/calls.py): a rule registered for an operation is the
-one the tracer applies to it, a name takes one rule a table, and the operands' kinds of field pick the table
-(tokens, then a box, then maps)."""
+one the tracer applies to it, a name takes one rule a table, the operands' kinds of field pick the table
+(tokens, then a box, then maps), and every name a rule is registered for is one the tracer can meet."""
 
 from __future__ import annotations
+
+import functools
+import warnings
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from featviz_report.fields.calls import Call, Operand, Rules
 from featviz_report.fields.kinds import Axis, Field, Known, Tokens, Whole
-from featviz_report.fields.rules import MAPS, TOKENS, WHOLE, field_of
+from featviz_report.fields.rules import MAPS, SAME_AS, TOKENS, WHOLE, field_of, op_name
 from featviz_report.fields.trace import TracedField, trace_fields
 
 
@@ -75,3 +79,30 @@ def test_the_operands_kinds_of_field_pick_the_table(
     answer = field_of(None, "probe", (), {}, operands, torch.zeros(2, 2))
     tag = next(tag for rules, tag in tags.items() if rules.reads == table)
     assert answer == Whole((tag, tag), (tag, tag))
+
+
+@functools.cache
+def _torch_names() -> frozenset[str]:
+    """What the tracer calls each function of torch, torch.Tensor and torch.nn.functional (dunders included)."""
+    names = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated attributes
+        for namespace in (torch, torch.Tensor, F):
+            for attribute in dir(namespace):
+                func = getattr(namespace, attribute, None)
+                if callable(func):
+                    name = op_name(func)
+                    names.add(SAME_AS.get(name, name))
+    return frozenset(names)
+
+
+@pytest.mark.parametrize("rules", [MAPS, WHOLE, TOKENS], ids=lambda rules: rules.reads)
+def test_every_name_a_rule_is_registered_for_is_one_the_tracer_meets(rules: Rules) -> None:
+    assert sorted(set(rules.by_name) - _torch_names()) == []
+
+
+def test_a_log_sigmoid_is_pointwise() -> None:  # F.logsigmoid is torch's log_sigmoid
+    model = nn.Sequential(nn.Conv2d(1, 1, 3), nn.LogSigmoid()).eval()
+    found = trace_fields(model, torch.zeros(1, 1, 5, 5))
+    field = found[(model[1], 0)]
+    assert isinstance(field, TracedField) and field.box(2, 1) == (1, 2, 4, 5)

@@ -47,7 +47,7 @@ __all__ = ["OpenPaths"]
 
 PASS = frozenset(
     "relu relu6 hardtanh leaky_relu rrelu prelu gelu silu sigmoid tanh hardswish hardsigmoid mish softplus elu "
-    "selu celu softsign tanhshrink threshold logsigmoid hardshrink softshrink erf sign sgn round floor ceil "
+    "selu celu softsign tanhshrink threshold log_sigmoid hardshrink softshrink erf sign sgn round floor ceil "
     "trunc heaviside clamp clip clamp_min clamp_max maximum minimum fmax fmin where nan_to_num "
     "batch_norm instance_norm group_norm layer_norm rms_norm native_batch_norm _native_batch_norm_legit "
     "_native_batch_norm_legit_no_training native_group_norm native_layer_norm".split()

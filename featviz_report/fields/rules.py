@@ -33,7 +33,7 @@ POINTWISE = frozenset(
     "clamp_min clamp_max maximum minimum where relu relu6 hardtanh leaky_relu gelu silu sigmoid tanh hardswish "
     "hardsigmoid mish softplus elu selu celu prelu rrelu softsign tanhshrink dropout dropout2d alpha_dropout "
     "feature_alpha_dropout batch_norm instance_norm group_norm layer_norm clone "
-    "contiguous to float half double bfloat16 type type_as detach threshold logsigmoid hardshrink softshrink "
+    "contiguous to float half double bfloat16 type type_as detach threshold log_sigmoid hardshrink softshrink "
     "erf sin cos gt lt ge le eq ne logical_not bool long int requires_grad".split()
 )  # fmt: skip
 
