@@ -9,7 +9,7 @@ import copy
 import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -134,16 +134,19 @@ def feature_images(job: Job, run: Run) -> dict[str, tuple[FeatureImage, ...]]:
 
 
 def sections_and_graph(
-    job: Job, run: Run, make_sections: Callable[[], tuple[LayerSection, ...]]
+    job: Job,
+    records: Mapping[tuple[str, int], LayerRecord],
+    make_sections: Callable[[], tuple[LayerSection, ...]],
 ) -> tuple[tuple[LayerSection, ...], GraphView | None]:
-    """The sections with their peaks' receptive fields (:mod:`featviz_report.fields.receptive`) and (unless
-    ``config.graph`` is off) the graph of what ran, linked to them. The fields are traced, and the graph recorded
-    and laid out, on a second thread while the sections are made: their forward passes and ``dot``'s process run
-    beside the sections' numpy and Pillow work instead of after it. Fields the tracer leaves to the gradient get a
-    tenth of the time the job took so far (:mod:`featviz_report.fields.budget`)."""
+    """The sections of ``records`` (by module name and call) that ``make_sections`` makes, with their peaks'
+    receptive fields (:mod:`featviz_report.fields.receptive`), and (unless ``config.graph`` is off) the graph of
+    what ran, linked to them: one pass of the model on its first sample, on the job's device. The fields are
+    traced, and the graph recorded and laid out, on a second thread while the sections are made: their forward
+    passes and ``dot``'s process run beside the sections' numpy and Pillow work instead of after it. Fields the
+    tracer leaves to the gradient get a tenth of the time the job took so far (:mod:`featviz_report.fields.budget`)."""
     with ThreadPoolExecutor(1, thread_name_prefix="graph") as pool:
         side = pool.submit(_side_pass, job)
-        keys = [(record.module, call) for (_, call), record in run.records.items()]
+        keys = [(record.module, call) for (_, call), record in records.items()]
         what = f"making {len(keys)} layers' sections" + (" and drawing the graph" if job.config.graph else "")
         with job.progress.working("sections", what):
             sections = make_sections()

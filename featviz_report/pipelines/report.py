@@ -67,6 +67,8 @@ def _build(
             images = feature_images(job, run)
             cams = (cam_view(job),) if config.cam else ()
             sections, graph = sections_and_graph(
-                job, run, lambda: with_features(layer_sections(list(run.records.values()), job.layers, config), images)
+                job,
+                run.records,
+                lambda: with_features(layer_sections(list(run.records.values()), job.layers, config), images),
             )
         return finish(assemble(job, run, sections, cams, graph), out, json_out, config, progress)
