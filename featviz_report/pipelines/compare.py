@@ -18,7 +18,8 @@ from pathlib import Path
 from torch import nn
 
 from ..capture.changes import CHANGED_CHANNELS, channel_order, comparison, layer_change
-from ..capture.samples import SamplesArg, open_samples, preprocess
+from ..capture.job import Job, open_job
+from ..capture.samples import SamplesArg, SampleSet, open_samples, preprocess
 from ..capture.sections import layer_sections
 from ..config import ReportConfig
 from ..errors import UsageError
@@ -30,17 +31,7 @@ from ..report_data import LayerSection, Report
 from ..runtime.device import on_device
 from ..runtime.heap import old_objects_frozen
 from ..runtime.progress import Progress
-from .core import (
-    Job,
-    Run,
-    assemble,
-    cam_view,
-    capture_pass,
-    finish,
-    open_job,
-    sections_and_graph,
-    warn_random_weights,
-)
+from .core import Run, assemble, cam_view, capture_pass, finish, sections_and_graph, warn_random_weights
 
 __all__ = ["compare_checkpoints"]
 
@@ -99,7 +90,7 @@ def compare_checkpoints(
 
 
 def _changed_sections(
-    job_a: Job, job_b: Job, rank_a: Run, rank_b: Run, run_a: Run, run_b: Run, limit: int
+    job_a: Job[SampleSet], job_b: Job[SampleSet], rank_a: Run, rank_b: Run, run_a: Run, run_b: Run, limit: int
 ) -> tuple[LayerSection, ...]:
     """B's sections, each with what changed since A in its layer (A's statistics from its ranking pass)."""
     config = job_b.config
