@@ -1,6 +1,7 @@
-"""The core the three pipelines share (a report, a comparison, a scan's page): a :class:`Job` opened on a
-model and samples, capture passes over the samples with hooks, the :class:`Report` assembled around the
-layer sections, and the files written (:func:`finish`).
+"""The core the three pipelines share (a report, a comparison, a scan's page): capture passes with hooks over
+a :class:`~featviz_report.capture.job.Job`'s samples, the ``--featviz`` images, the one pass that traces the
+receptive fields and records the graph beside the sections (:func:`sections_and_graph`), the :class:`Report`
+assembled around the layer sections, and the files written (:func:`finish`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import copy
 import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -21,11 +22,12 @@ from torch import nn
 
 from .._version import __version__
 from ..capture.gradcam import class_activation_maps, default_cam_layer, overlay
-from ..capture.hooks import capturing, select_layers
+from ..capture.hooks import capturing
+from ..capture.job import Job
 from ..capture.layer_record import LayerRecord, call_name, new_accumulator
 from ..capture.logits import class_scores
 from ..capture.reduce import Reduced
-from ..capture.samples import SampleSet, preprocess
+from ..capture.samples import SampleSet
 from ..capture.sections import colorbar
 from ..config import ReportConfig
 from ..errors import InputError, ModelError, first_few, first_line
@@ -53,25 +55,20 @@ from ..report_data import (
     Report,
     Sample,
 )
-from ..runtime.device import evaluating, float_dtype, pick_device
+from ..runtime.device import evaluating, float_dtype
 from ..runtime.heap import release_freed_memory
 from ..runtime.progress import Progress
 from ..runtime.threads import ThreadPolicy
 
 __all__ = [
-    "Job",
     "Run",
-    "open_job",
     "run_passes",
     "capture_pass",
     "assemble",
     "new_report",
     "finish",
     "cam_view",
-    "model_graph",
     "sections_and_graph",
-    "graph_inputs",
-    "linked",
     "feature_images",
     "warn_random_weights",
 ]
@@ -87,21 +84,8 @@ class Run:
     shapes: dict[str, tuple[int, ...]]
 
 
-def open_job(model: nn.Module, sample_set: SampleSet, config: ReportConfig, progress: Progress) -> Job:
-    """What the passes over ``sample_set`` need, the layers to capture chosen and the device picked."""
-    return Job(
-        model=model,
-        layers=select_layers(model, config.layers, config.featviz),
-        sample_set=sample_set,
-        device=pick_device(config.device),
-        dtype=float_dtype(model),
-        config=config,
-        progress=progress,
-    )
-
-
 def assemble(
-    job: Job,
+    job: Job[SampleSet],
     run: Run,
     sections: tuple[LayerSection, ...],
     cams: tuple[CamView, ...] = (),
@@ -123,44 +107,48 @@ def assemble(
     )
 
 
-def feature_images(job: Job, run: Run) -> dict[str, tuple[FeatureImage, ...]]:
-    """The ``--featviz`` layers' images (:mod:`featviz_report.featvis.stage`), in pixel space at the samples' size."""
+def feature_images(
+    job: Job[SampleSet], records: Mapping[tuple[str, int], LayerRecord]
+) -> dict[str, tuple[FeatureImage, ...]]:
+    """The ``--featviz`` layers' images (:mod:`featviz_report.featvis.stage`) for ``records`` (by module name and
+    call), in pixel space at the samples' size."""
     if not job.config.featviz:
         return {}
-    targets = vis_targets(run.records.items(), job.config, job.progress)
-    prep = preprocess(job.model, job.config)
-    c, h, w = job.sample_set.shape
-    return visualise_layers(job.model, targets, (c, h, w), prep.norm, job.device, job.dtype, job.config, job.progress)
+    return visualise_layers(job, vis_targets(records.items(), job.config, job.progress))
 
 
 def sections_and_graph(
-    job: Job, run: Run, make_sections: Callable[[], tuple[LayerSection, ...]]
+    job: Job[SampleSet],
+    records: Mapping[tuple[str, int], LayerRecord],
+    make_sections: Callable[[], tuple[LayerSection, ...]],
 ) -> tuple[tuple[LayerSection, ...], GraphView | None]:
-    """The sections with their peaks' receptive fields (:mod:`featviz_report.fields.receptive`) and (unless
-    ``config.graph`` is off) the graph of what ran, linked to them. The fields are traced, and the graph recorded
-    and laid out, on a second thread while the sections are made: their forward passes and ``dot``'s process run
-    beside the sections' numpy and Pillow work instead of after it. Fields the tracer leaves to the gradient get a
-    tenth of the time the job took so far (:mod:`featviz_report.fields.budget`)."""
+    """The sections of ``records`` (by module name and call) that ``make_sections`` makes, with their peaks'
+    receptive fields (:mod:`featviz_report.fields.receptive`), and (unless ``config.graph`` is off) the graph of
+    what ran, linked to them: one pass of the model on its first sample, on the job's device, for reports,
+    comparisons and scans alike. The fields are traced, and the graph recorded and laid out, on a second thread
+    while the sections are made: their forward passes and ``dot``'s process run beside the sections' numpy and
+    Pillow work instead of after it. Fields the tracer leaves to the gradient get a tenth of the time the job took
+    so far (:mod:`featviz_report.fields.budget`)."""
     with ThreadPoolExecutor(1, thread_name_prefix="graph") as pool:
         side = pool.submit(_side_pass, job)
-        keys = [(record.module, call) for (_, call), record in run.records.items()]
+        keys = [(record.module, call) for (_, call), record in records.items()]
         what = f"making {len(keys)} layers' sections" + (" and drawing the graph" if job.config.graph else "")
         with job.progress.working("sections", what):
             sections = make_sections()
             drawing, fields = side.result()
         seconds = field_seconds(time.monotonic() - job.started, job.config.field_seconds)
         sections = with_fields(sections, keys, fields, job.progress, seconds)
-        return sections, None if drawing is None else linked(drawing, sections)
+        return sections, None if drawing is None else _linked(drawing, sections)
 
 
-def _side_pass(job: Job) -> tuple[GraphView | None, ReceptiveFields | None]:
+def _side_pass(job: Job[SampleSet]) -> tuple[GraphView | None, ReceptiveFields | None]:
     if not job.config.graph:
-        return None, receptive_fields(job.model, graph_inputs(job))
-    return _graph_and_fields(job.model, graph_inputs(job))
+        return None, receptive_fields(job.model, _graph_inputs(job))
+    return _graph_and_fields(job.model, _graph_inputs(job))
 
 
 def _graph_and_fields(model: nn.Module, candidates: Iterable[torch.Tensor]) -> tuple[GraphView, ReceptiveFields | None]:
-    """The graph (:func:`model_graph`) and the receptive fields traced in its recording pass."""
+    """The graph (:func:`_model_graph`) and the receptive fields traced in its recording pass."""
     found: LayerFields = {}
     samples: list[torch.Tensor] = []
 
@@ -169,14 +157,14 @@ def _graph_and_fields(model: nn.Module, candidates: Iterable[torch.Tensor]) -> t
         samples.append(inputs[:1])
         return tracing_fields(model, inputs, found)
 
-    drawing = model_graph(model, candidates, tracing)
+    drawing = _model_graph(model, candidates, tracing)
     if not samples:
         return drawing, None
     shape = (samples[-1].shape[1], samples[-1].shape[2], samples[-1].shape[3])
     return drawing, ReceptiveFields(model, shape, found, samples[-1])
 
 
-def graph_inputs(job: Job) -> Iterator[torch.Tensor]:
+def _graph_inputs(job: Job[SampleSet]) -> Iterator[torch.Tensor]:
     """What the graph is recorded on: the first sample, else (a model exported for whole batches) the
     first batch; on the job's device. Decoded from a copy of the sample set, whose list of skipped files
     is the report's and must not change."""
@@ -187,13 +175,13 @@ def graph_inputs(job: Job) -> Iterator[torch.Tensor]:
             yield batch.inputs.to(device=job.device, dtype=job.dtype)
 
 
-def model_graph(
+def _model_graph(
     model: nn.Module,
     candidates: Iterable[torch.Tensor],
     beside: Callable[[torch.Tensor], AbstractContextManager[None]] | None = None,
 ) -> GraphView:
     """The graph of ``model`` recorded on the first of ``candidates`` it runs on, in eval mode (its modes
-    restored after), and laid out (not yet linked: see :func:`linked`); ``beside(inputs)``, when given,
+    restored after), and laid out (not yet linked: see :func:`_linked`); ``beside(inputs)``, when given,
     also sees the recording pass (:func:`.graph.record_graph`)."""
     graph, failure = None, "no sample could be used"
     with evaluating(model), warnings.catch_warnings():
@@ -209,7 +197,7 @@ def model_graph(
     return layout_graph(graph)
 
 
-def linked(view: GraphView, sections: Sequence[LayerSection]) -> GraphView:
+def _linked(view: GraphView, sections: Sequence[LayerSection]) -> GraphView:
     """``view`` with the captured layers' boxes linked to their ``sections`` and flagged as they are."""
     return link_graph(view, {s.name: s.slug for s in sections}, {s.name: _flags(s) for s in sections})
 
@@ -294,7 +282,7 @@ def finish(
     return dataclasses.replace(report, location=str(page))
 
 
-def cam_view(job: Job, label: str = "") -> CamView:
+def cam_view(job: Job[SampleSet], label: str = "") -> CamView:
     """Class activation maps of every sample for ``config.cam_layer`` (default: the last Conv2d)."""
     config = job.config
     layer = config.cam_layer or default_cam_layer(job.model)
@@ -323,21 +311,7 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-@dataclass(frozen=True)
-class Job:
-    """What every pass over the samples works with, and when it was opened."""
-
-    model: nn.Module
-    layers: list[tuple[str, nn.Module]]
-    sample_set: SampleSet
-    device: torch.device
-    dtype: torch.dtype
-    config: ReportConfig
-    progress: Progress
-    started: float = dataclasses.field(default_factory=time.monotonic)
-
-
-def run_passes(job: Job, encoder: PngEncoder) -> Run:
+def run_passes(job: Job[SampleSet], encoder: PngEncoder) -> Run:
     """All samples through the model, their atlases and thumbnails given to ``encoder`` (still being
     encoded when this returns: the sections and the page wait for each one only where they need it).
     Ordering channels by a statistic takes a first pass that only ranks them: atlases are encoded as
@@ -350,7 +324,7 @@ def run_passes(job: Job, encoder: PngEncoder) -> Run:
 
 
 def capture_pass(
-    job: Job, encoder: PngEncoder | None, orders: dict[tuple[str, int], np.ndarray] | None, warn: bool = True
+    job: Job[SampleSet], encoder: PngEncoder | None, orders: dict[tuple[str, int], np.ndarray] | None, warn: bool = True
 ) -> Run:
     """Every batch through the model with hooks; with an ``encoder``, tiles are encoded while the next
     batch runs, channels in ``orders`` (by layer) or by index. Skipped samples are warned about in the
