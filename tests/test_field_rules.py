@@ -106,3 +106,26 @@ def test_a_log_sigmoid_is_pointwise() -> None:  # F.logsigmoid is torch's log_si
     found = trace_fields(model, torch.zeros(1, 1, 5, 5))
     field = found[(model[1], 0)]
     assert isinstance(field, TracedField) and field.box(2, 1) == (1, 2, 4, 5)
+
+
+class ChannelsLastGate(nn.Module):
+    """A gate computed from the whole image (a box) multiplied into channels-last maps (axes -3, -2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.conv(x).permute(0, 2, 3, 1)
+        gate = torch.sigmoid(self.fc(maps.mean((1, 2))))[:, None, None, :]
+        return self.out(maps * gate)
+
+
+def test_a_gate_on_channels_last_maps_keeps_the_maps_field() -> None:
+    model = ChannelsLastGate().eval()
+    found = trace_fields(model, torch.rand(1, 3, 8, 8))
+    gated = found[(model.out, 0)]
+    assert isinstance(gated, TracedField)  # the gate reads the whole image: every position's box is the image
+    assert gated.rows.lo.min() == 0 and gated.rows.hi.max() == 7 and gated.cols.hi.max() == 7

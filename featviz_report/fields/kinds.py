@@ -190,7 +190,7 @@ def union(known: list[Known], out: torch.Tensor) -> Known | None:
     dims = fields[0].dims
     if any(f.dims != dims for f in fields) or out.ndim < -min(dims):
         return None
-    fields += [box.axes(dims, [1] * 2) for box in boxes]
+    fields += [box.axes(dims, [1] * -min(dims)) for box in boxes]
     rows = merged([f.rows for f in fields], out.shape[dims[0]])
     return Field(rows, merged([f.cols for f in fields], out.shape[dims[1]]))
 
