@@ -83,7 +83,8 @@ SCAN_HELP = (
 SITE_HELP = (
     "Rebuild a training run's site index (index.html and index.json in DIR) from the step reports' JSON "
     "sidecars alone: reports made separately, one per checkpoint (a folder report with its JSON inside, or "
-    "NAME.html beside NAME.json, numbered in their names), are gathered into a site this way."
+    "NAME.html beside NAME.json, numbered in their names), are gathered into a site this way. With --against "
+    "OTHER, a second run's site is drawn on the same charts."
 )
 EXAMPLES = f"""examples:
   {PROG} -o report.html                     the embedded digits demo, offline
@@ -93,6 +94,7 @@ EXAMPLES = f"""examples:
   {PROG} --model torchvision:resnet18 --weights old.pth --compare new.pth --samples val/ -o diff.html
   {PROG} scan val/ --model torchvision:resnet50 --weights r50.pth --top-k 8 -o scan.html
   {PROG} site runs/site/                     after a training run recorded reports there
+  {PROG} site runs/lr-0.1/ --against runs/lr-0.01/   two runs on the same charts
 """
 
 
@@ -118,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         "site", help="rebuild a training run's site index ('site --help')", description=SITE_HELP
     )
     site.add_argument("dir", metavar="DIR", help="the site folder, holding one report per step")
+    site.add_argument(
+        "--against",
+        metavar="OTHER",
+        help="another run's site folder (only read): its series go on DIR's charts in a second colour, dashed, "
+        "at the steps and layers both runs have, with a legend naming both folders",
+    )
     site.add_argument("--quiet", action="store_true", help="print nothing on success")
     site.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
@@ -367,9 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _site(args: argparse.Namespace) -> None:
     from .training.page import write_site
 
-    steps = write_site(Path(args.dir))
+    steps = write_site(Path(args.dir), Path(args.against) if args.against else None)
     if not args.quiet:
-        print(f"wrote {Path(args.dir) / 'index.html'} ({len(steps)} steps, {steps[0].step} to {steps[-1].step})")
+        against = f", drawn against {args.against}" if args.against else ""
+        print(
+            f"wrote {Path(args.dir) / 'index.html'} ({len(steps)} steps, {steps[0].step} to {steps[-1].step}{against})"
+        )
 
 
 def _demo_site(args: argparse.Namespace, model: nn.Module, config: ReportConfig) -> None:

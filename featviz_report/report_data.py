@@ -153,7 +153,8 @@ class Stats:
     max: float
     mean: float
     std: float
-    zero_fraction: float
+    zero_fraction: float  # of every value, exactly 0
+    nonpositive_fraction: float  # of every value, finite and <= 0: what a ReLU after the layer sets to 0
     nan: int
     inf: int
     dead_channels: int
