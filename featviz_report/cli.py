@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._version import __version__
 from .config import CAM_METHODS, COLORMAPS, DEVICES, FORMATS, ORDERS, SCALES, ReportConfig
-from .errors import FeatvizError, UsageError
+from .errors import FeatvizError, OutputError, UsageError
 from .runtime.progress import Progress
 from .runtime.warning_lines import one_line_warnings
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from .models.resolve import LoadedModel
+    from .report_data import Report
 
 __all__ = ["build_parser", "main"]
 
@@ -83,7 +84,8 @@ SCAN_HELP = (
 SITE_HELP = (
     "Rebuild a training run's site index (index.html and index.json in DIR) from the step reports' JSON "
     "sidecars alone: reports made separately, one per checkpoint (a folder report with its JSON inside, or "
-    "NAME.html beside NAME.json, numbered in their names), are gathered into a site this way."
+    "NAME.html beside NAME.json, numbered in their names), are gathered into a site this way. With --against "
+    "OTHER, a second run's site is drawn on the same charts."
 )
 EXAMPLES = f"""examples:
   {PROG} -o report.html                     the embedded digits demo, offline
@@ -93,6 +95,7 @@ EXAMPLES = f"""examples:
   {PROG} --model torchvision:resnet18 --weights old.pth --compare new.pth --samples val/ -o diff.html
   {PROG} scan val/ --model torchvision:resnet50 --weights r50.pth --top-k 8 -o scan.html
   {PROG} site runs/site/                     after a training run recorded reports there
+  {PROG} site runs/lr-0.1/ --against runs/lr-0.01/   two runs on the same charts
 """
 
 
@@ -118,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         "site", help="rebuild a training run's site index ('site --help')", description=SITE_HELP
     )
     site.add_argument("dir", metavar="DIR", help="the site folder, holding one report per step")
+    site.add_argument(
+        "--against",
+        metavar="OTHER",
+        help="another run's site folder (only read): its series go on DIR's charts in a second colour, dashed, "
+        "at the steps and layers both runs have, with a legend naming both folders",
+    )
     site.add_argument("--quiet", action="store_true", help="print nothing on success")
     site.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
@@ -306,6 +315,12 @@ def _add_output(group: argparse._ArgumentGroup, command: str) -> None:
         "keeps what matters most and says what was left out",
     )
     group.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    group.add_argument(
+        "--summary",
+        action="store_true",
+        help="after writing, print the layer table (type, output, parameters, statistics, flags) on stdout",
+    )
+    group.add_argument("--summary-csv", metavar="FILE", help="also write the layer table as CSV")
     group.add_argument("--title", metavar="TEXT", help="page title (default: the model's name)")
     if command == "scan":
         group.add_argument(
@@ -375,9 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _site(args: argparse.Namespace) -> None:
     from .training.page import write_site
 
-    steps = write_site(Path(args.dir))
+    steps = write_site(Path(args.dir), Path(args.against) if args.against else None)
     if not args.quiet:
-        print(f"wrote {Path(args.dir) / 'index.html'} ({len(steps)} steps, {steps[0].step} to {steps[-1].step})")
+        against = f", drawn against {args.against}" if args.against else ""
+        print(
+            f"wrote {Path(args.dir) / 'index.html'} ({len(steps)} steps, {steps[0].step} to {steps[-1].step}{against})"
+        )
 
 
 def _demo_site(args: argparse.Namespace, model: nn.Module, config: ReportConfig) -> None:
@@ -444,11 +462,11 @@ def _run(args: argparse.Namespace) -> None:
     )
     samples = args.samples or [demo_samples_dir()]
     if compare is None:
-        build_report(loaded.module, samples, out, config, json_out=args.json)
+        _summarise(args, build_report(loaded.module, samples, out, config, json_out=args.json))
         return
     names = ("epoch 5", "trained") if args.demo_compare else (_checkpoint_name(args.weights), Path(compare).name)
     after = copy_with_weights(loaded.module, compare, names)
-    compare_checkpoints(loaded.module, after, samples, out, config, json_out=args.json, names=names)
+    _summarise(args, compare_checkpoints(loaded.module, after, samples, out, config, json_out=args.json, names=names))
 
 
 @contextmanager
@@ -525,4 +543,24 @@ def _scan(args: argparse.Namespace) -> None:
         loaded = load_model(args.model, args.weights, args.trust_pickled_model)
     labels = read_labels(args.labels) if args.labels else loaded.labels
     config = ReportConfig(**_shared_config(args, loaded, labels), loader_workers=args.loader_workers)
-    scan_dataset(loaded.module, args.data, out, config, json_out=args.json, state=args.state)
+    _summarise(args, scan_dataset(loaded.module, args.data, out, config, json_out=args.json, state=args.state))
+
+
+def _summarise(args: argparse.Namespace, report: Report | None) -> None:
+    """``--summary``'s table on stdout and ``--summary-csv``'s file (written whole, then renamed into place);
+    nothing on a torchrun rank that wrote no report."""
+    if report is None:
+        return
+    from .render.summary import summary_csv, summary_table
+
+    if args.summary_csv:
+        target = Path(args.summary_csv)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            partial.write_text(summary_csv(report), encoding="utf-8")
+            partial.replace(target)
+        except OSError as err:
+            partial.unlink(missing_ok=True)
+            raise OutputError(f"--summary-csv {str(target)!r}: {err.strerror or err}") from None
+    if args.summary:
+        sys.stdout.write(summary_table(report))

@@ -154,7 +154,8 @@ class Stats:
     max: float
     mean: float
     std: float
-    zero_fraction: float
+    zero_fraction: float  # of every value, exactly 0
+    nonpositive_fraction: float  # of every value, finite and <= 0: what a ReLU after the layer sets to 0
     nan: int
     inf: int
     dead_channels: int
@@ -539,13 +540,29 @@ class Report:
     location: str = ""  # where the page was written ("" when it was not)
     random_weights: bool = False  # the model's (in a comparison, A's) weights are an untrained initialisation
 
-    # How a notebook draws a report: set by :mod:`featviz_report.render.notebook` when it is imported (every
-    # pipeline imports it), so that these data classes import nothing that draws them.
-    notebook_view: ClassVar[Callable[[Report], str] | None] = None
+    # How a notebook draws a report (``full``: everything, else a compact view): set by
+    # :mod:`featviz_report.render.notebook` when it is imported (every pipeline imports it), so that these data
+    # classes import nothing that draws them.
+    notebook_view: ClassVar[Callable[[Report, bool], str] | None] = None
 
     def _repr_html_(self) -> str:
-        """Jupyter shows the report itself (see :mod:`featviz_report.render.notebook`)."""
+        """Jupyter shows the report itself, compact (see :mod:`featviz_report.render.notebook`)."""
+        return self.show()._repr_html_()
+
+    def show(self, full: bool = False) -> NotebookView:
+        """The report for a notebook cell: compact (at most 2 MB) unless ``full``."""
         view = Report.notebook_view
         if view is None:
-            return f"<pre>{html.escape(repr(self.title))}: import featviz_report.render.notebook to view it</pre>"
-        return view(self)
+            text = f"<pre>{html.escape(repr(self.title))}: import featviz_report.render.notebook to view it</pre>"
+            return NotebookView(text)
+        return NotebookView(view(self, full))
+
+
+@dataclass(frozen=True)
+class NotebookView:
+    """HTML a notebook displays (``_repr_html_``): what :meth:`Report.show` returns."""
+
+    html: str
+
+    def _repr_html_(self) -> str:
+        return self.html

@@ -52,10 +52,17 @@
     var id = index >= 0 ? sections[index].id : "";
     links.forEach(function (a) {
       var on = hrefId(a) === id;
+      if (on && !a.classList.contains("current")) { keepInView(a); }
       a.classList.toggle("current", on);
       if (on) { a.setAttribute("aria-current", "location"); } else { a.removeAttribute("aria-current"); }
     });
     graphNodes.forEach(function (a) { a.classList.toggle("current", "layer-" + a.getAttribute("data-node") === id); });
+  }
+  function keepInView(link) {  // the sidebar follows the current layer (a deep link, keys, scrolling)
+    var side = link.closest(".sidebar");
+    if (!side) { return; }
+    var box = link.getBoundingClientRect(), frame = side.getBoundingClientRect();
+    if (box.top < frame.top || box.bottom > frame.bottom) { side.scrollTop += box.top - frame.top - side.clientHeight / 3; }
   }
   var graphNodes = Array.prototype.slice.call(document.querySelectorAll("svg.graph a[data-node]"));
   function openDetail() {  // a folded module's box links to its drawing: open it

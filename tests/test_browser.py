@@ -203,6 +203,13 @@ def test_deep_link_lands_on_its_section(browser: object, reports: dict[str, Path
         page = reader.open("#layer-fc")
         top = page.eval_on_selector("#layer-fc", "s => s.getBoundingClientRect().top")
         assert -2 <= top <= 40, (javascript, top)
+        if javascript:  # the sidebar shows the layer it landed on
+            shown = page.eval_on_selector(
+                ".sidebar a.current",
+                "a => { const b = a.getBoundingClientRect(), f = a.closest('.sidebar').getBoundingClientRect();"
+                " return b.top >= f.top && b.bottom <= f.bottom; }",
+            )
+            assert shown
         reader.clean()
 
 

@@ -187,3 +187,26 @@ def test_site_without_its_folder_is_one_line(capsys: pytest.CaptureFixture[str])
     err = capsys.readouterr().err
     said = "the following arguments are required: DIR (see 'featviz-report site --help')"
     assert err == f"featviz-report: error: {said}\n"
+
+
+def test_summary_prints_the_layer_table_and_writes_it_as_csv(
+    demo_page: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+
+    out, table = tmp_path / "r.html", tmp_path / "layers.csv"
+    assert main(["-o", str(out), "--quiet", "--no-graph", "--summary", "--summary-csv", str(table)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("featviz demo: digits CNN: 5 layers shown") and printed[1].split()[:4] == [
+        "Layer", "Type", "Output", "Params"
+    ]  # fmt: skip
+    assert [line.split()[0] for line in printed[3:8]] == DEMO_LAYERS
+    rows = list(csv.DictReader(table.open(encoding="utf-8")))
+    numbers = {
+        layer["name"]: layer["stats"] for layer in json.loads(demo_page.with_suffix(".json").read_text())["layers"]
+    }
+    assert [r["layer"] for r in rows] == DEMO_LAYERS
+    for row in rows:  # the same numbers as the JSON, unrounded
+        assert float(row["mean"]) == pytest.approx(numbers[row["layer"]]["mean"], rel=1e-9)
+        assert float(row["max"]) == pytest.approx(numbers[row["layer"]]["max"], rel=1e-9)
+    assert rows[0]["flags"] == "2 dead channels" and rows[0]["output"] == "16×28×28"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,28 @@ def test_compare_reports_weight_changes_dead_channels_and_flipped_samples(tmp_pa
     for model, state in zip((before, after), states):  # both left as they were
         assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
         assert hooks_left(model) == []
+
+
+def test_a_comparison_places_each_model_on_the_device_once(tiny_cnn: TinyCNN, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One way through (issue #28): the capture passes, Grad-CAM, B's fields and graph all run with both models on
+    the device, each moved there and back once."""
+    before, after = copy.deepcopy(tiny_cnn), tiny_cnn
+    moves: list[str] = []
+    for name, model in (("A", before), ("B", after)):
+        monkeypatch.setattr(model, "to", _counted(model.to, moves, name))
+    report = compare_checkpoints(before, after, torch.rand(2, 1, 8, 8), config=ReportConfig(cam="gradcam", quiet=True))
+    assert sorted(moves) == ["A", "A", "B", "B"]
+    assert report.graph is not None and report.graph.overview is not None and len(report.cams) == 2
+
+
+def _counted(to: Callable[..., nn.Module], moves: list[str], name: str) -> Callable[..., nn.Module]:
+    """``to``, each call noted in ``moves`` as ``name``."""
+
+    def counted(*args: object, **kwargs: object) -> nn.Module:
+        moves.append(name)
+        return to(*args, **kwargs)
+
+    return counted
 
 
 def test_different_architectures_are_refused_naming_the_difference(tiny_cnn: TinyCNN) -> None:

@@ -118,3 +118,22 @@ def test_a_big_report_is_cut_to_fit_the_notebook(tiny_cnn: TinyCNN) -> None:
     full = notebook_html(report, max_mb=100)
     small = notebook_html(report, max_mb=len(full) / 2e6)
     assert len(small) < len(full) and "Shown in the notebook within" in small
+
+
+def test_a_notebook_cell_stays_within_its_budget_down_to_the_first_layers_and_show_full_has_everything(
+    tmp_path: Path, tiny_cnn: TinyCNN, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featviz_report.render.budget import fit_page
+    from featviz_report.render.notebook import notebook_html
+
+    monkeypatch.chdir(tmp_path)
+    report = build_report(tiny_cnn, torch.rand(64, 1, 8, 8), tmp_path / "r.html", ReportConfig(quiet=True))
+    full = report.show(full=True)._repr_html_()
+    assert "Shown in the notebook" not in full and full == report._repr_html_()  # 0.5 MB: within 2 MB, whole
+    no_maps = len(notebook_html(fit_page(report, 1)[0], max_mb=100))  # every map left out: the floor of that way
+    for budget in (no_maps * 0.7, len(full) / 2):
+        cell = notebook_html(report, report.location, max_mb=budget / 1e6)
+        assert len(cell) <= budget and "Shown in the notebook within" in cell
+    cut = notebook_html(report, max_mb=no_maps * 0.7 / 1e6)
+    assert re.search(rf"the first [12] of {len(report.layers)} layers", cut)
+    assert 'href="r.html"' in report._repr_html_()  # relative to the notebook's folder, where a server finds it

@@ -116,6 +116,9 @@ def test_dead_channels_are_flagged_and_top_samples_found_in_order(tmp_path: Path
     report = build_report(model := DeadAndKnown(), x, tmp_path / "d.html", config, json_out=tmp_path / "d.json")
     (layer,) = report.layers
     assert layer.stats.dead_channels == 1 and layer.stats.saturated_channels == 1
+    values = x.numel() * 3  # 7 bright pixels in channels 0 and 2; the rest is 0 there and -1 in channel 1
+    assert layer.stats.zero_fraction == pytest.approx((values - 14 - x.numel()) / values)
+    assert layer.stats.nonpositive_fraction == pytest.approx((values - 14) / values)  # what a ReLU would zero
     top = layer.channels.top.channel(0)
     assert [p.sample for p in top] == [1, 3, 4]  # 0.9 twice (lower index first), then 0.7 — across batches
     assert [(p.row, p.col) for p in top] == [(1, 2), (3, 0), (4, 2)]

@@ -8,19 +8,25 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+from torch import nn
 
 from featviz_report import ReportConfig
 from featviz_report.capture.accumulate import ChannelAccumulator
+from featviz_report.capture.job import open_job
 from featviz_report.capture.samples import find_images, preprocess
 from featviz_report.errors import InputError
 from featviz_report.models.resolve import load_model
+from featviz_report.runtime.device import on_device
 from featviz_report.runtime.progress import Progress
-from featviz_report.scan.run import run_scan
+from featviz_report.scan.dataset import ImageFiles
+from featviz_report.scan.run import ScanResult, run_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,11 +45,17 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _scan(folder: Path, state: Path | None = None, top_k: int = 3) -> dict[str, ChannelAccumulator]:
+def _run(paths: list[Path], state: Path | None = None, top_k: int = 3) -> ScanResult:
+    """The demo model's scan of ``paths``, as one process."""
     model = load_model("demo").module
     config = ReportConfig(top_k=top_k, batch_size=7, input_size=28)
-    paths = find_images([folder])
-    result = run_scan(model, paths, preprocess(model, config), config, Progress(enabled=False), state)
+    job = open_job(model, ImageFiles(paths, preprocess(model, config)), config, Progress(enabled=False))
+    with on_device(model, job.device):
+        return run_scan(job, state)
+
+
+def _scan(folder: Path, state: Path | None = None, top_k: int = 3) -> dict[str, ChannelAccumulator]:
+    result = _run(find_images([folder]), state, top_k)
     assert result.images == 60 and result.skipped == 1
     return result.accumulators
 
@@ -62,13 +74,10 @@ def _same(a: dict[str, ChannelAccumulator], b: dict[str, ChannelAccumulator]) ->
 
 def test_merged_shards_equal_one_scan_whatever_the_split(digits: Path) -> None:
     whole = _scan(digits)
-    model = load_model("demo").module
-    config = ReportConfig(top_k=3, batch_size=7, input_size=28)
     paths = find_images([digits])
     halves = []
     for rank in range(2):  # what two torchrun ranks compute, then merge
-        shard = [p for i, p in enumerate(paths) if i % 2 == rank]
-        part = run_scan(model, shard, preprocess(model, config), config, Progress(enabled=False))
+        part = _run([p for i, p in enumerate(paths) if i % 2 == rank])
         for accumulator in part.accumulators.values():  # shard positions → dataset indices
             accumulator.top.sample = np.where(accumulator.top.sample >= 0, accumulator.top.sample * 2 + rank, -1)
         halves.append(part.accumulators)
@@ -99,6 +108,40 @@ def test_ctrl_c_saves_the_shard_and_a_rerun_resumes_to_the_same_result(
     _same(_scan(digits), _scan(digits, tmp_path))
     with pytest.raises(InputError, match="state of a different scan"):
         _scan(digits, tmp_path, top_k=5)
+
+
+def test_a_scan_places_the_model_once_and_hashes_its_weights_once(
+    digits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One way through (issue #28): the saved state and the feature-visualisation cache both key on the weights,
+    hashed once; the model goes to the device for the scan, the fields, the graph and the images, and back once."""
+    from featviz_report.capture import job
+    from featviz_report.pipelines.scan import scan_dataset
+
+    hashed: list[str] = []
+    digest = job.weights_digest
+
+    def hashing(*args: Any) -> str:
+        hashed.append(digest(*args))
+        return hashed[-1]
+
+    monkeypatch.setattr(job, "weights_digest", hashing)
+    model = load_model("demo").module
+    moves: list[tuple[object, ...]] = []
+    to = model.to
+
+    def moving(*args: Any, **kwargs: Any) -> nn.Module:
+        moves.append(args)
+        return to(*args, **kwargs)
+
+    monkeypatch.setattr(model, "to", moving)
+    config = ReportConfig(top_k=3, batch_size=7, input_size=28, featviz=("conv1",), featviz_steps=2, quiet=True)
+    config = replace(config, cache_dir=str(tmp_path / "cache"), loader_workers=0)
+    report = scan_dataset(model, [digits], config=config, state=tmp_path / "state")
+    assert len(hashed) == 1 and len(moves) == 2, (hashed, moves)  # there and back
+    assert report is not None and report.graph is not None and report.graph.overview is not None
+    conv1 = next(layer for layer in report.layers if layer.name == "conv1")
+    assert conv1.feature_images and conv1.channels.top.box is not None
 
 
 @pytest.mark.slow

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import re
 import subprocess
 import sys
+from dataclasses import dataclass, replace
 from html import unescape
 from pathlib import Path
 
@@ -17,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from featviz_report import Recorder, ReportConfig, build_report
+from featviz_report.cli import main
 from featviz_report.errors import InputError, OutputError, UsageError
+from featviz_report.training.chart import step_labels, tick_label, value_ticks
 from featviz_report.training.index import read_steps
 from tests.conftest import TinyCNN, hooks_left
 
@@ -76,7 +80,7 @@ def test_index_lists_every_step_with_its_own_numbers_and_weight_change(
         assert report["training"]["step"] == entry["step"]
         for layer in report["layers"]:
             numbers = entry["layers"][layer["name"]]
-            for key in ("mean", "std", "min", "max", "zero_fraction", "dead_channels"):
+            for key in ("mean", "std", "min", "max", "zero_fraction", "nonpositive_fraction", "dead_channels"):
                 assert numbers[key] == layer["stats"][key]
         assert entry["predictions"] == [s["prediction"]["label"] for s in report["samples"]]
     for before, after in ((0, 3), (3, 6)):
@@ -101,7 +105,7 @@ def test_index_page_links_are_relative_and_it_needs_no_script(
     )
     assert str(site) not in html and str(site) not in (site / "index.json").read_text()
     assert "<script" not in html and "default-src 'none'" in unescape(html)  # attribute text is entity-escaped
-    assert html.count("<span>mean ± std</span>") == 3  # one chart per layer: conv1, conv2, head
+    assert html.count("<figcaption>mean ± std</figcaption>") == 3  # one chart per layer: conv1, conv2, head
     step_page = (site / "step-000003" / "index.html").read_text(encoding="utf-8")
     assert 'href="../index.html"' in step_page and "(after 0)" in step_page
 
@@ -380,3 +384,229 @@ def test_a_users_index_is_refused_before_any_work(tmp_path: Path, image_folder: 
         Recorder(tmp_path / "file" / "sub", image_folder, CONFIG).record(TinyCNN(), 1)
     with pytest.raises(UsageError, match="whole number"):
         Recorder(site, image_folder, CONFIG).record(TinyCNN(), True)  # type: ignore[arg-type]
+
+
+UNEVEN = (0, 1, 2, 5, 10, 20, 40)  # the demo's epochs: about doubling
+
+
+def _record(site: Path, images: Path, steps: tuple[int, ...], seed: int, config: ReportConfig = CONFIG) -> Path:
+    """A TinyCNN trained a little between ``steps``, recorded at each into ``site``."""
+    torch.manual_seed(seed)
+    model = TinyCNN()
+    recorder = Recorder(site, images, config)
+    for step in steps:
+        if step:
+            _train(model, 2, seed + step)
+        recorder.record(model, step)
+    return site
+
+
+@dataclass
+class Chart:
+    """One chart of the index page as drawn: caption, value ticks (value, y), step labels (label, x), and per
+    run its dots (cx, cy, hover title)."""
+
+    caption: str
+    ticks: list[tuple[float, float]]
+    steps: list[tuple[str, float]]
+    dots: dict[int, list[tuple[float, float, str]]]
+
+    def value_at(self, cy: float) -> float:
+        """The value a height on the chart stands for, read off its value ticks."""
+        (v0, y0), (v1, y1) = self.ticks[0], self.ticks[-1]
+        return v0 + (cy - y0) * (v1 - v0) / (y1 - y0)
+
+    def titled(self, run: int) -> dict[int, tuple[float, str]]:
+        """Run ``run``'s dots by the step their title names: (value in the title, the whole title)."""
+        found = {}
+        for _, _, title in self.dots.get(run, []):
+            ((step, value),) = _found(r"step (\d+): (-?[0-9.]+(?:e[-+]?\d+)?)", title)
+            found[int(step)] = (float(value), title)
+        return found
+
+
+def _found(pattern: str, text: str) -> list[tuple[str, ...]]:
+    return [m if isinstance(m, tuple) else (m,) for m in re.findall(pattern, text, re.S)]
+
+
+def _chart(figure: str) -> Chart:
+    """One ``<figure class="chart">``'s content, read back."""
+    (caption,) = _found(r"<figcaption>(.*?)</figcaption>", figure)
+    (y_axis,) = _found(r'<g class="y">(.*?)</g>', figure) or [("",)]
+    (x_axis,) = _found(r'<g class="x">(.*?)</g>', figure) or [("",)]
+    ticks = _found(r'<line [^>]*y1="([-0-9.]+)"[^>]*/><text [^>]*>([^<]*)</text>', y_axis[0])
+    steps = _found(r'<text x="([-0-9.]+)"[^>]*>([^<]*)</text>', x_axis[0])
+    dot = r'<circle cx="([-0-9.]+)" cy="([-0-9.]+)"[^>]*><title>(.*?)</title>'
+    return Chart(
+        unescape(caption[0]),
+        [(float(text), float(y)) for y, text in ticks],
+        [(text, float(x)) for x, text in steps],
+        {
+            int(run): [(float(cx), float(cy), unescape(title)) for cx, cy, title in _found(dot, dots)]
+            for run, dots in _found(r'<g class="run-(\d)">(.*?)</g>', figure)
+        },
+    )
+
+
+def _charts(html: str) -> dict[str, list[Chart]]:
+    """Every layer's charts in the page, by layer name."""
+    layer = r'<div class="layer" id="layer-\d+">\s*<h3>(.*?)</h3>(.*?)</div>\s*</div>'
+    return {
+        unescape(name): [_chart(figure) for (figure,) in _found(r'<figure class="chart">(.*?)</figure>', body)]
+        for name, body in _found(layer, html)
+    }
+
+
+def _is_round_spacing(ticks: list[float]) -> bool:
+    """Evenly spaced, 1, 2 or 5 × 10ⁿ apart, each a whole multiple of that."""
+    spacing = ticks[1] - ticks[0]
+    mantissa = spacing / 10 ** math.floor(math.log10(spacing) + 1e-9)
+    return (
+        any(abs(mantissa - m) < 1e-6 for m in (1, 2, 5))
+        and all(abs((b - a) - spacing) < 1e-9 * max(1.0, abs(b)) for a, b in zip(ticks, ticks[1:]))
+        and all(abs(t / spacing - round(t / spacing)) < 1e-6 for t in ticks)
+    )
+
+
+def test_every_chart_has_round_value_ticks_and_its_true_steps_evenly_spaced(tmp_path: Path, image_folder: Path) -> None:
+    site = _record(tmp_path / "uneven", image_folder, UNEVEN, seed=0)
+    html = (site / "index.html").read_text(encoding="utf-8")
+    index = {s["step"]: s["layers"] for s in json.loads((site / "index.json").read_text())["steps"]}
+    charts = _charts(html)
+    assert list(charts) == ["conv1", "conv2", "head"]
+    keys = {"mean ± std": "mean", "dead channels": "dead_channels", "% of outputs ≤ 0 (what a ReLU zeroes)": ""}
+    keys.update({"% of outputs ≤ 0 (what a ReLU zeroes)": "nonpositive_fraction", "weight change": "weight_change"})
+    for layer, layer_charts in charts.items():
+        assert [c.caption for c in layer_charts] == list(keys)
+        for chart in layer_charts:
+            key = keys[chart.caption]
+            scale = 100 if key == "nonpositive_fraction" else 1
+            # the step axis: every true step labelled (seven fit), in even slots, not placed by step number
+            assert [label for label, _ in chart.steps] == [str(s) for s in UNEVEN], chart.steps
+            xs = [x for _, x in chart.steps]
+            assert max(b - a for a, b in zip(xs, xs[1:])) - min(b - a for a, b in zip(xs, xs[1:])) < 0.2
+            # the value axis: round ticks, from below the lowest value to above the highest
+            values = {s: scale * v for s, v in ((s, index[s][layer][key]) for s in UNEVEN) if v is not None}
+            spreads = {s: index[s][layer]["std"] if key == "mean" else 0.0 for s in values}
+            ticks = [v for v, _ in chart.ticks]
+            assert _is_round_spacing(ticks), (layer, key, ticks)
+            assert ticks[0] <= min(v - spreads[s] for s, v in values.items()) + 1e-9
+            assert ticks[-1] >= max(v + spreads[s] for s, v in values.items()) - 1e-9
+            assert key not in ("dead_channels", "nonpositive_fraction", "weight_change") or ticks[0] >= 0
+            assert key != "dead_channels" or all(t == int(t) for t in ticks)
+            # each dot: at its step's slot, at its value's height, with its value as a hover title
+            dots = chart.titled(0)
+            assert sorted(dots) == sorted(values)
+            for cx, cy, title in chart.dots[0]:
+                step = int(re.search(r"step (\d+)", title).group(1))  # type: ignore[union-attr]
+                assert cx == pytest.approx(xs[UNEVEN.index(step)], abs=0.1)
+                span = ticks[-1] - ticks[0]
+                assert chart.value_at(cy) == pytest.approx(values[step], abs=span * 0.002)
+                assert dots[step][0] == pytest.approx(
+                    values[step], rel=5e-3, abs=1e-12
+                )  # as written: 3 or 4 significant digits
+    assert "step 40: " in html and "step 3: " not in html
+
+
+def test_the_zeros_chart_is_the_share_of_outputs_a_relu_would_zero(tmp_path: Path, image_folder: Path) -> None:
+    """TinyCNN's convolutions are captured before their ReLU: their exact zeros are none, which says nothing;
+    the chart draws the share of outputs <= 0, as index.json and each step's JSON have it."""
+    site = _record(tmp_path / "run", image_folder, (0, 4), seed=1)
+    index = json.loads((site / "index.json").read_text())
+    for entry in index["steps"]:
+        report = json.loads((site / entry["json"]).read_text())
+        for layer in report["layers"]:
+            assert entry["layers"][layer["name"]]["nonpositive_fraction"] == layer["stats"]["nonpositive_fraction"]
+        conv1 = entry["layers"]["conv1"]
+        assert conv1["zero_fraction"] == 0 and 0.1 < conv1["nonpositive_fraction"] < 0.9
+    html = (site / "index.html").read_text(encoding="utf-8")
+    (zeros,) = [c for c in _charts(html)["conv1"] if "≤ 0" in c.caption]
+    titled = zeros.titled(0)
+    for entry in index["steps"]:
+        percent = 100 * entry["layers"]["conv1"]["nonpositive_fraction"]
+        assert titled[entry["step"]][0] == pytest.approx(percent, rel=1e-3)
+        assert titled[entry["step"]][1].endswith("%")
+    assert "which a ReLU after the layer sets to 0" in html and "fraction of zeros" not in html
+
+
+def test_a_second_run_is_drawn_on_the_same_charts_at_the_steps_and_layers_both_have(
+    tmp_path: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = _record(tmp_path / "uneven", image_folder, UNEVEN, seed=0)
+    other_steps = (0, 1, 5, 10, 30, 40)
+    other = _record(
+        tmp_path / 'run <b>&"2', image_folder, other_steps, seed=7, config=replace(CONFIG, layers=("conv*",))
+    )
+    alone = {name: (site / name).read_bytes() for name in ("index.html", "index.json")}
+    assert main(["site", str(site), "--against", str(other)]) == 0
+    assert "drawn against" in capsys.readouterr().out
+    html = (site / "index.html").read_text(encoding="utf-8")
+    assert (site / "index.json").read_bytes() == alone["index.json"]  # the index stays this run's own
+    assert html != alone["index.html"].decode("utf-8")
+    assert " style=" not in html and "<script" not in html  # static SVG under the page's strict CSP
+    assert "run <b>" not in html and "run &lt;b&gt;&amp;&#34;2" in html  # the folder's name, escaped
+    legend = re.search(r'<p class="legend">(.*?)</p>', html, re.S).group(1)  # type: ignore[union-attr]
+    assert "uneven (this site)" in legend and 'run <b>&"2' in unescape(legend)
+    assert "Steps only there, left out: 30." in html and "Layers only here: head." in html
+    assert "(not at 5, 40)" in unescape(html)  # weight change since another step before there
+    theirs = {s["step"]: s["layers"] for s in json.loads((other / "index.json").read_text())["steps"]}
+    charts = _charts(html)
+    assert all(set(chart.dots) == {0} for chart in charts["head"])  # a layer the other run does not have
+    for layer in ("conv1", "conv2"):
+        for chart, key in zip(charts[layer], ("mean", "dead_channels", "nonpositive_fraction", "weight_change")):
+            assert set(chart.dots) == {0, 1}
+            assert [label for label, _ in chart.steps] == [str(s) for s in UNEVEN]  # this run's axis
+            drawn = chart.titled(1)
+            expected = {0, 1, 5, 10, 40} if key != "weight_change" else {1, 10}  # 1 and 10 follow 0 and 5 in both
+            assert sorted(drawn) == sorted(expected), (layer, key)
+            scale = 100 if key == "nonpositive_fraction" else 1
+            for step, (value, title) in drawn.items():
+                assert title.startswith('run <b>&"2 · step ')
+                assert value == pytest.approx(
+                    scale * theirs[step][layer][key], rel=5e-3, abs=1e-12
+                )  # as written: 3 or 4 significant digits
+            span = chart.ticks[-1][0] - chart.ticks[0][0]
+            for _, cy, title in chart.dots[1]:
+                step = int(re.search(r"step (\d+)", title).group(1))  # type: ignore[union-attr]
+                assert chart.value_at(cy) == pytest.approx(scale * theirs[step][layer][key], abs=span * 0.002)
+
+
+def test_drawing_against_a_folder_that_is_not_another_site_is_one_line(
+    tmp_path: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = _record(tmp_path / "site", image_folder, (0, 3), seed=0)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    elsewhere = _record(tmp_path / "elsewhere", image_folder, (5, 6), seed=0)
+    before = (site / "index.html").read_bytes()
+    for other, said in (
+        (tmp_path / "missing", "it does not exist"),
+        (tmp_path / "file", "it is not a folder"),
+        (tmp_path / "empty", "it is not a training-run site (no step reports"),
+        (site / ".." / "site", "it is the site itself"),
+        (elsewhere, "it shares no step with"),
+    ):
+        capsys.readouterr()
+        assert main(["site", str(site), "--against", str(other)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"featviz-report: error: cannot draw against {str(other)!r}: ")
+        assert said in err, err
+    assert (site / "index.html").read_bytes() == before
+
+
+def test_value_ticks_are_round_and_step_labels_fit() -> None:
+    assert value_ticks(0.0258, 0.632) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8])
+    assert value_ticks(-11.48, 6.411) == pytest.approx([-15, -10, -5, 0, 5, 10])
+    assert value_ticks(20, 27, whole=True) == [20, 22, 24, 26, 28]
+    assert value_ticks(1, 2, whole=True) == [1, 2]  # counts: no 1.5
+    assert value_ticks(0, 0, nonnegative=True) == [0, 0.5, 1]  # flat: an axis around it, none below 0
+    assert value_ticks(90, 90) == pytest.approx([80, 85, 90, 95, 100])
+    ticks = value_ticks(3e-6, 4.1e-5)
+    assert [tick_label(t, ticks[1] - ticks[0]) for t in ticks] == ["0", "1e-5", "2e-5", "3e-5", "4e-5", "5e-5"]
+    assert [tick_label(t, 0.1) for t in (-0.1, 3 * 0.1, 1e-17)] == ["-0.1", "0.3", "0"]
+    assert tick_label(2.5e6, 5e5) == "2.5e6"
+    assert step_labels(7, 20, 200) == list(range(7))
+    assert step_labels(1000, 30, 200) == [0, 200, 400, 600, 800, 999]  # round steps of an even run, and the last
+    assert step_labels(101, 30, 200)[-3:] == [60, 80, 100]
+    assert step_labels(96, 30, 200)[-2:] == [80, 95]  # the last replaces one it would overlap (90)
+    assert step_labels(1, 30, 200) == [0]

@@ -101,6 +101,7 @@ def _stats(acc: ChannelAccumulator, shape: tuple[int, ...]) -> tuple[Stats, Chan
         mean=mean,
         std=float(np.sqrt(m2 / max(count, 1))),
         zero_fraction=float(acc.zeros.sum() / elements),
+        nonpositive_fraction=float((acc.count - acc.positives).sum() / elements),
         nan=int(acc.nans.sum()),
         inf=int(acc.infs.sum()),
         dead_channels=int((acc.positives == 0).sum()),

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ..capture.hooks import tensors_in
-from ..fields.rules import arg, dims_of, op_name, raw_name
+from ..fields.calls import arg
+from ..fields.rules import dims_of, op_name, raw_name
 from . import routes as R
 from .routes import Route
 

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..capture.job import Job
 from ..capture.layer_record import LayerRecord
+from ..capture.samples import SampleSet, preprocess
 from ..config import ReportConfig
 from ..errors import ModelError, first_line
-from ..models.resolve import weights_digest
 from ..render.encode import png_pixels, png_rgb, png_size
 from ..report_data import FeatureImage, LayerSection, Png
 from ..runtime.progress import Progress
@@ -70,25 +71,19 @@ def settings_of(config: ReportConfig) -> VisSettings:
     return VisSettings(steps=config.featviz_steps)
 
 
-def visualise_layers(
-    model: nn.Module,
-    targets: Sequence[VisTarget],
-    input_shape: tuple[int, int, int],
-    norm: tuple[Sequence[float], Sequence[float]] | None,
-    device: torch.device,
-    dtype: torch.dtype,
-    config: ReportConfig,
-    progress: Progress,
-) -> dict[str, tuple[FeatureImage, ...]]:
-    """Per target layer (by name), one image per channel; cached ones reused, the rest optimised and cached."""
+def visualise_layers(job: Job[SampleSet], targets: Sequence[VisTarget]) -> dict[str, tuple[FeatureImage, ...]]:
+    """Per target layer (by name), one image per channel at the samples' size, in pixel space; cached ones
+    reused, the rest optimised on ``job``'s device and cached."""
     if not targets:
         return {}
+    model, device, dtype, config, progress = job.model, job.device, job.dtype, job.config, job.progress
+    channels, height, width = job.sample_set.shape
+    input_shape, norm = (channels, height, width), preprocess(model, config).norm
     settings = settings_of(config)
     autocast = low_precision(device, dtype)
     cache = VisCache(Path(config.cache_dir) if config.cache_dir else default_cache_dir())
-    weights = weights_digest(model, progress.warn)
     context = {"input": list(input_shape), "norm": norm, "precision": str(autocast or dtype)}
-    keys = {t.name: [entry_key(weights, t.name, t.call, c, context, settings) for c in t.channels] for t in targets}
+    keys = {t.name: [entry_key(job.weights, t.name, t.call, c, context, settings) for c in t.channels] for t in targets}
     found = {
         t.name: _verified(
             model,

@@ -1,9 +1,10 @@
 """What a receptive field is while :mod:`featviz_report.fields.trace` follows a pass, and how fields combine.
 
 Per spatial axis, the first and last input position each position reads (:class:`Axis`, two of them a
-``Field``); one box that every element reads, whatever the tensor's shape (:class:`Whole`: after a global
+:class:`Field`); one box that every element reads, whatever the tensor's shape (:class:`Whole`: after a global
 pool); or maps merged into one axis of tokens, each keeping its position's field (:class:`Tokens`). Unions
-of them (:func:`merged`, :func:`joined`, :func:`token_union`) and the box they span (:func:`spanned`).
+of them (:func:`union` of any kinds lined up by broadcasting, :func:`merged`, :func:`joined`,
+:func:`token_union`), the box they span (:func:`spanned`) and the box several boxes make (:func:`one_box`).
 :class:`TracedField` is what a layer's maps get in the end.
 """
 
@@ -11,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 __all__ = [
     "NONE", "Axis", "TracedField", "Whole", "Tokens", "Field", "Known",
-    "fits", "as_whole", "spanned", "joined", "merged", "token_union",
+    "fits", "as_whole", "spanned", "joined", "merged", "token_union", "union", "one_box",
 ]  # fmt: skip
 
 NONE = np.iinfo(np.int64).max  # the low end of a range that reads nothing (its high end is -1)
@@ -42,6 +44,19 @@ class Axis:
         lo = np.where(real, self.lo[index.clip(0)], NONE).min(1)
         hi = np.where(real, self.hi[index.clip(0)], -1).max(1)
         return Axis(self.dim if dim is None else dim, lo, hi)
+
+
+class Field(NamedTuple):
+    """Maps' field while the pass runs: their row axis and their column axis, each with the input positions
+    every position along it reads."""
+
+    rows: Axis
+    cols: Axis
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        """Where the two axes are in the tensor, counted from the end: (-2, -1) for N×C×H×W maps."""
+        return (self.rows.dim, self.cols.dim)
 
 
 @dataclass(frozen=True)
@@ -83,9 +98,9 @@ class Whole:
     rows: tuple[int, int]
     cols: tuple[int, int]
 
-    def axes(self, dims: tuple[int, int], shape: Sequence[int]) -> tuple[Axis, Axis]:
+    def axes(self, dims: tuple[int, int], shape: Sequence[int]) -> Field:
         """The box as the spatial axes ``dims`` of a tensor of ``shape``, every position reading it."""
-        return (
+        return Field(
             Axis(dims[0], np.full(shape[dims[0]], self.rows[0]), np.full(shape[dims[0]], self.rows[1])),
             Axis(dims[1], np.full(shape[dims[1]], self.cols[0]), np.full(shape[dims[1]], self.cols[1])),
         )
@@ -108,7 +123,6 @@ class Tokens:
         return Tokens(dim, self.rows, self.cols)
 
 
-Field = tuple[Axis, Axis]
 Known = Field | Whole | Tokens  # per spatial position, one box for every element, or per token
 
 
@@ -128,15 +142,14 @@ def as_whole(field: Known) -> Whole | None:
     """``field`` as one box every element reads, when it is one: a :class:`Whole`, or maps of 1×1."""
     if isinstance(field, Whole):
         return field
-    rows, cols = (field.rows, field.cols) if isinstance(field, Tokens) else field
-    return spanned(field) if len(rows.lo) == 1 and len(cols.lo) == 1 else None
+    return spanned(field) if len(field.rows.lo) == 1 and len(field.cols.lo) == 1 else None
 
 
 def spanned(field: Known) -> Whole:
     """The box of everything ``field``'s positions read."""
     if isinstance(field, Whole):
         return field
-    rows, cols = (field.rows, field.cols) if isinstance(field, Tokens) else field
+    rows, cols = field.rows, field.cols
     return Whole((int(rows.lo.min()), int(rows.hi.max())), (int(cols.lo.min()), int(cols.hi.max())))
 
 
@@ -156,6 +169,33 @@ def merged(axes: list[Axis], size: int) -> Axis:
 def token_union(flats: list[Tokens], boxes: list[Whole]) -> Tokens:
     """Token fields of one layout, each position's union with the others' and with every box."""
     extra = [box.axes((0, 1), (1, 1)) for box in boxes]  # one position each, broadcast by merged
-    rows = merged([f.rows for f in flats] + [r for r, _ in extra], len(flats[0].rows.lo))
-    cols = merged([f.cols for f in flats] + [c for _, c in extra], len(flats[0].cols.lo))
+    rows = merged([f.rows for f in flats] + [e.rows for e in extra], len(flats[0].rows.lo))
+    cols = merged([f.cols for f in flats] + [e.cols for e in extra], len(flats[0].cols.lo))
     return Tokens(flats[0].dim, rows, cols)
+
+
+def union(known: list[Known], out: torch.Tensor) -> Known | None:
+    """What each position of ``out`` reads when it reads the positions of ``known`` it lines up with
+    (broadcasting from the last axis): maps on one pair of axes, or tokens of one layout, each with any boxes,
+    or boxes alone; None for maps with tokens, or maps or tokens laid out differently."""
+    fields = [f for f in known if isinstance(f, Field)]
+    boxes = [f for f in known if isinstance(f, Whole)]
+    flats = [f for f in known if isinstance(f, Tokens)]
+    if flats:
+        if fields or len({(f.dim, len(f.rows.lo), len(f.cols.lo)) for f in flats}) != 1:
+            return None
+        return token_union(flats, boxes)
+    if not fields:
+        return joined(boxes)
+    dims = fields[0].dims
+    if any(f.dims != dims for f in fields) or out.ndim < -min(dims):
+        return None
+    fields += [box.axes(dims, [1] * -min(dims)) for box in boxes]
+    rows = merged([f.rows for f in fields], out.shape[dims[0]])
+    return Field(rows, merged([f.cols for f in fields], out.shape[dims[1]]))
+
+
+def one_box(known: list[Known]) -> Whole | None:
+    """The box every element reads when each of ``known`` is one box (:func:`as_whole`): their union."""
+    boxes = [as_whole(f) for f in known]
+    return joined(boxes) if boxes and all(box is not None for box in boxes) else None  # type: ignore[arg-type]

@@ -34,19 +34,20 @@ Not seen: values that go through an integer (an index computed from the data, ``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .rules import Args, Kwargs, arg, op_name, pair, raw_name
+from .calls import Args, Kwargs, arg
+from .rules import in_place, op_name, pair
 
 __all__ = ["OpenPaths"]
 
 PASS = frozenset(
     "relu relu6 hardtanh leaky_relu rrelu prelu gelu silu sigmoid tanh hardswish hardsigmoid mish softplus elu "
-    "selu celu softsign tanhshrink threshold logsigmoid hardshrink softshrink erf sign sgn round floor ceil "
+    "selu celu softsign tanhshrink threshold log_sigmoid hardshrink softshrink erf sign sgn round floor ceil "
     "trunc heaviside clamp clip clamp_min clamp_max maximum minimum fmax fmin where nan_to_num "
     "batch_norm instance_norm group_norm layer_norm rms_norm native_batch_norm _native_batch_norm_legit "
     "_native_batch_norm_legit_no_training native_group_norm native_layer_norm".split()
@@ -55,7 +56,25 @@ CHANNEL = frozenset(  # a tensor parameter per channel (dim 1), not lined up wit
     "prelu batch_norm instance_norm group_norm native_batch_norm _native_batch_norm_legit "
     "_native_batch_norm_legit_no_training native_group_norm".split()
 )
-SELECT = frozenset("amax amin max min topk sort msort kthvalue median nanmedian mode cummax cummin".split())
+
+
+class _Selection(NamedTuple):
+    """Where a selection takes the dimension(s) it runs along (None: nowhere, always ``dim``) and their default,
+    and where it takes ``keepdim`` (None: nowhere, it keeps them)."""
+
+    dim_at: int | None
+    dim: Any
+    keepdim_at: int | None
+
+
+_SELECTIONS = {
+    "amax": _Selection(1, (), 2), "amin": _Selection(1, (), 2), "max": _Selection(1, None, 2),
+    "min": _Selection(1, None, 2), "median": _Selection(1, None, 2), "nanmedian": _Selection(1, None, 2),
+    "mode": _Selection(1, -1, 2), "kthvalue": _Selection(2, -1, 3), "topk": _Selection(2, -1, None),
+    "msort": _Selection(None, 0, None), "sort": _Selection(1, -1, None), "cummax": _Selection(1, -1, None),
+    "cummin": _Selection(1, -1, None),
+}  # fmt: skip
+SELECT = frozenset(_SELECTIONS)
 POOL = frozenset("max_pool2d _max_pool2d max_pool2d_with_indices".split())
 ADAPTIVE = frozenset("adaptive_max_pool2d _adaptive_max_pool2d adaptive_max_pool2d_with_indices".split())
 SAMPLED = frozenset(
@@ -156,7 +175,7 @@ def _passed(func: Any, args: Args, kwargs: Kwargs, channels: bool = False) -> An
     if not sources:
         return func(*args, **kwargs)
     target = args[0] if args and isinstance(args[0], torch.Tensor) else None
-    if target is not None and _in_place(func) and [s for s in sources if s is not target]:
+    if target is not None and in_place(func) and [s for s in sources if s is not target]:
         with torch.no_grad():  # clamp_(min=t), or into a tensor not followed: the values of all, by autograd's copy_
             scratch = target.clone()
             func(scratch, *args[1:], **kwargs)
@@ -171,29 +190,12 @@ def _passed(func: Any, args: Args, kwargs: Kwargs, channels: bool = False) -> An
     return _with(result, _carried(values, sources, channels))
 
 
-def _in_place(func: Any) -> bool:
-    """``relu_``, ``clamp_``: an operation that writes into its first argument."""
-    name = raw_name(func)
-    return name.endswith("_") and not name.endswith("__")
-
-
 def _along(name: str, args: Args, kwargs: Kwargs, x: torch.Tensor) -> torch.Tensor:
     """The mean of ``x`` along the axes a selection ran along, shaped like its values."""
-    if name in ("amax", "amin"):
-        dim, keep = arg(args, kwargs, 1, "dim", ()), bool(arg(args, kwargs, 2, "keepdim", False))
-    elif name in ("max", "min", "median", "nanmedian"):
-        dim, keep = arg(args, kwargs, 1, "dim", None), bool(arg(args, kwargs, 2, "keepdim", False))
-    elif name == "mode":
-        dim, keep = arg(args, kwargs, 1, "dim", -1), bool(arg(args, kwargs, 2, "keepdim", False))
-    elif name == "kthvalue":
-        dim, keep = arg(args, kwargs, 2, "dim", -1), bool(arg(args, kwargs, 3, "keepdim", False))
-    elif name == "topk":
-        dim, keep = arg(args, kwargs, 2, "dim", -1), True
-    elif name == "msort":
-        dim, keep = 0, True
-    else:  # sort, cummax, cummin
-        dim = arg(args, kwargs, 1, "dim", -1)
-        dim, keep = (-1 if isinstance(dim, bool) else dim), True
+    selection = _SELECTIONS[name]
+    dim = selection.dim if selection.dim_at is None else arg(args, kwargs, selection.dim_at, "dim", selection.dim)
+    dim = selection.dim if isinstance(dim, bool) else dim  # a flag where the dimension goes: none given
+    keep = selection.keepdim_at is None or bool(arg(args, kwargs, selection.keepdim_at, "keepdim", False))
     dims = tuple(int(d) % x.ndim for d in (dim if isinstance(dim, (list, tuple)) else (dim,)) if d is not None)
     if not dims:
         return x.mean()

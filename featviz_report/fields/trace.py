@@ -37,8 +37,9 @@ a pixel unshuffle (space to depth) and a shuffle back, a field can be larger tha
 are bounding boxes in input pixels.
 
 The kinds of field live in :mod:`featviz_report.fields.kinds`, the rule of each operation in
-:mod:`featviz_report.fields.rules`; this module follows the pass and keeps the books (what is followed,
-what was written into, what counts as a constant).
+:mod:`featviz_report.fields.rules` (tables by operation name, given each operation as a
+:class:`~featviz_report.fields.calls.Call`); this module follows the pass and keeps the books (what is
+followed, what was written into, what counts as a constant).
 
 A layer the tracer refuses is :class:`Blind` rather than None (and its fields unknown, not the gradient's)
 where what it computes depends on values that reached it where autograd does not see, so that the gradient's
@@ -64,7 +65,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -72,45 +73,11 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..capture.hooks import first_tensor, maps_order, tensors_in
-from .kinds import Axis, Known, Tokens, TracedField, Whole, as_whole, fits, joined, merged, spanned, token_union
-from .rules import (
-    BROADCAST,
-    DIM_ARG,
-    FACTORIES,
-    IN_PLACE_DUNDERS,
-    POINTWISE,
-    REDUCE,
-    RESHAPE,
-    SAME_AS,
-    SHAPE_OF_OTHER,
-    TOKEN_ALONG,
-    UNRELATED,
-    Args,
-    Kwargs,
-    adaptive,
-    arg,
-    dims_of,
-    moved,
-    op_name,
-    padded,
-    raw_name,
-    reduced,
-    resampled,
-    spread,
-    token_moved,
-    touches,
-    window,
-    without,
-)  # fmt: skip
+from .calls import Args, Kwargs, Operand
+from .kinds import Axis, Field, Known, Tokens, TracedField, Whole, fits
+from .rules import FACTORIES, IN_PLACE_DUNDERS, SHAPE_OF_OTHER, UNRELATED, field_of, in_place, op_name, raw_name
 
 __all__ = ["TracedField", "Blind", "LayerFields", "tracing_fields", "trace_fields"]
-
-_ROLES = {  # a product's operands by name, and the axis of each that becomes the output's (None: contracted)
-    "matmul": (("input", -2), ("other", -1)),
-    "bmm": (("input", -2), ("mat2", -1)),
-    "scaled_dot_product_attention": (("query", -2), ("key", None), ("value", None), ("attn_mask", None)),
-}
-
 
 _SEVERED = frozenset("detach new_tensor tensor".split())  # the values of a followed tensor, without a gradient
 _ESCAPES = frozenset(  # values out of torch (raw names), where they may come back unseen
@@ -129,6 +96,35 @@ class Blind:
 LayerFields = dict[tuple[nn.Module, int], TracedField | Blind | None]  # each (module, call)'s: None, the gradient's
 
 
+class _State(NamedTuple):
+    """What the tracer knows of a tensor: whether it is followed, and its field (followed with None: unknown)."""
+
+    followed: bool
+    field: Known | None
+
+
+class _Followed(NamedTuple):
+    """A followed tensor, held weakly (its id may be another's once it is gone), and its field."""
+
+    tensor: weakref.ref[torch.Tensor]
+    field: Known | None
+
+
+class _Reason(NamedTuple):
+    """A tensor or a storage, held weakly, and why the gradient cannot see how its values depend on the input."""
+
+    held: weakref.ref[Any]
+    reason: str
+
+
+class _Views(NamedTuple):
+    """Followed memory: its storage, held weakly, and the tensors that followed tensors there are views of (or
+    are themselves), by id."""
+
+    storage: weakref.ref[Any]
+    roots: dict[int, weakref.ref[torch.Tensor]]
+
+
 def _blind(how: str) -> str:
     """The reason a :class:`Blind` layer gives, for values of the input that went through ``how``."""
     return f"values from the input reach it through {how}, which the gradient cannot see, nor the tracer follow"
@@ -139,33 +135,33 @@ class _Tracer(TorchFunctionMode):
 
     def __init__(self, constants: dict[int, torch.Tensor]) -> None:
         super().__init__()
-        self.known: dict[int, tuple[weakref.ref[torch.Tensor], Known | None]] = {}
+        self.known: dict[int, _Followed] = {}
         self.constants = constants  # the model's parameters and buffers by id, held: no other tensor takes one
         self.derived: dict[int, torch.Tensor] = {}  # computed from those and FACTORIES alone (a
         # transposed weight, a relative position bias gathered from its table)
         self.by_memory: dict[int | None, dict[int, weakref.ref[torch.Tensor]]] = {}  # followed, by memory
         self.tainted: dict[int, weakref.ref[Any]] = {}  # memory holding input-dependent values (followed
         # tensors', or written into) → its storage, alive while any tensor uses it (its address is not reused)
-        self.blind: dict[int, tuple[weakref.ref[torch.Tensor], str]] = {}  # tensors holding values of the input
-        # that autograd does not trace to it → why; and memory written with such values → its storage, why
-        self.blind_memory: dict[int, tuple[weakref.ref[Any], str]] = {}
+        self.blind: dict[int, _Reason] = {}  # tensors holding values of the input that autograd does not trace
+        # to it → the tensor, why; and memory written with such values → its storage, why
+        self.blind_memory: dict[int, _Reason] = {}
         self.escaped: str | None = None  # why values of the input left torch (numpy...), once they have
-        self.roots: dict[int, tuple[weakref.ref[Any], dict[int, weakref.ref[torch.Tensor]]]] = {}  # by memory:
-        # its storage, and what followed tensors there are views of (or they themselves): autograd links those
+        self.roots: dict[int, _Views] = {}  # followed memory's storage and what followed tensors there are views
+        # of (or they themselves), by memory: autograd links those
 
     def set(self, tensor: torch.Tensor, field: Known | None) -> None:
         if field is not None and not fits(field, tensor):
             field = None
         ref = weakref.ref(tensor)
-        self.known[id(tensor)] = (ref, field)
+        self.known[id(tensor)] = _Followed(ref, field)
         memory = _memory(tensor)
         self.by_memory.setdefault(memory, {})[id(tensor)] = ref
         if memory is not None:  # what it is a view of, with its storage (the address may be another's later)
             storage, root = tensor.untyped_storage(), _root(tensor)
-            held = self.roots.get(memory)
-            if held is None or held[0]() is not storage:
-                held = self.roots[memory] = (weakref.ref(storage), {})
-            held[1][id(root)] = weakref.ref(root)
+            views = self.roots.get(memory)
+            if views is None or views.storage() is not storage:
+                views = self.roots[memory] = _Views(weakref.ref(storage), {})
+            views.roots[id(root)] = weakref.ref(root)
         self.taint(tensor)
 
     def taint(self, tensor: torch.Tensor) -> None:
@@ -177,16 +173,16 @@ class _Tracer(TorchFunctionMode):
     def sharing(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Followed tensors other than ``tensor`` that are views of its memory (or it of theirs)."""
         same = (ref() for ref in self.by_memory.get(_memory(tensor), {}).values())
-        return [t for t in same if t is not None and t is not tensor and self.state(t)[0]]
+        return [t for t in same if t is not None and t is not tensor and self.state(t).followed]
 
-    def state(self, tensor: torch.Tensor) -> tuple[bool, Known | None]:
-        """(followed, field): a followed tensor with field None is unknown."""
+    def state(self, tensor: torch.Tensor) -> _State:
+        """Whether ``tensor`` is followed, and its field."""
         entry = self.known.get(id(tensor))
-        if entry is not None and entry[0]() is tensor:
-            return True, entry[1]
+        if entry is not None and entry.tensor() is tensor:
+            return _State(True, entry.field)
         memory = _memory(tensor) if self.tainted else None  # another name for such memory (a view the mode
         storage = self.tainted.get(memory) if memory is not None else None  # did not see, nn.Parameter(y))
-        return (True, None) if storage is not None and storage() is not None else (False, None)
+        return _State(storage is not None and storage() is not None, None)
 
     def constant(self, tensor: torch.Tensor) -> bool:
         """A parameter or buffer of the model, or computed from them alone."""
@@ -194,43 +190,43 @@ class _Tracer(TorchFunctionMode):
             return True
         return self.derived.get(id(tensor)) is tensor  # held here, so no other tensor takes its id
 
-    def current(self, tensor: torch.Tensor) -> tuple[bool, Known | None]:
+    def current(self, tensor: torch.Tensor) -> _State:
         """:meth:`state`, unknown if the tensor was reshaped where the mode did not see (``set_``, ``.data =``).
         Inside the mode's handler only: elsewhere the mode sees every shape asked for, at a cost."""
-        followed, field = self.state(tensor)
-        return followed, None if field is not None and not fits(field, tensor) else field
+        state = self.state(tensor)
+        return state if state.field is None or fits(state.field, tensor) else _State(state.followed, None)
 
     def mark(self, tensor: torch.Tensor, reason: str) -> None:
         """Record that ``tensor`` holds values of the input that autograd does not trace to it, and why."""
-        self.blind[id(tensor)] = (weakref.ref(tensor), reason)
+        self.blind[id(tensor)] = _Reason(weakref.ref(tensor), reason)
 
     def blindness(self, tensor: torch.Tensor) -> str | None:
         """Why the gradient cannot see how ``tensor``'s values depend on the input; None where it can or they do
         not. Outside the mode's handler, only with torch functions off (it reads a tensor's base)."""
-        entry = self.blind.get(id(tensor))
-        if entry is not None and entry[0]() is tensor:
-            return entry[1]
+        marked = self.blind.get(id(tensor))
+        if marked is not None and marked.held() is tensor:
+            return marked.reason
         if not (self.tainted or self.blind_memory) or not tensor.numel():
             return None
         memory = _memory(tensor)
         if memory is None:
             return None
-        held = self.blind_memory.get(memory)
-        if held is not None and held[0]() is not None:
-            return held[1]
+        written = self.blind_memory.get(memory)
+        if written is not None and written.held() is not None:
+            return written.reason
         return self._unlinked(tensor, memory)
 
     def _unlinked(self, tensor: torch.Tensor, memory: int) -> str | None:
         """A tensor not followed over followed memory, none of whose followed names is in its family of views
         (``nn.Parameter(y)``, the tensor behind a write through ``detach()``): autograd does not link them."""
         entry = self.known.get(id(tensor))
-        storage, held = self.tainted.get(memory), self.roots.get(memory)
-        if entry is not None and entry[0]() is tensor or storage is None or held is None:
+        storage, views = self.tainted.get(memory), self.roots.get(memory)
+        if entry is not None and entry.tensor() is tensor or storage is None or views is None:
             return None
-        if storage() is None or held[0]() is not storage():  # none followed in it, or no more (memory reused)
+        if storage() is None or views.storage() is not storage():  # none followed in it, or no more (reused)
             return None  # (written only where the mode did not see, a script: autograd may see it)
         root = _root(tensor)
-        if any(ref() is root for ref in held[1].values()):
+        if any(ref() is root for ref in views.roots.values()):
             return None
         return _blind("another tensor over the same memory, made where neither sees (nn.Parameter(y), .data, detach())")
 
@@ -241,13 +237,13 @@ class _Tracer(TorchFunctionMode):
         inputs = tensors_in((args, kwargs))
         if self.escaped is not None:
             for tensor in inputs:
-                if tensor.numel() and not self.state(tensor)[0] and not self.constant(tensor):
+                if tensor.numel() and not self.state(tensor).followed and not self.constant(tensor):
                     self.set(tensor, None)
                     self.mark(tensor, self.escaped)
         reason = next((r for r in map(self.blindness, inputs) if r is not None), None)
         raw, name, descriptor = raw_name(func), op_name(func), _descriptor(func)
         read = inputs[1:] if name == "new_tensor" or (raw, descriptor) == ("__set__", "data") else inputs
-        if not any(self.state(t)[0] for t in read):
+        if not any(self.state(t).followed for t in read):
             return reason
         if raw in _ESCAPES:
             self.escaped = self.escaped or _blind(f"{raw.strip('_')}() and back into torch")
@@ -257,15 +253,15 @@ class _Tracer(TorchFunctionMode):
 
     def _blind_after(self, func: Any, args: Args, kwargs: Kwargs, result: Any, reason: str) -> None:
         """``func``'s outputs, and what it wrote into (every name of that memory), carry ``reason``."""
-        raw, assigned = raw_name(func), _descriptor(func) == "data" and raw_name(func) == "__set__"
-        written = assigned or op_name(func) == "setitem" or raw in IN_PLACE_DUNDERS or _in_place(raw)
+        assigned = _descriptor(func) == "data" and raw_name(func) == "__set__"
+        written = assigned or _writes_first(func)
         targets = tensors_in(kwargs["out"]) if "out" in kwargs else tensors_in(args[:1]) if written else []
         for tensor in (*tensors_in(result), *targets):
             self.mark(tensor, reason)
         for tensor in targets:
             memory = _memory(tensor)
             if memory is not None:
-                self.blind_memory[memory] = (weakref.ref(tensor.untyped_storage()), reason)
+                self.blind_memory[memory] = _Reason(weakref.ref(tensor.untyped_storage()), reason)
             if assigned:  # y.data = z: y's values are z's, unseen
                 self.set(tensor, None)
 
@@ -288,126 +284,44 @@ class _Tracer(TorchFunctionMode):
             self._blind_after(func, args, kwargs, result, blind)
 
     def _follow(self, func: Any, args: Args, kwargs: Kwargs, result: Any) -> None:
-        """Give ``func``'s outputs their fields (and forget whatever it wrote into)."""
+        """Give ``func``'s outputs their fields by :func:`.rules.field_of` (and forget whatever it wrote into)."""
         inputs = tensors_in((args, kwargs))
-        followed = [(t, self.current(t)) for t in inputs]
-        if not any(f for _, (f, _) in followed):
+        operands = [self._operand(t) for t in inputs]
+        if not any(operand.followed for operand in operands):
             self._unfollowed(func, args, kwargs, inputs, result)
             return
-        outputs = tensors_in(result)
-        name, raw = op_name(func), raw_name(func)
+        name = op_name(func)
         if name in SHAPE_OF_OTHER:  # x.expand_as(y): y's values are not read
-            followed = followed[:1]
-            if not followed[0][1][0]:
+            operands = operands[:1]
+            if not operands[0].followed:
                 return
         if name == "new_tensor":  # y.new_tensor(g): a copy of g
-            followed, name = followed[1:], "clone"
-        in_place = name == "setitem" or raw in IN_PLACE_DUNDERS or _in_place(raw)
-        targets = tensors_in(kwargs["out"]) if "out" in kwargs else inputs[:1] if in_place else []
-        for target in targets:  # written into: its other names (views, base, ...) are not known any more
+            operands, name = operands[1:], "clone"
+        self._overwritten(_written(func, kwargs, inputs))
+        if name == "setitem":  # part of it written: the parts' positions are not followed
+            self.set(inputs[0], None)
+            return
+        outputs = tensors_in(result)
+        if outputs and name not in UNRELATED:
+            self._give(outputs, field_of(func, name, args, kwargs, operands, outputs[0]))
+
+    def _overwritten(self, targets: list[torch.Tensor]) -> None:
+        """``targets`` were written into: their other names (views, base, ...) are not known any more."""
+        for target in targets:
             self.taint(target)
             for tensor in self.sharing(target):
                 self.set(tensor, None)
-            if name == "setitem":  # part of it written: the parts' positions are not followed
-                self.set(target, None)
-                return
-        if not outputs or name in UNRELATED:
-            return
-        field: Known | None = None
-        try:
-            if any(isinstance(f, Tokens) for _, (_, f) in followed):
-                field = self._token_rule(name, args, kwargs, followed, outputs[0])
-            elif any(isinstance(f, Whole) for _, (_, f) in followed):
-                field = self._union(followed, outputs[0]) if name in POINTWISE else None  # a gate on maps
-            elif name == "interpolate":  # nn.Upsample too
-                field = resampled(func, args, kwargs, followed, outputs[0])
-            else:
-                field = self._rule(name, args, kwargs, followed, outputs[0])
-        except Exception:  # noqa: BLE001 - arguments this rule did not expect: not understood, never a failure
-            field = None
-        if field is None:
-            field = self._whole(followed)
+
+    def _give(self, outputs: list[torch.Tensor], field: Known | None) -> None:
+        """Each output ``field`` (the first's), where it has as many axes as the first; any, for a box."""
         for output in outputs:
             same = isinstance(field, Whole) or output.ndim == outputs[0].ndim
-            self.set(output, field if field is not None and same else None)
+            self.set(output, field if same else None)
 
-    def _rule(self, name: str, args: Args, kwargs: Kwargs, followed: list[Any], out: torch.Tensor) -> Known | None:
-        first, (is_followed, known) = followed[0]
-        field = known if isinstance(known, tuple) else None  # no Whole reaches here
-        name = SAME_AS.get(name, name)
-        alone = not any(f for _, (f, _) in followed[1:])  # weights, bias not from the input (else not a window)
-        if name in ("conv2d", "max_pool2d", "avg_pool2d"):
-            return window(name, args, kwargs, field, out) if is_followed and field and alone else None
-        if name in ("conv_transpose2d", "pixel_shuffle", "pixel_unshuffle"):
-            maps = is_followed and field is not None and (field[0].dim, field[1].dim) == (-2, -1)
-            return spread(name, args, kwargs, field, out) if maps and alone and field else None
-        if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
-            return adaptive(field, out) if is_followed and field and field[0].dim == -2 else None
-        if name == "pad":
-            return padded(args, kwargs, field, out) if is_followed and field else None
-        if name in REDUCE and isinstance(arg(args, kwargs, 1, "other", None), torch.Tensor):
-            return self._union(followed, out)  # torch.max(a, b): elementwise
-        if name in REDUCE and is_followed and field:
-            return reduced(args, kwargs, first, field, out)
-        if name in RESHAPE or name in ("permute", "transpose", "getitem"):
-            return moved(name, args, kwargs, first, field, out) if is_followed and field else None
-        if name == "stack":  # a new axis: the spatial ones stay where they are if it comes before them
-            n = first.ndim + 1
-            spatial = [f for _, (_, f) in followed if isinstance(f, tuple)]
-            if not spatial or int(arg(args, kwargs, 1, "dim", 0)) % n - n >= min(spatial[0][0].dim, spatial[0][1].dim):
-                return None
-            return self._union(followed, out)
-        if name in DIM_ARG:
-            fields = [f for _, (_, f) in followed if isinstance(f, tuple)]
-            if touches(name, args, kwargs, fields):
-                return None
-            union = self._union(followed, out)
-            if name != "unbind" or not isinstance(union, tuple):
-                return union
-            return without(union, {int(arg(args, kwargs, 1, "dim", 0)) % first.ndim - first.ndim})
-        if name in POINTWISE or name == "linear" and alone and field and -1 not in (field[0].dim, field[1].dim):
-            return self._union(followed, out)
-        return None
-
-    def _token_rule(
-        self, name: str, args: Args, kwargs: Kwargs, followed: list[Any], out: torch.Tensor
-    ) -> Known | None:
-        """Operations on tokens (maps merged into one axis): attention, token mixing and the way back."""
-        first, (_, known) = followed[0]
-        flat = known if isinstance(known, Tokens) else None
-        name = SAME_AS.get(name, name)
-        if name in ("matmul", "bmm", "scaled_dot_product_attention"):
-            return self._contracted(name, args, kwargs)
-        if name in REDUCE and isinstance(arg(args, kwargs, 1, "other", None), torch.Tensor):
-            return self._union(followed, out)  # torch.max(a, b): elementwise
-        if flat is None:
-            return self._union(followed, out) if name in POINTWISE else None
-        others = any(f for _, (f, _) in followed[1:])
-        if others and (name == "linear" or name in POINTWISE and name not in BROADCAST):
-            return None  # weights from the input: they do not line up with the tokens from the end
-        if name in POINTWISE or name == "linear" and flat.dim != -1:
-            return self._union(followed, out)
-        if name == "linear":  # mixing the tokens (an MLP-Mixer's token MLP): each output reads them all
-            known = self._fields(followed)
-            return joined([spanned(f) for f in known]) if known else None
-        if name in RESHAPE or name in ("permute", "transpose", "getitem"):
-            return token_moved(name, args, kwargs, first, flat, out)
-        if name in TOKEN_ALONG:
-            if name in REDUCE:
-                dims = dims_of(arg(args, kwargs, 1, "dim", None), first.ndim)
-                keepdim = bool(arg(args, kwargs, 2, "keepdim", False))
-            else:
-                position, default = DIM_ARG[name]
-                dim = default if position is None else arg(args, kwargs, position, "dim", default)
-                dims = None if dim is None else {int(dim) % first.ndim - first.ndim}
-                keepdim = name != "unbind"
-            if dims is None or flat.dim in dims:  # along the tokens: every element reads them all
-                return None if name in ("chunk", "split", "split_with_sizes", "unbind") else spanned(flat)
-            union = self._union(followed, out)
-            if keepdim or not isinstance(union, Tokens):
-                return union
-            return union.at(union.dim + sum(1 for d in dims if d > union.dim))
-        return None
+    def _operand(self, tensor: torch.Tensor) -> Operand:
+        """``tensor`` as an operation reads it, by :meth:`current`."""
+        state = self.current(tensor)
+        return Operand(tensor, state.followed, state.field, not state.followed and self._opaque(tensor))
 
     def _unfollowed(self, func: Any, args: Args, kwargs: Kwargs, inputs: list[torch.Tensor], result: Any) -> None:
         """An operation on nothing followed: its outputs are constants when its inputs are and its other
@@ -415,85 +329,21 @@ class _Tracer(TorchFunctionMode):
         and so are a size-only factory's (``arange``), maps excepted (numpy may fill them unseen); what it
         writes into is unknown when an input is a map from where the mode did not see (a scripted
         function's output copied into a buffer)."""
-        name, raw = op_name(func), raw_name(func)
-        if "out" in kwargs or name == "setitem" or raw in IN_PLACE_DUNDERS or _in_place(raw):
+        if "out" in kwargs or _writes_first(func):
             if any(self._opaque(t) for t in inputs):
-                for target in tensors_in(kwargs["out"]) if "out" in kwargs else inputs[:1]:
+                for target in _written(func, kwargs, inputs):
                     self.taint(target)
             return
         if not all(_plain(v) for v in (*args, *kwargs.values())):
             return  # data given from outside torch (a float, a list) may have left a followed tensor
         if inputs and all(self.constant(t) for t in inputs):
             self.derived.update((id(t), t) for t in tensors_in(result))
-        elif not inputs and name in FACTORIES:  # not maps: a buffer may be filled where the mode does not see
+        elif not inputs and op_name(func) in FACTORIES:  # not maps: a buffer may be filled where the mode does not see
             self.derived.update((id(t), t) for t in tensors_in(result) if not self._opaque(t))
 
     def _opaque(self, tensor: torch.Tensor) -> bool:
         """A map neither followed nor a constant: made where the mode did not see, it cannot be vouched for."""
         return not self.constant(tensor) and tensor.ndim >= 2 and tensor.shape[-2:].numel() > 1
-
-    def _contracted(self, name: str, args: Args, kwargs: Kwargs) -> Known | None:
-        """``a @ b`` and attention (``softmax(q kᵀ) v``): each output element reads one row of ``a`` (one
-        query) and everything of ``b`` it is multiplied with (every key and value). A token axis that
-        survives (``a``'s rows, ``b``'s columns, batch axes) stays one; a contracted one is read whole. Two
-        different ones surviving (``q @ kᵀ``, before its softmax) are read whole too: wider than exact,
-        where each element reads two positions."""
-        roles = _ROLES[name]  # operands by name, each with the axis of it that is the output's (or None)
-        given = [(arg(args, kwargs, i, role, None), keep) for i, (role, keep) in enumerate(roles)]
-        operands = [(t, keep, self.current(t)) for t, keep in given if isinstance(t, torch.Tensor)]
-        known = self._fields([(t, state) for t, _, state in operands])
-        if known is None or any(isinstance(f, tuple) for f in known) or any(t.ndim < 2 for t, _, _ in operands):
-            return None
-        surviving: list[Tokens] = []
-        spans: list[Whole] = []
-        for _, keep, (_, field) in operands:
-            if isinstance(field, Tokens) and (field.dim < -2 or field.dim == keep):
-                surviving.append(field)
-            elif field is not None:
-                spans.append(spanned(field))
-        if surviving and len({(f.dim, len(f.rows.lo), len(f.cols.lo)) for f in surviving}) == 1:
-            return token_union(surviving, spans)
-        return joined(spans + [spanned(f) for f in surviving])
-
-    def _union(self, followed: list[Any], out: torch.Tensor) -> Known | None:
-        """Each output position reads what the inputs' positions it lines up with read (broadcasting)."""
-        known = self._fields(followed)
-        if known is None:
-            return None
-        fields = [f for f in known if isinstance(f, tuple)]
-        boxes = [f for f in known if isinstance(f, Whole)]
-        flats = [f for f in known if isinstance(f, Tokens)]
-        if flats:
-            if fields or len({(f.dim, len(f.rows.lo), len(f.cols.lo)) for f in flats}) != 1:
-                return None
-            return token_union(flats, boxes)
-        if not fields:
-            return joined(boxes)
-        dims = {(f[0].dim, f[1].dim) for f in fields}
-        if len(dims) != 1 or out.ndim < -min(*next(iter(dims))):
-            return None
-        fields += [box.axes(next(iter(dims)), [1] * 2) for box in boxes]
-        return tuple(merged([f[i] for f in fields], out.shape[fields[0][i].dim]) for i in (0, 1))  # type: ignore[return-value]
-
-    def _whole(self, followed: list[Any]) -> Whole | None:
-        """One box for every element of anything computed, by whatever operation, from inputs each of whose
-        elements reads one box (maps of 1×1 count): the union of those boxes."""
-        known = self._fields(followed)
-        boxes = [as_whole(f) for f in known or ()]
-        return joined(boxes) if boxes and all(box is not None for box in boxes) else None  # type: ignore[arg-type]
-
-    def _fields(self, followed: list[Any]) -> list[Known] | None:
-        """The followed inputs' fields; None when one is unknown or an input is a map this mode did not see
-        made (an opaque operation's output): nothing can be vouched for then."""
-        fields = []
-        for tensor, (is_followed, field) in followed:
-            if is_followed and field is None:
-                return None
-            if field is not None:
-                fields.append(field)
-            elif self._opaque(tensor):
-                return None
-        return fields
 
 
 _PLAIN = (
@@ -517,9 +367,16 @@ def _plain(value: object) -> bool:
     return isinstance(value, (_PLAIN, torch.Tensor))
 
 
-def _in_place(raw: str) -> bool:
-    """``add_``, ``relu_``: torch's name for an operation that writes into its first argument."""
-    return raw.endswith("_") and not raw.endswith("__")
+def _writes_first(func: Any) -> bool:
+    """Whether ``func`` writes into its first argument: ``add_``, ``x += y``, ``x[i] = y``."""
+    return in_place(func) or raw_name(func) in IN_PLACE_DUNDERS or op_name(func) == "setitem"
+
+
+def _written(func: Any, kwargs: Kwargs, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """What ``func`` writes into: its ``out=``, or its first tensor argument where it writes into that."""
+    if "out" in kwargs:
+        return tensors_in(kwargs["out"])
+    return inputs[:1] if _writes_first(func) else []
 
 
 def _root(tensor: torch.Tensor) -> torch.Tensor:
@@ -547,7 +404,7 @@ def _memory(tensor: torch.Tensor) -> int | None:
 def _follow_input(tracer: _Tracer, inputs: torch.Tensor) -> None:
     h, w = inputs.shape[-2:]
     with torch._C.DisableTorchFunction():  # not seen by a mode it is entered inside (the graph's)
-        tracer.set(inputs, (Axis(-2, np.arange(h), np.arange(h)), Axis(-1, np.arange(w), np.arange(w))))
+        tracer.set(inputs, Field(Axis(-2, np.arange(h), np.arange(h)), Axis(-1, np.arange(w), np.arange(w))))
 
 
 @contextmanager
@@ -559,10 +416,10 @@ def _calls(model: nn.Module, tracer: _Tracer, found: LayerFields) -> Iterator[No
         counts[module] = call + 1
         with torch._C.DisableTorchFunction():  # the books' own reads (a storage, a base) are not the model's
             inputs = tensors_in((args, kwargs))
-            if any(tracer.state(t)[0] for t in inputs):
+            if any(tracer.state(t).followed for t in inputs):
                 blind = next((r for r in map(tracer.blindness, inputs) if r is not None), None)
                 for made in tensors_in(output):  # made where the mode could not see: not vouched for
-                    if not tracer.state(made)[0]:
+                    if not tracer.state(made).followed:
                         tracer.set(made, None)
                         if blind is not None:
                             tracer.mark(made, blind)
@@ -581,7 +438,7 @@ def _maps_field(tracer: _Tracer, tensor: torch.Tensor | None, module: nn.Module)
     those of the maps the report shows (:func:`.capture.maps_order`: N×C×H×W, or channels-last maps)."""
     if tensor is None or tensor.ndim != 4:
         return None
-    known = tracer.state(tensor)[1]
+    known = tracer.state(tensor).field
     if known is None or isinstance(known, Tokens) or not fits(known, tensor):
         return None
     order = maps_order(module)

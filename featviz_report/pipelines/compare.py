@@ -5,45 +5,33 @@ by how much they changed (:mod:`featviz_report.capture.changes`), one per checkp
 the most changed channels, in the same order for both, so the page can set them side by side. The page
 is checkpoint B's report with A beside it: weight and activation changes per layer, A's filters and
 maps next to B's, A's predictions and the samples whose prediction flipped, and both checkpoints'
-class activation maps unless ``config.cam`` is off.
+class activation maps unless ``config.cam`` is off. B's receptive fields and graph come from the pass every
+pipeline shares (:func:`~featviz_report.pipelines.core.sections_and_graph`); both models are on the device
+for the whole comparison, once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 from torch import nn
 
 from ..capture.changes import CHANGED_CHANNELS, channel_order, comparison, layer_change
-from ..capture.samples import SamplesArg, open_samples, preprocess
+from ..capture.job import Job, open_job
+from ..capture.samples import SamplesArg, SampleSet, open_samples, preprocess
 from ..capture.sections import layer_sections
-from ..circuits.attach import with_circuits
 from ..config import ReportConfig
 from ..errors import UsageError
-from ..fields.budget import field_seconds
-from ..fields.receptive import receptive_fields, with_fields
 from ..models.resolve import check_same_architecture
 from ..render.encode import PngEncoder
 from ..render.outputs import check_api_outputs
 from ..render.spool import Spool
-from ..report_data import Report
+from ..report_data import LayerSection, Report
 from ..runtime.device import on_device
 from ..runtime.heap import old_objects_frozen
 from ..runtime.progress import Progress
-from .core import (
-    assemble,
-    cam_view,
-    capture_pass,
-    circuits,
-    finish,
-    graph_inputs,
-    linked,
-    model_graph,
-    open_job,
-    warn_random_weights,
-)
+from .core import Run, assemble, cam_view, capture_pass, circuits, finish, sections_and_graph, warn_random_weights
 
 __all__ = ["compare_checkpoints"]
 
@@ -79,50 +67,52 @@ def compare_checkpoints(
     job_b = open_job(after, sample_set, config, progress)
     model = config.model_name or type(before).__name__
     warn_random_weights(config, progress, f"A ({names[0]}, {model})", "A's predictions are meaningless")
-    with old_objects_frozen():
-        with on_device(before, job_a.device), on_device(after, job_b.device):
-            rank_a, rank_b = capture_pass(job_a, None, None), capture_pass(job_b, None, None)
-            orders = {
-                key: channel_order(rank_a.records[key].stats, record.stats)
-                for key, record in rank_b.records.items()
-                if key in rank_a.records
-            }
-            with PngEncoder(config.workers, Spool()) as encoder:
-                run_a, run_b = capture_pass(job_a, encoder, orders), capture_pass(job_b, encoder, orders, warn=False)
-            cams = (cam_view(job_a, "A"), cam_view(job_b, "B")) if config.cam else ()
-        sections_a = {s.name: s for s in layer_sections(list(run_a.records.values()), job_a.layers, config, RANKING)}
-        sections_b = layer_sections(list(run_b.records.values()), job_b.layers, config, RANKING)
-        with on_device(after, job_b.device):
-            fields = receptive_fields(after, graph_inputs(job_b))
-        keys = [(record.module, call) for (_, call), record in run_b.records.items()]
-        seconds = field_seconds(time.monotonic() - job_a.started, config.field_seconds)
-        sections_b = with_fields(sections_b, keys, fields, progress, seconds)
-        with on_device(before, job_a.device), on_device(after, job_b.device):
-            (found_a, _), (found_b, used) = circuits(job_a, run_a), circuits(job_b, run_b)
-        sections_b = with_circuits(sections_b, list(run_b.records), found_b, used, before=found_a)
-        modules_a = dict(before.named_modules())
-        changed = []
-        for (key, record), section in zip(run_b.records.items(), sections_b):
-            if key not in rank_a.records or section.name not in sections_a:
-                changed.append(section)
-                continue
-            change = layer_change(
-                modules_a[key[0]],
-                record.module,
-                rank_a.records[key].stats,
-                rank_b.records[key].stats,
-                sections_a[section.name],
-                limit,
-            )
-            changed.append(dataclasses.replace(section, change=change))
-        graph = None
-        if config.graph:
-            with on_device(after, job_b.device):
-                graph = linked(model_graph(after, graph_inputs(job_b)), changed)
-        report = assemble(job_b, run_b, tuple(changed), cams, graph)
+    with old_objects_frozen(), on_device(before, job_a.device), on_device(after, job_b.device):
+        rank_a, rank_b = capture_pass(job_a, None, None), capture_pass(job_b, None, None)
+        orders = {
+            key: channel_order(rank_a.records[key].stats, record.stats)
+            for key, record in rank_b.records.items()
+            if key in rank_a.records
+        }
+        with PngEncoder(config.workers, Spool()) as encoder:
+            run_a, run_b = capture_pass(job_a, encoder, orders), capture_pass(job_b, encoder, orders, warn=False)
+        cams = (cam_view(job_a, "A"), cam_view(job_b, "B")) if config.cam else ()
+        sections, graph = sections_and_graph(
+            job_b,
+            run_b.records,
+            lambda: _changed_sections(job_a, job_b, rank_a, rank_b, run_a, run_b, limit),
+            run_b.stash,
+            before=circuits(job_a, run_a),
+        )
+        report = assemble(job_b, run_b, sections, cams, graph)
         report = dataclasses.replace(
             report,
             title=config.title or f"{report.model_name}: {names[0]} → {names[1]}",
             comparison=comparison(names[0], names[1], run_a.samples, run_b.samples, report.layers),
         )
         return finish(report, out, json_out, config, progress)
+
+
+def _changed_sections(
+    job_a: Job[SampleSet], job_b: Job[SampleSet], rank_a: Run, rank_b: Run, run_a: Run, run_b: Run, limit: int
+) -> tuple[LayerSection, ...]:
+    """B's sections, each with what changed since A in its layer (A's statistics from its ranking pass)."""
+    config = job_b.config
+    sections_a = {s.name: s for s in layer_sections(list(run_a.records.values()), job_a.layers, config, RANKING)}
+    sections_b = layer_sections(list(run_b.records.values()), job_b.layers, config, RANKING)
+    modules_a = dict(job_a.model.named_modules())
+    changed = []
+    for (key, record), section in zip(run_b.records.items(), sections_b):
+        if key not in rank_a.records or section.name not in sections_a:
+            changed.append(section)
+            continue
+        change = layer_change(
+            modules_a[key[0]],
+            record.module,
+            rank_a.records[key].stats,
+            rank_b.records[key].stats,
+            sections_a[section.name],
+            limit,
+        )
+        changed.append(dataclasses.replace(section, change=change))
+    return tuple(changed)

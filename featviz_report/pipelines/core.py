@@ -1,6 +1,7 @@
-"""The core the three pipelines share (a report, a comparison, a scan's page): a :class:`Job` opened on a
-model and samples, capture passes over the samples with hooks, the :class:`Report` assembled around the
-layer sections, and the files written (:func:`finish`).
+"""The core the three pipelines share (a report, a comparison, a scan's page): capture passes with hooks over
+a :class:`~featviz_report.capture.job.Job`'s samples, the ``--featviz`` images, the one pass that traces the
+receptive fields and records the graph beside the sections (:func:`sections_and_graph`), the :class:`Report`
+assembled around the layer sections, and the files written (:func:`finish`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import copy
 import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -21,11 +22,12 @@ from torch import nn
 
 from .._version import __version__
 from ..capture.gradcam import class_activation_maps, default_cam_layer, overlay
-from ..capture.hooks import capturing, select_layers
+from ..capture.hooks import capturing
+from ..capture.job import Job
 from ..capture.layer_record import LayerRecord, call_name, new_accumulator
 from ..capture.logits import class_scores
 from ..capture.reduce import Reduced
-from ..capture.samples import SampleSet, preprocess
+from ..capture.samples import SampleSet
 from ..capture.sections import colorbar
 from ..circuits.attach import Found, with_circuits
 from ..circuits.stage import SAMPLES, circuit_seconds, first_samples, measure, probe, shown_channels
@@ -57,25 +59,20 @@ from ..report_data import (
     Report,
     Sample,
 )
-from ..runtime.device import evaluating, float_dtype, pick_device
+from ..runtime.device import evaluating, float_dtype
 from ..runtime.heap import release_freed_memory
 from ..runtime.progress import Progress
 from ..runtime.threads import ThreadPolicy
 
 __all__ = [
-    "Job",
     "Run",
-    "open_job",
     "run_passes",
     "capture_pass",
     "assemble",
     "new_report",
     "finish",
     "cam_view",
-    "model_graph",
     "sections_and_graph",
-    "graph_inputs",
-    "linked",
     "feature_images",
     "circuits",
     "warn_random_weights",
@@ -93,21 +90,8 @@ class Run:
     stash: Stash | None = None  # the first samples' captured outputs, for the circuits' probing pass to replay
 
 
-def open_job(model: nn.Module, sample_set: SampleSet, config: ReportConfig, progress: Progress) -> Job:
-    """What the passes over ``sample_set`` need, the layers to capture chosen and the device picked."""
-    return Job(
-        model=model,
-        layers=select_layers(model, config.layers, config.featviz),
-        sample_set=sample_set,
-        device=pick_device(config.device),
-        dtype=float_dtype(model),
-        config=config,
-        progress=progress,
-    )
-
-
 def assemble(
-    job: Job,
+    job: Job[SampleSet],
     run: Run,
     sections: tuple[LayerSection, ...],
     cams: tuple[CamView, ...] = (),
@@ -129,31 +113,37 @@ def assemble(
     )
 
 
-def feature_images(job: Job, run: Run) -> dict[str, tuple[FeatureImage, ...]]:
-    """The ``--featviz`` layers' images (:mod:`featviz_report.featvis.stage`), in pixel space at the samples' size."""
+def feature_images(
+    job: Job[SampleSet], records: Mapping[tuple[str, int], LayerRecord]
+) -> dict[str, tuple[FeatureImage, ...]]:
+    """The ``--featviz`` layers' images (:mod:`featviz_report.featvis.stage`) for ``records`` (by module name and
+    call), in pixel space at the samples' size."""
     if not job.config.featviz:
         return {}
-    targets = vis_targets(run.records.items(), job.config, job.progress)
-    prep = preprocess(job.model, job.config)
-    c, h, w = job.sample_set.shape
-    return visualise_layers(job.model, targets, (c, h, w), prep.norm, job.device, job.dtype, job.config, job.progress)
+    return visualise_layers(job, vis_targets(records.items(), job.config, job.progress))
 
 
 def sections_and_graph(
-    job: Job, run: Run, make_sections: Callable[[], tuple[LayerSection, ...]]
+    job: Job[SampleSet],
+    records: Mapping[tuple[str, int], LayerRecord],
+    make_sections: Callable[[], tuple[LayerSection, ...]],
+    stash: Stash | None = None,
+    before: Found | None = None,
 ) -> tuple[tuple[LayerSection, ...], GraphView | None]:
-    """The sections with their peaks' receptive fields (:mod:`featviz_report.fields.receptive`), their circuits
-    (:mod:`featviz_report.circuits`) and (unless ``config.graph`` is off) the graph of what ran, linked to them.
-    The circuits' probing pass, then the fields' tracing and the graph's recording and layout, run on a second
-    thread (in turn: each hooks the model) while the sections are made, and the circuits' strengths on a third
-    once their pass is done: their forward passes, ``dot``'s process and the strengths' arithmetic run beside
-    the sections' numpy and Pillow work instead of after it. Fields the tracer leaves to the gradient get a
-    tenth of the time the job took so far (:mod:`featviz_report.fields.budget`)."""
+    """The sections of ``records`` (by module name and call) that ``make_sections`` makes, with their peaks'
+    receptive fields (:mod:`featviz_report.fields.receptive`), their circuits (:mod:`featviz_report.circuits`,
+    replaying ``stash`` where the capture pass kept one; with ``before``, checkpoint A's, beside them) and (unless
+    ``config.graph`` is off) the graph of what ran, linked to them, for reports, comparisons and scans alike. The
+    circuits' probing pass, then the fields' tracing and the graph's recording and layout (one pass of the model
+    on its first sample), run on a second thread (in turn: each hooks the model) while the sections are made, and
+    the circuits' strengths on a third once their pass is done: their forward passes, ``dot``'s process and the
+    strengths' arithmetic run beside the sections' numpy and Pillow work instead of after it. Fields the tracer
+    leaves to the gradient get a tenth of the time the job took so far (:mod:`featviz_report.fields.budget`)."""
     with ThreadPoolExecutor(2, thread_name_prefix="graph") as pool:
-        traced = pool.submit(probe_circuits, job, run)
+        traced = pool.submit(probe_circuits, job, stash)
         side = pool.submit(_side_after, traced, job)
-        wiring = pool.submit(lambda: measure_circuits(job, run, traced.result()))
-        keys = [(record.module, call) for (_, call), record in run.records.items()]
+        wiring = pool.submit(lambda: measure_circuits(job, records, traced.result()))
+        keys = [(record.module, call) for (_, call), record in records.items()]
         what = f"making {len(keys)} layers' sections" + (" and drawing the graph" if job.config.graph else "")
         with job.progress.working("sections", what):
             sections = make_sections()
@@ -161,50 +151,58 @@ def sections_and_graph(
             found, samples = wiring.result()
         seconds = field_seconds(time.monotonic() - job.started, job.config.field_seconds)
         sections = with_fields(sections, keys, fields, job.progress, seconds)
-        sections = with_circuits(sections, list(run.records), found, samples)
-        return sections, None if drawing is None else linked(drawing, sections)
+        sections = with_circuits(sections, list(records), found, samples, before)
+        return sections, None if drawing is None else _linked(drawing, sections)
 
 
-def _side_after(probing: Future[Traced | str | None], job: Job) -> tuple[GraphView | None, ReceptiveFields | None]:
+def _side_after(
+    probing: Future[Traced | str | None], job: Job[SampleSet]
+) -> tuple[GraphView | None, ReceptiveFields | None]:
     """:func:`_side_pass` once the circuits' probing pass is done (both hook the model)."""
     wait([probing])
     return _side_pass(job)
 
 
-def probe_circuits(job: Job, run: Run) -> Traced | str | None:
+def probe_circuits(job: Job[SampleSet], stash: Stash | None) -> Traced | str | None:
     """The circuits' probing pass (:func:`featviz_report.circuits.stage.probe`) on the job's first samples,
-    replaying what the run kept of them; None when ``config.circuit_inputs`` is 0."""
+    replaying ``stash`` (what a capture pass kept of them) where there is one; None when
+    ``config.circuit_inputs`` is 0."""
     if not job.config.circuit_inputs:
         return None
     candidates = (
         batch.to(device=job.device, dtype=job.dtype) for batch in first_samples(job.sample_set, job.config.batch_size)
     )
-    return probe(job.model, job.layers, candidates, run.stash)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the model's own warnings were shown when it ran for the report
+        return probe(job.model, job.layers, candidates, stash)
 
 
-def measure_circuits(job: Job, run: Run, traced: Traced | str | None) -> tuple[Found, int]:
-    """What each shown channel of the run's Conv2d and Linear layers is built from, and the samples the
+def measure_circuits(
+    job: Job[SampleSet], records: Mapping[tuple[str, int], LayerRecord], traced: Traced | str | None
+) -> tuple[Found, int]:
+    """What each shown channel of ``records``' Conv2d and Linear layers is built from, and the samples the
     attribution averaged over (:func:`featviz_report.circuits.stage.measure`), from the probing pass."""
     if traced is None:
         return {}, 0
-    shown = shown_channels(run.records, job.config.max_channels)
+    shown = shown_channels(records, job.config.max_channels)
     seconds = circuit_seconds(time.monotonic() - job.started)
     return measure(traced, job.layers, shown, job.config.circuit_inputs, seconds)
 
 
-def circuits(job: Job, run: Run) -> tuple[Found, int]:
-    """:func:`probe_circuits` then :func:`measure_circuits`."""
-    return measure_circuits(job, run, probe_circuits(job, run))
+def circuits(job: Job[SampleSet], run: Run) -> Found:
+    """What each shown channel of ``run``'s layers is built from: :func:`probe_circuits` then
+    :func:`measure_circuits` (a comparison's checkpoint A, beside B's in :func:`sections_and_graph`)."""
+    return measure_circuits(job, run.records, probe_circuits(job, run.stash))[0]
 
 
-def _side_pass(job: Job) -> tuple[GraphView | None, ReceptiveFields | None]:
+def _side_pass(job: Job[SampleSet]) -> tuple[GraphView | None, ReceptiveFields | None]:
     if not job.config.graph:
-        return None, receptive_fields(job.model, graph_inputs(job))
-    return _graph_and_fields(job.model, graph_inputs(job))
+        return None, receptive_fields(job.model, _graph_inputs(job))
+    return _graph_and_fields(job.model, _graph_inputs(job))
 
 
 def _graph_and_fields(model: nn.Module, candidates: Iterable[torch.Tensor]) -> tuple[GraphView, ReceptiveFields | None]:
-    """The graph (:func:`model_graph`) and the receptive fields traced in its recording pass."""
+    """The graph (:func:`_model_graph`) and the receptive fields traced in its recording pass."""
     found: LayerFields = {}
     samples: list[torch.Tensor] = []
 
@@ -213,14 +211,14 @@ def _graph_and_fields(model: nn.Module, candidates: Iterable[torch.Tensor]) -> t
         samples.append(inputs[:1])
         return tracing_fields(model, inputs, found)
 
-    drawing = model_graph(model, candidates, tracing)
+    drawing = _model_graph(model, candidates, tracing)
     if not samples:
         return drawing, None
     shape = (samples[-1].shape[1], samples[-1].shape[2], samples[-1].shape[3])
     return drawing, ReceptiveFields(model, shape, found, samples[-1])
 
 
-def graph_inputs(job: Job) -> Iterator[torch.Tensor]:
+def _graph_inputs(job: Job[SampleSet]) -> Iterator[torch.Tensor]:
     """What the graph is recorded on: the first sample, else (a model exported for whole batches) the
     first batch; on the job's device. Decoded from a copy of the sample set, whose list of skipped files
     is the report's and must not change."""
@@ -231,13 +229,13 @@ def graph_inputs(job: Job) -> Iterator[torch.Tensor]:
             yield batch.inputs.to(device=job.device, dtype=job.dtype)
 
 
-def model_graph(
+def _model_graph(
     model: nn.Module,
     candidates: Iterable[torch.Tensor],
     beside: Callable[[torch.Tensor], AbstractContextManager[None]] | None = None,
 ) -> GraphView:
     """The graph of ``model`` recorded on the first of ``candidates`` it runs on, in eval mode (its modes
-    restored after), and laid out (not yet linked: see :func:`linked`); ``beside(inputs)``, when given,
+    restored after), and laid out (not yet linked: see :func:`_linked`); ``beside(inputs)``, when given,
     also sees the recording pass (:func:`.graph.record_graph`)."""
     graph, failure = None, "no sample could be used"
     with evaluating(model), warnings.catch_warnings():
@@ -253,7 +251,7 @@ def model_graph(
     return layout_graph(graph)
 
 
-def linked(view: GraphView, sections: Sequence[LayerSection]) -> GraphView:
+def _linked(view: GraphView, sections: Sequence[LayerSection]) -> GraphView:
     """``view`` with the captured layers' boxes linked to their ``sections`` and flagged as they are."""
     return link_graph(view, {s.name: s.slug for s in sections}, {s.name: _flags(s) for s in sections})
 
@@ -338,7 +336,7 @@ def finish(
     return dataclasses.replace(report, location=str(page))
 
 
-def cam_view(job: Job, label: str = "") -> CamView:
+def cam_view(job: Job[SampleSet], label: str = "") -> CamView:
     """Class activation maps of every sample for ``config.cam_layer`` (default: the last Conv2d)."""
     config = job.config
     layer = config.cam_layer or default_cam_layer(job.model)
@@ -367,21 +365,7 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-@dataclass(frozen=True)
-class Job:
-    """What every pass over the samples works with, and when it was opened."""
-
-    model: nn.Module
-    layers: list[tuple[str, nn.Module]]
-    sample_set: SampleSet
-    device: torch.device
-    dtype: torch.dtype
-    config: ReportConfig
-    progress: Progress
-    started: float = dataclasses.field(default_factory=time.monotonic)
-
-
-def run_passes(job: Job, encoder: PngEncoder) -> Run:
+def run_passes(job: Job[SampleSet], encoder: PngEncoder) -> Run:
     """All samples through the model, their atlases and thumbnails given to ``encoder`` (still being
     encoded when this returns: the sections and the page wait for each one only where they need it).
     Ordering channels by a statistic takes a first pass that only ranks them: atlases are encoded as
@@ -397,7 +381,7 @@ def run_passes(job: Job, encoder: PngEncoder) -> Run:
 
 
 def capture_pass(
-    job: Job, encoder: PngEncoder | None, orders: dict[tuple[str, int], np.ndarray] | None, warn: bool = True
+    job: Job[SampleSet], encoder: PngEncoder | None, orders: dict[tuple[str, int], np.ndarray] | None, warn: bool = True
 ) -> Run:
     """Every batch through the model with hooks; with an ``encoder``, tiles are encoded while the next
     batch runs, channels in ``orders`` (by layer) or by index. Skipped samples are warned about in the

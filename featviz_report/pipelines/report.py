@@ -9,6 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..capture.job import open_job
 from ..capture.samples import SamplesArg, open_samples, preprocess
 from ..capture.sections import layer_sections
 from ..config import ReportConfig
@@ -25,7 +26,6 @@ from .core import (
     cam_view,
     feature_images,
     finish,
-    open_job,
     run_passes,
     sections_and_graph,
     warn_random_weights,
@@ -64,9 +64,12 @@ def _build(
     with PngEncoder(config.workers, Spool()) as encoder:  # still encoding while the sections and page are made
         with on_device(job.model, job.device):
             run = run_passes(job, encoder)
-            images = feature_images(job, run)
+            images = feature_images(job, run.records)
             cams = (cam_view(job),) if config.cam else ()
             sections, graph = sections_and_graph(
-                job, run, lambda: with_features(layer_sections(list(run.records.values()), job.layers, config), images)
+                job,
+                run.records,
+                lambda: with_features(layer_sections(list(run.records.values()), job.layers, config), images),
+                run.stash,
             )
         return finish(assemble(job, run, sections, cams, graph), out, json_out, config, progress)

@@ -21,11 +21,13 @@ EVERY = 5.0  # seconds between lines off a terminal, at most (a step or a check 
 
 
 class Progress:
-    """Report ``done/total`` for named stages; lines when stderr is not a terminal."""
+    """Report ``done/total`` for named stages; lines when stderr is not a terminal. ``warnings`` off: no
+    warnings either (a torchrun process other than rank 0, whose warnings rank 0 gives)."""
 
-    def __init__(self, enabled: bool = True, stream: TextIO | None = None) -> None:
+    def __init__(self, enabled: bool = True, stream: TextIO | None = None, *, warnings: bool = True) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
+        self.warnings = warnings
         self.tty = enabled and self.stream.isatty()
         self._last_line = ""
         self._last_time = time.monotonic()
@@ -98,8 +100,10 @@ class Progress:
             self._last_time = time.monotonic()
 
     def warn(self, text: str) -> None:
-        """Warnings are printed even when progress is off: they name inputs the report leaves out."""
-        self._write(f"featviz-report: warning: {text}\n")
+        """Warnings are printed even when progress is off (not with ``warnings`` off): they name inputs the
+        report leaves out."""
+        if self.warnings:
+            self._write(f"featviz-report: warning: {text}\n")
 
     def message(self, text: str) -> None:
         if self.enabled:

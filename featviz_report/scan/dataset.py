@@ -2,35 +2,29 @@
 
 ``ImageFiles`` decodes one file per item (in ``DataLoader`` workers), as the report's own samples are
 decoded, and returns its index so results name files, not positions in a batch; a file that cannot be
-read comes back flagged, to be skipped (and counted), never raised in a worker. ``ShardSampler`` is a
+read comes back flagged, to be skipped (and counted), never raised in a worker. It is the report's
+:class:`~featviz_report.capture.samples.FileSamples` too, so the scan's graph and receptive fields are
+recorded on its first image as a report's are on its first sample. ``ShardSampler`` is a
 ``DistributedSampler`` that does not pad: rank r of w takes files r, r + w, r + 2w, … so every file is
 seen exactly once and the ranks' statistics add up to a single process's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from ..capture.samples import Preprocess, decode_image, to_inputs
+from ..capture.samples import FileSamples, decode_image, to_inputs
 from ..errors import SampleError
 
 __all__ = ["ImageFiles", "ShardSampler"]
 
 
-class ImageFiles(Dataset[tuple[torch.Tensor, int, bool]]):
+class ImageFiles(FileSamples, Dataset[tuple[torch.Tensor, int, bool]]):
     """``(input C×H×W, index, ok)`` per file; an unreadable file gives zeros and ``ok`` False."""
-
-    def __init__(self, paths: Sequence[Path], prep: Preprocess) -> None:
-        self.paths = list(paths)
-        self.prep = prep
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, bool]:
         path = self.paths[index]

@@ -22,7 +22,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,23 +31,19 @@ from types import FrameType
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.utils.data import DataLoader
 
 from ..capture.accumulate import ChannelAccumulator
-from ..capture.hooks import capturing, select_layers
+from ..capture.hooks import capturing
+from ..capture.job import Job
 from ..capture.layer_record import new_accumulator
-from ..capture.samples import Preprocess
-from ..config import ReportConfig
 from ..errors import InputError, OutputError
-from ..models.resolve import weights_digest
-from ..runtime.device import float_dtype, on_device, pick_device
+from ..runtime.device import pick_device
 from ..runtime.heap import release_freed_memory
-from ..runtime.progress import Progress
 from ..runtime.threads import ThreadPolicy
 from .dataset import ImageFiles, ShardSampler
 
-__all__ = ["ScanResult", "run_scan", "CHECKPOINT_SECONDS"]
+__all__ = ["ScanResult", "scan_device", "run_scan", "CHECKPOINT_SECONDS"]
 
 CHECKPOINT_SECONDS = 30.0
 
@@ -58,13 +54,11 @@ class ScanResult:
 
     accumulators: dict[str, ChannelAccumulator]
     shapes: dict[str, tuple[int, ...]]
-    layers: list[tuple[str, nn.Module]]
     images: int  # scanned
     skipped: int  # unreadable files
     ranks: int
     rank: int
     seconds: float
-    device: torch.device
 
 
 @dataclass
@@ -77,36 +71,46 @@ class _Shard:
     skipped: int = 0
 
 
-@contextmanager
-def _distributed(device: torch.device) -> Iterator[tuple[int, int, torch.device]]:
-    """(world size, rank, device) from torchrun's environment; the process group is joined for the block
-    (and left after, unless the caller had joined it already)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        yield 1, 0, device
-        return
-    if device.type == "cuda":
+def _world() -> int:
+    """How many processes scan: torchrun's ``WORLD_SIZE`` (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def scan_device(name: str) -> torch.device:
+    """The device this process scans on: ``name``'s (:func:`~featviz_report.runtime.device.pick_device`), and
+    under torchrun on CUDA, its ``LOCAL_RANK``'s GPU, made the current one (NCCL and pinned memory use it)."""
+    device = pick_device(name)
+    if _world() > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    return device
+
+
+@contextmanager
+def _distributed(device: torch.device) -> Iterator[tuple[int, int]]:
+    """(world size, rank) from torchrun's environment; the process group (for ``device``) is joined for the
+    block (and left after, unless the caller had joined it already)."""
+    if _world() <= 1:
+        yield 1, 0
+        return
     joined = not dist.is_initialized()
     if joined:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
-        yield dist.get_world_size(), dist.get_rank(), device
+        yield dist.get_world_size(), dist.get_rank()
     finally:
         if joined:
             dist.destroy_process_group()
 
 
-def _fingerprint(
-    model: nn.Module, paths: Sequence[Path], prep: Preprocess, config: ReportConfig, warn: Callable[[str], None]
-) -> str:
+def _fingerprint(job: Job[ImageFiles]) -> str:
     """What makes two scans the same scan: weights and architecture, files (names and sizes), preprocessing,
     options."""
-    digest = hashlib.sha256(weights_digest(model, warn).encode())
-    for path in paths:
+    config = job.config
+    digest = hashlib.sha256(job.weights.encode())
+    for path in job.sample_set.paths:
         digest.update(os.fsencode(path) + f"\0{path.stat().st_size}\0".encode())
-    digest.update(json.dumps([repr(prep), config.layers, config.top_k, config.batch_size]).encode())
+    digest.update(json.dumps([repr(job.sample_set.prep), config.layers, config.top_k, config.batch_size]).encode())
     return digest.hexdigest()
 
 
@@ -184,37 +188,17 @@ def _deferred_interrupt() -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def run_scan(
-    model: nn.Module,
-    paths: Sequence[Path],
-    prep: Preprocess,
-    config: ReportConfig,
-    progress: Progress,
-    state: Path | None = None,
-    loader_workers: int = 0,
-) -> ScanResult:
-    """Scan ``paths`` (this rank's share of them, under torchrun) and merge every rank's result."""
-    with _distributed(pick_device(config.device)) as (world, rank, device):
-        return _scan(model, paths, prep, config, progress, state, loader_workers, world, rank, device)
+def run_scan(job: Job[ImageFiles], state: Path | None = None, loader_workers: int = 0) -> ScanResult:
+    """Scan ``job``'s files (this rank's share of them, under torchrun) with the model already on ``job.device``
+    (see :func:`scan_device`), and merge every rank's result."""
+    with _distributed(job.device) as (world, rank):
+        return _scan(job, state, loader_workers, world, rank)
 
 
-def _scan(
-    model: nn.Module,
-    paths: Sequence[Path],
-    prep: Preprocess,
-    config: ReportConfig,
-    progress: Progress,
-    state: Path | None,
-    loader_workers: int,
-    world: int,
-    rank: int,
-    device: torch.device,
-) -> ScanResult:
+def _scan(job: Job[ImageFiles], state: Path | None, loader_workers: int, world: int, rank: int) -> ScanResult:
     started = time.perf_counter()
-    dataset = ImageFiles(paths, prep)
-    layers = select_layers(model, config.layers, config.featviz)
-    warn = progress.warn if rank == 0 else lambda _: None  # every rank hashes the same model
-    fingerprint = "" if state is None else _fingerprint(model, paths, prep, config, warn)
+    model, dataset, config, progress, device = job.model, job.sample_set, job.config, job.progress, job.device
+    fingerprint = "" if state is None else _fingerprint(job)
     if state is not None:
         try:
             state.mkdir(parents=True, exist_ok=True)
@@ -222,7 +206,7 @@ def _scan(
             raise OutputError(f"cannot use {str(state)!r} as the scan's state folder: {err.strerror or err}") from None
     saved = _load(_state_file(state, rank, world), fingerprint) if state is not None else None
     shard = saved or _Shard({}, {})
-    if saved is not None and rank == 0:
+    if saved is not None:
         progress.message(f"resuming: {saved.done} images of this rank's share were done")
     sampler = ShardSampler(dataset, world, rank, skip=shard.done)
     total = len(sampler.indices())
@@ -233,35 +217,32 @@ def _scan(
         num_workers=loader_workers,
         pin_memory=device.type == "cuda",
     )
-    dtype = float_dtype(model)
     last_save = time.perf_counter()
-    with on_device(model, device):
-        with (
-            ThreadPolicy() as threads,
-            capturing(model, layers, scale=None) as capture,
-            torch.inference_mode(),
-            _deferred_interrupt() as stop,
-        ):
-            for inputs, indices, ok in _batches(loader, stop):
-                threads.refresh()
-                shard.skipped += int((~ok).sum())
-                if bool(ok.any()):
-                    model(inputs[ok].to(device=device, dtype=dtype, non_blocking=True))
-                    _fold(shard, capture.drain(), indices[ok].numpy(), config.top_k)
-                shard.done += len(indices)
-                release_freed_memory()
-                if rank == 0:
-                    progress.rate("scan", shard.done * world, total * world, time.perf_counter() - started)
-                if state is not None and (stop[0] or time.perf_counter() - last_save > CHECKPOINT_SECONDS):
-                    _save(_state_file(state, rank, world), shard, fingerprint)
-                    last_save = time.perf_counter()
-                if stop[0]:
-                    break
-            if state is not None:
+    with (
+        ThreadPolicy() as threads,
+        capturing(model, job.layers, scale=None) as capture,
+        torch.inference_mode(),
+        _deferred_interrupt() as stop,
+    ):
+        for inputs, indices, ok in _batches(loader, stop):
+            threads.refresh()
+            shard.skipped += int((~ok).sum())
+            if bool(ok.any()):
+                model(inputs[ok].to(device=device, dtype=job.dtype, non_blocking=True))
+                _fold(shard, capture.drain(), indices[ok].numpy(), config.top_k)
+            shard.done += len(indices)
+            release_freed_memory()
+            progress.rate("scan", shard.done * world, total * world, time.perf_counter() - started)
+            if state is not None and (stop[0] or time.perf_counter() - last_save > CHECKPOINT_SECONDS):
                 _save(_state_file(state, rank, world), shard, fingerprint)
+                last_save = time.perf_counter()
             if stop[0]:
-                raise KeyboardInterrupt
-    return _merged(shard, layers, world, rank, time.perf_counter() - started, device)
+                break
+        if state is not None:
+            _save(_state_file(state, rank, world), shard, fingerprint)
+        if stop[0]:
+            raise KeyboardInterrupt
+    return _merged(shard, [name for name, _ in job.layers], world, rank, time.perf_counter() - started)
 
 
 def _batches(loader: DataLoader, stop: list[bool]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # type: ignore[type-arg]
@@ -290,9 +271,7 @@ def _fold(shard: _Shard, drained: list, ids: np.ndarray, top_k: int) -> None:  #
         accumulator.add(reduced, 0, ids)
 
 
-def _merged(
-    shard: _Shard, layers: list[tuple[str, nn.Module]], world: int, rank: int, seconds: float, device: torch.device
-) -> ScanResult:
+def _merged(shard: _Shard, layers: list[str], world: int, rank: int, seconds: float) -> ScanResult:
     """Every rank's shard merged (in rank order), on every rank."""
     shards = [shard]
     if world > 1:
@@ -323,9 +302,7 @@ def _merged(
             else:
                 merged[name] = ChannelAccumulator.from_arrays(accumulator.arrays())
                 shapes[name] = tuple(part.shapes[name])
-    order = [name for name, _ in layers if name in merged]
+    order = [name for name in layers if name in merged]
     skipped = sum(part.skipped for part in shards)
     images = sum(part.done for part in shards) - skipped
-    return ScanResult(
-        {name: merged[name] for name in order}, shapes, layers, images, skipped, world, rank, seconds, device
-    )
+    return ScanResult({name: merged[name] for name in order}, shapes, images, skipped, world, rank, seconds)

@@ -36,7 +36,18 @@ STEP_JSON = "report.json"  # a step folder's JSON sidecar
 COMPARE_DIR = "compare"  # inside a step folder: the comparison with the step before
 INDEX_FILES = ("index.json", "index.html")
 SITE_MARK = '<meta name="featviz-report-site" content="1">'  # in every index.html a site writes
-LAYER_KEYS = ("mean", "std", "min", "max", "zero_fraction", "dead_channels", "saturated_channels", "nan", "inf")
+LAYER_KEYS = (
+    "mean",
+    "std",
+    "min",
+    "max",
+    "zero_fraction",
+    "nonpositive_fraction",
+    "dead_channels",
+    "saturated_channels",
+    "nan",
+    "inf",
+)
 _NUMBER = re.compile(r"(\d+)")
 
 
