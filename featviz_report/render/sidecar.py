@@ -31,8 +31,11 @@ __all__ = ["report_json", "json_text"]
 
 
 def json_text(report: Report) -> str:
-    """The sidecar's text (strict JSON, one trailing newline)."""
-    return strict_json(report_json(report), indent=1) + "\n"
+    """The sidecar's text: strict JSON without whitespace, one trailing newline. Compact because it is
+    machine-read (``jq .`` or ``python -m json.tool`` indent it for a person) and because indenting costs
+    both ways: json's C encoder only runs without ``indent`` (resnet18 x 8 samples: 0.22 s indented,
+    0.04 s compact) and the indentation was more than half the file (4.2 MB, 1.8 MB compact)."""
+    return strict_json(report_json(report), separators=(",", ":")) + "\n"
 
 
 def _histogram_json(histogram: Histogram | None) -> dict[str, object] | None:
