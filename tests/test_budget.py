@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ from torch import nn
 
 from featviz_report import ReportConfig, build_report
 from featviz_report.cli import main
+from featviz_report.render import outputs
 from featviz_report.render.html import html_size, inline_size
+from featviz_report.render.sidecar import json_text
 
 
 def _model() -> nn.Module:
@@ -65,6 +68,16 @@ def test_over_budget_keeps_the_most_informative_samples_and_says_so(
     assert any("--max-size" in note for note in fitted.notes) and "over --max-size" in text
     assert len(read_page(out).images) == len(read_page(full).images) - 2 * 4  # 4 samples × 2 layers fewer
     assert fitted.layers[0].stats == report.layers[0].stats  # statistics cover every sample still
+
+
+def test_a_page_over_budget_makes_its_json_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The abandoned first write stops before the sidecar is made: a large report's JSON takes seconds."""
+    made = []
+    monkeypatch.setattr(outputs, "json_text", lambda report: made.append(report) or json_text(report))
+    out, json_out = tmp_path / "fitted.html", tmp_path / "fitted.json"
+    fitted = build_report(_model(), _inputs(), out, ReportConfig(max_size=0.05), json_out=json_out)
+    assert len(made) == 1 and made[0].notes == fitted.notes
+    assert any("--max-size" in note for note in json.loads(json_out.read_text())["notes"])
 
 
 def test_folders_and_a_zero_budget_keep_everything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

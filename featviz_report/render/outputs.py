@@ -322,6 +322,9 @@ def write_report(
     try:
         if out is not None and fmt == "dir":
             folder = _Folder(Path(out), staging, None if json_out is None else _inside(Path(json_out), Path(out)))
+        if out is not None and folder is None:  # first: a page over its budget is abandoned before the JSON is made
+            with staging.text(Path(out)) as handle:
+                _write_page(handle, render_html(report, data_uri), max_bytes)
         if json_out is not None:
             with staging.text(Path(json_out)) as handle:
                 handle.write(json_text(report))
@@ -330,9 +333,6 @@ def write_report(
                 with staging.text(folder.out / name) as handle:
                     handle.writelines(render_html(report, folder.link, folder=True, page=page))
             folder.commit()
-        elif out is not None:
-            with staging.text(Path(out)) as handle:
-                _write_page(handle, render_html(report, data_uri), max_bytes)
         staging.commit()
     except _OverBudget:
         staging.abort()
