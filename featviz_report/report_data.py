@@ -367,15 +367,6 @@ class LayerCircuit:
     before: LayerCircuit | None = None
     weight_before: np.ndarray | None = None
 
-    def row(self, index: int) -> list[tuple[str, int, float, int]]:
-        """The inputs of the ``index``-th shown channel: (source slug, channel, weight, pattern tile or -1)."""
-        cols = self.source.shape[1]
-        return [
-            (self.sources[s], int(c), float(w), index * cols + slot if self.patterns is not None else -1)
-            for slot, (s, c, w) in enumerate(zip(self.source[index], self.channel[index], self.weight[index]))
-            if s >= 0
-        ]
-
 
 @dataclass(frozen=True)
 class LayerSection:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 
+import numpy as np
+
 from ..report_data import (
     ChannelStats,
     Comparison,
@@ -72,19 +74,28 @@ def _channels_json(channels: ChannelStats, files: dict[int, str] | None = None) 
 
 def _inputs_json(circuit: LayerCircuit, count: int) -> list[list[dict[str, object]] | None]:
     """Per channel (``count`` of them), its strongest inputs (``null`` for a channel not shown); in a
-    comparison each with its strength under A (``weight_before``, ``null`` where A has no such input)."""
+    comparison each with its strength under A (``weight_before``, ``null`` where A has no such input). Read
+    from Python lists made once per layer: a timm rexnet_100 report has 240,000 inputs."""
+    layers = [f"layer-{slug}" for slug in circuit.sources]
+    weights = _significant(circuit.weight)
+    before = None if circuit.weight_before is None else _significant(circuit.weight_before)
     found: list[list[dict[str, object]] | None] = [None] * count
-    for index, channel in enumerate(circuit.channels.tolist()):
+    rows = zip(circuit.channels.tolist(), circuit.source.tolist(), circuit.channel.tolist(), weights)
+    for index, (channel, sources, inputs, strengths) in enumerate(rows):
         entries: list[dict[str, object]] = [
-            {"layer": f"layer-{slug}", "channel": c, "weight": float(f"{w:.6g}")}
-            for slug, c, w, _ in circuit.row(index)
+            {"layer": layers[s], "channel": c, "weight": w} for s, c, w in zip(sources, inputs, strengths) if s >= 0
         ]
-        if circuit.weight_before is not None:
-            before = circuit.weight_before[index][circuit.source[index] >= 0]
-            for entry, value in zip(entries, before.tolist()):
-                entry["weight_before"] = float(f"{value:.6g}") if value == value else None
+        if before is not None:
+            kept = [w for s, w in zip(sources, before[index]) if s >= 0]
+            for entry, value in zip(entries, kept):
+                entry["weight_before"] = value
         found[channel] = entries
     return found
+
+
+def _significant(values: np.ndarray) -> list[list[float | None]]:
+    """Rows of ``values`` to 6 significant digits (float32 sums printed in full are noise), NaN as ``None``."""
+    return [[float(f"{v:.6g}") if v == v else None for v in row] for row in values.tolist()]
 
 
 def _circuit_json(layer: LayerSection) -> dict[str, object]:
