@@ -227,6 +227,14 @@ def _add_shown(group: argparse._ArgumentGroup, command: str) -> None:
         f"(default {_DEFAULTS.top_k})",
     )
     group.add_argument(
+        "--circuit-inputs",
+        metavar="N",
+        type=_count,
+        default=_DEFAULTS.circuit_inputs,
+        help=f"each shown channel's N strongest inputs among the channels of the layers that feed it, linked "
+        f"('built from'; default {_DEFAULTS.circuit_inputs}, 0: none)",
+    )
+    group.add_argument(
         "--no-graph",
         dest="graph",
         action="store_false",
@@ -517,6 +525,7 @@ def _shared_config(args: argparse.Namespace, loaded: LoadedModel, labels: tuple[
         "max_size": args.max_size or None,
         "quiet": args.quiet,
         "graph": args.graph,
+        "circuit_inputs": args.circuit_inputs,
         "featviz": tuple(args.featviz or ()),
         "featviz_steps": args.featviz_steps,
         "cache_dir": args.cache_dir,

@@ -27,7 +27,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 CAM_METHODS = ("gradcam", "gradcam++")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 # past these, memory (or patience) runs out first
-LIMITS = {"input_size": 8192, "top_k": 1000, "batch_size": 65536, "featviz_steps": 100_000}
+LIMITS = {"input_size": 8192, "top_k": 1000, "batch_size": 65536, "featviz_steps": 100_000, "circuit_inputs": 64}
 DEFAULT_MAX_SIZE_MB = 64.0  # a single page this size opens in Chromium in about a second; 225 MB takes minutes
 
 
@@ -52,6 +52,8 @@ class ReportConfig:
     without ``--weights``; an ``nn.Module`` cannot tell.
     ``field_seconds``: how long receptive fields from the gradient may take (``None``: a tenth of the time
     the report took before them, at least 2 s; see :mod:`featviz_report.fields.budget`).
+    ``circuit_inputs``: each shown channel of a Conv2d or Linear layer gets its this many strongest inputs among
+    the channels of the captured layers that feed it (0: none; see :mod:`featviz_report.circuits`).
     """
 
     title: str | None = None
@@ -84,6 +86,7 @@ class ReportConfig:
     quiet: bool = True
     random_weights: bool = False
     field_seconds: float | None = None
+    circuit_inputs: int = 8
 
     def __post_init__(self) -> None:
         if self.colormap not in COLORMAPS:
@@ -102,6 +105,8 @@ class ReportConfig:
             raise UsageError(f"loader-workers must be at least 0, got {self.loader_workers}")
         if self.field_seconds is not None and not self.field_seconds >= 0:
             raise UsageError(f"field-seconds must be 0 or more, got {self.field_seconds}")
+        if not 0 <= self.circuit_inputs <= LIMITS["circuit_inputs"]:
+            raise UsageError(f"circuit-inputs must be from 0 to {LIMITS['circuit_inputs']}, got {self.circuit_inputs}")
         if self.max_size is not None and not self.max_size > 0:
             raise UsageError(f"max-size must be a positive number of MB, got {self.max_size}")
         counts = ("batch_size", "max_channels", "input_size", "max_filter_grid", "workers", "top_k", "featviz_steps")

@@ -33,6 +33,7 @@ __all__ = [
     "FeatureImage",
     "ChannelCard",
     "CardImage",
+    "LayerCircuit",
     "TrainingStep",
     "ChannelChange",
     "LayerChange",
@@ -342,6 +343,31 @@ class ChannelCard:
     left_out: int = 0  # top images the scan kept that this page leaves out (its budget: see scan_budget)
 
 
+@dataclass(frozen=True, eq=False)
+class LayerCircuit:
+    """What each shown channel of a Conv2d or Linear layer is built from: its strongest inputs among the
+    channels of the captured layers whose outputs reach it (``sources``, section slugs) without passing
+    through another captured layer (see :mod:`featviz_report.circuits`). ``method``: ``expanded weights``
+    (the path between is linear) or ``attribution`` (the mean gradient over ``samples`` samples).
+
+    Arrays of ``channels × top``, per shown output channel (``channels``, in the page's order), strongest
+    first: ``source`` (index into ``sources``; -1: an empty slot), the input ``channel`` and its signed
+    ``weight``; ``patterns``: the weights' spatial patterns as one atlas, a row per shown channel and a tile
+    per slot (None: 1×1 kernels, features without a map). In a comparison (this is B's), ``before`` is A's
+    circuit and ``weight_before`` A's strength for each of B's inputs (NaN: that input does not reach A's)."""
+
+    method: str
+    sources: tuple[str, ...]
+    channels: np.ndarray
+    source: np.ndarray
+    channel: np.ndarray
+    weight: np.ndarray
+    patterns: Grid | None
+    samples: int
+    before: LayerCircuit | None = None
+    weight_before: np.ndarray | None = None
+
+
 @dataclass(frozen=True)
 class LayerSection:
     """Everything the report shows about one captured layer (one call of one module)."""
@@ -364,6 +390,8 @@ class LayerSection:
     cards: tuple[ChannelCard, ...] = ()  # a dataset scan: one per shown channel, its top images cut around the peak
     feature_images: tuple[FeatureImage, ...] = ()  # --featviz: one per channel, in the maps' order
     field_unknown: str | None = None  # a map layer whose peaks have no receptive field: why (untrusted text)
+    circuit: LayerCircuit | None = None  # a Conv2d or Linear layer: what its shown channels are built from
+    circuit_unknown: str | None = None  # a Conv2d or Linear layer whose inputs cannot be given: why
 
 
 @dataclass(frozen=True)

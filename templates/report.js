@@ -118,7 +118,11 @@
 
   function openChannelLink() {  // #layer-<id>-channel-<c>: in a report, that channel's enlarged view
     var match = /^#layer-(.+)-channel-(\d+)$/.exec(location.hash);
-    if (!match || !data.layers[match[1]] || dialog.open) { return; }
+    if (!match || !data.layers[match[1]]) { return; }
+    if (dialog.open) {  // another channel's, from a card's 'built from' link or Back: this one instead
+      if (dialog.dataset.at === location.hash) { return; }
+      dialog.close();
+    }
     var grid = document.querySelector('.maps[data-slug="' + match[1] + '"] .map.on .grid:not([data-before])');
     var cell = grid ? data.layers[match[1]].ids.indexOf(Number(match[2])) : -1;  // a scan's card has no grid
     if (cell >= 0) { showCell(grid, cell); }
@@ -188,6 +192,23 @@
     return peaks;
   }
 
+  function peakCanvas(peak, size) {  // a top sample cut around its peak's receptive field (when known)
+    var thumb = document.querySelector('.sample[data-sample="' + peak[0] + '"] img');
+    if (!thumb) { return null; }
+    var small = document.createElement("canvas");
+    small.width = size; small.height = size;
+    var context = small.getContext("2d"), ratio = thumb.naturalWidth / data.input[1];
+    context.imageSmoothingEnabled = false;
+    if (peak.length > 4) {  // sample, value, row, col, box (x0 y0 x1 y1), crop (top left side)
+      var top = peak[8], left = peak[9], side = peak[10];
+      context.drawImage(thumb, left * ratio, top * ratio, side * ratio, side * ratio, 0, 0, size, size);
+      outline(context, peak.slice(4, 8), left, top, size / side);
+    } else {
+      context.drawImage(thumb, 0, 0, size, size);
+    }
+    return small;
+  }
+
   function showTop(layer, channel) {  // each top sample cut around its peak's receptive field (when known)
     var box = dialog.querySelector(".tops");
     box.textContent = "";
@@ -199,20 +220,10 @@
       ? ": cut around the peak, its receptive field outlined; click for the whole image" : "");
     box.appendChild(title);
     peaks.forEach(function (peak, rank) {
+      var small = peakCanvas(peak, 72);
+      if (!small) { return; }
       var thumb = document.querySelector('.sample[data-sample="' + peak[0] + '"] img');
-      if (!thumb) { return; }
       var figure = document.createElement("figure"), button = document.createElement("button");
-      var small = document.createElement("canvas");
-      small.width = 72; small.height = 72;
-      var context = small.getContext("2d"), ratio = thumb.naturalWidth / data.input[1];
-      context.imageSmoothingEnabled = false;
-      if (peak.length > 4) {  // sample, value, row, col, box (x0 y0 x1 y1), crop (top left side)
-        var top = peak[8], left = peak[9], side = peak[10];
-        context.drawImage(thumb, left * ratio, top * ratio, side * ratio, side * ratio, 0, 0, 72, 72);
-        outline(context, peak.slice(4, 8), left, top, 72 / side);
-      } else {
-        context.drawImage(thumb, 0, 0, 72, 72);
-      }
       var name = data.samples[peak[0]];
       button.type = "button";
       button.className = "whole";
@@ -229,6 +240,59 @@
       caption.appendChild(file);
       caption.appendChild(document.createTextNode(" · peak " + fmt(peak[1])));
       button.appendChild(small); figure.appendChild(button); figure.appendChild(caption); box.appendChild(figure);
+    });
+  }
+
+  function inputPicture(slug, channel) {  // what excites an input channel: its optimised image, else its best sample
+    var tile = document.querySelector('.featviz[data-slug="' + slug + '"] li[data-channel="' + channel + '"] img');
+    if (tile) {
+      var img = tile.cloneNode();
+      img.removeAttribute("loading");
+      img.alt = "";
+      return img;
+    }
+    var layer = data.layers[slug];
+    var peaks = layer && !layer.vector ? peaksOf(layer, channel) : [];
+    return peaks.length ? peakCanvas(peaks[0], 64) : null;
+  }
+
+  function showBuilt(slug, channel) {  // the channel's 'built from' row, from its row in the layer's panel
+    var view = dialog.querySelector(".built-view");
+    view.textContent = "";
+    var row = document.getElementById("layer-" + slug + "-channel-" + channel);
+    var unknown = document.querySelector('.circuits-unknown[data-slug="' + slug + '"]');
+    view.hidden = !(row && row.closest(".built")) && !unknown;
+    if (view.hidden || !(row && row.closest(".built"))) {  // none, or why there are none (it reads the image)
+      if (unknown) { var why = document.createElement("p"); why.textContent = unknown.textContent; view.appendChild(why); }
+      return;
+    }
+    var panel = row.closest(".circuits");
+    var title = document.createElement("p");
+    title.textContent = "Built from: its strongest inputs, strongest first, by " + panel.dataset.method
+      + (panel.dataset.samples ? " over " + panel.dataset.samples + " samples" : "")
+      + " (see the layer's panel); each opens that channel, and Back returns here";
+    view.appendChild(title);
+    var strip = row.querySelector("svg.strip"), box = strip ? strip.getAttribute("viewBox").split(" ").map(Number) : null;
+    Array.prototype.forEach.call(row.querySelectorAll(":scope > a, :scope > span"), function (entry, slot) {
+      var href = entry.getAttribute("href");  // none for an input whose channel this page does not show
+      var at = href ? /^#layer-(.+)-channel-(\d+)$/.exec(href).slice(1) : entry.dataset.at.split(" ");
+      var source = data.layers[at[0]], input = Number(at[1]);
+      var link = document.createElement(href ? "a" : "span"), caption = document.createElement("span");
+      var was = entry.querySelector(".was"), weight = entry.textContent.split(" ")[1];  // "12 +0.41", "12b +0.41 A +0.3"
+      if (href) { link.href = href; }
+      var picture = inputPicture(at[0], input);
+      if (picture) { link.appendChild(picture); }
+      if (box) {  // this input's tile of the row's strip of patterns
+        var pattern = strip.cloneNode(true), width = box[2] / Number(panel.dataset.cols);
+        pattern.setAttribute("viewBox", [slot * width, box[1], width, box[3]].join(" "));
+        pattern.setAttribute("class", "pattern");
+        link.appendChild(pattern);
+      }
+      caption.textContent = source.name + " · " + input + " · " + weight + (was ? " · " + was.textContent : "");
+      link.appendChild(caption);
+      link.setAttribute("aria-label", source.name + ", channel " + input + ", strength " + weight
+        + (was ? ", " + was.textContent : "") + (href ? ": open its inputs" : ": not shown on this page"));
+      view.appendChild(link);
     });
   }
 
@@ -272,6 +336,8 @@
     dialog.querySelector(".stats").textContent = "";
     dialog.querySelector(".stat-help").hidden = true;
     dialog.querySelector(".tops").textContent = "";
+    dialog.querySelector(".built-view").hidden = true;
+    dialog.dataset.at = "";
     var link = dialog.querySelector(".channel-link");
     link.hidden = false;
     link.setAttribute("href", "#" + card.id);
@@ -352,9 +418,11 @@
     canvas.setAttribute("aria-label", dialog.querySelector("h3").textContent + ", enlarged");
     if (before) { dialog.querySelector(".tops").textContent = ""; } else { showTop(layer, layer.vector ? 0 : channel); }
     if (!before && !layer.vector) { showFeature(slug, channel); }
+    if (before || layer.vector) { dialog.querySelector(".built-view").hidden = true; } else { showBuilt(slug, channel); }
     var link = dialog.querySelector(".channel-link");
     link.hidden = layer.vector;
     link.setAttribute("href", "#layer-" + slug + "-channel-" + channel);
+    dialog.dataset.at = before || layer.vector ? "" : "#layer-" + slug + "-channel-" + channel;
     dialog.showModal();
   }
 

@@ -333,6 +333,40 @@ def test_channel_links_open_the_card_or_the_enlarged_view_with_and_without_javas
         reader.clean()
 
 
+def test_a_walk_down_the_built_from_links_to_the_first_layer_and_back(
+    browser: object, reports: dict[str, Path]
+) -> None:
+    """From the last layer down to the first, one click per step, then Back: without JavaScript each link
+    lands on the input channel's row; with it, on that channel's enlarged view and its own 'built from' row."""
+    reader = Reader(browser, reports["demo"], javascript=False)
+    page = reader.open("#layer-fc2-channel-3")
+    walked = []
+    for _ in range(4):  # fc2 → fc1 → conv3 → conv2 → conv1
+        here = page.evaluate("location.hash").lstrip("#")
+        top = page.eval_on_selector(f"#{here}", "row => row.getBoundingClientRect().top")
+        assert -2 <= top <= 800, (here, top)
+        page.click(f"#{here} > a")
+        walked.append(page.evaluate("location.hash").split("-channel-")[0])
+    assert walked == ["#layer-fc1", "#layer-conv3", "#layer-conv2", "#layer-conv1"]
+    reader.clean()
+    reader = Reader(browser, reports["demo"])
+    page = reader.open("#layer-conv3-channel-5")
+    first = page.get_attribute("#zoom .built-view a", "href")
+    page.click("#zoom .built-view a")
+    page.wait_for_function(f"document.getElementById('zoom').dataset.at === {first!r}")
+    assert page.inner_text("#zoom h3").startswith("conv2 · channel " + first.split("-channel-")[1] + " ·")
+    assert page.eval_on_selector_all("#zoom .built-view a", "links => links.length") > 0
+    page.click("#zoom .built-view a")  # down to conv1, which reads the image: no inputs, and why
+    page.wait_for_function("location.hash.startsWith('#layer-conv1-channel-')")
+    assert "reads the model's input" in page.inner_text("#zoom .built-view")
+    assert page.eval_on_selector_all("#zoom .built-view a", "links => links.length") == 0
+    page.go_back()
+    page.go_back()
+    page.wait_for_function("document.getElementById('zoom').dataset.at === '#layer-conv3-channel-5'")
+    assert page.inner_text("#zoom h3").startswith("conv3 · channel 5 ·")
+    reader.clean()
+
+
 def test_a_scan_folder_index_sends_a_channels_address_to_its_layer_page(
     browser: object, reports: dict[str, Path]
 ) -> None:

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..render.encode import grid_shape
 
-__all__ = ["FilterTiles", "filter_tiles"]
+__all__ = ["FilterTiles", "filter_tiles", "diverging"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class FilterTiles:
     note: str | None
 
 
-def _diverging(weights: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def diverging(weights: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Map weights to palette indices 0..255 with 0 at the centre, ``±scale`` at the ends."""
     ratio = weights / np.where(scale > 0, scale, 1.0)
     return np.clip(np.round(127.5 + 127.5 * ratio), 0, 255).astype(np.uint8)
@@ -66,7 +66,7 @@ def _matrix_tiles(module: nn.Linear) -> FilterTiles:
     weights, bad = _finite_weights(module)
     shown = _block_mean(weights, MATRIX_MAX)
     bound = float(np.abs(shown).max()) if shown.size else 0.0
-    tile = _diverging(shown, np.array(bound))[None]
+    tile = diverging(shown, np.array(bound))[None]
     caption = f"weight matrix {weights.shape[0]}×{weights.shape[1]} (rows: outputs, columns: inputs); blue < 0 < red"
     note = None
     if shown.shape != weights.shape:
@@ -103,12 +103,12 @@ def filter_tiles(module: nn.Module, is_first: bool, cap: int) -> FilterTiles | N
     if in_ch == 1:
         scale = np.abs(weights).reshape(out_ch, -1).max(1).reshape(-1, 1, 1, 1)
         caption = f"{out_ch} filters, {kh}×{kw}; blue < 0 < red, each scaled to its own largest |weight|"
-        tiles = _diverging(weights[:, 0:1], scale)[:, 0]
+        tiles = diverging(weights[:, 0:1], scale)[:, 0]
         return FilterTiles(tiles, grid_shape(out_ch)[1], False, "filters", (-bound, bound), caption, bad)
     rows, cols = min(out_ch, cap), min(in_ch, cap)
     shown = weights[:rows, :cols]
     scale = np.abs(shown).reshape(rows, -1).max(1).reshape(-1, 1, 1, 1)
-    tiles = _diverging(shown, scale).reshape(rows * cols, kh, kw)
+    tiles = diverging(shown, scale).reshape(rows * cols, kh, kw)
     caption = (
         f"{kh}×{kw} kernels: one row per output filter, one column per input channel; "
         "blue < 0 < red, each row scaled to its largest |weight|"

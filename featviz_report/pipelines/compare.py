@@ -31,7 +31,7 @@ from ..report_data import LayerSection, Report
 from ..runtime.device import on_device
 from ..runtime.heap import old_objects_frozen
 from ..runtime.progress import Progress
-from .core import Run, assemble, cam_view, capture_pass, finish, sections_and_graph, warn_random_weights
+from .core import Run, assemble, cam_view, capture_pass, circuits, finish, sections_and_graph, warn_random_weights
 
 __all__ = ["compare_checkpoints"]
 
@@ -78,7 +78,11 @@ def compare_checkpoints(
             run_a, run_b = capture_pass(job_a, encoder, orders), capture_pass(job_b, encoder, orders, warn=False)
         cams = (cam_view(job_a, "A"), cam_view(job_b, "B")) if config.cam else ()
         sections, graph = sections_and_graph(
-            job_b, run_b.records, lambda: _changed_sections(job_a, job_b, rank_a, rank_b, run_a, run_b, limit)
+            job_b,
+            run_b.records,
+            lambda: _changed_sections(job_a, job_b, rank_a, rank_b, run_a, run_b, limit),
+            run_b.stash,
+            before=circuits(job_a, run_a),
         )
         report = assemble(job_b, run_b, sections, cams, graph)
         report = dataclasses.replace(

@@ -11,8 +11,8 @@ import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,10 @@ from ..capture.logits import class_scores
 from ..capture.reduce import Reduced
 from ..capture.samples import SampleSet
 from ..capture.sections import colorbar
+from ..circuits.attach import Found, with_circuits
+from ..circuits.stage import SAMPLES, circuit_seconds, first_samples, measure, probe, shown_channels
+from ..circuits.stash import Stash, stashing
+from ..circuits.trace import Traced
 from ..config import ReportConfig
 from ..errors import InputError, ModelError, first_few, first_line
 from ..featvis.stage import settings_record, vis_targets, visualise_layers
@@ -70,6 +74,7 @@ __all__ = [
     "cam_view",
     "sections_and_graph",
     "feature_images",
+    "circuits",
     "warn_random_weights",
 ]
 
@@ -82,6 +87,7 @@ class Run:
     records: dict[tuple[str, int], LayerRecord]
     notes: list[str]
     shapes: dict[str, tuple[int, ...]]
+    stash: Stash | None = None  # the first samples' captured outputs, for the circuits' probing pass to replay
 
 
 def assemble(
@@ -121,24 +127,72 @@ def sections_and_graph(
     job: Job[SampleSet],
     records: Mapping[tuple[str, int], LayerRecord],
     make_sections: Callable[[], tuple[LayerSection, ...]],
+    stash: Stash | None = None,
+    before: Found | None = None,
 ) -> tuple[tuple[LayerSection, ...], GraphView | None]:
     """The sections of ``records`` (by module name and call) that ``make_sections`` makes, with their peaks'
-    receptive fields (:mod:`featviz_report.fields.receptive`), and (unless ``config.graph`` is off) the graph of
-    what ran, linked to them: one pass of the model on its first sample, on the job's device, for reports,
-    comparisons and scans alike. The fields are traced, and the graph recorded and laid out, on a second thread
-    while the sections are made: their forward passes and ``dot``'s process run beside the sections' numpy and
-    Pillow work instead of after it. Fields the tracer leaves to the gradient get a tenth of the time the job took
-    so far (:mod:`featviz_report.fields.budget`)."""
-    with ThreadPoolExecutor(1, thread_name_prefix="graph") as pool:
-        side = pool.submit(_side_pass, job)
+    receptive fields (:mod:`featviz_report.fields.receptive`), their circuits (:mod:`featviz_report.circuits`,
+    replaying ``stash`` where the capture pass kept one; with ``before``, checkpoint A's, beside them) and (unless
+    ``config.graph`` is off) the graph of what ran, linked to them, for reports, comparisons and scans alike. The
+    circuits' probing pass, then the fields' tracing and the graph's recording and layout (one pass of the model
+    on its first sample), run on a second thread (in turn: each hooks the model) while the sections are made, and
+    the circuits' strengths on a third once their pass is done: their forward passes, ``dot``'s process and the
+    strengths' arithmetic run beside the sections' numpy and Pillow work instead of after it. Fields the tracer
+    leaves to the gradient get a tenth of the time the job took so far (:mod:`featviz_report.fields.budget`)."""
+    with ThreadPoolExecutor(2, thread_name_prefix="graph") as pool:
+        traced = pool.submit(probe_circuits, job, stash)
+        side = pool.submit(_side_after, traced, job)
+        wiring = pool.submit(lambda: measure_circuits(job, records, traced.result()))
         keys = [(record.module, call) for (_, call), record in records.items()]
         what = f"making {len(keys)} layers' sections" + (" and drawing the graph" if job.config.graph else "")
         with job.progress.working("sections", what):
             sections = make_sections()
             drawing, fields = side.result()
+            found, samples = wiring.result()
         seconds = field_seconds(time.monotonic() - job.started, job.config.field_seconds)
         sections = with_fields(sections, keys, fields, job.progress, seconds)
+        sections = with_circuits(sections, list(records), found, samples, before)
         return sections, None if drawing is None else _linked(drawing, sections)
+
+
+def _side_after(
+    probing: Future[Traced | str | None], job: Job[SampleSet]
+) -> tuple[GraphView | None, ReceptiveFields | None]:
+    """:func:`_side_pass` once the circuits' probing pass is done (both hook the model)."""
+    wait([probing])
+    return _side_pass(job)
+
+
+def probe_circuits(job: Job[SampleSet], stash: Stash | None) -> Traced | str | None:
+    """The circuits' probing pass (:func:`featviz_report.circuits.stage.probe`) on the job's first samples,
+    replaying ``stash`` (what a capture pass kept of them) where there is one; None when
+    ``config.circuit_inputs`` is 0."""
+    if not job.config.circuit_inputs:
+        return None
+    candidates = (
+        batch.to(device=job.device, dtype=job.dtype) for batch in first_samples(job.sample_set, job.config.batch_size)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the model's own warnings were shown when it ran for the report
+        return probe(job.model, job.layers, candidates, stash)
+
+
+def measure_circuits(
+    job: Job[SampleSet], records: Mapping[tuple[str, int], LayerRecord], traced: Traced | str | None
+) -> tuple[Found, int]:
+    """What each shown channel of ``records``' Conv2d and Linear layers is built from, and the samples the
+    attribution averaged over (:func:`featviz_report.circuits.stage.measure`), from the probing pass."""
+    if traced is None:
+        return {}, 0
+    shown = shown_channels(records, job.config.max_channels)
+    seconds = circuit_seconds(time.monotonic() - job.started)
+    return measure(traced, job.layers, shown, job.config.circuit_inputs, seconds)
+
+
+def circuits(job: Job[SampleSet], run: Run) -> Found:
+    """What each shown channel of ``run``'s layers is built from: :func:`probe_circuits` then
+    :func:`measure_circuits` (a comparison's checkpoint A, beside B's in :func:`sections_and_graph`)."""
+    return measure_circuits(job, run.records, probe_circuits(job, run.stash))[0]
 
 
 def _side_pass(job: Job[SampleSet]) -> tuple[GraphView | None, ReceptiveFields | None]:
@@ -315,12 +369,15 @@ def run_passes(job: Job[SampleSet], encoder: PngEncoder) -> Run:
     """All samples through the model, their atlases and thumbnails given to ``encoder`` (still being
     encoded when this returns: the sections and the page wait for each one only where they need it).
     Ordering channels by a statistic takes a first pass that only ranks them: atlases are encoded as
-    batches go, so the order must be known before."""
+    batches go, so the order must be known before. With circuits on, the first samples' captured outputs are kept
+    (:mod:`featviz_report.circuits.stash`)."""
     orders = None
-    if job.config.order != "index":
-        ranking = capture_pass(job, None, None)
-        orders = {key: record.stats.ranking(job.config.order) for key, record in ranking.records.items()}
-    return capture_pass(job, encoder, orders)
+    with stashing(job.model, job.layers, SAMPLES) if job.config.circuit_inputs else nullcontext() as stash:
+        if job.config.order != "index":
+            ranking = capture_pass(job, None, None)
+            orders = {key: record.stats.ranking(job.config.order) for key, record in ranking.records.items()}
+        run = capture_pass(job, encoder, orders)
+    return dataclasses.replace(run, stash=stash)
 
 
 def capture_pass(

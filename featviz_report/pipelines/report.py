@@ -70,5 +70,6 @@ def _build(
                 job,
                 run.records,
                 lambda: with_features(layer_sections(list(run.records.values()), job.layers, config), images),
+                run.stash,
             )
         return finish(assemble(job, run, sections, cams, graph), out, json_out, config, progress)

@@ -35,6 +35,7 @@ from ..report_data import (
     SourceImage,
 )
 from ..scan.crops import context_boxes
+from .built import anchors_of, built_from, built_row, card_tops_of, pattern_atlas
 from .strict_json import finite_list, strict_json
 
 __all__ = [
@@ -320,6 +321,7 @@ def render_html(
     shown = {top.sample for layer in layers for card in layer.cards for top in card.tops} if page != INDEX else set()
     sources = report.dataset.sources if report.dataset else {}
     template = environment().get_template("report.html.j2")
+    anchors = anchors_of(report)
     return template.generate(
         report=report,
         layers=layers,
@@ -337,6 +339,11 @@ def render_html(
         histogram=_histogram_svg,
         graph_svg=_graph_svg,
         channel_anchors=_channel_anchors,
+        built_from=functools.partial(built_from, src=src, shown=anchors),
+        built_atlas=functools.partial(pattern_atlas, src=src),
+        built_row=functools.partial(
+            built_row, href=_layer_href(page), tops=card_tops_of(report, set(sources) & shown), shown=anchors
+        ),
     )
 
 
@@ -381,9 +388,11 @@ def _crop_figure(rank: int, top: CardImage) -> str:
 
 def _channel_anchors(layer: LayerSection) -> Markup:
     """An empty element per shown channel with its address (``#layer-<id>-channel-<c>``), as one string:
-    a loop in the template would cost a chunk and an escape per channel."""
+    a loop in the template would cost a chunk and an escape per channel. A channel with a row in the layer's
+    'built from' panel has its address there instead."""
     slug = escape(layer.slug)
-    return Markup("".join(f'<span id="layer-{slug}-channel-{c}"></span>' for c in layer.channel_ids))
+    rows = set(layer.circuit.channels.tolist()) if layer.circuit is not None and not layer.cards else set()
+    return Markup("".join(f'<span id="layer-{slug}-channel-{c}"></span>' for c in layer.channel_ids if c not in rows))
 
 
 def _grid_class(grid: Grid) -> str:

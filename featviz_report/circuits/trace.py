@@ -1,0 +1,189 @@
+"""One forward pass that records, for every captured Conv2d and Linear call, what it read and from which
+captured layers.
+
+Each captured layer's output is replaced by ``output.detach() + probe``: the same values, but cut off from
+what came before, plus a zero per channel that requires a gradient. The gradient of anything with respect
+to a layer's probe therefore flows only along paths that reach it from that layer without passing through
+another captured layer; those layers are its *sources*. Meanwhile a ``TorchFunctionMode`` follows every
+tensor's routes (:mod:`.routes`) from those sources, operation by operation (:mod:`.rules`), outside the
+captured modules. The pass runs in eval mode with gradients on, every parameter's ``requires_grad`` off
+(only the probes need one), and leaves the model as it found it, hooks removed, also when it raises.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..capture.hooks import DEFAULT_TYPES, first_tensor, tensors_in
+from ..runtime.device import evaluating
+from . import routes as R
+from .rules import Key, Routes, follow
+from .stash import Stash, replaying
+
+__all__ = ["Target", "Traced", "trace_circuits", "is_target"]
+
+
+def is_target(module: nn.Module) -> bool:
+    """The layers whose channels get inputs: convolutions and linear layers (weights between channels)."""
+    return isinstance(module, (nn.Conv2d, nn.Linear))
+
+
+@dataclass
+class Target:
+    """One call of a captured Conv2d or Linear: what it read (linked to the probes by autograd), the axis of its
+    channels there (1, or -1 for a Linear on ``N×…×F``), the routes to it from each source, and the version of
+    what it read then (changed by a later in-place operation, it no longer is what the layer read)."""
+
+    key: Key
+    module: nn.Module
+    inputs: torch.Tensor
+    axis: int
+    routes: Routes
+    version: int
+
+    @property
+    def changed(self) -> bool:
+        return self.inputs._version != self.version
+
+
+@dataclass
+class Traced:
+    """Every target of the pass in call order, and each source's probe (shape ``1×C×1×1``, ``1×C``, ...)."""
+
+    targets: list[Target]
+    probes: dict[Key, torch.Tensor]
+    samples: int
+
+
+class _Books(TorchFunctionMode):
+    """The routes of every followed tensor, by identity (weak references guard against a reused id)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.known: dict[int, tuple[weakref.ref[torch.Tensor], Routes]] = {}
+        self.inside = 0  # depth inside captured leaf modules, whose insides are not followed
+
+    def routes(self, value: Any) -> Routes | None:
+        entry = self.known.get(id(value)) if isinstance(value, torch.Tensor) else None
+        return entry[1] if entry is not None and entry[0]() is value else None
+
+    def set(self, tensor: torch.Tensor, routes: Routes) -> None:
+        self.known[id(tensor)] = (weakref.ref(tensor), routes)
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if self.inside:
+            return result
+        with torch._C.DisableTorchFunction():  # the books' own tensor reads are not the model's
+            if any(self.routes(t) for t in tensors_in((args, kwargs))):
+                outputs = [t for t in tensors_in(result) if t.is_floating_point()]
+                for output, routes in zip(outputs, follow(func, args, kwargs, outputs, self.routes)):
+                    self.set(output, routes)
+        return result
+
+
+def _probe_shape(module: nn.Module, output: torch.Tensor) -> tuple[list[int], bool]:
+    """The probe's shape for ``output`` and whether its channels are axis 1 (else the last axis, as for a
+    Linear on ``N×…×F``: the report shows that axis as the channels)."""
+    on_axis_1 = output.ndim in (2, 4) and not (isinstance(module, nn.Linear) and output.ndim > 2)
+    shape = [1] * output.ndim
+    shape[1 if on_axis_1 else -1] = output.shape[1 if on_axis_1 else -1]
+    return shape, on_axis_1
+
+
+@contextmanager
+def _hooked(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], books: _Books, traced: Traced) -> Iterator[None]:
+    calls: Counter[str] = Counter()
+    opened: list[Key] = []
+
+    def before(name: str, leaf: bool):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            key = (name, calls[name])
+            calls[name] += 1
+            opened.append(key)
+            tensor = first_tensor(args)
+            if is_target(module) and isinstance(tensor, torch.Tensor) and tensor.ndim >= 2 and not books.inside:
+                axis = 1 if tensor.ndim == 2 or isinstance(module, nn.Conv2d) else -1
+                routes = books.routes(tensor) or {}
+                if axis != 1:  # routes follow axis 1: here only which sources reach it is known
+                    routes = {k: R.unknown(route.width) for k, route in routes.items()}
+                traced.targets.append(Target(key, module, tensor, axis, routes, tensor._version))
+            if leaf:
+                books.inside += 1
+            if leaf and isinstance(tensor, torch.Tensor) and tensor.requires_grad and tensor is args[0]:
+                return (tensor.detach(), *args[1:])  # its output is cut off anyway: no graph through it
+            return None
+
+        return hook
+
+    def after(leaf: bool):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            key = opened.pop()
+            if leaf:
+                books.inside -= 1
+            if (
+                not isinstance(output, torch.Tensor)
+                or output.ndim < 2
+                or not output.is_floating_point()
+                or books.inside
+            ):
+                return None
+            shape, on_axis_1 = _probe_shape(module, output)
+            probe = torch.zeros(shape, dtype=output.dtype, device=output.device, requires_grad=True)
+            traced.probes[key] = probe
+            replaced = output.detach() + probe
+            width = probe.numel()
+            books.set(replaced, {key: R.source(width) if on_axis_1 else R.unknown(width)})
+            return replaced
+
+        return hook
+
+    with ExitStack() as stack:
+        for name, module in layers:
+            leaf = _leaf(module)
+            stack.callback(module.register_forward_pre_hook(before(name, leaf)).remove)
+            stack.callback(module.register_forward_hook(after(leaf)).remove)
+        yield
+
+
+@contextmanager
+def _probing(model: nn.Module) -> Iterator[None]:
+    """Eval mode, gradients on, parameters without ``requires_grad`` (restored after)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with evaluating(model), torch.enable_grad():
+            yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _leaf(module: nn.Module) -> bool:
+    return isinstance(module, DEFAULT_TYPES) or not any(True for _ in module.children())
+
+
+def trace_circuits(
+    model: nn.Module, layers: Sequence[tuple[str, nn.Module]], inputs: torch.Tensor, stash: Stash | None = None
+) -> Traced:
+    """Run ``model`` on ``inputs`` with the captured ``layers`` probed; what every target read, and from where.
+    With a ``stash`` of these inputs' captured outputs, the captured leaf modules return those instead of
+    running (:mod:`.stash`)."""
+    traced = Traced([], {}, int(inputs.shape[0]))
+    books = _Books()
+    replayed = {name for name, _ in stash.outputs if _leaf(dict(layers)[name])} if stash is not None else set()
+    with _probing(model), _hooked(model, layers, books, traced), books:
+        with replaying(layers, stash, replayed) if stash is not None else nullcontext():
+            model(inputs)
+    return traced
