@@ -347,7 +347,7 @@ class LayerSection:
     """Everything the report shows about one captured layer (one call of one module)."""
 
     name: str
-    slug: str
+    slug: str  # its id: the section's address is #layer-<slug> (see featviz_report.render.anchors)
     type: str
     description: str
     output_shape: tuple[int, ...]

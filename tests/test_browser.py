@@ -356,6 +356,47 @@ def test_a_scan_folder_index_sends_a_channels_address_to_its_layer_page(
         reader.clean()
 
 
+def test_an_old_address_lands_on_its_layer_and_channel_and_becomes_the_new_one(
+    browser: object, reports: dict[str, Path]
+) -> None:
+    section = "document.getElementById('layer-layer2.0.conv1').getBoundingClientRect().top"
+    for javascript in (True, False):
+        reader = Reader(browser, reports["resnet"], javascript=javascript)
+        page = reader.open("#layer-layer2-0-conv1")  # as reports named it before the readable ids
+        assert -4 <= page.evaluate(section) <= 40, javascript  # without script: the old id inside its border
+        assert page.evaluate("location.hash") == ("#layer-layer2.0.conv1" if javascript else "#layer-layer2-0-conv1")
+        reader.clean()
+    reader = Reader(browser, reports["resnet"])
+    page = reader.open("#layer-layer2-0-conv1-channel-5")
+    page.wait_for_function("() => document.getElementById('zoom').open")
+    assert "layer2.0.conv1 · channel 5 ·" in page.inner_text("#zoom h3")
+    assert page.evaluate("location.hash") == "#layer-layer2.0.conv1-channel-5"
+    page.keyboard.press("Escape")
+    page.evaluate("location.hash = '#layer-layer2-0-conv2'")  # a link followed on the page
+    page.wait_for_function("() => location.hash === '#layer-layer2.0.conv2'")
+    reader.clean()
+
+
+def test_a_scan_folder_sends_an_old_layer_page_to_its_new_name(browser: object, tmp_path: Path) -> None:
+    from torch import nn
+
+    from featviz_report import ReportConfig, scan_dataset
+
+    photos = Path(__file__).resolve().parents[1] / "samples" / "digits"
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.Conv2d(4, 4, 3)))
+    scan_dataset(model, [photos], tmp_path / "site", ReportConfig(quiet=True, format="dir", graph=False, top_k=2))
+    for javascript in (True, False):
+        reader = Reader(browser, tmp_path / "site" / "index.html", javascript=javascript)
+        page = reader.page
+        page.goto((tmp_path / "site" / "layer-1-0.html").as_uri() + "#layer-1-0-channel-2")
+        page.wait_for_function("() => location.pathname.endsWith('/layer-1.0.html')")
+        page.wait_for_load_state("load")
+        if javascript:  # the channel's address comes along, in its new form
+            page.wait_for_function("() => location.hash === '#layer-1.0-channel-2'")
+        assert page.eval_on_selector_all("section.layer", "s => s.map(x => x.dataset.layer)") == ["1.0"]
+        reader.clean()
+
+
 RED_BOX = """c => {  // the bounding box of the outline's red pixels on a canvas, in canvas pixels
   const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
   let x0 = c.width, y0 = c.height, x1 = -1, y1 = -1;
