@@ -273,6 +273,7 @@ class CamView:
     label: str  # which checkpoint, in a comparison; else ""
     images: tuple[Png, ...]
     targets: tuple[str, ...]  # the class each map explains
+    empty: tuple[bool, ...]  # per map: zero everywhere (no positive gradient-weighted evidence at this layer)
 
 
 @dataclass(frozen=True)
