@@ -162,9 +162,10 @@ def test_navigation_links_keys_search_picker_and_zoom(browser: object, reports: 
     page = reader.open()
     sections = page.eval_on_selector_all("section.layer", "s => s.map(x => x.id)")
     target = sections[2]
+    at = f'[id="{target}"]'  # a readable id (layer2.0.conv1) is no CSS #id selector without escaping
     page.click(f'.tree a[href="#{target}"]')
     page.wait_for_function(f"() => location.hash === '#{target}'")
-    top = page.eval_on_selector(f"#{target}", "s => s.getBoundingClientRect().top")
+    top = page.eval_on_selector(at, "s => s.getBoundingClientRect().top")
     assert -2 <= top <= 40
     page.keyboard.press("j")
     page.wait_for_function(f"() => location.hash === '#{sections[3]}'")
@@ -175,11 +176,11 @@ def test_navigation_links_keys_search_picker_and_zoom(browser: object, reports: 
     hidden = page.eval_on_selector_all(".tree li", "ls => ls.filter(l => l.hidden).length")
     assert hidden > 0
     page.fill("#find-layer", "")
-    on = page.eval_on_selector(f"#{target} .map.on", "m => m.dataset.sample")
-    page.click(f"#{target} .picker .next")
-    assert page.eval_on_selector(f"#{target} .map.on", "m => m.dataset.sample") == str(int(on) + 1)
+    on = page.eval_on_selector(f"{at} .map.on", "m => m.dataset.sample")
+    page.click(f"{at} .picker .next")
+    assert page.eval_on_selector(f"{at} .map.on", "m => m.dataset.sample") == str(int(on) + 1)
     assert page.eval_on_selector_all(".map.on", "ms => new Set(ms.map(m => m.dataset.sample)).size") == 1
-    page.click(f"#{target} .map.on .grid", position={"x": 5, "y": 5})
+    page.click(f"{at} .map.on .grid", position={"x": 5, "y": 5})
     assert page.eval_on_selector("#zoom", "d => d.open")
     assert "channel" in page.inner_text("#zoom h3") or "features" in page.inner_text("#zoom h3")
     if name == "demo":  # --featviz conv3: channel 0's optimised image comes first, then its top samples
