@@ -157,6 +157,7 @@ def test_json_sidecar_matches_the_page(tmp_path: Path) -> None:
             _fmt_num(stats["std"]),
             _fmt_num(stats["max"]),
             f"{100 * stats['zero_fraction']:.1f}%",
+            f"{100 * stats['nonpositive_fraction']:.1f}%",
         ]
     assert len(report.layers) == len(data["layers"])
     script = json.loads(unescape(page.text.split('id="fv-data">', 1)[1].split("</script>", 1)[0]))
