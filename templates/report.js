@@ -12,7 +12,7 @@
   function each(selector, fn) { Array.prototype.forEach.call(document.querySelectorAll(selector), fn); }
 
   // An address saved from an older report (#layer-layer1-0-conv1, ...-channel-5): the same place, readably.
-  var oldIds = {};
+  var oldIds = Object.create(null);  // no inherited keys: #constructor is no old id
   each("section[data-old]", function (s) { oldIds[s.dataset.old] = s.id; });
   function upgradeOldHash() {
     var id = location.hash.slice(1), channel = /^(.+)(-channel-\d+)$/.exec(id);

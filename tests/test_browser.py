@@ -375,6 +375,9 @@ def test_an_old_address_lands_on_its_layer_and_channel_and_becomes_the_new_one(
     page.keyboard.press("Escape")
     page.evaluate("location.hash = '#layer-layer2-0-conv2'")  # a link followed on the page
     page.wait_for_function("() => location.hash === '#layer-layer2.0.conv2'")
+    page.evaluate("location.hash = '#constructor'")  # no old id, though every object has one
+    page.wait_for_timeout(100)
+    assert page.evaluate("location.hash") == "#constructor"
     reader.clean()
 
 
