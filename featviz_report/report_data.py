@@ -274,6 +274,7 @@ class CamView:
     label: str  # which checkpoint, in a comparison; else ""
     images: tuple[Png, ...]
     targets: tuple[str, ...]  # the class each map explains
+    empty: tuple[bool, ...]  # per map: zero everywhere (no positive gradient-weighted evidence at this layer)
 
 
 @dataclass(frozen=True)
@@ -373,7 +374,7 @@ class LayerSection:
     """Everything the report shows about one captured layer (one call of one module)."""
 
     name: str
-    slug: str
+    slug: str  # its id: the section's address is #layer-<slug> (see featviz_report.render.anchors)
     type: str
     description: str
     output_shape: tuple[int, ...]

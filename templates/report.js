@@ -11,6 +11,21 @@
 
   function each(selector, fn) { Array.prototype.forEach.call(document.querySelectorAll(selector), fn); }
 
+  // An address saved from an older report (#layer-layer1-0-conv1, ...-channel-5): the same place, readably.
+  var oldIds = Object.create(null);  // no inherited keys: #constructor is no old id
+  each("section[data-old]", function (s) { oldIds[s.dataset.old] = s.id; });
+  function upgradeOldHash() {
+    var id = location.hash.slice(1), channel = /^(.+)(-channel-\d+)$/.exec(id);
+    var here = document.getElementById(id);
+    var now = oldIds[id] || (!here && channel && oldIds[channel[1]] ? oldIds[channel[1]] + channel[2] : "");
+    if (!now) { return; }
+    history.replaceState(history.state, "", "#" + now);
+    var target = document.getElementById(now);
+    if (target) { target.scrollIntoView(); }
+  }
+  window.addEventListener("hashchange", upgradeOldHash);
+  upgradeOldHash();
+
   function showSample(index) {
     if (!total) { return; }
     shown = (index % total + total) % total;

@@ -162,9 +162,10 @@ def test_navigation_links_keys_search_picker_and_zoom(browser: object, reports: 
     page = reader.open()
     sections = page.eval_on_selector_all("section.layer", "s => s.map(x => x.id)")
     target = sections[2]
+    at = f'[id="{target}"]'  # a readable id (layer2.0.conv1) is no CSS #id selector without escaping
     page.click(f'.tree a[href="#{target}"]')
     page.wait_for_function(f"() => location.hash === '#{target}'")
-    top = page.eval_on_selector(f"#{target}", "s => s.getBoundingClientRect().top")
+    top = page.eval_on_selector(at, "s => s.getBoundingClientRect().top")
     assert -2 <= top <= 40
     page.keyboard.press("j")
     page.wait_for_function(f"() => location.hash === '#{sections[3]}'")
@@ -175,11 +176,11 @@ def test_navigation_links_keys_search_picker_and_zoom(browser: object, reports: 
     hidden = page.eval_on_selector_all(".tree li", "ls => ls.filter(l => l.hidden).length")
     assert hidden > 0
     page.fill("#find-layer", "")
-    on = page.eval_on_selector(f"#{target} .map.on", "m => m.dataset.sample")
-    page.click(f"#{target} .picker .next")
-    assert page.eval_on_selector(f"#{target} .map.on", "m => m.dataset.sample") == str(int(on) + 1)
+    on = page.eval_on_selector(f"{at} .map.on", "m => m.dataset.sample")
+    page.click(f"{at} .picker .next")
+    assert page.eval_on_selector(f"{at} .map.on", "m => m.dataset.sample") == str(int(on) + 1)
     assert page.eval_on_selector_all(".map.on", "ms => new Set(ms.map(m => m.dataset.sample)).size") == 1
-    page.click(f"#{target} .map.on .grid", position={"x": 5, "y": 5})
+    page.click(f"{at} .map.on .grid", position={"x": 5, "y": 5})
     assert page.eval_on_selector("#zoom", "d => d.open")
     assert "channel" in page.inner_text("#zoom h3") or "features" in page.inner_text("#zoom h3")
     if name == "demo":  # --featviz conv3: channel 0's optimised image comes first, then its top samples
@@ -387,6 +388,50 @@ def test_a_scan_folder_index_sends_a_channels_address_to_its_layer_page(
             top = page.eval_on_selector("#layer-conv2-channel-3", "a => a.getBoundingClientRect().top")
             assert -2 <= top <= 800, top
             assert page.get_attribute('.card-page a[data-slug="conv2"]', "href") == "layer-conv2.html"
+        reader.clean()
+
+
+def test_an_old_address_lands_on_its_layer_and_channel_and_becomes_the_new_one(
+    browser: object, reports: dict[str, Path]
+) -> None:
+    section = "document.getElementById('layer-layer2.0.conv1').getBoundingClientRect().top"
+    for javascript in (True, False):
+        reader = Reader(browser, reports["resnet"], javascript=javascript)
+        page = reader.open("#layer-layer2-0-conv1")  # as reports named it before the readable ids
+        assert -4 <= page.evaluate(section) <= 40, javascript  # without script: the old id inside its border
+        assert page.evaluate("location.hash") == ("#layer-layer2.0.conv1" if javascript else "#layer-layer2-0-conv1")
+        reader.clean()
+    reader = Reader(browser, reports["resnet"])
+    page = reader.open("#layer-layer2-0-conv1-channel-5")
+    page.wait_for_function("() => document.getElementById('zoom').open")
+    assert "layer2.0.conv1 · channel 5 ·" in page.inner_text("#zoom h3")
+    assert page.evaluate("location.hash") == "#layer-layer2.0.conv1-channel-5"
+    page.keyboard.press("Escape")
+    page.evaluate("location.hash = '#layer-layer2-0-conv2'")  # a link followed on the page
+    page.wait_for_function("() => location.hash === '#layer-layer2.0.conv2'")
+    page.evaluate("location.hash = '#constructor'")  # no old id, though every object has one
+    page.wait_for_timeout(100)
+    assert page.evaluate("location.hash") == "#constructor"
+    reader.clean()
+
+
+def test_a_scan_folder_sends_an_old_layer_page_to_its_new_name(browser: object, tmp_path: Path) -> None:
+    from torch import nn
+
+    from featviz_report import ReportConfig, scan_dataset
+
+    photos = Path(__file__).resolve().parents[1] / "samples" / "digits"
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.Conv2d(4, 4, 3)))
+    scan_dataset(model, [photos], tmp_path / "site", ReportConfig(quiet=True, format="dir", graph=False, top_k=2))
+    for javascript in (True, False):
+        reader = Reader(browser, tmp_path / "site" / "index.html", javascript=javascript)
+        page = reader.page
+        page.goto((tmp_path / "site" / "layer-1-0.html").as_uri() + "#layer-1-0-channel-2")
+        page.wait_for_function("() => location.pathname.endsWith('/layer-1.0.html')")
+        page.wait_for_load_state("load")
+        if javascript:  # the channel's address comes along, in its new form
+            page.wait_for_function("() => location.hash === '#layer-1.0-channel-2'")
+        assert page.eval_on_selector_all("section.layer", "s => s.map(x => x.dataset.layer)") == ["1.0"]
         reader.clean()
 
 

@@ -207,6 +207,11 @@ def test_summary_prints_the_layer_table_and_writes_it_as_csv(
     }
     assert [r["layer"] for r in rows] == DEMO_LAYERS
     for row in rows:  # the same numbers as the JSON, unrounded
-        assert float(row["mean"]) == pytest.approx(numbers[row["layer"]]["mean"], rel=1e-9)
-        assert float(row["max"]) == pytest.approx(numbers[row["layer"]]["max"], rel=1e-9)
+        for key in ("mean", "max", "zero_fraction", "nonpositive_fraction"):
+            assert float(row[key]) == pytest.approx(numbers[row["layer"]][key], rel=1e-9)
+    assert printed[1].split()[8:12] == ["Exact", "zeros", "<=", "0"]
+    before_relu = next(r for r in rows if r["layer"] == "conv1")  # the demo's conv1 runs before its ReLU
+    assert float(before_relu["zero_fraction"]) == 0 < float(before_relu["nonpositive_fraction"])
+    page = read_page(out)
+    assert page.text.count("Exact zeros") == 1 and "≤ 0" in page.text
     assert rows[0]["flags"] == "2 dead channels" and rows[0]["output"] == "16×28×28"

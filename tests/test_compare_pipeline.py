@@ -107,6 +107,36 @@ def test_the_page_shows_one_overlay_per_sample_for_the_last_conv(tmp_path: Path)
     assert "Where the model looks" in out.read_text(encoding="utf-8")
 
 
+class MeanScore(nn.Module):
+    """A 1×1 conv (weight 1, no bias), class 0 scoring its mean and class 1 always 0: a black input's map
+    is zero everywhere (no activation to weigh), a bright one's is not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1, bias=False)
+        nn.init.ones_(self.conv.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = self.conv(x).mean((1, 2, 3))
+        return torch.stack([score, torch.zeros_like(score)], 1)
+
+
+def test_a_map_that_is_zero_everywhere_says_so_on_the_page_and_in_the_json(tmp_path: Path) -> None:
+    out, sidecar = tmp_path / "cam.html", tmp_path / "cam.json"
+    x = torch.stack([torch.ones(1, 8, 8), torch.zeros(1, 8, 8)])
+    report = build_report(MeanScore(), x, out, ReportConfig(cam="gradcam", quiet=True), json_out=sidecar)
+    assert report.cams[0].empty == (False, True)
+    assert json.loads(sidecar.read_text())["cams"][0]["empty"] == [False, True]
+    alts = [img["alt"] for img in read_page(out).images if img["alt"].startswith("gradcam")]
+    assert alts == [
+        "gradcam of sample 0 (sample 0) for class 0",
+        "gradcam of sample 1 (sample 1) for class 0, empty: zero everywhere",
+    ]
+    html = out.read_text(encoding="utf-8")
+    assert html.count('<span class="cam-empty">empty (zero everywhere)</span>') == 1
+    assert "A map marked empty is zero everywhere: no positive gradient-weighted evidence" in html
+
+
 def _checkpoints(tiny_cnn: TinyCNN) -> tuple[TinyCNN, TinyCNN]:
     with torch.no_grad():
         tiny_cnn.conv2.bias[2] = 2.0  # channel 2 of conv2 is positive under A

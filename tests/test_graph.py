@@ -115,7 +115,7 @@ def test_a_big_graph_folds_its_repeated_blocks_and_draws_each_inside(tmp_path: P
     assert overview.count('class="node group"') == 40 and 'href="#module-1"' in overview
     assert text.count('<details id="module-') == 40 and '<details id="module-40"' in text
     detail = text[text.index('<details id="module-1"') :]
-    assert 'href="#layer-1-0"' in detail[: detail.index("</details>")], "the inside links to the layer's section"
+    assert 'href="#layer-1.0"' in detail[: detail.index("</details>")], "the inside links to the layer's section"
     data = json.loads(sidecar.read_text())["graph"]
     assert len(data["nodes"]) == 123 and len(data["folded"]) == 40  # every call is in the JSON, folded or not
 

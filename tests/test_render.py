@@ -41,7 +41,7 @@ def test_one_section_and_one_nav_link_per_layer_in_model_order(tiny_page: Path) 
     page = read_page(tiny_page)
     assert [s["data-layer"] for s in page.sections] == ["conv1", "conv2", "head"]
     assert page.nav == [s["id"] for s in page.sections]
-    assert all(re.fullmatch(r"layer-[a-z0-9-]+", s["id"]) for s in page.sections)
+    assert all(re.fullmatch(r"layer-[A-Za-z0-9._~@-]+", s["id"]) for s in page.sections)
 
 
 def test_every_image_is_an_inline_png_with_alt_text(tiny_page: Path) -> None:

@@ -80,7 +80,7 @@ def test_attention_weights_per_head_are_captured_without_changing_results(tmp_pa
         assert sample.prediction.index == int(plain[sample.index].argmax())
     assert [layer.name for layer in report.layers][:3] == ["embed", "encoder.self_attn", "encoder.linear1"]
     page = read_page(tmp_path / "t.html")
-    img = next(i for i in page.images if i["_section"] == "layer-encoder-self-attn" and "sample 1" in i["alt"])
+    img = next(i for i in page.images if i["_section"] == "layer-encoder.self_attn" and "sample 1" in i["alt"])
     atlas = np.asarray(decode_png(img["src"]))
     for head in range(4):
         row, col = divmod(head, 2)
@@ -157,6 +157,7 @@ def test_json_sidecar_matches_the_page(tmp_path: Path) -> None:
             _fmt_num(stats["std"]),
             _fmt_num(stats["max"]),
             f"{100 * stats['zero_fraction']:.1f}%",
+            f"{100 * stats['nonpositive_fraction']:.1f}%",
         ]
     assert len(report.layers) == len(data["layers"])
     script = json.loads(unescape(page.text.split('id="fv-data">', 1)[1].split("</script>", 1)[0]))

@@ -5,15 +5,13 @@ Everything here runs after the forward passes, on small CPU arrays and finished 
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 from torch import nn
 
 from ..config import ReportConfig
 from ..errors import ModelError
+from ..render.anchors import layer_ids
 from ..render.encode import grid_shape, png_palette, png_rgb, tile_atlas
 from ..report_data import ChannelStats, FilterView, Grid, Histogram, LayerSection, Peaks, Png, PngSource, Stats
 from .accumulate import ChannelAccumulator
@@ -21,7 +19,7 @@ from .filters import FilterTiles, filter_tiles
 from .layer_record import LayerRecord, output_kind
 from .reduce import histogram_counts, vector_shape
 
-__all__ = ["layer_sections", "colorbar", "slugs"]
+__all__ = ["layer_sections", "colorbar"]
 
 TARGET_TILE_PX = {"maps": 64, "filters": 36, "kernels": 12, "matrix": 256}  # shown at least this wide
 MAX_WIDTH_PX = 920
@@ -136,21 +134,6 @@ def _describe(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def slugs(names: Sequence[str]) -> list[str]:
-    """URL-safe, unique ids for ``names`` (``layer1.0.conv1`` → ``layer1-0-conv1``)."""
-    seen: set[str] = set()
-    result = []
-    for name in names:
-        base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "layer"
-        slug, n = base, 1
-        while slug in seen:
-            n += 1
-            slug = f"{base}-{n}"
-        seen.add(slug)
-        result.append(slug)
-    return result
-
-
 def layer_sections(
     records: list[LayerRecord], layers: list[tuple[str, nn.Module]], config: ReportConfig, ranking: str | None = None
 ) -> tuple[LayerSection, ...]:
@@ -160,7 +143,7 @@ def layer_sections(
         raise ModelError("none of the selected layers ran during the forward pass; check --layers")
     first_conv = next((name for name, m in layers if isinstance(m, nn.Conv2d)), None)
     sections = []
-    for record, slug in zip(records, slugs([r.name for r in records])):
+    for record, slug in zip(records, layer_ids([r.name for r in records])):
         stats, channels = _stats(record.stats, record.shape)
         shown = len(record.channel_ids)
         tile_h, tile_w = _tile_size(record.shape)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..capture.layer_record import call_name
+from ..render.anchors import legacy_ids
 from ..report_data import GraphBox, GraphCluster, GraphDetail, GraphNode, GraphPicture, GraphView, ModelGraph
 
 __all__ = ["layout_graph", "link_graph", "layout_size", "ENGINE", "MAX_BOXES", "MAX_EDGES", "MAX_LAYOUT_SIZE"]
@@ -151,9 +152,8 @@ def _held(members: Iterable[tuple[str, str]]) -> str:
 
 
 def _anchors(modules: list[str]) -> list[str]:
-    from ..capture.sections import slugs  # the same URL-safe, unique ids as the layers' sections
-
-    return [f"module-{slug}" for slug in slugs(modules)]
+    """A folded module's drawing's id: ``legacy_ids`` keeps the addresses earlier reports gave it."""
+    return [f"module-{slug}" for slug in legacy_ids(modules)]
 
 
 def _quote(text: str) -> str:

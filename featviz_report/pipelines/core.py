@@ -340,7 +340,7 @@ def cam_view(job: Job[SampleSet], label: str = "") -> CamView:
     """Class activation maps of every sample for ``config.cam_layer`` (default: the last Conv2d)."""
     config = job.config
     layer = config.cam_layer or default_cam_layer(job.model)
-    images, targets = [], []
+    images, targets, empty = [], [], []
     stage, skipped = f"grad-cam {label}".strip(), len(job.sample_set.skipped)
     for batch in job.sample_set.batches(config.batch_size):
         inputs = batch.inputs.to(device=job.device, dtype=job.dtype)
@@ -351,8 +351,9 @@ def cam_view(job: Job[SampleSet], label: str = "") -> CamView:
             pixels = overlay(thumbnail, cam)
             images.append(Png(png_rgb(pixels), pixels.shape[1], pixels.shape[0]))
             targets.append(_label(target, config.labels))
+            empty.append(not cam.any())
         job.progress.update(stage, len(images) + skipped, len(job.sample_set))
-    return CamView(layer, config.cam or "gradcam", label, tuple(images), tuple(targets))
+    return CamView(layer, config.cam or "gradcam", label, tuple(images), tuple(targets), tuple(empty))
 
 
 def _label(index: int, labels: Sequence[str] | None) -> str:

@@ -1,7 +1,7 @@
 """Report → HTML: the page as a stream of text, with images inline (one file) or as links (a folder).
 
 A scan written as a folder is several pages (:data:`INDEX`, then one per layer, named by
-:func:`layer_page`): the index holds everything but the channel cards, each layer's page its cards.
+:func:`layer_pages`): the index holds everything but the channel cards, each layer's page its cards.
 
 With :mod:`featviz_report.training.page`, the only module that uses Jinja2. Where the text goes is
 :mod:`featviz_report.render.outputs`' job."""
@@ -35,6 +35,7 @@ from ..report_data import (
     SourceImage,
 )
 from ..scan.crops import context_boxes
+from .anchors import old_ids, page_names
 from .built import anchors_of, built_from, built_row, card_tops_of, pattern_atlas
 from .strict_json import finite_list, strict_json
 
@@ -48,16 +49,35 @@ __all__ = [
     "style_hash",
     "card_tops",
     "source_image",
-    "layer_page",
+    "layer_pages",
+    "redirect_html",
     "INDEX",
 ]
 
 INDEX = "index.html"
 
 
-def layer_page(slug: str) -> str:
-    """The file name of a layer's page in a scan's folder (``slug`` is URL-safe)."""
-    return f"layer-{slug}.html"
+def layer_pages(report: Report) -> dict[str, str]:
+    """The file name of each layer's page in a scan's folder, by the layer's id (see :mod:`.anchors`)."""
+    ids = [layer.slug for layer in report.layers]
+    return dict(zip(ids, page_names(ids)))
+
+
+def redirect_html(target: str) -> str:
+    """A page that sends its reader on to ``target`` (a file name beside it), with or without script: a
+    scan folder keeps one under each layer page's old name. The script carries the address's fragment
+    (a channel's), which a refresh would drop."""
+    href = escape(target)
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; script-src {style_hash(_CARRY)}">'
+        f'<meta http-equiv="refresh" content="0; url={href}"><meta name="robots" content="noindex">'
+        f'<title>Moved</title></head><body><p>This layer\'s page is now <a href="{href}">{href}</a>.</p>'
+        f"<script>{_CARRY}</script></body></html>\n"
+    )
+
+
+_CARRY = 'location.replace(document.querySelector("a").getAttribute("href") + location.hash);'
 
 
 def _uri_prefix(png: Png) -> str:
@@ -322,12 +342,14 @@ def render_html(
     sources = report.dataset.sources if report.dataset else {}
     template = environment().get_template("report.html.j2")
     anchors = anchors_of(report)
+    pages = layer_pages(report)
     return template.generate(
         report=report,
         layers=layers,
         page="layer" if page not in (None, INDEX) else "index" if page == INDEX else "all",
-        layer_href=_layer_href(page),
-        layer_page=layer_page,
+        layer_href=_layer_href(page, pages),
+        layer_page=pages.__getitem__,
+        old_id=old_ids([layer.name for layer in report.layers], list(pages)).get,
         sources=Markup("".join(source_image(s, sources[s], src) for s in sorted(shown) if s in sources)),
         card_tops=card_tops,
         src=src,
@@ -342,16 +364,16 @@ def render_html(
         built_from=functools.partial(built_from, src=src, shown=anchors),
         built_atlas=functools.partial(pattern_atlas, src=src),
         built_row=functools.partial(
-            built_row, href=_layer_href(page), tops=card_tops_of(report, set(sources) & shown), shown=anchors
+            built_row, href=_layer_href(page, pages), tops=card_tops_of(report, set(sources) & shown), shown=anchors
         ),
     )
 
 
-def _layer_href(page: str | None) -> Callable[[str], str]:
+def _layer_href(page: str | None, pages: dict[str, str]) -> Callable[[str], str]:
     """A layer's link: its section on this page, or on a layer's page, the other layers' pages."""
     if page in (None, INDEX):
         return lambda slug: f"#layer-{slug}"
-    return lambda slug: f"#layer-{slug}" if slug == page else f"{layer_page(slug)}#layer-{slug}"
+    return lambda slug: f"#layer-{slug}" if slug == page else f"{pages[slug]}#layer-{slug}"
 
 
 def source_image(sample: int, source: SourceImage, src: Callable[[Png], Markup]) -> str:

@@ -3,7 +3,8 @@
 Every output (the page, the JSON sidecar) is written under a temporary name beside its target, created
 with the user's umask; only when all of them are complete are they renamed into place, so a failure at
 any point leaves every existing file as it was. A folder report (``--format dir``) is updated in place
-(a scan's as an index and a page per layer, see :func:`featviz_report.render.html.layer_page`)
+(a scan's as an index and a page per layer, see :func:`featviz_report.render.html.layer_pages`, and
+a redirect under each layer page's name in older reports, see :func:`featviz_report.render.anchors.old_pages`)
 and lists the files it wrote in a manifest (:data:`MANIFEST`): a later report replaces and removes
 those files only; a folder whose ``index.html`` featviz-report did not write, or that is, holds or lies
 inside a samples folder (its images would become samples), is refused.
@@ -28,7 +29,8 @@ from ..config import IMAGE_SUFFIXES
 from ..errors import OutputError, UsageError
 from ..report_data import Png, Report
 from ..runtime.progress import Progress
-from .html import INDEX, data_uri, layer_page, render_html
+from .anchors import old_pages
+from .html import INDEX, data_uri, layer_pages, redirect_html, render_html
 from .sidecar import json_text
 
 __all__ = [
@@ -176,7 +178,7 @@ def _inside(path: Path, folder: Path) -> str | None:
 def owned_files(folder: Path) -> dict[str, set[str]]:
     """The files (relative, posix) a report in ``folder`` wrote and that still hold what it wrote, with
     the SHA-256 digests its manifest records for them. Only names a report writes count (``index.html``,
-    a scan's ``layer-<slug>.html``, ``img/<hash>.png`` or ``.webp``, a ``*.json`` sidecar), only regular
+    a scan's ``layer-<id>.html``, ``img/<hash>.png`` or ``.webp``, a ``*.json`` sidecar), only regular
     files in the folder or its ``img/`` (no links),
     and only when their content matches: a forged or stale manifest cannot make a user's file ours.
     A report written before manifests owns its ``index.html`` (when it is featviz-report's page) and the
@@ -191,7 +193,7 @@ def owned_files(folder: Path) -> dict[str, set[str]]:
     return owned
 
 
-_OWNABLE = re.compile(r"index\.html|layer-[a-z0-9-]+\.html|img/[0-9a-f]{20}\.(?:png|webp)|[^/\\]+\.json")
+_OWNABLE = re.compile(r"index\.html|layer-[A-Za-z0-9._~@+-]+\.html|img/[0-9a-f]{20}\.(?:png|webp)|[^/\\]+\.json")
 _SUFFIXES = {"image/png": "png", "image/webp": "webp"}
 
 
@@ -332,6 +334,9 @@ def write_report(
             for name, page in _pages(report):
                 with staging.text(folder.out / name) as handle:
                     handle.writelines(render_html(report, folder.link, folder=True, page=page))
+            for name, target in _redirects(report):
+                with staging.text(folder.out / name) as handle:
+                    handle.write(redirect_html(target))
             folder.commit()
         staging.commit()
     except _OverBudget:
@@ -352,8 +357,15 @@ def _pages(report: Report) -> list[tuple[str, str | None]]:
     pages, or any other report's one page."""
     pages: list[tuple[str, str | None]] = [(INDEX, None if report.dataset is None else INDEX)]
     if report.dataset is not None:
-        pages += [(layer_page(layer.slug), layer.slug) for layer in report.layers]
+        pages += [(name, slug) for slug, name in layer_pages(report).items()]
     return pages
+
+
+def _redirects(report: Report) -> list[tuple[str, str]]:
+    """(old file name, its layer's page) of a scan folder's layer pages that older reports named otherwise."""
+    if report.dataset is None:
+        return []
+    return old_pages([layer.name for layer in report.layers], [layer.slug for layer in report.layers])
 
 
 def _write_page(handle: IO[str], chunks: Iterator[str], max_bytes: int | None) -> None:

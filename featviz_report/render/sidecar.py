@@ -243,6 +243,7 @@ def report_json(report: Report) -> dict[str, object]:
                 "method": view.method,
                 "checkpoint": view.label or None,
                 "targets": list(view.targets),
+                "empty": list(view.empty),  # per sample: the map is zero everywhere
             }
             for view in report.cams
         ],

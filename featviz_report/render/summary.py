@@ -1,6 +1,8 @@
 """The layer table on the terminal (``--summary``, as torchinfo prints one) and as CSV (``--summary-csv``):
 each captured layer's type, output shape, parameters, activation statistics and flags, as the page's
-Summary table has them. The CSV keeps full-precision numbers (empty where not finite)."""
+Summary table has them: the share of values exactly 0 and the share <= 0 (what a ReLU after the layer
+zeroes; a convolution captured before its ReLU has no exact zeros). The CSV keeps full-precision numbers
+(empty where not finite), its columns named as the JSON's statistics."""
 
 from __future__ import annotations
 
@@ -12,7 +14,20 @@ from ..report_data import LayerSection, Report
 
 __all__ = ["summary_table", "summary_csv"]
 
-COLUMNS = ("layer", "type", "output", "params", "min", "mean", "std", "max", "zeros", "flags")
+COLUMNS = (
+    "layer",
+    "type",
+    "output",
+    "params",
+    "min",
+    "mean",
+    "std",
+    "max",
+    "zero_fraction",
+    "nonpositive_fraction",
+    "flags",
+)
+HEADERS = ("Layer", "Type", "Output", "Params", "Min", "Mean", "Std", "Max", "Exact zeros", "<= 0", "Flags")
 
 
 def _flags(layer: LayerSection) -> str:
@@ -33,17 +48,17 @@ def _row(layer: LayerSection, text: bool) -> list[str]:
     s = layer.stats
     stats = [s.min, s.mean, s.std, s.max]
     shown = [_number(v) for v in stats] if text else [repr(v) if math.isfinite(v) else "" for v in stats]
-    zeros = f"{100 * s.zero_fraction:.1f}%" if text else repr(s.zero_fraction)
+    shares = [f"{100 * v:.1f}%" if text else repr(v) for v in (s.zero_fraction, s.nonpositive_fraction)]
     params = f"{layer.params:,}" if text else str(layer.params)
     shape = "×".join(map(str, layer.output_shape))
-    return [layer.name, layer.type, shape, params, *shown, zeros, _flags(layer)]
+    return [layer.name, layer.type, shape, params, *shown, *shares, _flags(layer)]
 
 
 def summary_table(report: Report) -> str:
     """The table as aligned text, a title line first and a total line last (numbers right-aligned)."""
-    rows = [[c.capitalize() for c in COLUMNS], *(_row(layer, True) for layer in report.layers)]
+    rows = [list(HEADERS), *(_row(layer, True) for layer in report.layers)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    right = {3, 4, 5, 6, 7, 8}
+    right = {3, 4, 5, 6, 7, 8, 9}
 
     def line(row: list[str]) -> str:
         cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
