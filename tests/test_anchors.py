@@ -82,6 +82,22 @@ def test_an_old_id_that_means_something_else_on_a_new_page_is_not_kept() -> None
     assert old_ids(names, ids) == {"conv": "conv-2", "a.b": "a-b"}  # conv is a new id, x-channel-1 x's channel
 
 
+def test_no_id_is_another_layers_channel_address() -> None:
+    ids = layer_ids(["x", "x-channel-1", "x-channel", "x-channel", "x-channel-1 (call 2)"])
+    assert ids == ["x", "x~2Dchannel-1", "x-channel", "x~2Dchannel-2", "x-channel-1@2"]
+    addresses = {f"{i}-channel-{c}" for i in ids for c in range(4)}
+    assert not addresses & set(ids), "#layer-x-channel-1 would open channel 1 of x, not the layer"
+
+
+def test_a_scan_folder_of_a_very_long_name_is_written(tmp_path: Path) -> None:
+    """Its page name is shortened; the old rule's name, too long for any disk, gets no redirect."""
+    data, site = _noise(tmp_path / "data", 2), tmp_path / "site"
+    model = nn.Sequential()
+    model.add_module("c" * 250, nn.Conv2d(3, 2, 1))
+    scan_dataset(model, [data], site, _config(format="dir", top_k=2, graph=False, loader_workers=0))
+    assert [len(p.name) for p in site.glob("layer-*.html")] == [len(page_names(["c" * 250])[0])]
+
+
 def test_case_folded_and_long_ids_get_distinct_file_names() -> None:
     long = "m" * 300
     pages = page_names(["Conv", "conv", "CONV", "conv+2", long, long + "x"])

@@ -6,7 +6,8 @@ can guess it. Names come from the model and may hold anything but ``.`` (spaces,
 letter): every character outside ``A-Z a-z 0-9 . _ -`` is written ``~XX``, the upper-case hex of each of its
 UTF-8 bytes, ``~`` itself included. ``~`` is unreserved in URLs and allowed in file names everywhere, so an id
 is a valid HTML id, a URL fragment that needs no percent-encoding, and part of a file name on Linux, macOS and
-Windows; no two names escape alike. A module's later call (the report's ``conv1 (call 2)``) is ``conv1@2``
+Windows; no two names escape alike, and an id never ends in ``-channel-<n>`` (that ``-`` is ``~2D``: the
+address would be another layer's channel). A module's later call (the report's ``conv1 (call 2)``) is ``conv1@2``
 (``@`` never comes from a name, whose own ``@`` is ``~40``). Ids that still coincide get ``-2``, ``-3``...
 
 Reports before this rule lowercased the name and turned every other run of characters into ``-``
@@ -25,11 +26,18 @@ __all__ = ["layer_ids", "legacy_ids", "old_ids", "page_names", "old_pages"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _CALL = re.compile(r"(.*) \(call (\d+)\)")  # featviz_report.capture.layer_record.call_name
 _CHANNEL = re.compile(r"(.+)-channel-\d+")
+_TAIL = re.compile(r"-channel-\d+$")
 MAX_FILE_ID = 200  # a page's file name keeps at most this much of its id: file systems allow 255 bytes
 
 
 def _escape(name: str) -> str:
     return _UNSAFE.sub(lambda m: "".join(f"~{b:02X}" for b in m[0].encode("utf-8")), name)
+
+
+def _untailed(text: str) -> str:
+    """``text`` with a closing ``-channel-<n>`` written ``~2Dchannel-<n>``: such an id would be another
+    layer's channel address (``x-channel-1`` is channel 1 of ``x``)."""
+    return _TAIL.sub(lambda m: "~2D" + m[0][1:], text)
 
 
 def _unique(bases: Iterable[str]) -> list[str]:
@@ -39,7 +47,7 @@ def _unique(bases: Iterable[str]) -> list[str]:
         candidate, n = base, 1
         while candidate in seen:
             n += 1
-            candidate = f"{base}-{n}"
+            candidate = _untailed(f"{base}-{n}")
         seen.add(candidate)
         result.append(candidate)
     return result
@@ -49,7 +57,7 @@ def _layer_id(name: str) -> str:
     call = _CALL.fullmatch(name)
     if call:
         return f"{_escape(call[1]) or 'layer'}@{call[2]}"
-    return _escape(name) or "layer"
+    return _untailed(_escape(name)) or "layer"
 
 
 def layer_ids(names: Sequence[str]) -> list[str]:
@@ -99,4 +107,8 @@ def old_pages(names: Sequence[str], ids: Sequence[str]) -> list[tuple[str, str]]
     pages = page_names(ids)
     taken = {page.lower() for page in pages}
     old = [f"layer-{slug}.html" for slug in legacy_ids(names)]
-    return [(before, now) for before, now in zip(old, pages) if before.lower() not in taken]
+    return [
+        (before, now)
+        for before, now in zip(old, pages)
+        if before.lower() not in taken and len(before) <= MAX_FILE_ID  # a longer name no file system took
+    ]
