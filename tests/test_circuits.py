@@ -453,3 +453,51 @@ def test_a_stash_spares_the_probing_pass_the_captured_layers(monkeypatch: pytest
     traced = trace_circuits(model, layers, stash.inputs.clone(), stash)
     assert runs == [] and [t.key for t in traced.targets] == [("conv1", 0), ("conv2", 0)]
     assert "forward" not in model.conv1.__dict__  # the modules' own forward is back
+
+
+class _Between(nn.Module):
+    """a (3→2, 1×1) → something between → b (2→2, 1×1, weights [[1, -3], [2, 0.5]], no bias)."""
+
+    def __init__(self, between: str) -> None:
+        super().__init__()
+        self.a, self.b, self.between = nn.Conv2d(3, 2, 1), nn.Conv2d(2, 2, 1, bias=False), between
+        with torch.no_grad():
+            self.b.weight.copy_(torch.tensor([[1.0, -3.0], [2.0, 0.5]]).view(2, 2, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        if self.between == "write into a view":
+            y[:, :1].mul_(-1)
+        elif self.between == "assign a channel":
+            y[:, 0] = 0
+        elif self.between == "pad the channels":
+            y = nn.functional.pad(y, (0, 0, 0, 0, 1, -1))  # channel c is a's channel c - 1
+        elif self.between == "a mask from the data":
+            y = y * (y > 0)
+        elif self.between == "a kernel from the data":
+            return self.b(nn.functional.conv2d(y, x.mean((0, 2, 3))[:2].repeat(2, 1).view(2, 2, 1, 1)))
+        return self.b(y)
+
+
+@pytest.mark.parametrize(
+    ("between", "expected"),
+    [
+        ("write into a view", [[(1, -3.0), (0, -1.0)], [(0, -2.0), (1, 0.5)]]),
+        ("assign a channel", [[(1, -3.0)], [(1, 0.5)]]),
+        ("pad the channels", [[(0, -3.0)], [(0, 0.5)]]),
+        ("a mask from the data", None),
+        ("a kernel from the data", None),
+    ],
+)
+def test_what_is_not_the_wiring_is_measured_not_read_off_the_weights(
+    between: str, expected: list[list[tuple[int, float]]] | None, tmp_path: Path
+) -> None:
+    """Red-team cases the rules once called linear ('expanded weights') with the unchanged weights: an in-place
+    write through a view or into a channel, a pad that shifts channels, a product with a mask or a kernel made
+    from the samples. Each is measured by the gradient now, which gets what the model computes."""
+    torch.manual_seed(0)
+    layer = _inputs(_Between(between).eval(), torch.rand(4, 3, 8, 8), tmp_path)["b"]
+    assert layer["inputs_method"] == ATTRIBUTION
+    if expected is not None:
+        found = [[(i["channel"], round(i["weight"], 3)) for i in row] for row in layer["inputs"]]
+        assert found == expected

@@ -53,15 +53,21 @@ REDUCTIONS = {"mean": "mean", "sum": "sum", "amax": "max", "amin": "max", "max":
 
 
 def follow(
-    func: Any, args: Args, kwargs: Kwargs, outputs: Sequence[torch.Tensor], routes_of: Callable[[Any], Routes | None]
+    func: Any,
+    args: Args,
+    kwargs: Kwargs,
+    outputs: Sequence[torch.Tensor],
+    routes_of: Callable[[Any], Routes | None],
+    is_data: Callable[[Any], bool],
 ) -> list[Routes]:
     """The routes of each of ``outputs`` (the floating-point tensors ``func`` returned), given the routes
-    of its inputs (``routes_of``: None for a tensor that no captured layer reaches)."""
+    of its inputs (``routes_of``: None for a tensor that no captured layer reaches); ``is_data`` says whether
+    a tensor depends on the samples (a mask, a gate), so a product with it is no constant scale."""
     name, raw = op_name(func), raw_name(func)
     if name == "detach":  # cut off from the gradient: no path the attribution could measure
         return [{} for _ in outputs]
     try:
-        found = _rule(name, raw, args, kwargs, outputs, routes_of)
+        found = _rule(name, raw, args, kwargs, outputs, routes_of, is_data)
     except Exception:  # noqa: BLE001 - arguments a rule did not expect: unknown, never a failure
         found = None
     if found is None:
@@ -81,16 +87,23 @@ def _rule(
     kwargs: Kwargs,
     outputs: Sequence[torch.Tensor],
     routes_of: Callable[[Any], Routes | None],
+    is_data: Callable[[Any], bool],
 ) -> list[Routes] | None:
     first = args[0] if args else None
     own = routes_of(first) if isinstance(first, torch.Tensor) else None
     out = outputs[0]
     if name in CATS or name in SUMS or name in PRODUCTS or name == "rsub":
         combined = (
-            _cat(args, kwargs, out, routes_of) if name in CATS else _binary(name, raw, args, kwargs, out, routes_of)
+            _cat(args, kwargs, out, routes_of)
+            if name in CATS
+            else _binary(name, raw, args, kwargs, out, routes_of, is_data)
         )
         return None if combined is None else [combined]
     if own is None or not isinstance(first, torch.Tensor) or first.ndim < 2:
+        return None
+    if any(is_data(t) for t in tensors_in((args[1:], kwargs))):  # a kernel or a scale made from the samples
+        return None
+    if name == "pad" and not _pads_positions_only(args, kwargs, first):
         return None
     if name == "getitem":
         return _getitem(args[1], first, out, own)
@@ -116,6 +129,12 @@ def _rule(
     if name in NONLINEAR_SAME or name in DROPOUT:
         return [{key: R.nonlinear(route) for key, route in own.items()} for _ in outputs]
     return None
+
+
+def _pads_positions_only(args: Args, kwargs: Kwargs, first: torch.Tensor) -> bool:
+    """Whether ``F.pad`` leaves the channel axis alone (a pad of it shifts channels: ``(0, 0, 0, 0, 1, -1)``)."""
+    pad = tuple(arg(args, kwargs, 1, "pad", ()))
+    return not any(pad[2 * (first.ndim - 2) :])
 
 
 def _same_channels(first: torch.Tensor, out: torch.Tensor) -> bool:
@@ -159,7 +178,13 @@ def _channel_means(value: Any, out: torch.Tensor) -> np.ndarray | float | None:
 
 
 def _binary(
-    name: str, raw: str, args: Args, kwargs: Kwargs, out: torch.Tensor, routes_of: Callable[[Any], Routes | None]
+    name: str,
+    raw: str,
+    args: Args,
+    kwargs: Kwargs,
+    out: torch.Tensor,
+    routes_of: Callable[[Any], Routes | None],
+    is_data: Callable[[Any], bool],
 ) -> Routes | None:
     """``a + b``, ``a - b`` (``alpha`` too), ``a * b``, ``a / b``, reflected or in place."""
     a, b = args[0], arg(args, kwargs, 1, "other", None)
@@ -177,6 +202,8 @@ def _binary(
     if right and name != "mul":  # c / x
         return {key: R.nonlinear(route) for key, route in right.items()}
     followed, constant = (left, b) if left else (right, a)
+    if is_data(constant):  # a mask or a gate from the samples: its factor is not the wiring's
+        return None
     means = _channel_means(constant, out)
     if means is None or name != "mul" and not np.all(np.asarray(means) != 0):
         return None

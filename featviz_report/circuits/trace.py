@@ -24,6 +24,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..capture.hooks import DEFAULT_TYPES, first_tensor, tensors_in
+from ..fields.rules import raw_name
 from ..runtime.device import evaluating
 from . import routes as R
 from .rules import Key, Routes, follow
@@ -70,6 +71,7 @@ class _Books(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.known: dict[int, tuple[weakref.ref[torch.Tensor], Routes]] = {}
+        self.data: dict[int, weakref.ref[torch.Tensor]] = {}  # tensors made from the samples (masks, gates...)
         self.inside = 0  # depth inside captured leaf modules, whose insides are not followed
 
     def routes(self, value: Any) -> Routes | None:
@@ -78,6 +80,15 @@ class _Books(TorchFunctionMode):
 
     def set(self, tensor: torch.Tensor, routes: Routes) -> None:
         self.known[id(tensor)] = (weakref.ref(tensor), routes)
+        self.mark(tensor)
+
+    def mark(self, tensor: torch.Tensor) -> None:
+        """``tensor`` depends on the samples."""
+        self.data[id(tensor)] = weakref.ref(tensor)
+
+    def is_data(self, value: Any) -> bool:
+        entry = self.data.get(id(value)) if isinstance(value, torch.Tensor) else None
+        return entry is not None and entry() is value
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -85,11 +96,42 @@ class _Books(TorchFunctionMode):
         if self.inside:
             return result
         with torch._C.DisableTorchFunction():  # the books' own tensor reads are not the model's
-            if any(self.routes(t) for t in tensors_in((args, kwargs))):
+            read = list(tensors_in((args, kwargs)))
+            if any(self.routes(t) for t in read):
                 outputs = [t for t in tensors_in(result) if t.is_floating_point()]
-                for output, routes in zip(outputs, follow(func, args, kwargs, outputs, self.routes)):
+                for output, routes in zip(outputs, follow(func, args, kwargs, outputs, self.routes, self.is_data)):
                     self.set(output, routes)
+                if _writes(func, kwargs) and read:
+                    self._written(read[0], read, frozenset(id(t) for t in outputs))
+            if any(self.is_data(t) for t in read):
+                for output in tensors_in(result):
+                    self.mark(output)
         return result
+
+    def _written(self, target: torch.Tensor, read: list[torch.Tensor], followed: frozenset[int]) -> None:
+        """After an in-place write into ``target``: every followed tensor sharing its memory (the tensor a
+        view or ``x[:, 0] = ...`` wrote into, its other views) holds what no rule followed; ``followed``: the
+        outputs the rules just gave routes (``relu_``'s own result)."""
+        reached = {key: route.width for t in read for key, route in (self.routes(t) or {}).items()}
+        try:
+            memory = target.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):  # no storage of its own (a tensor subclass): nothing shares it
+            return
+        for ref, routes in list(self.known.values()):
+            tensor = ref()
+            if tensor is None or id(tensor) in followed or tensor.untyped_storage().data_ptr() != memory:
+                continue
+            widths = {key: route.width for key, route in routes.items()} | reached
+            self.set(tensor, {key: R.unknown(width) for key, width in widths.items()})
+
+
+def _writes(func: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether ``func`` writes into its first argument (``mul_``, ``x[:, 0] = 0``, ``out=``)."""
+    name = raw_name(func)
+    return (name.endswith("_") and not name.endswith("__")) or name in _IN_PLACE or kwargs.get("out") is not None
+
+
+_IN_PLACE = frozenset("__setitem__ __iadd__ __isub__ __imul__ __itruediv__ __idiv__ copy_ zero_ fill_".split())
 
 
 def _probe_shape(module: nn.Module, output: torch.Tensor) -> tuple[list[int], bool]:
@@ -183,6 +225,7 @@ def trace_circuits(
     traced = Traced([], {}, int(inputs.shape[0]))
     books = _Books()
     replayed = {name for name, _ in stash.outputs if _leaf(dict(layers)[name])} if stash is not None else set()
+    books.mark(inputs)  # what is made from it depends on the samples: no constant of the wiring
     with _probing(model), _hooked(model, layers, books, traced), books:
         with replaying(layers, stash, replayed) if stash is not None else nullcontext():
             model(inputs)
