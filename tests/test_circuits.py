@@ -501,3 +501,22 @@ def test_what_is_not_the_wiring_is_measured_not_read_off_the_weights(
     if expected is not None:
         found = [[(i["channel"], round(i["weight"], 3)) for i in row] for row in layer["inputs"]]
         assert found == expected
+
+
+class _SequenceAndDetached(nn.Module):
+    """A Linear over a sequence of a map's positions, and a captured b reading a captured a through detach()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 5)
+        self.a, self.b = nn.Conv2d(3, 2, 1), nn.Conv2d(2, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.fc(self.c(x).flatten(2).transpose(1, 2)).mean(1)
+        return tokens + self.b(self.a(x).detach()).mean((2, 3)).sum(1, keepdim=True)
+
+
+def test_a_layer_without_inputs_says_a_true_why(tmp_path: Path) -> None:
+    layers = _inputs(_SequenceAndDetached().eval(), torch.rand(2, 3, 16, 16), tmp_path)
+    assert "Linear over a sequence" in layers["fc"]["inputs_unknown"]
+    assert "detached" in layers["b"]["inputs_unknown"], "b reads a, cut off from the gradient: not only the input"

@@ -14,7 +14,9 @@ from ..report_data import Grid, LayerCircuit, LayerSection, Png
 from .rules import Key
 from .strength import ATTRIBUTION, Inputs
 
-__all__ = ["with_circuits"]
+__all__ = ["with_circuits", "SEQUENCE"]
+
+SEQUENCE = "a Linear over a sequence (N×L×D): its features' inputs are given for maps and vectors only"
 
 Found = Mapping[Key, Inputs | str]
 
@@ -34,6 +36,8 @@ def with_circuits(
         item = found.get(key)
         if isinstance(item, str):
             section = dataclasses.replace(section, circuit_unknown=item)
+        elif item is None and found and section.kind == "sequence" and section.type == "Linear":
+            section = dataclasses.replace(section, circuit_unknown=SEQUENCE)
         elif item is not None:
             circuit = _circuit(item, slugs, samples)
             earlier = before.get(key) if before is not None else None

@@ -41,7 +41,10 @@ __all__ = [
 SAMPLES = 2
 FLOOR_SECONDS = 2.0
 SHARE = 0.1
-NO_SOURCE = "no captured layer's output reaches its input (it reads the model's input)"
+NO_SOURCE = (
+    "no captured layer's output reaches its input along a path the gradient follows (it reads the model's input, "
+    "or what it reads was detached or came out of a module that returns no tensor, such as attention's tuple)"
+)
 OVER_BUDGET = "inputs not computed: over the time budget"
 
 
