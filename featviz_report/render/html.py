@@ -166,7 +166,7 @@ def _histogram_svg(histogram: Histogram | None, label: str) -> Markup:
     top = max(histogram.counts)
     height = 24
     path = "".join(
-        f"M{i} {height}V{height - height * c / top:.2f}H{i + 1}V{height}Z" for i, c in enumerate(histogram.counts) if c
+        f"M{i} {height}V{height * (1 - c / top):.2f}H{i + 1}V{height}Z" for i, c in enumerate(histogram.counts) if c
     )
     bins = len(histogram.counts)
     return Markup(
