@@ -17,7 +17,7 @@ from torch import nn
 
 from featviz_report import ReportConfig, build_report, compare_checkpoints, scan_dataset
 from featviz_report.capture.hooks import select_layers
-from featviz_report.circuits.stage import circuit_inputs, first_samples
+from featviz_report.circuits.stage import IN_PLACE_SAVED, circuit_inputs, first_samples
 from featviz_report.circuits.strength import ATTRIBUTION, EXPANDED, attributed_gains, strongest_inputs
 from featviz_report.circuits.trace import trace_circuits
 from featviz_report.fields.budget import Deadline
@@ -476,6 +476,9 @@ class _Between(nn.Module):
             y = y * (y > 0)
         elif self.between == "a kernel from the data":
             return self.b(nn.functional.conv2d(y, x.mean((0, 2, 3))[:2].repeat(2, 1).view(2, 2, 1, 1)))
+        elif self.between == "square in place":
+            y = y + 0
+            y.mul_(y)
         return self.b(y)
 
 
@@ -520,3 +523,25 @@ def test_a_layer_without_inputs_says_a_true_why(tmp_path: Path) -> None:
     layers = _inputs(_SequenceAndDetached().eval(), torch.rand(2, 3, 16, 16), tmp_path)
     assert "Linear over a sequence" in layers["fc"]["inputs_unknown"]
     assert "detached" in layers["b"]["inputs_unknown"], "b reads a, cut off from the gradient: not only the input"
+
+
+def test_a_diverged_layer_says_its_strengths_are_unknown(tmp_path: Path) -> None:
+    """A NaN among conv2's weights, or NaN activations on its path, leaves no order of inputs to give: each
+    says why, where the strengths were once read off the values left (NaN weights as 0, NaN gradients dropped)."""
+    torch.manual_seed(0)
+    model = KnownWiring().eval()
+    with torch.no_grad():
+        model.conv2.weight[0, 3, 1, 1] = float("nan")
+    assert "1 non-finite weights" in _inputs(model, torch.rand(2, 3, 16, 16), tmp_path)["conv2"]["inputs_unknown"]
+    model = KnownWiring().eval()
+    with torch.no_grad():
+        model.bn.running_var[1] = float("nan")  # channel 1 of conv2's input is NaN for every sample
+    layer = _inputs(model, torch.rand(2, 3, 16, 16), tmp_path)["conv2"]
+    assert "inputs" not in layer and "not finite" in layer["inputs_unknown"]
+
+
+def test_a_gradient_autograd_refuses_is_said_in_plain_words(tmp_path: Path) -> None:
+    """y.mul_(y) overwrites what the product's backward needs: autograd's own message (versions, a hint about
+    set_detect_anomaly) was the reason once; now it says what happened."""
+    layer = _inputs(_Between("square in place").eval(), torch.rand(2, 3, 8, 8), tmp_path)["b"]
+    assert layer["inputs_unknown"] == IN_PLACE_SAVED

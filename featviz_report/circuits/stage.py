@@ -13,6 +13,7 @@ import copy
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import chain
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,6 +37,7 @@ __all__ = [
     "circuit_seconds",
     "shown_channels",
     "first_samples",
+    "IN_PLACE_SAVED",
 ]
 
 SAMPLES = 2
@@ -134,13 +136,40 @@ def measure(
                 found[target.key] = OVER_BUDGET
                 continue
             except RuntimeError as err:  # an operation without a gradient (or a batched one) on the path
-                found[target.key] = f"the gradient could not be taken ({first_line(err)})"
+                found[target.key] = _no_gradient(err)
                 continue
         channels = target.inputs.shape[target.axis]
-        found[target.key] = strongest_inputs(target.module, gains, shown[target.key], top, method, channels)
+        found[target.key] = _not_finite(target.module, gains) or strongest_inputs(
+            target.module, gains, shown[target.key], top, method, channels
+        )
     for key in targets - found.keys():
         found[key] = "its call was not seen in the probing pass (called inside another captured layer)"
     return found, traced.samples
+
+
+IN_PLACE_SAVED = (
+    "the gradient could not be taken: a tensor on its path was changed in place after autograd kept it "
+    "(such as x.mul_(x) or relu_ on a value needed later)"
+)
+
+
+def _no_gradient(err: RuntimeError) -> str:
+    """Why the attribution failed, in a reader's words where autograd's are known to be obscure."""
+    if "modified by an inplace operation" in str(err):
+        return IN_PLACE_SAVED
+    return f"the gradient could not be taken ({first_line(err)})"
+
+
+def _not_finite(module: nn.Module, gains: Mapping[Key, Route]) -> str | None:
+    """Why no strength can be given where the weights or the measured routes hold a NaN or an infinity (a
+    diverged model): the order of the strongest inputs would rest on the values left, or on 0 put in their place."""
+    weight = module.weight.detach()  # type: ignore[operator]
+    bad = int((~torch.isfinite(weight)).sum())
+    if bad:
+        return f"{bad:,} non-finite weights (NaN/Inf): no input's strength is known"
+    if any(route.gain is not None and not np.isfinite(route.gain).all() for route in gains.values()):
+        return "the gradient on its path is not finite (NaN/Inf activations): no input's strength is known"
+    return None
 
 
 def circuit_inputs(

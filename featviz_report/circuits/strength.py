@@ -163,13 +163,11 @@ def _row_gains(
 
 
 def _weights(module: nn.Module, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weights in float32 on the CPU, non-finite ones as 0 (they are drawn as 0 in the filters too), and
-    ``W̄``: outputs × input channels, the kernels summed over space, block-diagonal for groups."""
+    """The weights in float32 on the CPU (finite: the stage gives no strengths for a layer with a NaN or an
+    infinity among them), and ``W̄``: outputs × input channels, the kernels summed over space, block-diagonal
+    for groups."""
     weight = module.weight.detach().float().cpu()  # type: ignore[operator]
     summed = weight.sum((2, 3)) if weight.ndim == 4 else weight
-    if not bool(torch.isfinite(summed).all()):  # a NaN or an infinity among the weights (or a sum past float32)
-        weight = torch.nan_to_num(weight, nan=0.0, posinf=0.0, neginf=0.0)
-        summed = weight.sum((2, 3)) if weight.ndim == 4 else weight
     return weight, torch.block_diag(*summed.chunk(groups, 0)) if groups > 1 else summed
 
 
