@@ -9,6 +9,7 @@ import json
 import re
 from html import unescape
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,9 +18,11 @@ from torch import nn
 
 from featviz_report import ReportConfig, build_report, compare_checkpoints, scan_dataset
 from featviz_report.capture.hooks import select_layers
+from featviz_report.circuits.norms import held_norm
 from featviz_report.circuits.stage import IN_PLACE_SAVED, circuit_inputs, first_samples
 from featviz_report.circuits.strength import ATTRIBUTION, EXPANDED, attributed_gains, strongest_inputs
 from featviz_report.circuits.trace import trace_circuits
+from featviz_report.circuits.weights import computed_weight
 from featviz_report.fields.budget import Deadline
 
 QUIET = ReportConfig(quiet=True, graph=False)
@@ -144,9 +147,11 @@ def _both_methods(model: nn.Module, samples: torch.Tensor, target: str) -> tuple
     found = next(t for t in traced.targets if t.key == (target, 0))
     outputs = range(found.module.weight.shape[0])
     channels = found.inputs.shape[1]
-    expanded = strongest_inputs(found.module, dict(found.routes), outputs, 64, EXPANDED, channels)
+    expanded = strongest_inputs(
+        found.module, found.module.weight.detach(), dict(found.routes), outputs, 64, EXPANDED, channels
+    )
     gains = attributed_gains(found, traced.probes, Deadline(60))
-    attributed = strongest_inputs(found.module, gains, outputs, 64, ATTRIBUTION, channels)
+    attributed = strongest_inputs(found.module, found.module.weight.detach(), gains, outputs, 64, ATTRIBUTION, channels)
     return expanded.table, attributed.table
 
 
@@ -545,3 +550,80 @@ def test_a_gradient_autograd_refuses_is_said_in_plain_words(tmp_path: Path) -> N
     set_detect_anomaly) was the reason once; now it says what happened."""
     layer = _inputs(_Between("square in place").eval(), torch.rand(2, 3, 8, 8), tmp_path)["b"]
     assert layer["inputs_unknown"] == IN_PLACE_SAVED
+
+
+@pytest.mark.parametrize(
+    "norm",
+    [nn.InstanceNorm2d(6, affine=True), nn.GroupNorm(6, 6), nn.BatchNorm2d(6, track_running_stats=False)],
+    ids=lambda norm: type(norm).__name__ + ("" if norm.__dict__.get("track_running_stats", True) else "-batch-stats"),
+)
+def test_a_norm_over_the_datas_own_statistics_keeps_the_wiring(norm: nn.Module, tmp_path: Path) -> None:
+    """An instance norm removes a uniform raise of each channel: the gradient through it was 0 up to rounding,
+    and the 'strongest inputs' were that rounding ranked (1e-6). With its statistics held constant, as a
+    BatchNorm's running ones are in eval mode, the known wiring is found again."""
+    torch.manual_seed(0)
+    model = KnownWiring().eval()
+    model.bn = norm
+    second = _inputs(model, torch.rand(4, 3, 16, 16), tmp_path)["conv2"]
+    assert second["inputs_method"] == ATTRIBUTION
+    for o, (plus, minus) in enumerate(zip(KnownWiring.PLUS, KnownWiring.MINUS)):
+        signed = {e["channel"]: np.sign(e["weight"]) for e in second["inputs"][o][:2]}
+        assert signed == {plus: 1, minus: -1}
+        rest = max(abs(e["weight"]) for e in second["inputs"][o][2:])
+        assert min(abs(e["weight"]) for e in second["inputs"][o][:2]) > 10 * rest
+
+
+@pytest.mark.parametrize(
+    ("func", "args"),
+    [
+        (nn.functional.layer_norm, ((5, 4), torch.rand(5, 4), torch.rand(5, 4))),
+        (nn.functional.rms_norm, ((4,), torch.rand(4))),
+        (nn.functional.group_norm, (3, torch.rand(6), torch.rand(6))),
+        (nn.functional.instance_norm, (None, None, torch.rand(6), torch.rand(6))),
+        (nn.functional.batch_norm, (None, None, torch.rand(6), torch.rand(6), True)),
+    ],
+    ids=lambda value: getattr(value, "__name__", ""),
+)
+def test_a_held_norm_computes_what_the_norm_computes(func: Any, args: tuple[Any, ...]) -> None:
+    x = torch.randn(3, 6, 5, 4) * 3 + 1
+    expected = func(x, *args)
+    held = held_norm(func, (x, *args), {})
+    assert held is not None and torch.allclose(held, expected, atol=1e-5)
+    probe = torch.zeros(1, 6, 1, 1, requires_grad=True)
+    (grad,) = torch.autograd.grad(held_norm(func, (x + probe, *args), {}).sum(), probe)  # type: ignore[union-attr]
+    assert grad.abs().max() > 1e-2, "a uniform raise goes through, scaled"
+
+
+class _CenteredConv(nn.Conv2d):
+    """Computes with its kernels less each output's mean, as timm's StdConv2d does (without the division)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight - self.weight.mean((1, 2, 3), keepdim=True)
+        return nn.functional.conv2d(x, weight, self.bias, self.stride, self.padding)
+
+
+def test_a_layer_that_computes_its_weight_is_read_by_the_weight_it_uses(tmp_path: Path) -> None:
+    """conv2 holds the known wiring plus 1 everywhere, which its forward takes off again: read off the parameter,
+    every input would gain 9 and the negative one would shrink to about the others' size."""
+    torch.manual_seed(0)
+    model = KnownWiring().eval()
+    centred = _CenteredConv(6, 4, 3, padding=1)
+    with torch.no_grad():
+        centred.weight.copy_(model.conv2.weight + 1.0 - model.conv2.weight.mean((1, 2, 3), keepdim=True))
+        centred.bias.copy_(model.conv2.bias)
+    model.conv2 = centred
+    second = _inputs(model, torch.rand(4, 3, 16, 16), tmp_path)["conv2"]
+    for o, (plus, minus) in enumerate(zip(KnownWiring.PLUS, KnownWiring.MINUS)):
+        first, then = second["inputs"][o][:2]
+        assert (first["channel"], then["channel"]) == (plus, minus) and first["weight"] > 0 > then["weight"]
+        assert abs(then["weight"]) > 10 * max(abs(e["weight"]) for e in second["inputs"][o][2:])
+
+
+def test_timms_standardised_convolution_is_read_by_the_weight_it_uses() -> None:
+    layers = pytest.importorskip("timm.layers")
+    conv = layers.StdConv2d(4, 3, 3)
+    computed = computed_weight(conv)
+    assert isinstance(computed, torch.Tensor) and not torch.equal(computed, conv.weight)
+    assert torch.allclose(computed.mean((1, 2, 3)), torch.zeros(3), atol=1e-6)
+    plain = nn.Conv2d(4, 3, 3)
+    assert torch.equal(computed_weight(plain), plain.weight)  # type: ignore[arg-type]

@@ -6,9 +6,11 @@ keep a route linear: BatchNorm in eval mode (its scale; its shift only moves the
 padding, resampling, dropout in eval mode, copies and casts, reshapes that keep the channels or flatten a
 map, means and sums over positions, adds and subtractions, products with constants. Non-captured
 convolutions and linear layers mix the channels of a linear route by their summed kernel. Activations,
-max pools, norms over batch statistics and products of two followed tensors keep channels apart but are
-not affine; concatenations and channel slices move channels. Whatever no rule knows makes the route unknown,
-which is never wrong: the gradient then measures it (see :mod:`.strength`).
+max pools, norms over the data's own statistics (instance, group, layer, RMS and batch statistics, held
+constant in the probing pass by :mod:`.norms`, so each value is scaled on its own) and products of two
+followed tensors keep channels apart but are not affine; concatenations and channel slices move channels.
+Whatever no rule knows makes the route unknown, which is never wrong: the gradient then measures it (see
+:mod:`.strength`).
 """
 
 from __future__ import annotations
@@ -42,8 +44,11 @@ NONLINEAR_SAME = frozenset(
     "relu relu6 hardtanh leaky_relu gelu silu sigmoid tanh hardswish hardsigmoid mish softplus elu selu celu "
     "rrelu prelu softsign tanhshrink threshold logsigmoid hardshrink softshrink abs exp log sqrt rsqrt square "
     "clamp clip clamp_min clamp_max max_pool1d max_pool2d max_pool2d_with_indices adaptive_max_pool1d "
-    "adaptive_max_pool2d adaptive_max_pool2d_with_indices lp_pool2d instance_norm erf sin cos sign".split()
+    "adaptive_max_pool2d adaptive_max_pool2d_with_indices lp_pool2d erf sin cos sign".split()
 )  # fmt: skip
+HELD_NORMS = frozenset(
+    "instance_norm group_norm layer_norm rms_norm".split()
+)  # elementwise: .norms holds their statistics
 SUMS = frozenset("add sub".split())
 PRODUCTS = frozenset("mul div true_divide truediv".split())
 CATS = frozenset("cat concat concatenate".split())
@@ -126,7 +131,7 @@ def _rule(
         return [{key: R.scaled(route, -1.0) for key, route in own.items()}]
     if name == "batch_norm":
         return [_batch_norm(args, kwargs, own)]
-    if name in NONLINEAR_SAME or name in DROPOUT:
+    if name in NONLINEAR_SAME or name in DROPOUT or name in HELD_NORMS:
         return [{key: R.nonlinear(route) for key, route in own.items()} for _ in outputs]
     return None
 

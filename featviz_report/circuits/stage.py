@@ -26,6 +26,7 @@ from .rules import Key
 from .stash import Stash
 from .strength import ATTRIBUTION, EXPANDED, Inputs, attributed_gains, route_gains, strongest_inputs
 from .trace import Traced, is_target, trace_circuits
+from .weights import computed_weight
 
 __all__ = [
     "SAMPLES",
@@ -122,6 +123,10 @@ def measure(
         if not target.routes:
             found[target.key] = NO_SOURCE
             continue
+        weight = computed_weight(target.module)  # type: ignore[arg-type]
+        if isinstance(weight, str):
+            found[target.key] = weight
+            continue
         gains, method = route_gains(target), EXPANDED
         if gains is None and target.changed:
             found[target.key] = "what it read was changed in place after it read it: its gradient is not the layer's"
@@ -139,8 +144,8 @@ def measure(
                 found[target.key] = _no_gradient(err)
                 continue
         channels = target.inputs.shape[target.axis]
-        found[target.key] = _not_finite(target.module, gains) or strongest_inputs(
-            target.module, gains, shown[target.key], top, method, channels
+        found[target.key] = _not_finite(weight, gains) or strongest_inputs(
+            target.module, weight, gains, shown[target.key], top, method, channels
         )
     for key in targets - found.keys():
         found[key] = "its call was not seen in the probing pass (called inside another captured layer)"
@@ -160,10 +165,9 @@ def _no_gradient(err: RuntimeError) -> str:
     return f"the gradient could not be taken ({first_line(err)})"
 
 
-def _not_finite(module: nn.Module, gains: Mapping[Key, Route]) -> str | None:
+def _not_finite(weight: torch.Tensor, gains: Mapping[Key, Route]) -> str | None:
     """Why no strength can be given where the weights or the measured routes hold a NaN or an infinity (a
     diverged model): the order of the strongest inputs would rest on the values left, or on 0 put in their place."""
-    weight = module.weight.detach()  # type: ignore[operator]
     bad = int((~torch.isfinite(weight)).sum())
     if bad:
         return f"{bad:,} non-finite weights (NaN/Inf): no input's strength is known"

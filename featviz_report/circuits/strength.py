@@ -162,11 +162,11 @@ def _row_gains(
     return {key: Route(p.numel(), None, row) for key, p, row in zip(keys, probes, rows)}
 
 
-def _weights(module: nn.Module, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _weights(computed: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The weights in float32 on the CPU (finite: the stage gives no strengths for a layer with a NaN or an
     infinity among them), and ``W̄``: outputs × input channels, the kernels summed over space, block-diagonal
     for groups."""
-    weight = module.weight.detach().float().cpu()  # type: ignore[operator]
+    weight = computed.float().cpu()
     summed = weight.sum((2, 3)) if weight.ndim == 4 else weight
     return weight, torch.block_diag(*summed.chunk(groups, 0)) if groups > 1 else summed
 
@@ -254,12 +254,19 @@ ENTRIES_AT_ONCE = 2**22  # values per batch of patterns (32 MB of float64)
 
 
 def strongest_inputs(
-    module: nn.Module, gains: dict[Key, Route], shown: Sequence[int], top: int, method: str, channels: int
+    module: nn.Module,
+    computed: torch.Tensor,
+    gains: dict[Key, Route],
+    shown: Sequence[int],
+    top: int,
+    method: str,
+    channels: int,
 ) -> Inputs:
     """Each of the ``shown`` output channels' ``top`` strongest inputs over every source, by |strength|
-    (exact zeros are no input: their slot's source is -1), from ``gains`` (of ``channels`` input channels)."""
+    (exact zeros are no input: their slot's source is -1), from ``gains`` (of ``channels`` input channels) and
+    the weight ``computed`` by the ``module`` (:mod:`.weights`)."""
     groups = module.groups if isinstance(module, nn.Conv2d) else 1
-    weights, summed = _weights(module, groups)
+    weights, summed = _weights(computed, groups)
     keys = list(gains)
     full = torch.cat([_strengths(summed, gains[key]) for key in keys], 1)
     offsets = np.cumsum([0] + [gains[key].width for key in keys])[:-1]

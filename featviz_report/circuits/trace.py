@@ -6,8 +6,9 @@ what came before, plus a zero per channel that requires a gradient. The gradient
 to a layer's probe therefore flows only along paths that reach it from that layer without passing through
 another captured layer; those layers are its *sources*. Meanwhile a ``TorchFunctionMode`` follows every
 tensor's routes (:mod:`.routes`) from those sources, operation by operation (:mod:`.rules`), outside the
-captured modules. The pass runs in eval mode with gradients on, every parameter's ``requires_grad`` off
-(only the probes need one), and leaves the model as it found it, hooks removed, also when it raises.
+captured modules; a norm over the data's own statistics runs with them held constant (:mod:`.norms`). The
+pass runs in eval mode with gradients on, every parameter's ``requires_grad`` off (only the probes need one),
+and leaves the model as it found it, hooks removed, also when it raises.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..capture.hooks import DEFAULT_TYPES, first_tensor, tensors_in
 from ..fields.rules import raw_name
 from ..runtime.device import evaluating
 from . import routes as R
+from .norms import held_norm
 from .rules import Key, Routes, follow
 from .stash import Stash, replaying
 
@@ -92,9 +94,10 @@ class _Books(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        result = func(*args, **kwargs)
         if self.inside:
-            return result
+            return func(*args, **kwargs)
+        held = held_norm(func, args, kwargs) if args and self.routes(args[0]) else None
+        result = func(*args, **kwargs) if held is None else held
         with torch._C.DisableTorchFunction():  # the books' own tensor reads are not the model's
             read = list(tensors_in((args, kwargs)))
             if any(self.routes(t) for t in read):

@@ -1,0 +1,98 @@
+"""Norms over the data's own statistics, run in the probing pass with those statistics held constant.
+
+An instance norm (or a group norm of one channel a group, a batch norm without running statistics) subtracts
+each channel's own mean and divides by its own spread: a uniform raise of a channel before it, the probe the
+attribution measures with, is removed exactly, so the gradient through it is 0 up to rounding, and the
+"strongest inputs" would be that rounding (1e-6) ranked. A group or layer norm removes part of it and mixes
+the group's channels in. BatchNorm in eval mode does neither: its running statistics are constants, so its
+scale is part of the wiring. These functions compute the same values with the statistics detached, so the
+gradient through any of them is its scale (γ / σ per channel and sample), as it is for BatchNorm in eval mode.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..fields.rules import raw_name
+
+__all__ = ["held_norm"]
+
+
+def _normalised(x: torch.Tensor, dims: list[int], eps: float) -> torch.Tensor:
+    mean = x.mean(dims, keepdim=True).detach()
+    var = x.var(dims, correction=0, keepdim=True).detach()
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+def _per_channel(y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    shape = [1, -1] + [1] * (y.ndim - 2)
+    y = y if weight is None else y * weight.view(shape)
+    return y if bias is None else y + bias.view(shape)
+
+
+def _trailing(y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    y = y if weight is None else y * weight
+    return y if bias is None else y + bias
+
+
+def _layer_norm(input: torch.Tensor, normalized_shape: Sequence[int], weight=None, bias=None, eps=1e-5):  # type: ignore[no-untyped-def]
+    dims = list(range(-len(normalized_shape), 0))
+    return _trailing(_normalised(input, dims, eps), weight, bias)
+
+
+def _rms_norm(input: torch.Tensor, normalized_shape: Sequence[int], weight=None, eps=None):  # type: ignore[no-untyped-def]
+    dims = list(range(-len(normalized_shape), 0))
+    eps = torch.finfo(input.dtype).eps if eps is None else eps
+    rms = torch.sqrt(input.pow(2).mean(dims, keepdim=True) + eps).detach()
+    return _trailing(input / rms, weight, None)
+
+
+def _group_norm(input: torch.Tensor, num_groups: int, weight=None, bias=None, eps=1e-5):  # type: ignore[no-untyped-def]
+    grouped = input.reshape(input.shape[0], num_groups, -1)
+    return _per_channel(_normalised(grouped, [-1], eps).reshape(input.shape), weight, bias)
+
+
+def _instance_norm(  # type: ignore[no-untyped-def]
+    input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True, momentum=0.1, eps=1e-5
+):
+    if not use_input_stats:
+        return None
+    return _per_channel(_normalised(input, list(range(2, input.ndim)), eps), weight, bias)
+
+
+def _batch_norm(  # type: ignore[no-untyped-def]
+    input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5
+):
+    if not training:
+        return None
+    return _per_channel(_normalised(input, [0, *range(2, input.ndim)], eps), weight, bias)
+
+
+_HELD: dict[str, Callable[..., torch.Tensor | None]] = {
+    "layer_norm": _layer_norm,
+    "rms_norm": _rms_norm,
+    "group_norm": _group_norm,
+    "instance_norm": _instance_norm,
+    "batch_norm": _batch_norm,
+}
+_SIGNATURES = {name: inspect.signature(rule) for name, rule in _HELD.items()}
+
+
+def held_norm(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``func(*args, **kwargs)`` with the statistics held constant where ``func`` is ``torch.nn.functional``'s
+    layer, RMS, group or instance norm, or a batch norm over the batch's statistics; else None (run it as it
+    is: a batch norm on running statistics, anything else, or a call these cannot read)."""
+    name = raw_name(func)
+    rule = _HELD.get(name)
+    if rule is None or func is not getattr(F, name, None):
+        return None
+    try:
+        bound = _SIGNATURES[name].bind(*args, **kwargs)
+    except TypeError:
+        return None
+    return rule(*bound.args, **bound.kwargs)
