@@ -18,11 +18,11 @@ from torch import nn
 
 from featviz_report import ReportConfig, build_report, compare_checkpoints, scan_dataset
 from featviz_report.capture.hooks import select_layers
+from featviz_report.capture.weights import computed_weight
 from featviz_report.circuits.norms import held_norm
 from featviz_report.circuits.stage import IN_PLACE_SAVED, circuit_inputs, first_samples
 from featviz_report.circuits.strength import ATTRIBUTION, EXPANDED, attributed_gains, strongest_inputs
 from featviz_report.circuits.trace import trace_circuits
-from featviz_report.circuits.weights import computed_weight
 from featviz_report.fields.budget import Deadline
 
 QUIET = ReportConfig(quiet=True, graph=False)

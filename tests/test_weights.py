@@ -1,4 +1,4 @@
-"""weights.py: filters as tiles, with caps that say what is left out."""
+"""capture/filters.py: filters as tiles, with caps that say what is left out, drawn as the layer computes them."""
 
 from __future__ import annotations
 
@@ -57,3 +57,33 @@ def test_linear_weights_are_one_heatmap_block_averaged_when_large() -> None:
 
 def test_layers_without_weights_have_no_filter_view() -> None:
     assert filter_tiles(nn.MaxPool2d(2), is_first=False, cap=32) is None
+
+
+class _Negated(nn.Conv2d):
+    """Computes with minus its parameter: a stand-in for timm's StdConv2d, whose forward standardises it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(x, -self.weight, self.bias)
+
+
+def test_a_layer_that_computes_its_weight_is_drawn_as_it_computes_it() -> None:
+    conv = _Negated(1, 2, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0] = 2.0
+    view = filter_tiles(conv, is_first=True, cap=32)
+    assert view is not None and view.tiles[0, 0, 0] == 0, "blue: the -2 it computes with, not the stored +2"
+    assert view.note == "as its forward computes it from its parameter (_Negated)"
+    assert filter_tiles(nn.Conv2d(1, 2, 3), is_first=True, cap=32).note is None  # type: ignore[union-attr]
+
+
+class _Refusing(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("needs a 64x64 input")
+
+
+def test_a_weight_that_cannot_be_read_is_drawn_as_stored_and_says_why() -> None:
+    view = filter_tiles(_Refusing(1, 2, 3), is_first=True, cap=32)
+    assert view is not None and view.note is not None
+    assert view.note.startswith("its parameter as stored: the weight its forward computes with could not be read")
+    assert "ValueError: needs a 64x64 input" in view.note

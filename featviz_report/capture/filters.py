@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..render.encode import grid_shape
+from .weights import computed_weight
 
 __all__ = ["FilterTiles", "filter_tiles", "diverging"]
 
@@ -49,17 +51,30 @@ def _block_mean(matrix: np.ndarray, limit: int) -> np.ndarray:
     return matrix
 
 
-def _finite_weights(module: nn.Linear | nn.Conv2d | nn.ConvTranspose2d) -> tuple[np.ndarray, str | None]:
-    """The weights as float32 with NaN/Inf drawn as 0, and a note that says how many there were."""
-    weights = module.weight.detach().float().cpu().numpy()
-    if not weights.size or np.isfinite(weights.min()) and np.isfinite(weights.max()):  # NaN and ±Inf reach these
-        return weights, None
-    bad = int(weights.size - np.count_nonzero(np.isfinite(weights)))
-    return np.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0), f"{bad:,} non-finite weights (NaN/Inf) drawn as 0"
-
-
 def _joined(*notes: str | None) -> str | None:
     return "; ".join(n for n in notes if n) or None
+
+
+def _drawn_weights(module: nn.Linear | nn.Conv2d | nn.ConvTranspose2d) -> tuple[torch.Tensor, str | None]:
+    """The weight the layer computes with (:mod:`.weights`) and, where that is not its parameter, a note."""
+    computed = computed_weight(module)
+    if isinstance(computed, str):
+        return module.weight.detach(), f"its parameter as stored: {computed}"
+    if computed is module.weight or torch.equal(computed, module.weight):
+        return computed, None
+    return computed, f"as its forward computes it from its parameter ({type(module).__name__})"
+
+
+def _finite_weights(module: nn.Linear | nn.Conv2d | nn.ConvTranspose2d) -> tuple[np.ndarray, str | None]:
+    """The weights drawn as float32 with NaN/Inf as 0, and a note that says how many there were (and where
+    they are not the parameter as stored)."""
+    drawn, how = _drawn_weights(module)
+    weights = drawn.float().cpu().numpy()
+    if not weights.size or np.isfinite(weights.min()) and np.isfinite(weights.max()):  # NaN and ±Inf reach these
+        return weights, how
+    bad = int(weights.size - np.count_nonzero(np.isfinite(weights)))
+    note = f"{bad:,} non-finite weights (NaN/Inf) drawn as 0"
+    return np.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0), _joined(how, note)
 
 
 def _matrix_tiles(module: nn.Linear) -> FilterTiles:

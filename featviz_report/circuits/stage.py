@@ -19,6 +19,7 @@ from torch import nn
 
 from ..capture.layer_record import LayerRecord
 from ..capture.samples import SampleSet
+from ..capture.weights import computed_weight
 from ..errors import first_line
 from ..fields.budget import Deadline, OverBudget
 from .routes import Route
@@ -26,7 +27,6 @@ from .rules import Key
 from .stash import Stash
 from .strength import ATTRIBUTION, EXPANDED, Inputs, attributed_gains, route_gains, strongest_inputs
 from .trace import Traced, is_target, trace_circuits
-from .weights import computed_weight
 
 __all__ = [
     "SAMPLES",

@@ -1,10 +1,11 @@
-"""The weight a captured Conv2d or Linear computes with, which is not always its ``weight`` parameter.
+"""The weight a Conv2d, ConvTranspose2d or Linear computes with, which is not always its ``weight`` parameter:
+what the filters panel draws and what circuits read.
 
 timm's ``StdConv2d`` and ``ScaledStdConv2d`` (BiT's ResNetV2, the NF-ResNets, NFNets) standardise theirs in
 ``forward``: each output's kernel less its mean, over its spread, times a gain. Read off the parameter, every
 output's summed kernel would be off by that mean, and the order and signs of its inputs with it. A class that
 overrides ``forward`` is therefore called once on a small input of zeros, and the weight it hands to
-``conv2d`` or ``linear`` is the one used; torch's own classes use the parameter as it is.
+``conv2d``, ``conv_transpose2d`` or ``linear`` is the one used; torch's own classes use the parameter as it is.
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import first_line
-from ..fields.rules import raw_name
 
 __all__ = ["computed_weight"]
 
-_PLAIN = frozenset({nn.Conv2d.forward, nn.Linear.forward})
-_OPS = frozenset({"conv2d", "linear"})
+_PLAIN = frozenset({nn.Conv2d.forward, nn.ConvTranspose2d.forward, nn.Linear.forward})
+_OPS = frozenset({"conv2d", "conv_transpose2d", "linear"})
 
 
 class _Recorder(TorchFunctionMode):
-    """The ``weight`` of the first ``conv2d`` or ``linear`` call inside."""
+    """The ``weight`` of the first convolution or ``linear`` call inside."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -33,20 +33,20 @@ class _Recorder(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if self.weight is None and raw_name(func) in _OPS:
+        if self.weight is None and getattr(func, "__name__", "") in _OPS:
             weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
             self.weight = weight if isinstance(weight, torch.Tensor) else None
         return func(*args, **kwargs)
 
 
-def _small_input(module: nn.Conv2d | nn.Linear, like: torch.Tensor) -> torch.Tensor:
+def _small_input(module: nn.Conv2d | nn.ConvTranspose2d | nn.Linear, like: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.Linear):
         return torch.zeros((1, module.in_features), dtype=like.dtype, device=like.device)
     side = [(k - 1) * d + 1 for k, d in zip(module.kernel_size, module.dilation)]
     return torch.zeros((1, module.in_channels, *side), dtype=like.dtype, device=like.device)
 
 
-def computed_weight(module: nn.Conv2d | nn.Linear) -> torch.Tensor | str:
+def computed_weight(module: nn.Conv2d | nn.ConvTranspose2d | nn.Linear) -> torch.Tensor | str:
     """The weight ``module`` computes with (detached), or why it could not be read."""
     parameter = module.weight.detach()
     if type(module).forward in _PLAIN:
