@@ -627,3 +627,42 @@ def test_timms_standardised_convolution_is_read_by_the_weight_it_uses() -> None:
     assert torch.allclose(computed.mean((1, 2, 3)), torch.zeros(3), atol=1e-6)
     plain = nn.Conv2d(4, 3, 3)
     assert torch.equal(computed_weight(plain), plain.weight)  # type: ignore[arg-type]
+
+
+class _GroupNormed(nn.Module):
+    """conv (3→6) → a group norm of 3 groups, as F.group_norm or torch.group_norm → ReLU → 1×1 conv (6→4)."""
+
+    def __init__(self, call: str) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.call = nn.Conv2d(3, 6, 3), nn.Conv2d(6, 4, 1), call
+
+    def norm(self, y: torch.Tensor) -> torch.Tensor:
+        if self.call == "F.group_norm":
+            return nn.functional.group_norm(y, 3)
+        return torch.group_norm(y, 3)  # the same values; torch's function, whose statistics are not held
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.norm(self.conv1(x))))
+
+
+@pytest.mark.parametrize("call", ["F.group_norm", "torch.group_norm"])
+def test_a_group_norm_gives_the_gradient_it_is_measured_by(call: str, tmp_path: Path) -> None:
+    """Each input's strength is the gradient of the channel's mean with respect to a uniform raise of the input
+    channel, computed here by hand: through F.group_norm with its statistics held (channel-wise), through
+    torch.group_norm as it is (a raise moves its group's statistics, so the group's other channel counts)."""
+    torch.manual_seed(0)
+    model, samples = _GroupNormed(call).eval(), torch.rand(2, 3, 12, 12)
+    found = _inputs(model, samples, tmp_path)["conv2"]["inputs"][0]
+    probe = torch.zeros(1, 6, 1, 1, requires_grad=True)
+    raised = model.conv1(samples).detach() + probe
+    if call == "F.group_norm":
+        normed = held_norm(nn.functional.group_norm, (raised, 3), {})
+    else:
+        normed = torch.group_norm(raised, 3)
+    (truth,) = torch.autograd.grad(model.conv2(torch.relu(normed))[:, 0].mean(), probe)  # type: ignore[arg-type]
+    expected = truth.flatten()
+    assert sorted(e["channel"] for e in found) == list(range(6))
+    magnitudes = [abs(e["weight"]) for e in found]
+    assert magnitudes == sorted(magnitudes, reverse=True)  # strongest first (a group's two channels tie here)
+    for entry in found:
+        assert entry["weight"] == pytest.approx(float(expected[entry["channel"]]), rel=1e-4, abs=1e-6)

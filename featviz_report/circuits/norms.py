@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..fields.rules import raw_name
 
-__all__ = ["held_norm"]
+__all__ = ["held_norm", "holds"]
 
 
 def _normalised(x: torch.Tensor, dims: list[int], eps: float) -> torch.Tensor:
@@ -83,16 +83,22 @@ _HELD: dict[str, Callable[..., torch.Tensor | None]] = {
 _SIGNATURES = {name: inspect.signature(rule) for name, rule in _HELD.items()}
 
 
+def holds(func: Any) -> bool:
+    """Whether ``func`` is one of the norms :func:`held_norm` computes (``torch.nn.functional``'s, not the
+    ``torch.*`` functions of the same name, whose arguments come in another order)."""
+    name = raw_name(func)
+    return name in _HELD and func is getattr(F, name, None)
+
+
 def held_norm(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
     """``func(*args, **kwargs)`` with the statistics held constant where ``func`` is ``torch.nn.functional``'s
     layer, RMS, group or instance norm, or a batch norm over the batch's statistics; else None (run it as it
     is: a batch norm on running statistics, anything else, or a call these cannot read)."""
-    name = raw_name(func)
-    rule = _HELD.get(name)
-    if rule is None or func is not getattr(F, name, None):
+    if not holds(func):
         return None
+    name = raw_name(func)
     try:
         bound = _SIGNATURES[name].bind(*args, **kwargs)
     except TypeError:
         return None
-    return rule(*bound.args, **bound.kwargs)
+    return _HELD[name](*bound.args, **bound.kwargs)

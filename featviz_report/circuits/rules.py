@@ -26,6 +26,7 @@ from ..capture.hooks import tensors_in
 from ..fields.calls import arg
 from ..fields.rules import dims_of, op_name, raw_name
 from . import routes as R
+from .norms import holds
 from .routes import Route
 
 __all__ = ["Key", "Routes", "follow"]
@@ -46,9 +47,7 @@ NONLINEAR_SAME = frozenset(
     "clamp clip clamp_min clamp_max max_pool1d max_pool2d max_pool2d_with_indices adaptive_max_pool1d "
     "adaptive_max_pool2d adaptive_max_pool2d_with_indices lp_pool2d erf sin cos sign".split()
 )  # fmt: skip
-HELD_NORMS = frozenset(
-    "instance_norm group_norm layer_norm rms_norm".split()
-)  # elementwise: .norms holds their statistics
+HELD_NORMS = frozenset("instance_norm group_norm layer_norm rms_norm".split())  # elementwise where held (.norms)
 SUMS = frozenset("add sub".split())
 PRODUCTS = frozenset("mul div true_divide truediv".split())
 CATS = frozenset("cat concat concatenate".split())
@@ -71,6 +70,8 @@ def follow(
     name, raw = op_name(func), raw_name(func)
     if name == "detach":  # cut off from the gradient: no path the attribution could measure
         return [{} for _ in outputs]
+    if name in HELD_NORMS and not holds(func):  # torch.group_norm and the like: their statistics mix channels
+        name = f"{name} (statistics not held)"
     try:
         found = _rule(name, raw, args, kwargs, outputs, routes_of, is_data)
     except Exception:  # noqa: BLE001 - arguments a rule did not expect: unknown, never a failure
