@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,10 +20,24 @@ from featviz_report.cli import main
 DEMO_LAYERS = ["conv1", "conv2", "conv3", "fc1", "fc2"]
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread inside: the thread policy follows the load, and a sum taken in another order can
+    change a value's last digit, so builds compared byte for byte (or to 1e-9) run on as many threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def demo_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo report and its JSON, built on one thread (:func:`one_thread`)."""
     out = tmp_path_factory.mktemp("demo") / "report.html"
-    assert main(["-o", str(out), "--quiet", "--json", str(out.with_suffix(".json"))]) == 0
+    with one_thread():
+        assert main(["-o", str(out), "--quiet", "--json", str(out.with_suffix(".json"))]) == 0
     return out
 
 
@@ -46,18 +62,12 @@ def test_demo_model_reads_its_own_digits(demo_page: Path) -> None:
         assert sample["top_classes"][0] == sample["prediction"] and sum(probabilities) <= 1 + 1e-6
 
 
-def test_two_builds_on_as_many_threads_are_byte_identical(tmp_path: Path) -> None:
-    """The thread policy follows the load, and sums in another order may change a value's last digit, so the
-    promise (README, Limits) is for the same number of torch threads: here both builds run on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        pages = [tmp_path / f"{n}.html" for n in range(2)]
-        for page in pages:
-            assert main(["-o", str(page), "--quiet"]) == 0
-    finally:
-        torch.set_num_threads(before)
-    assert pages[0].read_bytes() == pages[1].read_bytes()
+def test_two_builds_on_as_many_threads_are_byte_identical(demo_page: Path, tmp_path: Path) -> None:
+    """The promise (README, Limits) is for the same number of torch threads."""
+    again = tmp_path / "again.html"
+    with one_thread():
+        assert main(["-o", str(again), "--quiet"]) == 0
+    assert again.read_bytes() == demo_page.read_bytes()
 
 
 def test_torchvision_model_through_the_cli(tmp_path: Path, image_folder: Path) -> None:
@@ -156,7 +166,7 @@ def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_python_dash_m_builds_the_same_bytes_with_progress_lines(tmp_path: Path, demo_page: Path) -> None:
-    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    env = {**os.environ, "PYTHONHASHSEED": "123", "OMP_NUM_THREADS": "1"}  # one thread, as demo_page
     result = subprocess.run(
         [sys.executable, "-m", "featviz_report", "-o", "r.html"], cwd=tmp_path, capture_output=True, text=True, env=env
     )
@@ -204,7 +214,8 @@ def test_summary_prints_the_layer_table_and_writes_it_as_csv(
     import csv
 
     out, table = tmp_path / "r.html", tmp_path / "layers.csv"
-    assert main(["-o", str(out), "--quiet", "--no-graph", "--summary", "--summary-csv", str(table)]) == 0
+    with one_thread():  # compared with demo_page's JSON to 1e-9
+        assert main(["-o", str(out), "--quiet", "--no-graph", "--summary", "--summary-csv", str(table)]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("featviz demo: digits CNN: 5 layers shown") and printed[1].split()[:4] == [
         "Layer", "Type", "Output", "Params"
