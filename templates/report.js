@@ -303,7 +303,11 @@
         pattern.setAttribute("class", "pattern");
         link.appendChild(pattern);
       }
-      caption.textContent = source.name + " · " + input + " · " + weight + (was ? " · " + was.textContent : "");
+      var from = document.createElement("span");  // the layer's name on a line of its own, its end where long
+      from.textContent = source.name.length > 11 ? "…" + source.name.slice(-10) : source.name;
+      from.title = source.name;
+      caption.textContent = input + " · " + weight + (was ? " · " + was.textContent : "");
+      link.appendChild(from);
       link.appendChild(caption);
       link.setAttribute("aria-label", source.name + ", channel " + input + ", strength " + weight
         + (was ? ", " + was.textContent : "") + (href ? ": open its inputs" : ": not shown on this page"));
