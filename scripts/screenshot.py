@@ -1,7 +1,7 @@
 """Screenshot a report in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
 
 Run: ``.venv/bin/python scripts/screenshot.py report.html docs/screenshot.png [--anchor layer-conv1]
-[--click SELECTOR]``.
+[--click SELECTOR] [--reveal SELECTOR]``.
 Makes the README's screenshot: the demo report at 1280×800. ``launch`` is also how the browser tests
 and ``bench/reader_speed.py`` start Chromium, so all three see the page the same way.
 """
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--click", default="", help="an element to click first, e.g. '.card .whole'")
+    parser.add_argument("--reveal", default="", help="an element to scroll into view, e.g. '#zoom .built-view'")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -52,6 +53,8 @@ def main() -> None:
         page.wait_for_function(VISIBLE_IMAGES_DECODED, timeout=10_000)  # lazy atlases load after the scroll
         if args.click:
             page.click(args.click)
+        if args.reveal:
+            page.locator(args.reveal).last.scroll_into_view_if_needed()
         page.screenshot(path=str(args.out))
         browser.close()
 
