@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..render.encode import grid_shape
-from .weights import computed_weight
+from .weights import Weighted
 
 __all__ = ["FilterTiles", "filter_tiles", "diverging"]
 
@@ -55,20 +55,22 @@ def _joined(*notes: str | None) -> str | None:
     return "; ".join(n for n in notes if n) or None
 
 
-def _drawn_weights(module: nn.Linear | nn.Conv2d | nn.ConvTranspose2d) -> tuple[torch.Tensor, str | None]:
-    """The weight the layer computes with (:mod:`.weights`) and, where that is not its parameter, a note."""
-    computed = computed_weight(module)
+def _drawn_weights(module: Weighted, computed: torch.Tensor | str | None) -> tuple[torch.Tensor, str | None]:
+    """The weight the layer computes with (``computed``, :mod:`.weights`; None: its parameter as stored) and,
+    where that is not its parameter, a note."""
+    if computed is None:
+        return module.weight.detach(), None
     if isinstance(computed, str):
         return module.weight.detach(), f"its parameter as stored: {computed}"
-    if computed is module.weight or torch.equal(computed, module.weight):
+    if torch.equal(computed, module.weight.detach()):
         return computed, None
     return computed, f"as its forward computes it from its parameter ({type(module).__name__})"
 
 
-def _finite_weights(module: nn.Linear | nn.Conv2d | nn.ConvTranspose2d) -> tuple[np.ndarray, str | None]:
+def _finite_weights(module: Weighted, computed: torch.Tensor | str | None) -> tuple[np.ndarray, str | None]:
     """The weights drawn as float32 with NaN/Inf as 0, and a note that says how many there were (and where
     they are not the parameter as stored)."""
-    drawn, how = _drawn_weights(module)
+    drawn, how = _drawn_weights(module, computed)
     weights = drawn.float().cpu().numpy()
     if not weights.size or np.isfinite(weights.min()) and np.isfinite(weights.max()):  # NaN and ±Inf reach these
         return weights, how
@@ -77,8 +79,8 @@ def _finite_weights(module: nn.Linear | nn.Conv2d | nn.ConvTranspose2d) -> tuple
     return np.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0), _joined(how, note)
 
 
-def _matrix_tiles(module: nn.Linear) -> FilterTiles:
-    weights, bad = _finite_weights(module)
+def _matrix_tiles(module: nn.Linear, computed: torch.Tensor | str | None) -> FilterTiles:
+    weights, bad = _finite_weights(module, computed)
     shown = _block_mean(weights, MATRIX_MAX)
     bound = float(np.abs(shown).max()) if shown.size else 0.0
     tile = diverging(shown, np.array(bound))[None]
@@ -89,8 +91,11 @@ def _matrix_tiles(module: nn.Linear) -> FilterTiles:
     return FilterTiles(tile, 1, False, "matrix", (-bound, bound), caption, _joined(note, bad))
 
 
-def filter_tiles(module: nn.Module, is_first: bool, cap: int) -> FilterTiles | None:
-    """Tiles of a layer's weights, or ``None`` for layers without a view of their own.
+def filter_tiles(
+    module: nn.Module, is_first: bool, cap: int, computed: torch.Tensor | str | None = None
+) -> FilterTiles | None:
+    """Tiles of a layer's weights, or ``None`` for layers without a view of their own: the weight it
+    ``computed`` (:func:`.weights.computed_weights`; None: its parameter as stored, as torch's own layers use it).
 
     * First layer with 3 input channels: one RGB tile per output channel, min-max per filter.
     * One input channel per group (grey first layer, depthwise): one diverging tile per filter.
@@ -99,10 +104,10 @@ def filter_tiles(module: nn.Module, is_first: bool, cap: int) -> FilterTiles | N
     * Linear: the weight matrix as one diverging heatmap, block-averaged when large.
     """
     if isinstance(module, nn.Linear):
-        return _matrix_tiles(module)
+        return _matrix_tiles(module, computed)
     if not isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         return None
-    weights, bad = _finite_weights(module)
+    weights, bad = _finite_weights(module, computed)
     if isinstance(module, nn.ConvTranspose2d):
         weights = weights.transpose(1, 0, 2, 3)  # stored in×out; shown out×in like Conv2d
     out_ch, in_ch, kh, kw = weights.shape

@@ -18,6 +18,7 @@ from .accumulate import ChannelAccumulator
 from .filters import FilterTiles, filter_tiles
 from .layer_record import LayerRecord, output_kind
 from .reduce import histogram_counts, vector_shape
+from .weights import Computed
 
 __all__ = ["layer_sections", "colorbar"]
 
@@ -135,10 +136,15 @@ def _describe(module: nn.Module) -> str:
 
 
 def layer_sections(
-    records: list[LayerRecord], layers: list[tuple[str, nn.Module]], config: ReportConfig, ranking: str | None = None
+    records: list[LayerRecord],
+    layers: list[tuple[str, nn.Module]],
+    config: ReportConfig,
+    computed: Computed,
+    ranking: str | None = None,
 ) -> tuple[LayerSection, ...]:
-    """One section per record, in the order the layers first ran; ``ranking`` names what the channels
-    were ordered by when it was not ``config.order`` (the change between two checkpoints)."""
+    """One section per record, in the order the layers first ran, the filters drawn as ``computed`` where a
+    layer makes its weight (:mod:`.weights`); ``ranking`` names what the channels were ordered by when it was
+    not ``config.order`` (the change between two checkpoints)."""
     if not records:
         raise ModelError("none of the selected layers ran during the forward pass; check --layers")
     first_conv = next((name for name, m in layers if isinstance(m, nn.Conv2d)), None)
@@ -149,7 +155,9 @@ def layer_sections(
         tile_h, tile_w = _tile_size(record.shape)
         cols = grid_shape(shown)[1]
         maps = tuple(_grid(f, tile_h, tile_w, shown, cols, TARGET_TILE_PX["maps"]) for f in record.maps)
-        tiles = filter_tiles(record.module, record.name == first_conv, config.max_filter_grid)
+        tiles = filter_tiles(
+            record.module, record.name == first_conv, config.max_filter_grid, computed.get(record.name)
+        )
         notes = []
         ranked_by = ranking or (None if config.order == "index" else config.order)
         if record.kind == "maps" and shown < record.shape[0]:

@@ -7,6 +7,9 @@ attribution measures with, is removed exactly, so the gradient through it is 0 u
 the group's channels in. BatchNorm in eval mode does neither: its running statistics are constants, so its
 scale is part of the wiring. These functions compute the same values with the statistics detached, so the
 gradient through any of them is its scale (γ / σ per channel and sample), as it is for BatchNorm in eval mode.
+A group or layer norm's statistics are shared by the channels of a group: held, a raise of one channel no
+longer lowers the others through their shared mean, so each input is read by its own weight and the norm's
+scale (the wiring), not by that coupling.
 """
 
 from __future__ import annotations
@@ -23,10 +26,17 @@ from ..fields.rules import raw_name
 __all__ = ["held_norm", "holds"]
 
 
+FLAT = 100  # a spread below a hundredth of the norm's eps: flat, it leaves (almost) nothing through
+
+
 def _normalised(x: torch.Tensor, dims: list[int], eps: float) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + eps)`` with the statistics held; where what is normalised is flat (a pruned or
+    dead channel) the norm's output of it is 0 whatever is added to it, so no gradient passes there (held, its
+    scale would be ``1 / sqrt(eps)``: about 316, the strongest input of all)."""
     mean = x.mean(dims, keepdim=True).detach()
     var = x.var(dims, correction=0, keepdim=True).detach()
-    return (x - mean) / torch.sqrt(var + eps)
+    values = (x - mean) / torch.sqrt(var + eps)
+    return torch.where(var * FLAT < eps, values.detach(), values)
 
 
 def _per_channel(y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:

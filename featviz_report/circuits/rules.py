@@ -48,6 +48,7 @@ NONLINEAR_SAME = frozenset(
     "adaptive_max_pool2d adaptive_max_pool2d_with_indices lp_pool2d erf sin cos sign".split()
 )  # fmt: skip
 HELD_NORMS = frozenset("instance_norm group_norm layer_norm rms_norm".split())  # elementwise where held (.norms)
+F_NORMS = HELD_NORMS | {"batch_norm"}  # read by torch.nn.functional's arguments: torch.* functions are unknown
 SUMS = frozenset("add sub".split())
 PRODUCTS = frozenset("mul div true_divide truediv".split())
 CATS = frozenset("cat concat concatenate".split())
@@ -70,8 +71,8 @@ def follow(
     name, raw = op_name(func), raw_name(func)
     if name == "detach":  # cut off from the gradient: no path the attribution could measure
         return [{} for _ in outputs]
-    if name in HELD_NORMS and not holds(func):  # torch.group_norm and the like: their statistics mix channels
-        name = f"{name} (statistics not held)"
+    if name in F_NORMS and not holds(func):  # torch.group_norm, torch.batch_norm: other arguments, not held
+        name = f"{name} (not torch.nn.functional's)"
     try:
         found = _rule(name, raw, args, kwargs, outputs, routes_of, is_data)
     except Exception:  # noqa: BLE001 - arguments a rule did not expect: unknown, never a failure
@@ -173,6 +174,8 @@ def _aligned(value: Any, out: torch.Tensor, routes_of: Callable[[Any], Routes | 
 
 def _channel_means(value: Any, out: torch.Tensor) -> np.ndarray | float | None:
     """A constant operand as a factor per output channel: its mean over every other axis."""
+    if value is None:
+        return None
     if not isinstance(value, torch.Tensor):
         return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
     axis = 1 - (out.ndim - value.ndim)
@@ -210,11 +213,17 @@ def _binary(
     followed, constant = (left, b) if left else (right, a)
     if is_data(constant):  # a mask or a gate from the samples: its factor is not the wiring's
         return None
-    means = _channel_means(constant, out)
-    if means is None or name != "mul" and not np.all(np.asarray(means) != 0):
-        return None
-    scale = means if name == "mul" else 1.0 / np.asarray(means)
-    return {key: R.scaled(route, scale) for key, route in followed.items()}
+    scale = _channel_means(constant if name == "mul" else _reciprocal(constant), out)
+    return None if scale is None else {key: R.scaled(route, scale) for key, route in followed.items()}
+
+
+def _reciprocal(value: Any) -> Any:
+    """``1 / value`` for a divisor (a mean over positions of ``x / c`` is ``x`` times the mean of ``1 / c``, not
+    over the mean of ``c``), or None where it is 0 somewhere."""
+    if isinstance(value, torch.Tensor):
+        data = value.detach().double()
+        return None if bool((data == 0).any()) else 1.0 / data
+    return None if not isinstance(value, (int, float)) or value == 0 else 1.0 / value
 
 
 def _combined(left: Routes, right: Routes, linear: bool) -> Routes:
@@ -248,10 +257,11 @@ def _getitem(index: Any, first: torch.Tensor, out: torch.Tensor, own: Routes) ->
     channels = index[1]
     if isinstance(channels, slice):
         picked: slice | np.ndarray = channels
-    elif isinstance(channels, (list, torch.Tensor)) and not isinstance(channels, bool):
-        picked = np.asarray(channels.cpu() if isinstance(channels, torch.Tensor) else channels, dtype=np.int64)
-        if picked.ndim != 1 or picked.dtype == bool:
+    elif isinstance(channels, (list, torch.Tensor)):
+        given = np.asarray(channels.cpu() if isinstance(channels, torch.Tensor) else channels)
+        if given.ndim != 1 or given.dtype == bool and len(given) != first.shape[1]:
             return None
+        picked = np.flatnonzero(given) if given.dtype == bool else given.astype(np.int64)  # a mask: its True channels
     else:
         return None
     routes = {key: R.sliced(route, picked) for key, route in own.items()}

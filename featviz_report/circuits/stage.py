@@ -19,14 +19,14 @@ from torch import nn
 
 from ..capture.layer_record import LayerRecord
 from ..capture.samples import SampleSet
-from ..capture.weights import computed_weight
+from ..capture.weights import Computed, computed_weights, weight_of
 from ..errors import first_line
 from ..fields.budget import Deadline, OverBudget
 from .routes import Route
 from .rules import Key
 from .stash import Stash
 from .strength import ATTRIBUTION, EXPANDED, Inputs, attributed_gains, route_gains, strongest_inputs
-from .trace import Traced, is_target, trace_circuits
+from .trace import Target, Traced, is_target, trace_circuits
 
 __all__ = [
     "SAMPLES",
@@ -105,11 +105,13 @@ def measure(
     shown: Mapping[Key, Sequence[int]],
     top: int,
     seconds: float,
+    computed: Computed,
 ) -> tuple[dict[Key, Inputs | str], int]:
     """For each captured Conv2d and Linear call in ``shown`` (its shown output channels), the ``top``
     strongest inputs of each shown channel, or why it has none; and the samples the attribution averaged
-    over. Other layers (pools, norms, attention, containers) are left out. Reads the model's weights, but
-    does not run it: it can run beside another pass over the model."""
+    over. Other layers (pools, norms, attention, containers) are left out. Reads the model's weights (those
+    layers make in forward from ``computed``, :mod:`featviz_report.capture.weights`), but does not run it: it
+    can run beside another pass over the model."""
     modules = dict(layers)
     targets = {key for key in shown if is_target(modules[key[0]])}
     if isinstance(traced, str):
@@ -123,10 +125,12 @@ def measure(
         if not target.routes:
             found[target.key] = NO_SOURCE
             continue
-        weight = computed_weight(target.module)  # type: ignore[arg-type]
-        if isinstance(weight, str):
-            found[target.key] = weight
+        weight = weight_of(target.module, target.key[0], computed)
+        why = weight if isinstance(weight, str) else _unread(target, weight)
+        if why is not None:
+            found[target.key] = why
             continue
+        assert isinstance(weight, torch.Tensor)
         gains, method = route_gains(target), EXPANDED
         if gains is None and target.changed:
             found[target.key] = "what it read was changed in place after it read it: its gradient is not the layer's"
@@ -143,13 +147,37 @@ def measure(
             except RuntimeError as err:  # an operation without a gradient (or a batched one) on the path
                 found[target.key] = _no_gradient(err)
                 continue
-        channels = target.inputs.shape[target.axis]
-        found[target.key] = _not_finite(weight, gains) or strongest_inputs(
-            target.module, weight, gains, shown[target.key], top, method, channels
-        )
+        found[target.key] = _not_finite(weight, gains) or _strongest(target, weight, gains, shown, top, method)
     for key in targets - found.keys():
         found[key] = "its call was not seen in the probing pass (called inside another captured layer)"
     return found, traced.samples
+
+
+def _unread(target: Target, weight: torch.Tensor) -> str | None:
+    """Why ``weight`` is not what the layer applied to what it was called with, where it is not: a forward
+    that reads part of its input (a partial convolution) or reshapes it first."""
+    groups = target.module.groups if isinstance(target.module, nn.Conv2d) else 1
+    width, expected = target.inputs.shape[target.axis], weight.shape[1] * groups
+    if width == expected:
+        return None
+    return f"its forward does not apply its weight ({expected} input channels) to what it is called with ({width})"
+
+
+def _strongest(
+    target: Target,
+    weight: torch.Tensor,
+    gains: dict[Key, Route],
+    shown: Mapping[Key, Sequence[int]],
+    top: int,
+    method: str,
+) -> Inputs | str:
+    """:func:`~.strength.strongest_inputs`, or why they could not be found: a layer no rule foresaw is named as
+    unknown, not a failed report."""
+    try:
+        channels = target.inputs.shape[target.axis]
+        return strongest_inputs(target.module, weight, gains, shown[target.key], top, method, channels)
+    except (RuntimeError, ValueError, IndexError) as err:
+        return f"its inputs could not be read off its weight ({type(err).__name__}: {first_line(err)})"
 
 
 IN_PLACE_SAVED = (
@@ -172,7 +200,7 @@ def _not_finite(weight: torch.Tensor, gains: Mapping[Key, Route]) -> str | None:
     if bad:
         return f"{bad:,} non-finite weights (NaN/Inf): no input's strength is known"
     if any(route.gain is not None and not np.isfinite(route.gain).all() for route in gains.values()):
-        return "the gradient on its path is not finite (NaN/Inf activations): no input's strength is known"
+        return "a NaN or an infinity on the path to it (activations, a norm's statistics): no input's strength is known"
     return None
 
 
@@ -185,4 +213,4 @@ def circuit_inputs(
     seconds: float,
 ) -> tuple[dict[Key, Inputs | str], int]:
     """:func:`probe` on ``candidates``, then :func:`measure`."""
-    return measure(probe(model, layers, candidates), layers, shown, top, seconds)
+    return measure(probe(model, layers, candidates), layers, shown, top, seconds, computed_weights(model, layers))

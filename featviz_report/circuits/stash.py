@@ -61,7 +61,9 @@ def stashing(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], count: i
         stack.callback(model.register_forward_pre_hook(starting).remove)
         stack.callback(model.register_forward_hook(ending, always_call=True).remove)
         for name, module in layers:
-            stack.callback(module.register_forward_hook(keep(name)).remove)
+            # first among the hooks: the output as forward returned it, which a replay returns for the user's
+            # own hooks to change again (kept after them, an output hook's change would be made twice)
+            stack.callback(module.register_forward_hook(keep(name), prepend=True).remove)
         yield stash
 
 

@@ -98,8 +98,10 @@ def _changed_sections(
 ) -> tuple[LayerSection, ...]:
     """B's sections, each with what changed since A in its layer (A's statistics from its ranking pass)."""
     config = job_b.config
-    sections_a = {s.name: s for s in layer_sections(list(run_a.records.values()), job_a.layers, config, RANKING)}
-    sections_b = layer_sections(list(run_b.records.values()), job_b.layers, config, RANKING)
+    sections_a = {
+        s.name: s for s in layer_sections(list(run_a.records.values()), job_a.layers, config, job_a.computed, RANKING)
+    }
+    sections_b = layer_sections(list(run_b.records.values()), job_b.layers, config, job_b.computed, RANKING)
     modules_a = dict(job_a.model.named_modules())
     changed = []
     for (key, record), section in zip(run_b.records.items(), sections_b):

@@ -186,7 +186,7 @@ def measure_circuits(
         return {}, 0
     shown = shown_channels(records, job.config.max_channels)
     seconds = circuit_seconds(time.monotonic() - job.started)
-    return measure(traced, job.layers, shown, job.config.circuit_inputs, seconds)
+    return measure(traced, job.layers, shown, job.config.circuit_inputs, seconds, job.computed)
 
 
 def circuits(job: Job[SampleSet], run: Run) -> Found:

@@ -69,7 +69,9 @@ def _build(
             sections, graph = sections_and_graph(
                 job,
                 run.records,
-                lambda: with_features(layer_sections(list(run.records.values()), job.layers, config), images),
+                lambda: with_features(
+                    layer_sections(list(run.records.values()), job.layers, config, job.computed), images
+                ),
                 run.stash,
             )
         return finish(assemble(job, run, sections, cams, graph), out, json_out, config, progress)

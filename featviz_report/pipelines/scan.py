@@ -90,7 +90,9 @@ def _report(job: Job[ImageFiles], result: ScanResult, data: Sequence[str | Path]
         records[name, 0] = LayerRecord.create(name, modules[name], result.shapes[name], accumulator, limit, order)
     images = feature_images(job, records)
     sections, graph = sections_and_graph(
-        job, records, lambda: with_features(layer_sections(list(records.values()), job.layers, config), images)
+        job,
+        records,
+        lambda: with_features(layer_sections(list(records.values()), job.layers, config, job.computed), images),
     )
     with_cards = []
     for section, record in zip(sections, records.values()):
