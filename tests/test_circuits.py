@@ -629,7 +629,7 @@ class _GroupNormed(nn.Module):
     def norm(self, y: torch.Tensor) -> torch.Tensor:
         if self.call == "F.group_norm":
             return nn.functional.group_norm(y, 3)
-        return torch.group_norm(y, 3)  # the same values; torch's function, whose statistics are not held
+        return torch.group_norm(y, 3)  # the same values: torch's own function, its arguments in its own order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2(torch.relu(self.norm(self.conv1(x))))
@@ -638,17 +638,14 @@ class _GroupNormed(nn.Module):
 @pytest.mark.parametrize("call", ["F.group_norm", "torch.group_norm"])
 def test_a_group_norm_gives_the_gradient_it_is_measured_by(call: str, tmp_path: Path) -> None:
     """Each input's strength is the gradient of the channel's mean with respect to a uniform raise of the input
-    channel, computed here by hand: through F.group_norm with its statistics held (channel-wise), through
-    torch.group_norm as it is (a raise moves its group's statistics, so the group's other channel counts)."""
+    channel, computed here by hand through the group norm with its statistics held (channel-wise): F.group_norm
+    as nn.GroupNorm calls it, and torch.group_norm, which takes its arguments in its own order."""
     torch.manual_seed(0)
     model, samples = _GroupNormed(call).eval(), torch.rand(2, 3, 12, 12)
     found = _inputs(model, samples, tmp_path)["conv2"]["inputs"][0]
     probe = torch.zeros(1, 6, 1, 1, requires_grad=True)
     raised = model.conv1(samples).detach() + probe
-    if call == "F.group_norm":
-        normed = held_norm(nn.functional.group_norm, (raised, 3), {})
-    else:
-        normed = torch.group_norm(raised, 3)
+    normed = held_norm(nn.functional.group_norm, (raised, 3), {})
     (truth,) = torch.autograd.grad(model.conv2(torch.relu(normed))[:, 0].mean(), probe)  # type: ignore[arg-type]
     expected = truth.flatten()
     assert sorted(e["channel"] for e in found) == list(range(6))

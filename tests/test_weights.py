@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from featviz_report.capture.filters import filter_tiles
-from featviz_report.capture.weights import computed_weights
+from featviz_report.capture.weights import recording
 
 
 def test_first_rgb_layer_gives_one_min_maxed_rgb_tile_per_filter() -> None:
@@ -72,22 +72,28 @@ def test_a_layer_that_computes_its_weight_is_drawn_as_it_computes_it() -> None:
     with torch.no_grad():
         conv.weight.zero_()
         conv.weight[0, 0, 0, 0] = 2.0
-    computed = computed_weights(conv, [("conv", conv)])
-    view = filter_tiles(conv, True, 32, computed["conv"])
+    view = filter_tiles(conv, True, 32, _computed(conv))
     assert view is not None and view.tiles[0, 0, 0] == 0, "blue: the -2 it computes with, not the stored +2"
     assert view.note == "as its forward computes it from its parameter (_Negated)"
     plain = nn.Conv2d(1, 2, 3)
-    assert computed_weights(plain, [("conv", plain)]) == {} and filter_tiles(plain, True, 32).note is None  # type: ignore[union-attr]
+    assert _computed(plain) is None and filter_tiles(plain, True, 32).note is None  # type: ignore[union-attr]
 
 
-class _Refusing(nn.Conv2d):
+class _TwoBranches(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise ValueError("needs a 64x64 input")
+        return super().forward(x) + nn.functional.conv2d(x, self.weight.flip(-1))
 
 
-def test_a_weight_that_cannot_be_read_is_drawn_as_stored_and_says_why() -> None:
-    conv = _Refusing(1, 2, 3)
-    view = filter_tiles(conv, True, 32, computed_weights(conv, [("conv", conv)])["conv"])
+def test_a_layer_with_no_one_weight_is_drawn_as_stored_and_says_why() -> None:
+    conv = _TwoBranches(1, 2, 3)
+    view = filter_tiles(conv, True, 32, _computed(conv))
     assert view is not None and view.note is not None
-    assert view.note.startswith("its parameter as stored: the weight its forward computes with could not be read")
-    assert "ValueError: needs a 64x64 input" in view.note
+    assert view.note.startswith("its parameter as stored: its forward makes more than one convolution")
+
+
+def _computed(conv: nn.Module) -> torch.Tensor | str | None:
+    """What a capture pass finds ``conv`` computes with (None: its parameter as stored)."""
+    layers = [("conv", conv)]
+    with recording(layers) as reader, torch.no_grad():
+        conv(torch.rand(1, 1, 8, 8))
+    return reader.computed(layers).get("conv")

@@ -95,7 +95,7 @@ def filter_tiles(
     module: nn.Module, is_first: bool, cap: int, computed: torch.Tensor | str | None = None
 ) -> FilterTiles | None:
     """Tiles of a layer's weights, or ``None`` for layers without a view of their own: the weight it
-    ``computed`` (:func:`.weights.computed_weights`; None: its parameter as stored, as torch's own layers use it).
+    ``computed`` (:class:`.weights.WeightReader`; None: its parameter as stored, as torch's own layers use it).
 
     * First layer with 3 input channels: one RGB tile per output channel, min-max per filter.
     * One input channel per group (grey first layer, depthwise): one diverging tile per filter.

@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import UsageError
 from ..runtime.device import evaluating
 from .reduce import Reduced, reduce_output
+from .weights import WeightReader, recording
 
 __all__ = ["Capture", "capturing", "select_layers", "first_tensor", "tensors_in", "maps_order", "DEFAULT_TYPES"]
 
@@ -99,6 +100,7 @@ class Capture:
     last_returned: bool = False  # whether that module's forward returned
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # every module's first output shape
     batch: int | None = None  # the samples in the model's input now (None: not a tensor)
+    weights: WeightReader = field(default_factory=WeightReader)  # what the weighted layers compute with
     _calls: Counter[str] = field(default_factory=Counter)
 
     def hook(self, name: str):  # type: ignore[no-untyped-def]
@@ -179,7 +181,7 @@ def capturing(
                 handles.append(module.register_forward_pre_hook(capture.entering(name)))
             if name:
                 handles.append(module.register_forward_hook(capture.leaving(name)))
-        with evaluating(model):
+        with evaluating(model), recording(layers) as capture.weights:
             yield capture
     finally:
         for handle in handles:

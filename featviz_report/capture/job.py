@@ -21,7 +21,6 @@ from ..runtime.device import float_dtype, pick_device
 from ..runtime.progress import Progress
 from .hooks import select_layers
 from .samples import SampleSet
-from .weights import Computed, computed_weights
 
 __all__ = ["Job", "open_job"]
 
@@ -40,7 +39,6 @@ class Job(Generic[S]):
     dtype: torch.dtype
     config: ReportConfig
     progress: Progress
-    computed: Computed = dataclasses.field(default_factory=dict)  # the weights layers make in forward (.weights)
     started: float = dataclasses.field(default_factory=time.monotonic)
 
     @functools.cached_property
@@ -55,14 +53,12 @@ def open_job(
 ) -> Job[T]:
     """What the passes over ``sample_set`` need, the layers to capture chosen and the device picked
     (``config.device``'s, unless ``device`` says)."""
-    layers = select_layers(model, config.layers, config.featviz)
     return Job(
         model=model,
-        layers=layers,
+        layers=select_layers(model, config.layers, config.featviz),
         sample_set=sample_set,
         device=pick_device(config.device) if device is None else device,
         dtype=float_dtype(model),
         config=config,
         progress=progress,
-        computed=computed_weights(model, layers),
     )

@@ -2,128 +2,145 @@
 what the filters panel draws and what circuits read.
 
 timm's ``StdConv2d`` and ``ScaledStdConv2d`` (BiT's ResNetV2, the NF-ResNets, NFNets) standardise theirs in
-``forward``; a weight-standardised conv may do it in ``_conv_forward``; a parametrized one (weight norm, spectral
-norm) computes it when read. Read off the parameter, every output's summed kernel would be off, and the order
-and signs of its inputs with it. Such a layer's ``forward`` (never its ``__call__``: no hook may see it) runs,
-once per job, with the model in eval mode, on two small random inputs: the weight it hands to its convolution
-is the one used where the layer's output on both is exactly that convolution's. Where it is not (a second
-branch, a low-rank update, a scale after it, a weight made from the input, a forward that does not read its
-input whole) the layer has no one weight, and the reason is given instead. torch's own classes use the
-parameter as it is, read when needed.
+``forward``, a weight-standardised conv may do it in ``_conv_forward``, a parametrized one (weight norm,
+spectral norm) computes it when read. Read off the parameter, every output's summed kernel would be off, and
+the order and signs of its inputs with it. So while the capture pass runs the model on the samples, each such
+layer's call is watched (:func:`recording`, from :func:`~.hooks.capturing`): the weight its forward (and any
+hook on it) hands to its one convolution or linear map is the one it computes with. A layer that makes more
+than one (a second branch, a low-rank update as its own product), none torch's functions show, or a weight
+that changes from call to call (made from its input) has no one weight, and says so. Nothing runs that the
+report would not run anyway: a layer that sets itself up on its first input sees the samples' size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
-from ..errors import first_line
-from ..runtime.device import evaluating
-
-__all__ = ["Computed", "computed_weights", "weight_of"]
+__all__ = ["Computed", "WeightReader", "recording", "weight_of", "NOT_ONE", "NONE_SEEN", "CHANGES", "UNSEEN"]
 
 Computed = Mapping[str, "torch.Tensor | str"]  # by layer name: the weight a layer computes with, or why none
 Weighted = nn.Conv2d | nn.ConvTranspose2d | nn.Linear
-_OPS = frozenset({"conv2d", "conv_transpose2d", "linear"})
-_SIDE = 8  # the probe inputs' height and width, at least: a kernel, its dilation and any padding fit
+_WEIGHTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+_KERNEL_OPS = frozenset({"conv2d", "conv_transpose2d", "linear"})
+_OTHER_OPS = frozenset(
+    "conv1d conv3d conv_transpose1d conv_transpose3d matmul mm bmm addmm einsum __matmul__ __rmatmul__".split()
+)
+NOT_ONE = (
+    "its forward makes more than one convolution or matrix product (a second branch, a low-rank update): no one weight"
+)
+NONE_SEEN = "its forward makes no convolution or linear map that torch's functions show: no weight to read"
+CHANGES = "its weight changes from call to call (made from its input): no one weight"
+UNSEEN = "it did not run while watched (a scan resumed with nothing left to scan): the weight it makes was not seen"
 
 
 class _Recorder(TorchFunctionMode):
-    """The weight and bias of each convolution or ``linear`` call inside."""
+    """Each convolution, linear map and matrix product inside: its name and its operands."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.calls: list[tuple[Any, Any]] = []
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if getattr(func, "__name__", "") in _OPS:
-            weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
-            bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
-            self.calls.append((weight, bias))
+        name = getattr(func, "__name__", "")
+        if name in _KERNEL_OPS or name in _OTHER_OPS:
+            self.calls.append((name, args, kwargs))
         return func(*args, **kwargs)
 
 
-def _plain(module: nn.Module) -> bool:
-    """Whether ``module`` computes with its parameter as stored: torch's own forward and convolution step, no
-    parametrization."""
-    if parametrize.is_parametrized(module):
-        return False
-    kind = type(module)
-    for base in (nn.Conv2d, nn.ConvTranspose2d, nn.Linear):
-        if isinstance(module, base):
-            same_step = base is not nn.Conv2d or kind._conv_forward is nn.Conv2d._conv_forward  # type: ignore[attr-defined]
-            return kind.forward is base.forward and same_step
-    return True
-
-
-def _probe_input(module: Weighted, like: torch.Tensor, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    if isinstance(module, nn.Linear):
-        shape: tuple[int, ...] = (2, module.in_features)
-    else:
-        padding = module.padding if isinstance(module.padding, tuple) else (0, 0)
-        side = [max(_SIDE, (k - 1) * d + 1, 2 * p + 2) for k, d, p in zip(module.kernel_size, module.dilation, padding)]
-        shape = (2, module.in_channels, *side)
-    return torch.rand(shape, generator=generator).to(device=like.device, dtype=like.dtype)
-
-
-def _as_plain(module: Weighted, x: torch.Tensor, weight: torch.Tensor, bias: Any) -> torch.Tensor:
-    """What the layer's output would be with ``weight`` and ``bias`` and torch's own computation."""
-    if isinstance(module, nn.Linear):
-        return F.linear(x, weight, bias)
-    if isinstance(module, nn.ConvTranspose2d):
-        step = (module.stride, module.padding, module.output_padding, module.groups, module.dilation)
-        return F.conv_transpose2d(x, weight, bias, *step)  # type: ignore[arg-type]
-    return nn.Conv2d._conv_forward(module, x, weight, bias)
-
-
-def _read(module: Weighted) -> torch.Tensor | str:
-    parameter = module.weight.detach()
-    outputs, recorder = [], _Recorder()
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     try:
-        with torch.no_grad():
-            inputs = [_probe_input(module, parameter, seed) for seed in (0, 1)]
-            with recorder:
-                outputs = [module.forward(x) for x in inputs]
-            found = [(w, b) for w, b in recorder.calls[: len(recorder.calls) // 2] if isinstance(w, torch.Tensor)]
-            if len(found) != 1 or found[0][0].shape != parameter.shape:
-                return _NOT_ONE
-            weight, bias = found[0]
-            expected = [_as_plain(module, x, weight, bias) for x in inputs]
-    except Exception as err:  # noqa: BLE001 - the user's layer, run on small random inputs: say what failed
-        return f"the weight its forward computes with could not be read ({type(err).__name__}: {first_line(err)})"
-    for got, want in zip(outputs, expected):
-        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
-            return _NOT_ONE
-        scale = float(want.abs().max()) if want.numel() else 0.0
-        if not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * max(scale, 1.0)):
-            return _NOT_ONE
-    return weight.detach()
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # no storage of its own
+        return a is b
 
 
-_NOT_ONE = (
-    "its forward computes with no one weight of its parameter's shape (more than one convolution, a low-rank "
-    "update, a scale after it, or a weight made from its input)"
-)
+def _used(module: Weighted, calls: Sequence[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> torch.Tensor | str | None:
+    """The weight one call of ``module`` computed with (None: its parameter as stored), or why it has none."""
+    if len(calls) > 1:
+        return NOT_ONE
+    if not calls:
+        return NONE_SEEN
+    parameter = module.weight
+    name, args, kwargs = calls[0]
+    if name in _KERNEL_OPS:
+        weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
+        if not isinstance(weight, torch.Tensor) or weight.shape != parameter.shape:
+            return NOT_ONE
+        same = weight is parameter or (_same_memory(weight, parameter) and weight.stride() == parameter.stride())
+        return None if same else weight.detach()
+    operands = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+    if any(_same_memory(t, parameter) and t.numel() == parameter.numel() for t in operands):  # x @ W.T + b
+        return None
+    return NOT_ONE
 
 
-def computed_weights(model: nn.Module, layers: Sequence[tuple[str, nn.Module]]) -> dict[str, torch.Tensor | str]:
-    """The weight each of ``layers`` computes with, or why it has no one weight, for the Conv2d, ConvTranspose2d
-    and Linear layers that do not use their parameter as stored (the others are left out). Runs their forward
-    in eval mode: call it where nothing else runs the model."""
-    targets = [(name, m) for name, m in layers if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
-    odd = [(name, m) for name, m in targets if not _plain(m)]
-    if not odd:
-        return {}
-    with evaluating(model):
-        return {name: _read(module) for name, module in odd}
+class WeightReader:
+    """The weights the watched layers computed with, call after call (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, torch.Tensor | str | None] = {}
+        self._open: list[_Recorder] = []
+
+    def starting(self, _module: nn.Module, _args: tuple[Any, ...]) -> None:
+        recorder = _Recorder()
+        recorder.__enter__()
+        self._open.append(recorder)
+
+    def ending(self, name: str):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, _args: tuple[Any, ...], _output: Any) -> None:
+            recorder = self._open.pop()
+            recorder.__exit__(None, None, None)
+            found = _used(module, recorder.calls)  # type: ignore[arg-type]
+            if name not in self._seen:
+                self._seen[name] = found
+            elif not _alike(self._seen[name], found):
+                self._seen[name] = CHANGES
+
+        return hook
+
+    def computed(self, layers: Sequence[tuple[str, nn.Module]]) -> dict[str, torch.Tensor | str]:
+        """By layer name, for the ``layers`` that do not compute with their parameter as stored; a layer this
+        reader never saw run (a resumed scan with nothing left to run) and that may make its weight: why."""
+        found = {name: seen for name, seen in self._seen.items() if seen is not None}
+        unseen = (name for name, m in layers if isinstance(m, _WEIGHTED) and name not in self._seen)
+        return found | {name: UNSEEN for name in unseen if _may_make_weight(dict(layers)[name])}
+
+
+def _may_make_weight(module: nn.Module) -> bool:
+    """Whether ``module`` may compute with something else than its parameter as stored: a forward or
+    convolution step of its own class or instance, a parametrization, hooks of its own."""
+    if parametrize.is_parametrized(module) or "forward" in vars(module) or module._forward_hooks:
+        return True
+    base = next(b for b in _WEIGHTED if isinstance(module, b))
+    own_step = base is nn.Conv2d and type(module)._conv_forward is not nn.Conv2d._conv_forward  # type: ignore[attr-defined]
+    return type(module).forward is not base.forward or own_step
+
+
+def _alike(before: torch.Tensor | str | None, now: torch.Tensor | str | None) -> bool:
+    if isinstance(before, torch.Tensor) and isinstance(now, torch.Tensor):
+        return before.shape == now.shape and bool(torch.equal(before, now))
+    return before is None and now is None or isinstance(before, str) and before == now
+
+
+@contextmanager
+def recording(layers: Sequence[tuple[str, nn.Module]]) -> Iterator[WeightReader]:
+    """Watch every Conv2d, ConvTranspose2d and Linear among ``layers`` while the block runs the model: from just
+    before its forward to after every hook on it (hooks registered before this block included)."""
+    reader = WeightReader()
+    with ExitStack() as stack:
+        for name, module in layers:
+            if isinstance(module, _WEIGHTED):
+                stack.callback(module.register_forward_pre_hook(reader.starting, prepend=True).remove)
+                stack.callback(module.register_forward_hook(reader.ending(name), always_call=True).remove)
+        yield reader
 
 
 def weight_of(module: nn.Module, name: str, computed: Computed) -> torch.Tensor | str:

@@ -21,8 +21,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..fields.rules import raw_name
-
 __all__ = ["held_norm", "holds"]
 
 
@@ -83,32 +81,59 @@ def _batch_norm(  # type: ignore[no-untyped-def]
     return _per_channel(_normalised(input, [0, *range(2, input.ndim)], eps), weight, bias)
 
 
-_HELD: dict[str, Callable[..., torch.Tensor | None]] = {
-    "layer_norm": _layer_norm,
-    "rms_norm": _rms_norm,
-    "group_norm": _group_norm,
-    "instance_norm": _instance_norm,
-    "batch_norm": _batch_norm,
+def _aten_instance_norm(  # type: ignore[no-untyped-def]
+    input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, cudnn_enabled=False
+):
+    return _instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+
+
+def _aten_batch_norm(  # type: ignore[no-untyped-def]
+    input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn_enabled=False
+):
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _aten_group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True):  # type: ignore[no-untyped-def]
+    return _group_norm(input, num_groups, weight, bias, eps)
+
+
+def _aten_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):  # type: ignore[no-untyped-def]
+    return _layer_norm(input, normalized_shape, weight, bias, eps)
+
+
+# by function: torch.nn.functional's norms, and torch's own of the same names (other arguments, other order)
+_HELD: dict[Any, Callable[..., torch.Tensor | None]] = {
+    F.layer_norm: _layer_norm,
+    getattr(F, "rms_norm", None): _rms_norm,  # torch 2.4 and later
+    F.group_norm: _group_norm,
+    F.instance_norm: _instance_norm,
+    F.batch_norm: _batch_norm,
+    torch.layer_norm: _aten_layer_norm,
+    torch.group_norm: _aten_group_norm,
+    torch.instance_norm: _aten_instance_norm,
+    torch.batch_norm: _aten_batch_norm,
 }
-_SIGNATURES = {name: inspect.signature(rule) for name, rule in _HELD.items()}
+_HELD.pop(None, None)
+_SIGNATURES = {func: inspect.signature(rule) for func, rule in _HELD.items()}
 
 
 def holds(func: Any) -> bool:
-    """Whether ``func`` is one of the norms :func:`held_norm` computes (``torch.nn.functional``'s, not the
-    ``torch.*`` functions of the same name, whose arguments come in another order)."""
-    name = raw_name(func)
-    return name in _HELD and func is getattr(F, name, None)
+    """Whether ``func`` is one of the norms :func:`held_norm` computes: ``torch.nn.functional``'s or torch's own
+    layer, RMS, group, instance or batch norm."""
+    try:
+        return func in _HELD
+    except TypeError:  # not hashable
+        return False
 
 
 def held_norm(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
-    """``func(*args, **kwargs)`` with the statistics held constant where ``func`` is ``torch.nn.functional``'s
-    layer, RMS, group or instance norm, or a batch norm over the batch's statistics; else None (run it as it
-    is: a batch norm on running statistics, anything else, or a call these cannot read)."""
+    """``func(*args, **kwargs)`` with the statistics held constant where ``func`` is a layer, RMS, group or
+    instance norm, or a batch norm over the batch's statistics (:func:`holds`); else None (run it as it is: a
+    batch norm on running statistics, anything else, or a call these cannot read)."""
     if not holds(func):
         return None
-    name = raw_name(func)
     try:
-        bound = _SIGNATURES[name].bind(*args, **kwargs)
+        bound = _SIGNATURES[func].bind(*args, **kwargs)
     except TypeError:
         return None
-    return _HELD[name](*bound.args, **bound.kwargs)
+    return _HELD[func](*bound.args, **bound.kwargs)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..capture.hooks import tensors_in
 from ..fields.calls import arg
@@ -48,7 +49,6 @@ NONLINEAR_SAME = frozenset(
     "adaptive_max_pool2d adaptive_max_pool2d_with_indices lp_pool2d erf sin cos sign".split()
 )  # fmt: skip
 HELD_NORMS = frozenset("instance_norm group_norm layer_norm rms_norm".split())  # elementwise where held (.norms)
-F_NORMS = HELD_NORMS | {"batch_norm"}  # read by torch.nn.functional's arguments: torch.* functions are unknown
 SUMS = frozenset("add sub".split())
 PRODUCTS = frozenset("mul div true_divide truediv".split())
 CATS = frozenset("cat concat concatenate".split())
@@ -71,8 +71,8 @@ def follow(
     name, raw = op_name(func), raw_name(func)
     if name == "detach":  # cut off from the gradient: no path the attribution could measure
         return [{} for _ in outputs]
-    if name in F_NORMS and not holds(func):  # torch.group_norm, torch.batch_norm: other arguments, not held
-        name = f"{name} (not torch.nn.functional's)"
+    if name in HELD_NORMS and not holds(func) or name == "batch_norm" and func is not F.batch_norm:
+        name = f"{name} (not one the rules read)"  # torch.batch_norm: aten's argument order, not F's
     try:
         found = _rule(name, raw, args, kwargs, outputs, routes_of, is_data)
     except Exception:  # noqa: BLE001 - arguments a rule did not expect: unknown, never a failure

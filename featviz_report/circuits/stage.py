@@ -19,7 +19,7 @@ from torch import nn
 
 from ..capture.layer_record import LayerRecord
 from ..capture.samples import SampleSet
-from ..capture.weights import Computed, computed_weights, weight_of
+from ..capture.weights import Computed, weight_of
 from ..errors import first_line
 from ..fields.budget import Deadline, OverBudget
 from .routes import Route
@@ -212,5 +212,6 @@ def circuit_inputs(
     top: int,
     seconds: float,
 ) -> tuple[dict[Key, Inputs | str], int]:
-    """:func:`probe` on ``candidates``, then :func:`measure`."""
-    return measure(probe(model, layers, candidates), layers, shown, top, seconds, computed_weights(model, layers))
+    """:func:`probe` on ``candidates``, then :func:`measure`, every layer read by its parameter as stored (a
+    report reads the weights layers make in forward from its capture pass)."""
+    return measure(probe(model, layers, candidates), layers, shown, top, seconds, {})

@@ -81,6 +81,7 @@ def compare_checkpoints(
             job_b,
             run_b.records,
             lambda: _changed_sections(job_a, job_b, rank_a, rank_b, run_a, run_b, limit),
+            run_b.computed,
             run_b.stash,
             before=circuits(job_a, run_a),
         )
@@ -99,9 +100,9 @@ def _changed_sections(
     """B's sections, each with what changed since A in its layer (A's statistics from its ranking pass)."""
     config = job_b.config
     sections_a = {
-        s.name: s for s in layer_sections(list(run_a.records.values()), job_a.layers, config, job_a.computed, RANKING)
+        s.name: s for s in layer_sections(list(run_a.records.values()), job_a.layers, config, run_a.computed, RANKING)
     }
-    sections_b = layer_sections(list(run_b.records.values()), job_b.layers, config, job_b.computed, RANKING)
+    sections_b = layer_sections(list(run_b.records.values()), job_b.layers, config, run_b.computed, RANKING)
     modules_a = dict(job_a.model.named_modules())
     changed = []
     for (key, record), section in zip(run_b.records.items(), sections_b):

@@ -29,6 +29,7 @@ from ..capture.logits import class_scores
 from ..capture.reduce import Reduced
 from ..capture.samples import SampleSet
 from ..capture.sections import colorbar
+from ..capture.weights import Computed
 from ..circuits.attach import Found, with_circuits
 from ..circuits.stage import SAMPLES, circuit_seconds, first_samples, measure, probe, shown_channels
 from ..circuits.stash import Stash, stashing
@@ -88,6 +89,7 @@ class Run:
     notes: list[str]
     shapes: dict[str, tuple[int, ...]]
     stash: Stash | None = None  # the first samples' captured outputs, for the circuits' probing pass to replay
+    computed: Computed = dataclasses.field(default_factory=dict)  # weights layers make (capture/weights.py)
 
 
 def assemble(
@@ -127,11 +129,13 @@ def sections_and_graph(
     job: Job[SampleSet],
     records: Mapping[tuple[str, int], LayerRecord],
     make_sections: Callable[[], tuple[LayerSection, ...]],
+    computed: Computed,
     stash: Stash | None = None,
     before: Found | None = None,
 ) -> tuple[tuple[LayerSection, ...], GraphView | None]:
     """The sections of ``records`` (by module name and call) that ``make_sections`` makes, with their peaks'
     receptive fields (:mod:`featviz_report.fields.receptive`), their circuits (:mod:`featviz_report.circuits`,
+    from the weights the capture pass saw the layers use, ``computed``, :mod:`featviz_report.capture.weights`;
     replaying ``stash`` where the capture pass kept one; with ``before``, checkpoint A's, beside them) and (unless
     ``config.graph`` is off) the graph of what ran, linked to them, for reports, comparisons and scans alike. The
     circuits' probing pass, then the fields' tracing and the graph's recording and layout (one pass of the model
@@ -142,7 +146,7 @@ def sections_and_graph(
     with ThreadPoolExecutor(2, thread_name_prefix="graph") as pool:
         traced = pool.submit(probe_circuits, job, stash)
         side = pool.submit(_side_after, traced, job)
-        wiring = pool.submit(lambda: measure_circuits(job, records, traced.result()))
+        wiring = pool.submit(lambda: measure_circuits(job, records, traced.result(), computed))
         keys = [(record.module, call) for (_, call), record in records.items()]
         what = f"making {len(keys)} layers' sections" + (" and drawing the graph" if job.config.graph else "")
         with job.progress.working("sections", what):
@@ -178,21 +182,25 @@ def probe_circuits(job: Job[SampleSet], stash: Stash | None) -> Traced | str | N
 
 
 def measure_circuits(
-    job: Job[SampleSet], records: Mapping[tuple[str, int], LayerRecord], traced: Traced | str | None
+    job: Job[SampleSet],
+    records: Mapping[tuple[str, int], LayerRecord],
+    traced: Traced | str | None,
+    computed: Computed,
 ) -> tuple[Found, int]:
     """What each shown channel of ``records``' Conv2d and Linear layers is built from, and the samples the
-    attribution averaged over (:func:`featviz_report.circuits.stage.measure`), from the probing pass."""
+    attribution averaged over (:func:`featviz_report.circuits.stage.measure`), from the probing pass and the
+    weights the layers computed with."""
     if traced is None:
         return {}, 0
     shown = shown_channels(records, job.config.max_channels)
     seconds = circuit_seconds(time.monotonic() - job.started)
-    return measure(traced, job.layers, shown, job.config.circuit_inputs, seconds, job.computed)
+    return measure(traced, job.layers, shown, job.config.circuit_inputs, seconds, computed)
 
 
 def circuits(job: Job[SampleSet], run: Run) -> Found:
     """What each shown channel of ``run``'s layers is built from: :func:`probe_circuits` then
     :func:`measure_circuits` (a comparison's checkpoint A, beside B's in :func:`sections_and_graph`)."""
-    return measure_circuits(job, run.records, probe_circuits(job, run.stash))[0]
+    return measure_circuits(job, run.records, probe_circuits(job, run.stash), run.computed)[0]
 
 
 def _side_pass(job: Job[SampleSet]) -> tuple[GraphView | None, ReceptiveFields | None]:
@@ -437,7 +445,8 @@ def capture_pass(
             Sample(i, name, Png(future, *size), pred[0] if pred else None, pred)
             for i, ((name, future, size), pred) in enumerate(zip(thumbs, predictions))
         )
-    return Run(samples, records, [*notes, *_skipped_note(capture.skipped)], capture.shapes)
+    found = [*notes, *_skipped_note(capture.skipped)]
+    return Run(samples, records, found, capture.shapes, computed=capture.weights.computed(job.layers))
 
 
 def _require_usable(sample_set: SampleSet) -> None:

@@ -70,8 +70,9 @@ def _build(
                 job,
                 run.records,
                 lambda: with_features(
-                    layer_sections(list(run.records.values()), job.layers, config, job.computed), images
+                    layer_sections(list(run.records.values()), job.layers, config, run.computed), images
                 ),
+                run.computed,
                 run.stash,
             )
         return finish(assemble(job, run, sections, cams, graph), out, json_out, config, progress)

@@ -92,7 +92,8 @@ def _report(job: Job[ImageFiles], result: ScanResult, data: Sequence[str | Path]
     sections, graph = sections_and_graph(
         job,
         records,
-        lambda: with_features(layer_sections(list(records.values()), job.layers, config, job.computed), images),
+        lambda: with_features(layer_sections(list(records.values()), job.layers, config, result.computed), images),
+        result.computed,
     )
     with_cards = []
     for section, record in zip(sections, records.values()):

@@ -17,6 +17,7 @@ there, and one with anything changed is refused rather than mixing two scans.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -37,6 +38,7 @@ from ..capture.accumulate import ChannelAccumulator
 from ..capture.hooks import capturing
 from ..capture.job import Job
 from ..capture.layer_record import new_accumulator
+from ..capture.weights import Computed
 from ..errors import InputError, OutputError
 from ..runtime.device import pick_device
 from ..runtime.heap import release_freed_memory
@@ -59,6 +61,7 @@ class ScanResult:
     ranks: int
     rank: int
     seconds: float
+    computed: Computed = field(default_factory=dict)  # the weights layers make in forward, as this rank saw them
 
 
 @dataclass
@@ -242,7 +245,8 @@ def _scan(job: Job[ImageFiles], state: Path | None, loader_workers: int, world: 
             _save(_state_file(state, rank, world), shard, fingerprint)
         if stop[0]:
             raise KeyboardInterrupt
-    return _merged(shard, [name for name, _ in job.layers], world, rank, time.perf_counter() - started)
+    merged = _merged(shard, [name for name, _ in job.layers], world, rank, time.perf_counter() - started)
+    return dataclasses.replace(merged, computed=capture.weights.computed(job.layers))
 
 
 def _batches(loader: DataLoader, stop: list[bool]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # type: ignore[type-arg]
