@@ -712,7 +712,8 @@ class _Partial(nn.Conv2d):
 def test_a_layer_that_reads_part_of_its_input_says_so_and_the_report_is_written(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), _Partial(2, 2, 3, padding=1), nn.Conv2d(4, 2, 1))
     layers = _inputs(model.eval(), torch.rand(2, 3, 8, 8), tmp_path)
-    assert "does not apply its weight (2 input channels) to what it is called with (4)" in layers["2"]["inputs_unknown"]
+    why = layers["2"]["inputs_unknown"]
+    assert "does not apply its weight (2 input channels) to what it is called with (4×8×8, 4 along" in why
     assert layers["3"]["inputs"]
 
 

@@ -160,7 +160,11 @@ def _unread(target: Target, weight: torch.Tensor) -> str | None:
     width, expected = target.inputs.shape[target.axis], weight.shape[1] * groups
     if width == expected:
         return None
-    return f"its forward does not apply its weight ({expected} input channels) to what it is called with ({width})"
+    called = "×".join(str(n) for n in target.inputs.shape[1:])
+    return (
+        f"its forward does not apply its weight ({expected} input channels) to what it is called with ({called}, "
+        f"{width} along the channels read): it reads part of it, or reshapes it first"
+    )
 
 
 def _strongest(
