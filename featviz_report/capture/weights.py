@@ -95,9 +95,11 @@ class WeightReader:
         self._open.append(recorder)
 
     def ending(self, name: str):  # type: ignore[no-untyped-def]
-        def hook(module: nn.Module, _args: tuple[Any, ...], _output: Any) -> None:
+        def hook(module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
             recorder = self._open.pop()
             recorder.__exit__(None, None, None)
+            if output is None:  # its forward (or a hook) raised: the report fails with that error
+                return
             found = _used(module, recorder.calls)  # type: ignore[arg-type]
             if name not in self._seen:
                 self._seen[name] = found
