@@ -150,3 +150,63 @@ def test_nothing_runs_that_the_report_would_not_and_a_diverged_weight_still_give
     build_report(model.eval(), torch.rand(2, 3, 15, 15), tmp_path / "r.html", config, json_out=tmp_path / "r.json")
     assert model[2].seen == (15, 15)
     assert "non-finite weights" in (tmp_path / "r.json").read_text()
+
+
+class _Gated(nn.Conv2d):
+    """A convolution scaled by a gate from a Linear layer of its own (squeeze-excitation style)."""
+
+    def __init__(self) -> None:
+        super().__init__(4, 4, 3, padding=1)
+        self.gate = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * torch.sigmoid(self.gate(x.mean((2, 3))))[:, :, None, None]
+
+
+def test_what_other_layers_and_hooks_make_of_its_output_is_not_its_weight() -> None:
+    """Products of the output in a hook (a Gram matrix for monitoring, another layer called on it) and the
+    calls of a watched layer inside it were counted as its own: 'no one weight'."""
+    monitored, other = nn.Conv2d(4, 4, 3), nn.Conv2d(4, 2, 1)
+    grams: list[torch.Tensor] = []
+    monitored.register_forward_hook(lambda m, args, out: grams.append(torch.einsum("bchw,bdhw->bcd", out, out)))
+    monitored.register_forward_hook(lambda m, args, out: other(out))
+    assert _read(monitored) is None and len(grams) == 1
+    gated = _Gated()
+    layers = [("gated", gated), ("gated.gate", gated.gate)]
+    with recording(layers) as reader, torch.no_grad():
+        gated(torch.rand(2, 4, 9, 9))
+    assert reader.computed(layers) == {}
+
+
+class _Merged(nn.Linear):
+    """A low-rank update merged into its weight before its one linear map (a product of parameters alone)."""
+
+    def __init__(self) -> None:
+        super().__init__(4, 3)
+        self.a, self.b = nn.Parameter(torch.randn(3, 1)), nn.Parameter(torch.randn(1, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight + self.a @ self.b, self.bias)
+
+
+def test_a_weight_made_by_products_of_parameters_is_one_weight() -> None:
+    merged = _Merged()
+    computed = _read(merged, torch.rand(2, 4))
+    assert isinstance(computed, torch.Tensor) and torch.allclose(computed, merged.weight + merged.a @ merged.b)
+    orthogonal = parametrizations.orthogonal(nn.Linear(4, 4))
+    computed = _read(orthogonal, torch.rand(2, 4))
+    assert isinstance(computed, torch.Tensor) and torch.allclose(computed, orthogonal.weight)
+
+
+class _Interrupted(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_leaves_no_recorder_behind() -> None:
+    """torch runs always-call hooks for an Exception only: after Ctrl-C a recorder stayed on for the session,
+    recording (and holding the inputs of) every later product."""
+    layers = [("layer", _Interrupted(4, 2, 1))]
+    with pytest.raises(KeyboardInterrupt), recording(layers):
+        layers[0][1](torch.rand(1, 4, 4, 4))
+    assert torch._C._len_torch_function_stack() == 0

@@ -22,9 +22,10 @@ from torch import nn
 from ..errors import UsageError
 from ..runtime.device import evaluating
 from .reduce import Reduced, reduce_output
+from .tensors import first_tensor
 from .weights import WeightReader, recording
 
-__all__ = ["Capture", "capturing", "select_layers", "first_tensor", "tensors_in", "maps_order", "DEFAULT_TYPES"]
+__all__ = ["Capture", "capturing", "select_layers", "maps_order", "DEFAULT_TYPES"]
 
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
 
@@ -54,26 +55,6 @@ def select_layers(
     if not chosen:
         raise UsageError("the model has no Conv2d or Linear layers to capture; name some with --layers")
     return [(n, m) for n, m in named if n in chosen]
-
-
-def tensors_in(value: object) -> list[torch.Tensor]:
-    """Every tensor in ``value``, through (named) tuples, lists and dicts: a hot path of the graph's and
-    the fields' recording, several times faster than ``torch.utils._pytree``."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in tensors_in(item)]
-    if isinstance(value, dict):
-        return [t for item in value.values() for t in tensors_in(item)]
-    return []
-
-
-def first_tensor(output: object) -> torch.Tensor | None:
-    """The output itself, or the first tensor in a tuple, list or dict output."""
-    if isinstance(output, torch.Tensor):
-        return output
-    values = output.values() if isinstance(output, dict) else output if isinstance(output, (list, tuple)) else ()
-    return next((v for v in values if isinstance(v, torch.Tensor)), None)
 
 
 def maps_order(module: nn.Module) -> tuple[int, int, int, int]:

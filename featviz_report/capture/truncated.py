@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .hooks import first_tensor
+from .tensors import first_tensor
 
 __all__ = ["Truncated"]
 

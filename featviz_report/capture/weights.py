@@ -14,7 +14,8 @@ report would not run anyway: a layer that sets itself up on its first input sees
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -22,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
+
+from .tensors import tensors_in
 
 __all__ = ["Computed", "WeightReader", "recording", "weight_of", "NOT_ONE", "NONE_SEEN", "CHANGES", "UNSEEN"]
 
@@ -40,19 +43,47 @@ CHANGES = "its weight changes from call to call (made from its input): no one we
 UNSEEN = "it did not run while watched (a scan resumed with nothing left to scan): the weight it makes was not seen"
 
 
-class _Recorder(TorchFunctionMode):
-    """Each convolution, linear map and matrix product inside: its name and its operands."""
+class _Marks:
+    """Tensors by identity (weak references guard against a reused id)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tensors: Iterable[torch.Tensor] = ()) -> None:
+        self._refs: dict[int, weakref.ref[torch.Tensor]] = {}
+        self.add(tensors)
+
+    def add(self, tensors: Iterable[torch.Tensor]) -> None:
+        for tensor in tensors:
+            self._refs[id(tensor)] = weakref.ref(tensor)
+
+    def any_of(self, tensors: Iterable[torch.Tensor]) -> bool:
+        return any((ref := self._refs.get(id(t))) is not None and ref() is t for t in tensors)
+
+
+class _Recorder(TorchFunctionMode):
+    """One call of a watched layer: each convolution, linear map and matrix product that reads what the layer
+    was called with, and not what its forward returned (a hook's own product of the output, another layer
+    called on it). A product of parameters alone makes the weight (an orthogonal parametrization, a merged
+    low-rank update); the calls of a watched layer inside it are that layer's."""
+
+    def __init__(self, reader: WeightReader, inputs: Iterable[torch.Tensor]) -> None:
         super().__init__()
+        self.reader = reader
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self.read = _Marks(inputs)  # made from what the layer was called with
+        self.returned = _Marks()  # made from what its forward returned
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        operands = tensors_in((args, kwargs))
+        read, after = self.read.any_of(operands), self.returned.any_of(operands)
         name = getattr(func, "__name__", "")
-        if name in _KERNEL_OPS or name in _OTHER_OPS:
+        if read and not after and self.reader.innermost is self and (name in _KERNEL_OPS or name in _OTHER_OPS):
             self.calls.append((name, args, kwargs))
-        return func(*args, **kwargs)
+        if read:
+            self.read.add(tensors_in(result))
+        if after:
+            self.returned.add(tensors_in(result))
+        return result
 
 
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -75,7 +106,10 @@ def _used(module: Weighted, calls: Sequence[tuple[str, tuple[Any, ...], dict[str
         if not isinstance(weight, torch.Tensor) or weight.shape != parameter.shape:
             return NOT_ONE
         same = weight is parameter or (_same_memory(weight, parameter) and weight.stride() == parameter.stride())
-        return None if same else weight.detach()
+        if parametrize.is_parametrized(module):  # kept: read again later, a spectral norm would iterate
+            return weight.detach()
+        copy = weight.dtype == parameter.dtype and bool(torch.equal(weight, parameter))  # .contiguous() of it
+        return None if same or copy else weight.detach()
     operands = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
     if any(_same_memory(t, parameter) and t.numel() == parameter.numel() for t in operands):  # x @ W.T + b
         return None
@@ -89,10 +123,25 @@ class WeightReader:
         self._seen: dict[str, torch.Tensor | str | None] = {}
         self._open: list[_Recorder] = []
 
-    def starting(self, _module: nn.Module, _args: tuple[Any, ...]) -> None:
-        recorder = _Recorder()
+    def close(self) -> None:
+        """Every recorder still open popped (a KeyboardInterrupt skips the hooks that would: torch runs them for
+        an Exception only), so no mode outlives :func:`recording`."""
+        while self._open:
+            self._open.pop().__exit__(None, None, None)
+
+    @property
+    def innermost(self) -> _Recorder | None:
+        return self._open[-1] if self._open else None
+
+    def starting(self, _module: nn.Module, args: tuple[Any, ...]) -> None:
+        recorder = _Recorder(self, tensors_in(args))
         recorder.__enter__()
         self._open.append(recorder)
+
+    def returned(self, _module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
+        """First among the hooks: what the forward returned, which the hooks after it may use."""
+        if self._open:
+            self._open[-1].returned.add(tensors_in(output))
 
     def ending(self, name: str):  # type: ignore[no-untyped-def]
         def hook(module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
@@ -138,9 +187,11 @@ def recording(layers: Sequence[tuple[str, nn.Module]]) -> Iterator[WeightReader]
     before its forward to after every hook on it (hooks registered before this block included)."""
     reader = WeightReader()
     with ExitStack() as stack:
+        stack.callback(reader.close)
         for name, module in layers:
             if isinstance(module, _WEIGHTED):
                 stack.callback(module.register_forward_pre_hook(reader.starting, prepend=True).remove)
+                stack.callback(module.register_forward_hook(reader.returned, prepend=True).remove)
                 stack.callback(module.register_forward_hook(reader.ending(name), always_call=True).remove)
         yield reader
 

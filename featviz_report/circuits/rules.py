@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..capture.hooks import tensors_in
+from ..capture.tensors import tensors_in
 from ..fields.calls import arg
 from ..fields.rules import dims_of, op_name, raw_name
 from . import routes as R

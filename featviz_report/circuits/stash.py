@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..capture.hooks import first_tensor
+from ..capture.tensors import first_tensor
 from .rules import Key
 
 __all__ = ["Stash", "stashing", "replaying"]

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..capture.hooks import DEFAULT_TYPES, first_tensor, tensors_in
+from ..capture.hooks import DEFAULT_TYPES
+from ..capture.tensors import first_tensor, tensors_in
 from ..fields.rules import raw_name
 from ..runtime.device import evaluating
 from . import routes as R

@@ -72,7 +72,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..capture.hooks import first_tensor, maps_order, tensors_in
+from ..capture.hooks import maps_order
+from ..capture.tensors import first_tensor, tensors_in
 from .calls import Args, Kwargs, Operand
 from .kinds import Axis, Field, Known, Tokens, TracedField, Whole, fits
 from .rules import FACTORIES, IN_PLACE_DUNDERS, SHAPE_OF_OTHER, UNRELATED, field_of, in_place, op_name, raw_name

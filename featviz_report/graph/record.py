@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..capture.hooks import DEFAULT_TYPES, tensors_in
+from ..capture.hooks import DEFAULT_TYPES
+from ..capture.tensors import tensors_in
 from ..report_data import GraphNode, ModelGraph
 
 __all__ = ["record_graph"]
