@@ -291,3 +291,14 @@ def test_freed_memory_goes_back_to_the_os_between_batches_on_glibc() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(done.stdout) > 64e6, f"only {int(done.stdout) / 1e6:.0f} MB went back to the OS"
+
+
+def test_a_lazy_model_that_has_not_run_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A LazyConv2d's parameters have no shape before its first call: holding their requires_grad failed with
+    torch's ValueError, and had it gone on they would have been made inside the report's inference mode."""
+    model = nn.Sequential(nn.LazyConv2d(4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    with pytest.raises(ModelError, match=r"4 parameters are not initialised yet \(0.weight, a lazy layer\)"):
+        build_report(model, torch.rand(2, 3, 12, 12), tmp_path / "r.html", ReportConfig(quiet=True, graph=False))
+    model(torch.rand(1, 3, 12, 12))  # as the message says
+    build_report(model, torch.rand(2, 3, 12, 12), tmp_path / "r.html", ReportConfig(quiet=True, graph=False))
+    assert all(p.requires_grad and not p.is_inference() for p in model.parameters())

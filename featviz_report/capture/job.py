@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..config import ReportConfig
+from ..errors import ModelError
 from ..models.resolve import weights_digest
 from ..runtime.device import float_dtype, pick_device
 from ..runtime.progress import Progress
@@ -52,7 +53,14 @@ def open_job(
     model: nn.Module, sample_set: T, config: ReportConfig, progress: Progress, device: torch.device | None = None
 ) -> Job[T]:
     """What the passes over ``sample_set`` need, the layers to capture chosen and the device picked
-    (``config.device``'s, unless ``device`` says)."""
+    (``config.device``'s, unless ``device`` says). A model whose lazy layers have not run yet is refused: their
+    parameters would take their shapes inside the report's inference mode, as tensors no training can use."""
+    lazy = [name for name, p in model.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)]
+    if lazy:
+        raise ModelError(
+            f"{len(lazy)} parameters are not initialised yet ({lazy[0]}, a lazy layer): call the model once on a "
+            "batch before the report, so they take their shapes"
+        )
     return Job(
         model=model,
         layers=select_layers(model, config.layers, config.featviz),
