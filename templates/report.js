@@ -288,7 +288,9 @@
       + " (see the layer's panel); each opens that channel, and Back returns here";
     view.appendChild(title);
     var strip = row.querySelector("svg.strip"), box = strip ? strip.getAttribute("viewBox").split(" ").map(Number) : null;
-    Array.prototype.forEach.call(row.querySelectorAll(":scope > a, :scope > span"), function (entry, slot) {
+    var none = row.querySelector(":scope > .none");
+    if (none) { var nothing = document.createElement("p"); nothing.textContent = none.textContent; view.appendChild(nothing); }
+    Array.prototype.forEach.call(row.querySelectorAll(":scope > a, :scope > span[data-at]"), function (entry, slot) {
       var href = entry.getAttribute("href");  // none for an input whose channel this page does not show
       var at = href ? /^#layer-(.+)-channel-(\d+)$/.exec(href).slice(1) : entry.dataset.at.split(" ");
       var source = data.layers[at[0]], input = Number(at[1]);

@@ -178,8 +178,8 @@ def _strongest(
     """:func:`~.strength.strongest_inputs`, or why they could not be found: a layer no rule foresaw is named as
     unknown, not a failed report."""
     try:
-        channels = target.inputs.shape[target.axis]
-        return strongest_inputs(target.module, weight, gains, shown[target.key], top, method, channels)
+        channels, size = target.inputs.shape[target.axis], tuple(target.inputs.shape[2:])
+        return strongest_inputs(target.module, weight, gains, shown[target.key], top, method, channels, size)
     except (RuntimeError, ValueError, IndexError) as err:
         return f"its inputs could not be read off its weight ({type(err).__name__}: {first_line(err)})"
 

@@ -162,12 +162,34 @@ def _row_gains(
     return {key: Route(p.numel(), None, row) for key, p, row in zip(keys, probes, rows)}
 
 
-def _weights(computed: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+def tap_shares(module: nn.Module, size: Sequence[int]) -> torch.Tensor | None:
+    """For a Conv2d on ``size`` (height, width) maps, each tap's share of the output positions at which it reads
+    the map rather than its zero padding (strides and dilation counted): a uniform raise of an input channel
+    raises the output's mean by the kernel summed over space with each tap weighted so. 1 everywhere on a map
+    large enough, less at the edge taps of a small one (a 3×3 kernel with padding 1 on a 5×5 map: 0.8)."""
+    if not isinstance(module, nn.Conv2d) or module.padding_mode != "zeros" or len(size) != 2:
+        return None
+    pads = module._reversed_padding_repeated_twice  # left, right, top, bottom
+    axes = []
+    for axis, (length, before, after) in enumerate(zip(size, (pads[2], pads[0]), (pads[3], pads[1]))):
+        kernel, stride, dilation = module.kernel_size[axis], module.stride[axis], module.dilation[axis]
+        outputs = (length + before + after - dilation * (kernel - 1) - 1) // stride + 1
+        if outputs < 1:
+            return None
+        read = torch.arange(outputs)[:, None] * stride - before + torch.arange(kernel)[None, :] * dilation
+        axes.append(((read >= 0) & (read < length)).float().mean(0))
+    return axes[0][:, None] * axes[1][None, :]
+
+
+def _weights(computed: torch.Tensor, groups: int, shares: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The weights in float32 on the CPU (finite: the stage gives no strengths for a layer with a NaN or an
-    infinity among them), and ``W̄``: outputs × input channels, the kernels summed over space, block-diagonal
-    for groups."""
+    infinity among them), and ``W̄``: outputs × input channels, the kernels summed over space (each tap by its
+    share of the positions it reads the map at, :func:`tap_shares`), block-diagonal for groups."""
     weight = computed.float().cpu()
-    summed = weight.sum((2, 3)) if weight.ndim == 4 else weight
+    if weight.ndim == 4:
+        summed = (weight if shares is None else weight * shares).sum((2, 3))
+    else:
+        summed = weight
     return weight, torch.block_diag(*summed.chunk(groups, 0)) if groups > 1 else summed
 
 
@@ -261,12 +283,13 @@ def strongest_inputs(
     top: int,
     method: str,
     channels: int,
+    size: Sequence[int] = (),
 ) -> Inputs:
     """Each of the ``shown`` output channels' ``top`` strongest inputs over every source, by |strength|
     (exact zeros are no input: their slot's source is -1), from ``gains`` (of ``channels`` input channels) and
-    the weight ``computed`` by the ``module`` (:mod:`.weights`)."""
+    the weight ``computed`` by the ``module`` (:mod:`.weights`) on maps of ``size`` (for its taps' shares)."""
     groups = module.groups if isinstance(module, nn.Conv2d) else 1
-    weights, summed = _weights(computed, groups)
+    weights, summed = _weights(computed, groups, tap_shares(module, size))
     keys = list(gains)
     full = torch.cat([_strengths(summed, gains[key]) for key in keys], 1)
     offsets = np.cumsum([0] + [gains[key].width for key in keys])[:-1]

@@ -90,6 +90,8 @@ class _Rows:
         in ``data-at``."""
         links, marks = self.links, self.marks
         sources, channels, weights = self.source[index], self.channel[index], self.weight[index]
+        if all(s < 0 for s in sources):  # a ReLU that never lets anything through on these samples, zero weights
+            return NO_INPUT
         if extra is None and self.plain[index]:  # resnet18's page has 46,000 of these
             return "".join(
                 [f'{links[s]}{c}">{c}{marks[s]} {w:+.3g}</a>' for s, c, w in zip(sources, channels, weights) if s >= 0]
@@ -135,6 +137,9 @@ def built_from(layer: LayerSection, src: Callable[[Png], Markup], shown: Anchors
 # A page over its --max-size is rendered up to four times (the abandoned write, twice while fitting it, the
 # write) with the same circuits: each layer's rows are made once (timm rexnet_100: 180,000 inputs, 15 MB).
 _MADE: weakref.WeakKeyDictionary[LayerCircuit, dict[tuple[str, bytes], str]] = weakref.WeakKeyDictionary()
+
+
+NO_INPUT = '<span class="none">no input with a strength other than 0 (on these samples, nothing gets through)</span>'
 
 
 def _report_rows(layer: LayerSection, shown: Anchors) -> str:
