@@ -14,7 +14,6 @@ report would not run anyway: a layer that sets itself up on its first input sees
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -24,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
-from .tensors import tensors_in
+from .tensors import Marked, same_memory, tensors_in
 
 __all__ = ["Computed", "WeightReader", "recording", "weight_of", "NOT_ONE", "NONE_SEEN", "CHANGES", "UNSEEN"]
 
@@ -43,21 +42,6 @@ CHANGES = "its weight changes from call to call (made from its input): no one we
 UNSEEN = "it did not run while watched (a scan resumed with nothing left to scan): the weight it makes was not seen"
 
 
-class _Marks:
-    """Tensors by identity (weak references guard against a reused id)."""
-
-    def __init__(self, tensors: Iterable[torch.Tensor] = ()) -> None:
-        self._refs: dict[int, weakref.ref[torch.Tensor]] = {}
-        self.add(tensors)
-
-    def add(self, tensors: Iterable[torch.Tensor]) -> None:
-        for tensor in tensors:
-            self._refs[id(tensor)] = weakref.ref(tensor)
-
-    def any_of(self, tensors: Iterable[torch.Tensor]) -> bool:
-        return any((ref := self._refs.get(id(t))) is not None and ref() is t for t in tensors)
-
-
 class _Recorder(TorchFunctionMode):
     """One call of a watched layer: each convolution, linear map and matrix product that reads what the layer
     was called with, and not what its forward returned (a hook's own product of the output, another layer
@@ -68,8 +52,8 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.reader = reader
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-        self.read = _Marks(inputs)  # made from what the layer was called with
-        self.returned = _Marks()  # made from what its forward returned
+        self.read = Marked(inputs)  # made from what the layer was called with
+        self.returned = Marked()  # made from what its forward returned
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -86,13 +70,6 @@ class _Recorder(TorchFunctionMode):
         return result
 
 
-def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    try:
-        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # no storage of its own
-        return a is b
-
-
 def _used(module: Weighted, calls: Sequence[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> torch.Tensor | str | None:
     """The weight one call of ``module`` computed with (None: its parameter as stored), or why it has none."""
     if len(calls) > 1:
@@ -105,13 +82,14 @@ def _used(module: Weighted, calls: Sequence[tuple[str, tuple[Any, ...], dict[str
         weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
         if not isinstance(weight, torch.Tensor) or weight.shape != parameter.shape:
             return NOT_ONE
-        same = weight is parameter or (_same_memory(weight, parameter) and weight.stride() == parameter.stride())
+        same = weight is parameter or (same_memory(weight, parameter) and weight.stride() == parameter.stride())
         if parametrize.is_parametrized(module):  # kept: read again later, a spectral norm would iterate
             return weight.detach()
         copy = weight.dtype == parameter.dtype and bool(torch.equal(weight, parameter))  # .contiguous() of it
         return None if same or copy else weight.detach()
     operands = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
-    if any(_same_memory(t, parameter) and t.numel() == parameter.numel() for t in operands):  # x @ W.T + b
+    # x @ W.T + b: a matrix product with the parameter itself
+    if any(t is parameter or same_memory(t, parameter) and t.numel() == parameter.numel() for t in operands):
         return None
     return NOT_ONE
 

@@ -25,7 +25,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..capture.hooks import DEFAULT_TYPES
-from ..capture.tensors import first_tensor, tensors_in
+from ..capture.tensors import Marked, first_tensor, tensors_in
 from ..fields.rules import raw_name
 from ..runtime.device import evaluating
 from . import routes as R
@@ -74,7 +74,7 @@ class _Books(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.known: dict[int, tuple[weakref.ref[torch.Tensor], Routes]] = {}
-        self.data: dict[int, weakref.ref[torch.Tensor]] = {}  # tensors made from the samples (masks, gates...)
+        self.data = Marked()  # tensors made from the samples (masks, gates...)
         self.inside = 0  # depth inside captured leaf modules, whose insides are not followed
 
     def routes(self, value: Any) -> Routes | None:
@@ -87,11 +87,10 @@ class _Books(TorchFunctionMode):
 
     def mark(self, tensor: torch.Tensor) -> None:
         """``tensor`` depends on the samples."""
-        self.data[id(tensor)] = weakref.ref(tensor)
+        self.data.add((tensor,))
 
     def is_data(self, value: Any) -> bool:
-        entry = self.data.get(id(value)) if isinstance(value, torch.Tensor) else None
-        return entry is not None and entry() is value
+        return value in self.data
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from ..capture.tensors import same_memory
 from .calls import Args, Kwargs, arg
 from .rules import in_place, op_name, pair
 
@@ -100,7 +101,7 @@ class OpenPaths(TorchFunctionMode):
         with torch.no_grad():
             result = func(*args, **kwargs)
         values = result if isinstance(result, torch.Tensor) else result[0]
-        if not isinstance(values, torch.Tensor) or not values.is_floating_point() or _shares(values, x):
+        if not isinstance(values, torch.Tensor) or not values.is_floating_point() or same_memory(values, x):
             return result
         if name in SELECT:
             spread = _along(name, args, kwargs, x)
@@ -122,13 +123,6 @@ def _followed(value: object) -> bool:
 def _other(args: Args, kwargs: Kwargs) -> bool:
     """Whether max/min is the elementwise form (a second tensor) rather than a reduction."""
     return isinstance(arg(args, kwargs, 1, "other", None), torch.Tensor)
-
-
-def _shares(a: torch.Tensor, b: torch.Tensor) -> bool:
-    try:
-        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # no storage (sparse, meta): not an in-place result
-        return False
 
 
 def _tensors(args: Args, kwargs: Kwargs) -> list[torch.Tensor]:
@@ -185,7 +179,7 @@ def _passed(func: Any, args: Args, kwargs: Kwargs, channels: bool = False) -> An
     values = result if isinstance(result, torch.Tensor) else result[0]
     if not isinstance(values, torch.Tensor) or not values.is_floating_point():
         return result
-    if any(_shares(values, source) for source in sources):
+    if any(same_memory(values, source) for source in sources):
         return result  # written in place (relu_): the tensor keeps its own path, and the new values
     return _with(result, _carried(values, sources, channels))
 
