@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..capture.hooks import DEFAULT_TYPES
 from ..capture.tensors import Marked, first_tensor, tensors_in
-from ..fields.rules import raw_name
+from ..fields.rules import writes_first
 from ..runtime.device import evaluating
 from . import routes as R
 from .norms import held_norm
@@ -129,12 +129,8 @@ class _Books(TorchFunctionMode):
 
 
 def _writes(func: Any, kwargs: dict[str, Any]) -> bool:
-    """Whether ``func`` writes into its first argument (``mul_``, ``x[:, 0] = 0``, ``out=``)."""
-    name = raw_name(func)
-    return (name.endswith("_") and not name.endswith("__")) or name in _IN_PLACE or kwargs.get("out") is not None
-
-
-_IN_PLACE = frozenset("__setitem__ __iadd__ __isub__ __imul__ __itruediv__ __idiv__ copy_ zero_ fill_".split())
+    """Whether ``func`` writes into its first argument (``mul_``, ``x[:, 0] = 0``, ``x += y``) or into ``out=``."""
+    return writes_first(func) or kwargs.get("out") is not None
 
 
 def _probe_shape(module: nn.Module, output: torch.Tensor) -> tuple[list[int], bool]:

@@ -96,6 +96,11 @@ def in_place(func: Any) -> bool:
     return name.endswith("_") and not name.endswith("__")
 
 
+def writes_first(func: Any) -> bool:
+    """Whether ``func`` writes into its first argument: ``add_``, ``x += y``, ``x[i] = y``."""
+    return in_place(func) or raw_name(func) in IN_PLACE_DUNDERS or op_name(func) == "setitem"
+
+
 def pair(value: Any) -> tuple[int, int]:
     if isinstance(value, (list, tuple)):
         return (int(value[0]), int(value[-1])) if value else (0, 0)

@@ -76,7 +76,7 @@ from ..capture.hooks import maps_order
 from ..capture.tensors import first_tensor, tensors_in
 from .calls import Args, Kwargs, Operand
 from .kinds import Axis, Field, Known, Tokens, TracedField, Whole, fits
-from .rules import FACTORIES, IN_PLACE_DUNDERS, SHAPE_OF_OTHER, UNRELATED, field_of, in_place, op_name, raw_name
+from .rules import FACTORIES, SHAPE_OF_OTHER, UNRELATED, field_of, op_name, raw_name, writes_first
 
 __all__ = ["TracedField", "Blind", "LayerFields", "tracing_fields", "trace_fields"]
 
@@ -255,7 +255,7 @@ class _Tracer(TorchFunctionMode):
     def _blind_after(self, func: Any, args: Args, kwargs: Kwargs, result: Any, reason: str) -> None:
         """``func``'s outputs, and what it wrote into (every name of that memory), carry ``reason``."""
         assigned = _descriptor(func) == "data" and raw_name(func) == "__set__"
-        written = assigned or _writes_first(func)
+        written = assigned or writes_first(func)
         targets = tensors_in(kwargs["out"]) if "out" in kwargs else tensors_in(args[:1]) if written else []
         for tensor in (*tensors_in(result), *targets):
             self.mark(tensor, reason)
@@ -330,7 +330,7 @@ class _Tracer(TorchFunctionMode):
         and so are a size-only factory's (``arange``), maps excepted (numpy may fill them unseen); what it
         writes into is unknown when an input is a map from where the mode did not see (a scripted
         function's output copied into a buffer)."""
-        if "out" in kwargs or _writes_first(func):
+        if "out" in kwargs or writes_first(func):
             if any(self._opaque(t) for t in inputs):
                 for target in _written(func, kwargs, inputs):
                     self.taint(target)
@@ -368,16 +368,11 @@ def _plain(value: object) -> bool:
     return isinstance(value, (_PLAIN, torch.Tensor))
 
 
-def _writes_first(func: Any) -> bool:
-    """Whether ``func`` writes into its first argument: ``add_``, ``x += y``, ``x[i] = y``."""
-    return in_place(func) or raw_name(func) in IN_PLACE_DUNDERS or op_name(func) == "setitem"
-
-
 def _written(func: Any, kwargs: Kwargs, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     """What ``func`` writes into: its ``out=``, or its first tensor argument where it writes into that."""
     if "out" in kwargs:
         return tensors_in(kwargs["out"])
-    return inputs[:1] if _writes_first(func) else []
+    return inputs[:1] if writes_first(func) else []
 
 
 def _root(tensor: torch.Tensor) -> torch.Tensor:
