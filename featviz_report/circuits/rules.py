@@ -71,10 +71,8 @@ def follow(
     name, raw = op_name(func), raw_name(func)
     if name == "detach":  # cut off from the gradient: no path the attribution could measure
         return [{} for _ in outputs]
-    if name in HELD_NORMS and not holds(func) or name == "batch_norm" and func is not F.batch_norm:
-        name = f"{name} (not one the rules read)"  # torch.batch_norm: aten's argument order, not F's
     try:
-        found = _rule(name, raw, args, kwargs, outputs, routes_of, is_data)
+        found = None if _unread_norm(name, func) else _rule(name, raw, args, kwargs, outputs, routes_of, is_data)
     except Exception:  # noqa: BLE001 - arguments a rule did not expect: unknown, never a failure
         found = None
     if found is None:
@@ -85,6 +83,12 @@ def follow(
         }
         return [dict(every) for _ in outputs]
     return found
+
+
+def _unread_norm(name: str, func: Any) -> bool:
+    """A norm the rules cannot read by its name: one :mod:`.norms` does not hold (its statistics mix channels),
+    or ``torch.batch_norm``, whose arguments come in aten's order, not ``F.batch_norm``'s."""
+    return name in HELD_NORMS and not holds(func) or name == "batch_norm" and func is not F.batch_norm
 
 
 def _rule(
