@@ -56,14 +56,12 @@ def _joined(*notes: str | None) -> str | None:
 
 
 def _drawn_weights(module: Weighted, computed: torch.Tensor | str | None) -> tuple[torch.Tensor, str | None]:
-    """The weight the layer computes with (``computed``, :mod:`.weights`; None: its parameter as stored) and,
-    where that is not its parameter, a note."""
+    """The weight the layer computes with (``computed``, :mod:`.weights`: a tensor only where that is not its
+    parameter as stored; None: its parameter) and, where it is not, a note."""
     if computed is None:
         return module.weight.detach(), None
     if isinstance(computed, str):
         return module.weight.detach(), f"its parameter as stored: {computed}"
-    if torch.equal(computed, module.weight.detach()):
-        return computed, None
     return computed, f"as its forward computes it from its parameter ({type(module).__name__})"
 
 
